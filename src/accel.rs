@@ -1,0 +1,190 @@
+//! Choosing the accelerator: KVM only when it demonstrably runs a guest.
+//!
+//! On some hosts /dev/kvm opens but guests hang (nested virtualisation gone
+//! wrong), or QEMU aborts setting an MSR. Opening the device proves nothing, so
+//! `auto` boots the real kernel with the floor init under KVM, bounded, and
+//! falls back to TCG if it does not come back in time. The verdict is cached
+//! per host boot, so only the first run after a reboot pays for the probe.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::qemu::{self, GuestSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// What the user asked for with `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccelChoice {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" => Ok(AccelChoice::Tcg),
+            other => Err(format!("unknown accelerator {other:?}: expected auto, kvm or tcg")),
+        }
+    }
+}
+
+/// The accelerator to use and why, for the run's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelDecision {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+/// How long a KVM guest may take to boot the floor init before KVM is
+/// judged not to work. A working KVM boots it in well under a second.
+pub const KVM_PROBE_BOUND: Duration = Duration::from_secs(3);
+
+/// Resolves `choice`. `probe_guest` is the kernel with the floor init;
+/// `cache_dir` keeps the verdict of the last probe.
+pub fn decide(choice: AccelChoice, probe_guest: &GuestSpec, cache_dir: &Path) -> AccelDecision {
+    match choice {
+        AccelChoice::Tcg => AccelDecision { accel: Accel::Tcg, reason: "asked for".into() },
+        AccelChoice::Kvm => AccelDecision { accel: Accel::Kvm, reason: "asked for".into() },
+        AccelChoice::Auto => decide_auto(probe_guest, cache_dir),
+    }
+}
+
+fn decide_auto(probe_guest: &GuestSpec, cache_dir: &Path) -> AccelDecision {
+    if let Err(e) = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        return AccelDecision { accel: Accel::Tcg, reason: format!("/dev/kvm: {e}") };
+    }
+    let cache = cache_file(cache_dir);
+    let key = probe_key(probe_guest);
+    if let Some(decision) = cache.as_deref().and_then(|c| read_cached(c, &key)) {
+        return decision;
+    }
+    let decision = match probe_kvm(probe_guest) {
+        Ok(elapsed) => AccelDecision {
+            accel: Accel::Kvm,
+            reason: format!("KVM booted a probe guest in {:.2} s", elapsed.as_secs_f64()),
+        },
+        Err(why) => AccelDecision { accel: Accel::Tcg, reason: format!("KVM probe failed: {why}") },
+    };
+    if let Some(cache) = cache {
+        let _ = fs::create_dir_all(cache_dir);
+        let _ = fs::write(cache, format!("{key}\n{}\n{}\n", decision.accel, decision.reason));
+    }
+    decision
+}
+
+fn cache_file(cache_dir: &Path) -> Option<PathBuf> {
+    Some(cache_dir.join("kvm-probe"))
+}
+
+/// The verdict holds for one host boot, one QEMU binary and one kernel.
+fn probe_key(guest: &GuestSpec) -> String {
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let stamp = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).map(|t| format!("{t:?}")).unwrap_or_default();
+    let qemu = which(&qemu::qemu_binary()).unwrap_or_default();
+    format!("{} {} {} {}", boot_id.trim(), qemu.display(), stamp(&qemu), stamp(&guest.kernel))
+}
+
+fn read_cached(cache: &Path, key: &str) -> Option<AccelDecision> {
+    let text = fs::read_to_string(cache).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != key {
+        return None;
+    }
+    let accel = match lines.next()? {
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        _ => return None,
+    };
+    let reason = format!("{} (cached for this host boot)", lines.next()?);
+    Some(AccelDecision { accel, reason })
+}
+
+/// Boots the floor guest under KVM; Ok if it came back cleanly in time.
+fn probe_kvm(guest: &GuestSpec) -> Result<Duration, String> {
+    let args = [
+        qemu::machine_args(),
+        qemu::accel_args(Accel::Kvm),
+        qemu::topology_args(1, guest.memory_mib),
+        qemu::boot_args(guest),
+        vec!["-serial".into(), "none".into()],
+    ]
+    .concat();
+    let start = Instant::now();
+    let mut child = Command::new(qemu::qemu_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn QEMU: {e}"))?;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(start.elapsed()),
+            Ok(Some(status)) => return Err(format!("QEMU exited with {status}")),
+            Ok(None) if start.elapsed() > KVM_PROBE_BOUND => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the guest did not finish within {} s", KVM_PROBE_BOUND.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("wait for QEMU: {e}")),
+        }
+    }
+}
+
+/// Resolves a bare program name on PATH.
+pub fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_unknown_ones_are_named() {
+        assert_eq!("auto".parse::<AccelChoice>(), Ok(AccelChoice::Auto));
+        assert_eq!("tcg".parse::<AccelChoice>(), Ok(AccelChoice::Tcg));
+        assert_eq!("kvm".parse::<AccelChoice>(), Ok(AccelChoice::Kvm));
+        assert_eq!("hvf".parse::<AccelChoice>().unwrap_err(), "unknown accelerator \"hvf\": expected auto, kvm or tcg");
+    }
+
+    #[test]
+    fn a_cached_verdict_is_used_only_for_the_same_key() {
+        let dir = std::env::temp_dir().join(format!("kevent-accel-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let cache = dir.join("kvm-probe");
+        fs::write(&cache, "key-1\ntcg\nKVM probe failed: the guest did not finish within 3 s\n").unwrap();
+        let hit = read_cached(&cache, "key-1").unwrap();
+        assert_eq!(hit.accel, Accel::Tcg);
+        assert!(hit.reason.ends_with("(cached for this host boot)"));
+        assert!(read_cached(&cache, "key-2").is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,270 @@
+//! The guest's serial console: crash detection and excerpts.
+//!
+//! The markers are the start lines of kernel reports as syzkaller's
+//! `pkg/report/linux.go` knows them, matched at the start of a message (after
+//! the printk timestamp), so that a line merely mentioning "BUG:" in the
+//! middle does not count.
+
+use std::fmt;
+
+/// What kind of kernel report a console line starts, most severe last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CrashKind {
+    /// WARN(), lockdep and other `WARNING:`/`INFO:` reports: the kernel goes on.
+    Warning,
+    /// BUG(), `BUG:` reports such as sleeping in atomic context, UBSAN.
+    Bug,
+    /// An oops: a fault in kernel code (NULL dereference, GPF, invalid opcode).
+    Oops,
+    /// `Kernel panic - not syncing`: the machine is going down.
+    Panic,
+}
+
+impl fmt::Display for CrashKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CrashKind::Warning => "kernel warning",
+            CrashKind::Bug => "kernel BUG",
+            CrashKind::Oops => "kernel oops",
+            CrashKind::Panic => "kernel panic",
+        })
+    }
+}
+
+/// Start markers, checked in order: the first that matches decides the kind.
+const MARKERS: &[(&str, CrashKind)] = &[
+    ("Kernel panic - not syncing", CrashKind::Panic),
+    ("BUG: kernel NULL pointer dereference", CrashKind::Oops),
+    ("BUG: unable to handle", CrashKind::Oops),
+    ("Oops:", CrashKind::Oops),
+    ("general protection fault", CrashKind::Oops),
+    ("Unable to handle kernel", CrashKind::Oops),
+    ("stack segment: ", CrashKind::Oops),
+    ("invalid opcode:", CrashKind::Oops),
+    ("divide error:", CrashKind::Oops),
+    ("PANIC: double fault", CrashKind::Oops),
+    ("int3: ", CrashKind::Oops),
+    ("kernel BUG at", CrashKind::Bug),
+    ("BUG kmalloc-", CrashKind::Bug),
+    ("BUG:", CrashKind::Bug),
+    ("UBSAN:", CrashKind::Bug),
+    ("------------[ cut here ]------------", CrashKind::Warning),
+    ("WARNING:", CrashKind::Warning),
+    ("INFO: possible", CrashKind::Warning),
+    ("INFO: task ", CrashKind::Warning),
+    ("INFO: rcu_", CrashKind::Warning),
+    ("INFO: trying to register non-static key", CrashKind::Warning),
+    ("watchdog: BUG: soft lockup", CrashKind::Bug),
+];
+
+/// Lines that end a report; the excerpt stops after them.
+const END_MARKERS: &[&str] = &["---[ end trace", "---[ end Kernel panic"];
+
+/// Removes a printk timestamp (`[    1.234567] `) and a leading caller id.
+pub fn message_of(line: &str) -> &str {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let Some(rest) = line.strip_prefix('[') else { return line };
+    match rest.find("] ") {
+        Some(end) if rest[..end].trim().chars().all(|c| c.is_ascii_digit() || c == '.') => &rest[end + 2..],
+        _ => line,
+    }
+}
+
+/// The kind of report `line` starts, if any.
+pub fn crash_marker(line: &str) -> Option<CrashKind> {
+    let message = message_of(line);
+    MARKERS.iter().find(|(marker, _)| message.starts_with(marker)).map(|&(_, kind)| kind)
+}
+
+pub fn is_report_end(line: &str) -> bool {
+    let message = message_of(line);
+    END_MARKERS.iter().any(|m| message.starts_with(m))
+}
+
+/// A kernel report found on the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashReport {
+    /// The most severe kind seen in the run.
+    pub kind: CrashKind,
+    /// The report's lines, from the first marker to its end (bounded).
+    pub excerpt: Vec<String>,
+}
+
+/// Longest excerpt kept of one report.
+pub const EXCERPT_LINES: usize = 80;
+
+/// Scans a console line by line; keeps the first report's excerpt and the
+/// most severe kind seen.
+#[derive(Debug, Default)]
+pub struct CrashDetector {
+    report: Option<CrashReport>,
+    collecting: bool,
+}
+
+impl CrashDetector {
+    /// Feeds one line; returns the kind if this line starts a report.
+    pub fn feed(&mut self, line: &str) -> Option<CrashKind> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        let kind = crash_marker(line);
+        match (&mut self.report, kind) {
+            (None, Some(kind)) => {
+                self.report = Some(CrashReport { kind, excerpt: vec![line.to_owned()] });
+                self.collecting = true;
+            }
+            (Some(report), kind) => {
+                if let Some(kind) = kind {
+                    report.kind = report.kind.max(kind);
+                }
+                if self.collecting {
+                    report.excerpt.push(line.to_owned());
+                    if is_report_end(line) || report.excerpt.len() >= EXCERPT_LINES {
+                        self.collecting = false;
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        kind
+    }
+
+    pub fn report(&self) -> Option<&CrashReport> {
+        self.report.as_ref()
+    }
+
+    /// Whether the first report's excerpt is complete.
+    pub fn excerpt_complete(&self) -> bool {
+        self.report.is_some() && !self.collecting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real reports, shaped as a 6.12 kernel prints them on the serial console.
+    const NULL_DEREF_OOPS: &str = "\
+[    2.345678] BUG: kernel NULL pointer dereference, address: 0000000000000000
+[    2.345901] #PF: supervisor read access in kernel mode
+[    2.346012] #PF: error_code(0x0000) - not-present page
+[    2.346120] PGD 0 P4D 0
+[    2.346200] Oops: Oops: 0000 [#1] SMP NOPTI
+[    2.346300] CPU: 1 UID: 0 PID: 42 Comm: kworker/1:1 Tainted: G           O       6.12.57 #1
+[    2.346400] RIP: 0010:thermal_work+0x12/0x40 [kevent_thermal]
+[    2.346500] Call Trace:
+[    2.346600]  <TASK>
+[    2.346700]  process_one_work+0x17e/0x330
+[    2.346800]  </TASK>
+[    2.346900] ---[ end trace 0000000000000000 ]---
+[    2.347000] CR2: 0000000000000000";
+
+    const WARN_REPORT: &str = "\
+[    1.100000] ------------[ cut here ]------------
+[    1.100100] WARNING: CPU: 0 PID: 1 at kmod/thermal_handler.c:88 thermal_handle+0x5c/0x80 [kevent_thermal]
+[    1.100200] Modules linked in: kevent_thermal(O) kmessage(O)
+[    1.100300] CPU: 0 UID: 0 PID: 1 Comm: init Tainted: G           O       6.12.57 #1
+[    1.100400] RIP: 0010:thermal_handle+0x5c/0x80 [kevent_thermal]
+[    1.100500] ---[ end trace 0000000000000000 ]---";
+
+    const PANIC_REPORT: &str = "\
+[    0.912345] Run /init as init process
+[    0.913000] Kernel panic - not syncing: No working init found.  Try passing init= option to kernel. See Linux Documentation/admin-guide/init.rst for guidance.
+[    0.913100] CPU: 0 UID: 0 PID: 1 Comm: swapper/0 Not tainted 6.12.57 #1
+[    0.913200] Call Trace:
+[    0.913300] ---[ end Kernel panic - not syncing: No working init found. ]---";
+
+    const SLEEP_IN_ATOMIC: &str = "\
+[    3.000000] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:585
+[    3.000100] in_atomic(): 1, irqs_disabled(): 1, non_block: 0, pid: 0, name: swapper/1";
+
+    const LOCKDEP: &str = "\
+[    4.000000] ======================================================
+[    4.000100] WARNING: possible circular locking dependency detected
+[    4.000200] 6.12.57 #1 Tainted: G           O";
+
+    /// Ordinary lines of a bench boot and of the thermal module.
+    const ORDINARY_BOOT: &str = "\
+[    0.000000] Linux version 6.12.57 (root@host) (gcc (Debian 12.2.0-14+deb12u1) 12.2.0) #1 SMP
+[    0.000000] Command line: console=ttyS0 panic=-1
+[    0.010000] x86/fpu: Supporting XSAVE feature 0x001: 'x87 floating point registers'
+[    0.120000] smpboot: CPU0: AMD QEMU Virtual CPU version 2.5+ (family: 0xf, model: 0x6b, stepping: 0x1)
+[    0.300000] printk: legacy console [ttyS0] enabled
+[    0.400000] Unpacking initramfs...
+[    0.600000] debug: unmapping init [mem 0xffffffff82000000-0xffffffff820fffff]
+[    0.650000] Run /init as init process
+kevent-agent: started (pid 1)
+[    0.700000] kmessage: loading out-of-tree module taints kernel.
+[    0.710000] CPU1: Temperature above threshold
+[    0.710001] CPU1: Running in modulated clock mode
+[    0.720000] CPU1: Temperature/speed normal
+[    0.730000] reboot: Restarting system
+kevent-agent: fatal: something mentions BUG: in the middle
+[    0.800000] this line says WARNING: but not at the start";
+
+    fn detect(text: &str) -> CrashDetector {
+        let mut d = CrashDetector::default();
+        for line in text.lines() {
+            d.feed(line);
+        }
+        d
+    }
+
+    #[test]
+    fn an_oops_is_found_with_its_whole_report() {
+        let d = detect(NULL_DEREF_OOPS);
+        let r = d.report().unwrap();
+        assert_eq!(r.kind, CrashKind::Oops);
+        assert!(r.excerpt[0].contains("NULL pointer dereference"));
+        assert!(r.excerpt.last().unwrap().contains("---[ end trace"));
+        assert!(d.excerpt_complete());
+    }
+
+    #[test]
+    fn a_warn_is_found_from_its_cut_here_line() {
+        let r = detect(WARN_REPORT).report().unwrap().clone();
+        assert_eq!(r.kind, CrashKind::Warning);
+        assert!(r.excerpt[0].contains("cut here"));
+        assert!(r.excerpt[1].contains("WARNING: CPU: 0 PID: 1 at kmod/thermal_handler.c:88"));
+    }
+
+    #[test]
+    fn a_panic_is_found_and_outranks_what_came_before() {
+        assert_eq!(detect(PANIC_REPORT).report().unwrap().kind, CrashKind::Panic);
+        let both = format!("{WARN_REPORT}\n{PANIC_REPORT}");
+        let d = detect(&both);
+        let r = d.report().unwrap();
+        assert_eq!(r.kind, CrashKind::Panic, "the most severe kind wins");
+        assert!(r.excerpt[0].contains("cut here"), "the excerpt starts at the first report");
+    }
+
+    #[test]
+    fn sleeping_in_atomic_and_lockdep_reports_are_found() {
+        assert_eq!(detect(SLEEP_IN_ATOMIC).report().unwrap().kind, CrashKind::Bug);
+        assert_eq!(detect(LOCKDEP).report().unwrap().kind, CrashKind::Warning);
+    }
+
+    #[test]
+    fn ordinary_boot_lines_are_not_crashes() {
+        for line in ORDINARY_BOOT.lines() {
+            assert_eq!(crash_marker(line), None, "{line}");
+        }
+        assert!(detect(ORDINARY_BOOT).report().is_none());
+    }
+
+    #[test]
+    fn timestamps_are_stripped_but_bracketed_text_is_kept() {
+        assert_eq!(message_of("[   12.000001] BUG: x"), "BUG: x");
+        assert_eq!(message_of("[abc] BUG: x"), "[abc] BUG: x");
+        assert_eq!(message_of("BUG: x\r\n"), "BUG: x");
+    }
+
+    #[test]
+    fn an_endless_report_is_cut_at_the_excerpt_limit() {
+        let mut d = CrashDetector::default();
+        d.feed("[    1.0] BUG: soft lockup");
+        for i in 0..500 {
+            d.feed(&format!("[    1.0] frame {i}"));
+        }
+        assert_eq!(d.report().unwrap().excerpt.len(), EXCERPT_LINES);
+        assert!(d.excerpt_complete());
+    }
+}

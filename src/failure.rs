@@ -1,0 +1,139 @@
+//! How a run can end badly, and the exit code of each way.
+//!
+//! Exit codes are part of the interface (README, "Exit codes"): CI scripts
+//! tell a kernel crash from a hung guest from a broken host by them.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::console::CrashKind;
+
+/// Documented exit codes of every `cargo xtask` command that boots a guest.
+pub mod exit_code {
+    /// The run went as asked.
+    pub const SUCCESS: i32 = 0;
+    /// Bad input or a host-side error: a malformed scenario, a failed build.
+    pub const BENCH_ERROR: i32 = 1;
+    /// The command line itself was wrong.
+    pub const USAGE: i32 = 2;
+    /// A prerequisite is missing and could not be installed.
+    pub const MISSING_PREREQUISITE: i32 = 3;
+    pub const KERNEL_PANIC: i32 = 10;
+    pub const KERNEL_OOPS: i32 = 11;
+    pub const KERNEL_BUG: i32 = 12;
+    pub const KERNEL_WARNING: i32 = 13;
+    /// A bounded wait ran out; the message names the stage.
+    pub const TIMEOUT: i32 = 20;
+    /// QEMU could not be started or never connected to the agent channel.
+    pub const QEMU_START: i32 = 30;
+    /// QEMU exited before the run was over, with no kernel report to explain it.
+    pub const QEMU_EXITED: i32 = 31;
+    /// The agent reported a fatal error (and powered the guest off).
+    pub const AGENT_FATAL: i32 = 32;
+    /// The agent sent something that is not the protocol.
+    pub const PROTOCOL: i32 = 33;
+}
+
+/// The stages of a run, each with its own bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QEMU spawned until it connects to the agent channel.
+    QemuStart,
+    /// Until the agent's first console line: the kernel has booted to /init.
+    KernelBoot,
+    /// Until the agent's greeting: mounts, module loads, port found.
+    AgentGreeting,
+    /// Until the agent answers a request.
+    Command,
+    /// Shutdown requested until QEMU exits.
+    Shutdown,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::QemuStart => "QEMU start",
+            Stage::KernelBoot => "kernel boot",
+            Stage::AgentGreeting => "agent greeting",
+            Stage::Command => "agent command",
+            Stage::Shutdown => "shutdown",
+        })
+    }
+}
+
+/// Why a guest run failed. Every variant carries what a developer needs to
+/// see: the console excerpt that matters, or QEMU's own words.
+#[derive(Debug)]
+pub enum Failure {
+    QemuStart { message: String, qemu_stderr: String },
+    KernelCrash { kind: CrashKind, excerpt: Vec<String> },
+    Timeout { stage: Stage, waited: Duration, console_tail: Vec<String> },
+    QemuExited { stage: Stage, status: String, qemu_stderr: String, console_tail: Vec<String> },
+    AgentFatal { message: String, console_tail: Vec<String> },
+    Protocol { message: String },
+    Host { message: String },
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::QemuStart { .. } => exit_code::QEMU_START,
+            Failure::KernelCrash { kind, .. } => match kind {
+                CrashKind::Panic => exit_code::KERNEL_PANIC,
+                CrashKind::Oops => exit_code::KERNEL_OOPS,
+                CrashKind::Bug => exit_code::KERNEL_BUG,
+                CrashKind::Warning => exit_code::KERNEL_WARNING,
+            },
+            Failure::Timeout { .. } => exit_code::TIMEOUT,
+            Failure::QemuExited { .. } => exit_code::QEMU_EXITED,
+            Failure::AgentFatal { .. } => exit_code::AGENT_FATAL,
+            Failure::Protocol { .. } => exit_code::PROTOCOL,
+            Failure::Host { .. } => exit_code::BENCH_ERROR,
+        }
+    }
+}
+
+fn write_lines(f: &mut fmt::Formatter<'_>, heading: &str, lines: &[String]) -> fmt::Result {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    write!(f, "\n{heading}:")?;
+    for line in lines {
+        write!(f, "\n  | {line}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::QemuStart { message, qemu_stderr } => {
+                write!(f, "QEMU failed to start: {message}")?;
+                let stderr: Vec<String> = qemu_stderr.lines().map(str::to_owned).collect();
+                write_lines(f, "QEMU said", &stderr)
+            }
+            Failure::KernelCrash { kind, excerpt } => {
+                write!(f, "{kind} on the guest console")?;
+                write_lines(f, "console", excerpt)
+            }
+            Failure::Timeout { stage, waited, console_tail } => {
+                write!(f, "timed out at stage \"{stage}\" after {:.1} s", waited.as_secs_f64())?;
+                write_lines(f, "last console lines", console_tail)
+            }
+            Failure::QemuExited { stage, status, qemu_stderr, console_tail } => {
+                write!(f, "QEMU exited ({status}) during stage \"{stage}\" with no kernel report on the console")?;
+                let stderr: Vec<String> = qemu_stderr.lines().map(str::to_owned).collect();
+                write_lines(f, "QEMU said", &stderr)?;
+                write_lines(f, "last console lines", console_tail)
+            }
+            Failure::AgentFatal { message, console_tail } => {
+                write!(f, "the guest agent failed: {message}")?;
+                write_lines(f, "last console lines", console_tail)
+            }
+            Failure::Protocol { message } => write!(f, "protocol error on the agent channel: {message}"),
+            Failure::Host { message } => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}

@@ -1,0 +1,19 @@
+//! kevent-bench, the host side: runs QEMU, talks to the guest agent, and
+//! tells a clean run from a crashed, hung or broken one.
+//!
+//! It builds nothing: `cargo xtask` builds the kernel, the modules, the agent
+//! and the initramfs, then calls in here.
+
+pub mod accel;
+pub mod artifacts;
+pub mod console;
+pub mod cpio;
+pub mod failure;
+pub mod machine;
+pub mod qemu;
+
+pub use accel::{Accel, AccelChoice, AccelDecision};
+pub use artifacts::Artifacts;
+pub use failure::{exit_code, Failure, Stage};
+pub use machine::{run_floor, BootTimings, Machine, MachineConfig, ShutdownReport, Timeouts};
+pub use qemu::GuestSpec;

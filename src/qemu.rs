@@ -1,0 +1,149 @@
+//! QEMU's command line, built from small pure functions.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::accel::Accel;
+
+/// Name of QEMU's binary, looked up on PATH unless `KEVENT_BENCH_QEMU` names one.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+pub const QEMU_ENV: &str = "KEVENT_BENCH_QEMU";
+
+/// Kernel arguments every boot gets. `panic=-1` restarts at once on a panic
+/// and `-no-reboot` turns that restart into QEMU's exit. TCG's `max` CPU does
+/// not advertise a constant TSC, so the kernel would fall back to jiffies
+/// (4 ms resolution for guest timestamps): QEMU keeps the vCPUs' TSCs in
+/// step, so `tsc=reliable` is true here.
+pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "panic=-1", "tsc=reliable"];
+
+/// What one guest is made of.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// Appended after [`BASE_KERNEL_ARGS`].
+    pub kernel_args: Vec<String>,
+}
+
+/// The QEMU binary to run: `KEVENT_BENCH_QEMU`, else `qemu-system-x86_64` on PATH.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os(QEMU_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(QEMU_BINARY))
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+/// No default devices, no display, and a restart is an exit.
+pub fn machine_args() -> Vec<OsString> {
+    os(&["-nodefaults", "-no-reboot", "-nographic", "-machine", "pc"])
+}
+
+pub fn accel_args(accel: Accel) -> Vec<OsString> {
+    match accel {
+        Accel::Kvm => os(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => os(&["-accel", "tcg", "-cpu", "max"]),
+    }
+}
+
+/// Without ACPI the kernel finds CPUs in the BIOS's MP table, which lists
+/// one per socket: `-smp N` alone would bring up one CPU.
+pub fn topology_args(cpus: u32, memory_mib: u32) -> Vec<OsString> {
+    vec!["-smp".into(), format!("{cpus},sockets={cpus}").into(), "-m".into(), format!("{memory_mib}M").into()]
+}
+
+/// The uncompressed vmlinux boots through PVH, the initramfs beside it.
+pub fn boot_args(spec: &GuestSpec) -> Vec<OsString> {
+    let mut append: Vec<&str> = BASE_KERNEL_ARGS.to_vec();
+    append.extend(spec.kernel_args.iter().map(String::as_str));
+    vec![
+        "-kernel".into(),
+        spec.kernel.clone().into(),
+        "-initrd".into(),
+        spec.initramfs.clone().into(),
+        "-append".into(),
+        append.join(" ").into(),
+    ]
+}
+
+/// The serial console goes to QEMU's stdout, which the host reads.
+pub fn console_args() -> Vec<OsString> {
+    os(&["-serial", "stdio"])
+}
+
+/// The agent's virtio-serial port, connected to the host's listening socket.
+pub fn agent_channel_args(socket: &Path) -> Vec<OsString> {
+    let mut chardev = OsString::from("socket,id=agent,path=");
+    chardev.push(socket);
+    vec![
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-chardev".into(),
+        chardev,
+        "-device".into(),
+        format!("virtserialport,chardev=agent,name={}", kevent_wire::AGENT_PORT_NAME).into(),
+    ]
+}
+
+/// Every argument for one guest.
+pub fn command_line(spec: &GuestSpec, accel: Accel, agent_socket: &Path) -> Vec<OsString> {
+    [
+        machine_args(),
+        accel_args(accel),
+        topology_args(spec.cpus, spec.memory_mib),
+        boot_args(spec),
+        console_args(),
+        agent_channel_args(agent_socket),
+    ]
+    .concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GuestSpec {
+        GuestSpec {
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/k/initramfs.cpio".into(),
+            cpus: 4,
+            memory_mib: 256,
+            kernel_args: vec!["kevent_bench.param=kmessage.unit=30".into()],
+        }
+    }
+
+    fn joined(args: &[OsString]) -> String {
+        args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn every_cpu_gets_its_own_socket() {
+        assert_eq!(joined(&topology_args(4, 256)), "-smp 4,sockets=4 -m 256M");
+    }
+
+    #[test]
+    fn tcg_uses_the_max_cpu_model_and_kvm_the_host_one() {
+        assert_eq!(joined(&accel_args(Accel::Tcg)), "-accel tcg -cpu max");
+        assert_eq!(joined(&accel_args(Accel::Kvm)), "-accel kvm -cpu host");
+    }
+
+    #[test]
+    fn the_kernel_boots_from_vmlinux_with_panic_restart_and_extra_args_last() {
+        let args = joined(&boot_args(&spec()));
+        assert_eq!(
+            args,
+            "-kernel /k/vmlinux -initrd /k/initramfs.cpio -append console=ttyS0 panic=-1 tsc=reliable kevent_bench.param=kmessage.unit=30"
+        );
+    }
+
+    #[test]
+    fn the_full_command_line_has_no_defaults_and_never_restarts() {
+        let args = joined(&command_line(&spec(), Accel::Tcg, Path::new("/tmp/x/agent.sock")));
+        assert!(args.starts_with("-nodefaults -no-reboot -nographic"), "{args}");
+        assert!(args.contains("-chardev socket,id=agent,path=/tmp/x/agent.sock"), "{args}");
+        assert!(args.contains("virtserialport,chardev=agent,name=org.kevent-bench.agent"), "{args}");
+        assert!(args.contains("-serial stdio"), "{args}");
+    }
+}

@@ -1,0 +1,99 @@
+//! Booting the real kernel under QEMU: the greeting, and each way a boot
+//! can fail ending with its own failure and exit code, never a hang.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use kevent_bench::console::CrashKind;
+use kevent_bench::cpio::Archive;
+use kevent_bench::{exit_code, Failure, Machine, Stage};
+
+#[test]
+fn the_real_kernel_boots_and_the_agent_greets() {
+    let artifacts = common::artifacts();
+    let config = common::config("greeting", artifacts.guest(2, 256, Vec::new()));
+    let machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{f}"));
+    let hello = machine.hello.clone();
+    assert_eq!(hello.kernel_release, artifacts.kernel_release);
+    assert_eq!(hello.cpus_online, 2, "-smp 2,sockets=2 must bring up both CPUs");
+    assert!(hello.clocksource.starts_with("tsc"), "clocksource {:?}: guest timestamps need the TSC", hello.clocksource);
+    let loaded: Vec<&str> = hello.modules.iter().map(|m| m.name.as_str()).collect();
+    let built: Vec<String> =
+        artifacts.modules.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(loaded, built, "the agent loads every built module, in order");
+    assert!(hello.agent_started_ns > 0 && hello.greeted_ns >= hello.agent_started_ns);
+    let t = machine.timings;
+    assert!(t.qemu_started <= t.kernel_booted && t.kernel_booted <= t.greeted);
+    machine.shutdown(Duration::from_secs(15)).unwrap_or_else(|f| panic!("{f}"));
+    let console = std::fs::read_to_string(config.run_dir.join("console.log")).unwrap();
+    assert!(console.contains(kevent_wire::AGENT_STARTED_MARKER), "the console log holds the whole run");
+}
+
+#[test]
+fn a_guest_that_panics_at_boot_is_reported_as_a_panic() {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "panic-initramfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    // No /init at all: the kernel panics with "No working init found".
+    let initramfs = dir.join("no-init.cpio");
+    std::fs::write(&initramfs, Archive::new().char_device("/dev/console", 0o600, 5, 1).to_bytes()).unwrap();
+    let mut guest = artifacts.guest(2, 256, Vec::new());
+    guest.initramfs = initramfs;
+    let started = Instant::now();
+    let failure = Machine::boot(&common::config("panic", guest)).err().expect("the boot must fail");
+    let Failure::KernelCrash { kind, excerpt } = &failure else { panic!("expected a kernel panic, got: {failure}") };
+    assert_eq!(*kind, CrashKind::Panic);
+    assert!(excerpt[0].contains("Kernel panic - not syncing: No working init found"), "{excerpt:?}");
+    assert_eq!(failure.exit_code(), exit_code::KERNEL_PANIC);
+    assert!(failure.to_string().starts_with("kernel panic on the guest console"), "{failure}");
+    assert!(started.elapsed() < Duration::from_secs(30), "a panic ends the run at once");
+}
+
+#[test]
+fn a_guest_that_hangs_times_out_naming_the_stage() {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "hang-initramfs");
+    let hang = common::static_guest_program("hang", &dir);
+    let initramfs = dir.join("hang.cpio");
+    let mut archive = Archive::new();
+    archive.char_device("/dev/console", 0o600, 5, 1).file("/init", 0o755, std::fs::read(hang).unwrap());
+    std::fs::write(&initramfs, archive.to_bytes()).unwrap();
+    let mut guest = artifacts.guest(2, 256, Vec::new());
+    guest.initramfs = initramfs;
+    let mut config = common::config("hang", guest);
+    config.timeouts.kernel_boot = Duration::from_secs(8);
+    let started = Instant::now();
+    let failure = Machine::boot(&config).err().expect("the boot must fail");
+    let elapsed = started.elapsed();
+    let Failure::Timeout { stage, console_tail, .. } = &failure else { panic!("expected a timeout, got: {failure}") };
+    assert_eq!(*stage, Stage::KernelBoot);
+    assert!(console_tail.iter().any(|l| l.contains("Run /init as init process")), "{console_tail:?}");
+    assert_eq!(failure.exit_code(), exit_code::TIMEOUT);
+    assert!(failure.to_string().starts_with("timed out at stage \"kernel boot\" after 8.0 s"), "{failure}");
+    assert!(elapsed >= Duration::from_secs(8) && elapsed < Duration::from_secs(20), "bounded: {elapsed:?}");
+}
+
+#[test]
+fn a_missing_qemu_is_a_start_failure_that_says_what_to_do() {
+    let artifacts = common::artifacts();
+    let mut config = common::config("no-qemu", artifacts.guest(1, 256, Vec::new()));
+    config.qemu = "/nonexistent/qemu-system-x86_64".into();
+    let failure = Machine::boot(&config).err().expect("the boot must fail");
+    assert!(matches!(failure, Failure::QemuStart { .. }), "{failure}");
+    assert_eq!(failure.exit_code(), exit_code::QEMU_START);
+    let text = failure.to_string();
+    assert!(text.contains("cannot run /nonexistent/qemu-system-x86_64"), "{text}");
+    assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
+}
+
+#[test]
+fn qemu_refusing_its_arguments_is_a_start_failure_with_its_words() {
+    let artifacts = common::artifacts();
+    let mut guest = artifacts.guest(1, 256, Vec::new());
+    guest.kernel = "/nonexistent/vmlinux".into();
+    let failure = Machine::boot(&common::config("bad-kernel", guest)).err().expect("the boot must fail");
+    let Failure::QemuStart { qemu_stderr, .. } = &failure else { panic!("expected a start failure, got: {failure}") };
+    assert!(qemu_stderr.contains("/nonexistent/vmlinux"), "QEMU's own message is kept: {qemu_stderr}");
+    assert_eq!(failure.exit_code(), exit_code::QEMU_START);
+}

@@ -1,0 +1,323 @@
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// Largest frame either side accepts; a netlink datagram is at most a page,
+/// file reads and program output are capped well below this.
+pub const MAX_FRAME_LEN: usize = 4 << 20;
+
+/// Everything that can go wrong reading or decoding a frame.
+#[derive(Debug)]
+pub enum WireError {
+    /// The stream failed underneath the frame.
+    Io(io::Error),
+    /// The stream ended inside a frame.
+    TruncatedFrame { expected: usize, got: usize },
+    /// A frame announced a length larger than [`MAX_FRAME_LEN`], or zero.
+    BadFrameLength(usize),
+    /// The frame's kind byte names no message of this direction.
+    UnknownKind { direction: &'static str, kind: u8 },
+    /// A field ran past the end of the body.
+    ShortField { message: &'static str, field: &'static str, offset: usize },
+    /// A string field was not UTF-8.
+    NotUtf8 { message: &'static str, field: &'static str },
+    /// The body had bytes left after its last field.
+    TrailingBytes { message: &'static str, count: usize },
+    /// A field held a value outside its range.
+    BadValue { message: &'static str, field: &'static str, value: u64 },
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Io(e) => write!(f, "agent channel: {e}"),
+            WireError::TruncatedFrame { expected, got } => {
+                write!(f, "agent channel closed inside a frame ({got} of {expected} bytes)")
+            }
+            WireError::BadFrameLength(len) => {
+                write!(f, "frame length {len} is outside 1..={MAX_FRAME_LEN}")
+            }
+            WireError::UnknownKind { direction, kind } => {
+                write!(f, "unknown {direction} message kind {kind:#04x}")
+            }
+            WireError::ShortField { message, field, offset } => {
+                write!(f, "{message}: field `{field}` runs past the end of the frame (at byte {offset})")
+            }
+            WireError::NotUtf8 { message, field } => write!(f, "{message}: field `{field}` is not UTF-8"),
+            WireError::TrailingBytes { message, count } => {
+                write!(f, "{message}: {count} unexpected bytes after the last field")
+            }
+            WireError::BadValue { message, field, value } => {
+                write!(f, "{message}: field `{field}` has invalid value {value}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for WireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WireError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> Self {
+        WireError::Io(e)
+    }
+}
+
+/// Builds one frame: kind byte, then fields.
+pub struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(kind: u8) -> Self {
+        // Room for the length prefix, filled in by `finish`.
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&[0; 4]);
+        buf.push(kind);
+        Encoder { buf }
+    }
+
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn i32(&mut self, v: i32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        let len = u32::try_from(v.len()).expect("field longer than 4 GiB");
+        self.u32(len);
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    pub fn str(&mut self, v: &str) -> &mut Self {
+        self.bytes(v.as_bytes())
+    }
+
+    /// The complete frame, length prefix included.
+    pub fn finish(mut self) -> Vec<u8> {
+        let len = u32::try_from(self.buf.len() - 4).expect("frame longer than 4 GiB");
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        self.buf
+    }
+}
+
+/// Reads the fields of one frame body, naming the message and field in errors.
+pub struct Decoder<'a> {
+    message: &'static str,
+    body: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(message: &'static str, body: &'a [u8]) -> Self {
+        Decoder { message, body, offset: 0 }
+    }
+
+    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.offset.checked_add(n).filter(|&end| end <= self.body.len());
+        let Some(end) = end else {
+            return Err(WireError::ShortField { message: self.message, field, offset: self.offset });
+        };
+        let out = &self.body[self.offset..end];
+        self.offset = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
+        Ok(self.take(field, N)?.try_into().expect("take returned N bytes"))
+    }
+
+    pub fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+
+    pub fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+
+    pub fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    pub fn i32(&mut self, field: &'static str) -> Result<i32, WireError> {
+        Ok(i32::from_le_bytes(self.array(field)?))
+    }
+
+    pub fn bytes(&mut self, field: &'static str) -> Result<Vec<u8>, WireError> {
+        let len = self.u32(field)? as usize;
+        Ok(self.take(field, len)?.to_vec())
+    }
+
+    pub fn str(&mut self, field: &'static str) -> Result<String, WireError> {
+        String::from_utf8(self.bytes(field)?).map_err(|_| WireError::NotUtf8 { message: self.message, field })
+    }
+
+    pub fn bool(&mut self, field: &'static str) -> Result<bool, WireError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(self.bad_value(field, v.into())),
+        }
+    }
+
+    pub fn bad_value(&self, field: &'static str, value: u64) -> WireError {
+        WireError::BadValue { message: self.message, field, value }
+    }
+
+    /// Fails if any byte of the body was not consumed.
+    pub fn end(self) -> Result<(), WireError> {
+        match self.body.len() - self.offset {
+            0 => Ok(()),
+            count => Err(WireError::TrailingBytes { message: self.message, count }),
+        }
+    }
+}
+
+impl Encoder {
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u8(u8::from(v))
+    }
+}
+
+/// Reads one frame: `Ok(None)` on a clean end of stream between frames.
+/// Returns the kind byte and the body.
+pub fn read_frame(r: &mut impl Read) -> Result<Option<(u8, Vec<u8>)>, WireError> {
+    let mut len = [0u8; 4];
+    let got = read_full(r, &mut len)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < len.len() {
+        return Err(WireError::TruncatedFrame { expected: len.len(), got });
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME_LEN {
+        return Err(WireError::BadFrameLength(len));
+    }
+    let mut frame = vec![0u8; len];
+    let got = read_full(r, &mut frame)?;
+    if got < len {
+        return Err(WireError::TruncatedFrame { expected: len, got });
+    }
+    let body = frame.split_off(1);
+    Ok(Some((frame[0], body)))
+}
+
+/// Writes one encoded frame in full.
+pub fn write_frame(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    w.write_all(frame)?;
+    w.flush()
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip_and_the_decoder_consumes_them_all() {
+        let mut e = Encoder::new(7);
+        e.u8(1).u16(2).u32(3).u64(4).i32(-5).str("héllo").bytes(&[0, 1, 2]).bool(true);
+        let frame = e.finish();
+        let (kind, body) = read_frame(&mut &frame[..]).unwrap().unwrap();
+        assert_eq!(kind, 7);
+        let mut d = Decoder::new("Test", &body);
+        assert_eq!(d.u8("a").unwrap(), 1);
+        assert_eq!(d.u16("b").unwrap(), 2);
+        assert_eq!(d.u32("c").unwrap(), 3);
+        assert_eq!(d.u64("d").unwrap(), 4);
+        assert_eq!(d.i32("e").unwrap(), -5);
+        assert_eq!(d.str("f").unwrap(), "héllo");
+        assert_eq!(d.bytes("g").unwrap(), vec![0, 1, 2]);
+        assert!(d.bool("h").unwrap());
+        d.end().unwrap();
+    }
+
+    #[test]
+    fn a_short_body_names_the_message_and_field() {
+        let mut e = Encoder::new(1);
+        e.u32(100);
+        let frame = e.finish();
+        let (_, body) = read_frame(&mut &frame[..]).unwrap().unwrap();
+        let mut d = Decoder::new("Hello", &body);
+        let err = d.str("kernel_release").unwrap_err().to_string();
+        assert_eq!(err, "Hello: field `kernel_release` runs past the end of the frame (at byte 4)");
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let body = [1u8, 2, 3];
+        let mut d = Decoder::new("Fatal", &body);
+        d.u8("x").unwrap();
+        assert!(matches!(d.end(), Err(WireError::TrailingBytes { count: 2, .. })));
+    }
+
+    #[test]
+    fn end_of_stream_between_frames_is_clean_but_inside_a_frame_is_not() {
+        assert!(read_frame(&mut &[][..]).unwrap().is_none());
+        let err = read_frame(&mut &[9u8, 0, 0, 0, 1, 2][..]).unwrap_err();
+        assert!(matches!(err, WireError::TruncatedFrame { expected: 9, got: 2 }), "{err}");
+        let err = read_frame(&mut &[9u8, 0][..]).unwrap_err();
+        assert!(matches!(err, WireError::TruncatedFrame { expected: 4, got: 2 }), "{err}");
+    }
+
+    #[test]
+    fn absurd_lengths_are_refused_before_allocating() {
+        let err = read_frame(&mut &[0xff, 0xff, 0xff, 0xff][..]).unwrap_err();
+        assert!(matches!(err, WireError::BadFrameLength(0xffff_ffff)));
+        let err = read_frame(&mut &[0, 0, 0, 0][..]).unwrap_err();
+        assert!(matches!(err, WireError::BadFrameLength(0)));
+    }
+
+    #[test]
+    fn bad_utf8_and_bad_bools_are_named() {
+        let mut e = Encoder::new(1);
+        e.bytes(&[0xff, 0xfe]).u8(2);
+        let frame = e.finish();
+        let body = &frame[5..];
+        let mut d = Decoder::new("Log", body);
+        assert_eq!(d.str("line").unwrap_err().to_string(), "Log: field `line` is not UTF-8");
+        assert_eq!(d.bool("flag").unwrap_err().to_string(), "Log: field `flag` has invalid value 2");
+    }
+}

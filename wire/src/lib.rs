@@ -1,0 +1,30 @@
+//! The protocol between the kevent-bench host and its guest agent.
+//!
+//! Both ends speak it over one virtio-serial port. A frame is a little-endian
+//! `u32` length, then that many bytes: a one-byte message kind and its body.
+//! Bodies are fixed sequences of fields (integers little-endian, strings and
+//! byte strings prefixed with a `u32` length), decoded strictly: a short body,
+//! trailing bytes, an unknown kind or bad UTF-8 is a [`WireError`] that says
+//! which field of which message was wrong, never a panic.
+//!
+//! The agent's first frame is always [`GuestMessage::Hello`], whose first
+//! field is [`PROTOCOL_VERSION`]; the host refuses any other version.
+//!
+//! This crate is plain data and encoding, with no dependencies: it builds for
+//! the host and for the static agent alike.
+
+mod codec;
+mod message;
+
+pub use codec::{read_frame, write_frame, Decoder, Encoder, WireError, MAX_FRAME_LEN};
+pub use message::{GuestMessage, Hello, HostMessage, ModuleLoad};
+
+/// Version of this protocol; bump it whenever a message's layout changes.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Name of the virtio-serial port the agent talks on (`virtserialport,name=`).
+pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
+
+/// Line the agent prints on the console as its first act: the host reads it
+/// as "the kernel has booted and started /init".
+pub const AGENT_STARTED_MARKER: &str = "kevent-agent: started";

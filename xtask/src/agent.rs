@@ -1,0 +1,36 @@
+//! The guest agent and the floor init: static glibc binaries.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::process::run_logged;
+use crate::project::Project;
+
+/// The target is always named: without `--target`, `+crt-static` would also
+/// apply to build scripts and proc-macros, which cannot be static.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+const PROFILE: &str = "agent";
+
+pub struct AgentBinaries {
+    pub agent: PathBuf,
+    pub floor_init: PathBuf,
+}
+
+pub fn build(project: &Project) -> anyhow::Result<AgentBinaries> {
+    // Its own target directory: different RUSTFLAGS would otherwise make every
+    // host build and every agent build invalidate the other.
+    let target_dir = project.out.join("agent-target");
+    std::fs::create_dir_all(&project.out)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run_logged(
+        Command::new(cargo)
+            .current_dir(&project.root)
+            .args(["build", "--quiet", "--package", "kevent-agent", "--bins", "--profile", PROFILE, "--target", TARGET])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"),
+        "agent build",
+        &project.out.join("agent-build.log"),
+    )?;
+    let bin_dir = target_dir.join(TARGET).join(PROFILE);
+    Ok(AgentBinaries { agent: bin_dir.join("kevent-agent"), floor_init: bin_dir.join("floor-init") })
+}

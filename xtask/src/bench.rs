@@ -1,0 +1,76 @@
+//! `cargo xtask bench boot`: boot times beside the floor of the same run.
+//!
+//! The floor is the same kernel and QEMU command line with an init that
+//! restarts the machine at once; floor and bench boots alternate, so both
+//! see the same host load.
+
+use std::time::Duration;
+
+use kevent_bench::{run_floor, Machine, MachineConfig, Timeouts};
+
+use crate::flags::BenchFlags;
+
+/// Median boot-to-greeting over the floor's median: the target.
+const TARGET_RATIO: f64 = 1.15;
+
+pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build)?;
+    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+    let (cpus, memory) = (flags.guest.cpus, flags.guest.memory_mib);
+    let floor_guest = artifacts.floor_guest(cpus, memory);
+    let timeouts = Timeouts::default();
+    let (mut floor, mut greeting, mut exit) = (Vec::new(), Vec::new(), Vec::new());
+    // Run 0 of each is untimed: page cache and QEMU's own start-up.
+    for run in 0..=flags.runs {
+        floor.push(run_floor(&floor_guest, decision.accel, timeouts.kernel_boot)?);
+        let config = MachineConfig {
+            qemu: kevent_bench::qemu::qemu_binary(),
+            guest: artifacts.guest(cpus, memory, Vec::new()),
+            accel: decision.accel,
+            run_dir: crate::boot::run_dir(&artifacts, "bench"),
+            stream_console: false,
+            timeouts,
+        };
+        let machine = Machine::boot(&config)?;
+        let greeted = machine.timings.greeted;
+        let report = machine.shutdown(timeouts.shutdown)?;
+        let _ = std::fs::remove_dir_all(&config.run_dir);
+        if run == 0 {
+            floor.clear();
+            continue;
+        }
+        greeting.push(greeted);
+        exit.push(report.total);
+    }
+    println!(
+        "boot benchmark: {} runs, {cpus} vCPU(s), {}, {} kernel {}",
+        flags.runs, decision.accel, artifacts.profile, artifacts.kernel_release
+    );
+    println!("{:<34}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
+    let row = |name: &str, samples: &mut Vec<Duration>| {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{name:<34}{:>9.0}{:>9.0}{:>9.0}",
+            ms(samples[0]),
+            ms(median(samples)),
+            ms(*samples.last().expect("at least one run"))
+        );
+    };
+    row("floor: trivial init, spawn → exit", &mut floor);
+    row("agent: spawn → greeting", &mut greeting);
+    row("agent: spawn → exit (after shutdown)", &mut exit);
+    let ratio = median(&greeting).as_secs_f64() / median(&floor).as_secs_f64();
+    let verdict = if ratio <= TARGET_RATIO { "within" } else { "OVER" };
+    println!("median greeting / median floor = {ratio:.3} ({verdict} the {TARGET_RATIO} target)");
+    Ok(())
+}
+
+fn median(sorted: &[Duration]) -> Duration {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2
+    }
+}

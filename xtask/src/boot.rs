@@ -1,0 +1,69 @@
+//! `cargo xtask boot`: one boot to the agent's greeting, with timings.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kevent_bench::{accel, AccelDecision, Artifacts, Machine, MachineConfig, Timeouts};
+
+use crate::flags::{BootFlags, GuestFlags};
+
+pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build)?;
+    let decision = decide_accel(&artifacts, &flags.guest);
+    let guest = artifacts.guest(flags.guest.cpus, flags.guest.memory_mib, flags.append.clone());
+    let config = MachineConfig {
+        qemu: kevent_bench::qemu::qemu_binary(),
+        guest,
+        accel: decision.accel,
+        run_dir: run_dir(&artifacts, "boot"),
+        stream_console: flags.console,
+        timeouts: Timeouts::default(),
+    };
+    eprintln!("console log: {}", config.run_dir.join("console.log").display());
+    let machine = Machine::boot(&config)?;
+    let (hello, timings) = (machine.hello.clone(), machine.timings);
+    let report = machine.shutdown(config.timeouts.shutdown)?;
+
+    let guest_ms = |ns: u64| ns as f64 / 1e6;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "guest         Linux {} on {} CPU(s), clocksource {}",
+        hello.kernel_release, hello.cpus_online, hello.clocksource
+    );
+    println!("accelerator   {} ({})", decision.accel, decision.reason);
+    for module in &hello.modules {
+        let params = if module.params.is_empty() { String::new() } else { format!(" {}", module.params) };
+        println!("module        {}{params} loaded in {:.1} ms", module.name, guest_ms(module.load_ns));
+    }
+    println!();
+    println!("{:<16}{:>10}  ends when", "stage", "host ms");
+    println!("{:<16}{:>10.0}  QEMU connects to the agent channel", "QEMU start", ms(timings.qemu_started));
+    println!(
+        "{:<16}{:>10.0}  /init starts (guest clock: {:.0} ms)",
+        "kernel boot",
+        ms(timings.kernel_booted - timings.qemu_started),
+        guest_ms(hello.agent_started_ns)
+    );
+    println!(
+        "{:<16}{:>10.0}  the agent greets (guest clock: {:.0} ms)",
+        "agent setup",
+        ms(timings.greeted - timings.kernel_booted),
+        guest_ms(hello.greeted_ns - hello.agent_started_ns)
+    );
+    println!("{:<16}{:>10.0}  QEMU exits", "shutdown", ms(report.shutdown));
+    println!("{:<16}{:>10.0}  spawn to greeting {:.0} ms", "total", ms(report.total), ms(timings.greeted));
+    Ok(())
+}
+
+/// Resolves `--accel` and says what was picked and why.
+pub fn decide_accel(artifacts: &Artifacts, guest: &GuestFlags) -> AccelDecision {
+    let decision = accel::decide(guest.accel, &artifacts.floor_guest(1, guest.memory_mib), &artifacts.cache_dir);
+    eprintln!("accelerator: {} ({})", decision.accel, decision.reason);
+    decision
+}
+
+/// A fresh directory for one run's console log.
+pub fn run_dir(artifacts: &Artifacts, what: &str) -> PathBuf {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    artifacts.runs_dir.join(format!("{what}-{}-{:03}-{}", now.as_secs(), now.subsec_millis(), std::process::id()))
+}

@@ -1,0 +1,224 @@
+//! Command-line flags of `cargo xtask`.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context};
+use kevent_bench::AccelChoice;
+
+pub const USAGE: &str = "\
+usage: cargo xtask <command> [flags]
+
+commands:
+  build                 build the kernel, the events modules, the agent and the initramfs
+  boot                  build, boot the guest, wait for the agent's greeting, print timings, shut down
+  test [-- ARGS]        build, then run every test (ARGS go to the test runner)
+  bench boot            boot N times; print boot times beside the trivial-init floor
+
+build flags (every command):
+  --kernel-src DIR      build this kernel tree instead of Debian's linux-source-6.12
+                        (environment: KEVENT_BENCH_KERNEL_SRC)
+  --kernel-profile P    default | debug (lockdep, atomic-sleep checks; its own cache entry)
+                        (environment: KEVENT_BENCH_KERNEL_PROFILE)
+
+guest flags (boot, test, bench):
+  --accel A             auto | kvm | tcg (default auto: KVM only if a probe guest boots under it)
+  --cpus N              virtual CPUs, each in its own socket (default 2)
+  --memory MIB          guest memory in MiB (default 256)
+
+boot flags:
+  --console             stream the serial console to stderr
+  --append ARG          add a kernel command-line argument (repeatable)
+
+bench flags:
+  --runs N              boots per configuration (default 10)
+
+environment:
+  KEVENT_BENCH_CACHE    kernel sources and builds (default $XDG_CACHE_HOME/kevent-bench or ~/.cache/kevent-bench)
+  KEVENT_BENCH_QEMU     QEMU binary (default qemu-system-x86_64 on PATH)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelProfile {
+    Default,
+    Debug,
+}
+
+impl KernelProfile {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelProfile::Default => "default",
+            KernelProfile::Debug => "debug",
+        }
+    }
+
+    /// Config fragments, in merge order, relative to `kernel-config/`.
+    pub fn fragments(self) -> &'static [&'static str] {
+        match self {
+            KernelProfile::Default => &["bench.config"],
+            KernelProfile::Debug => &["bench.config", "debug.config"],
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "default" => Ok(KernelProfile::Default),
+            "debug" => Ok(KernelProfile::Debug),
+            other => bail!("unknown kernel profile {other:?}: expected default or debug"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildFlags {
+    pub kernel_src: Option<PathBuf>,
+    pub profile: KernelProfile,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuestFlags {
+    pub accel: AccelChoice,
+    pub cpus: u32,
+    pub memory_mib: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootFlags {
+    pub build: BuildFlags,
+    pub guest: GuestFlags,
+    pub console: bool,
+    pub append: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestFlags {
+    pub build: BuildFlags,
+    pub guest: GuestFlags,
+    pub runner_args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchFlags {
+    pub build: BuildFlags,
+    pub guest: GuestFlags,
+    pub runs: usize,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Help,
+    Build(BuildFlags),
+    Boot(BootFlags),
+    Test(TestFlags),
+    Bench(BenchFlags),
+}
+
+struct Args {
+    rest: std::vec::IntoIter<String>,
+}
+
+impl Args {
+    fn value(&mut self, flag: &str) -> anyhow::Result<String> {
+        self.rest.next().ok_or_else(|| anyhow!("{flag} needs a value"))
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, flag: &str) -> anyhow::Result<T>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        let v = self.value(flag)?;
+        v.parse().with_context(|| format!("{flag} {v:?}"))
+    }
+}
+
+pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
+    let mut args = Args { rest: args.collect::<Vec<_>>().into_iter() };
+    let Some(command) = args.rest.next() else { return Ok(Command::Help) };
+    let mut build = BuildFlags {
+        kernel_src: std::env::var_os("KEVENT_BENCH_KERNEL_SRC").map(PathBuf::from),
+        profile: match std::env::var("KEVENT_BENCH_KERNEL_PROFILE") {
+            Ok(p) => KernelProfile::parse(&p).context("KEVENT_BENCH_KERNEL_PROFILE")?,
+            Err(_) => KernelProfile::Default,
+        },
+    };
+    let mut guest = GuestFlags { accel: AccelChoice::Auto, cpus: 2, memory_mib: 256 };
+    let (mut console, mut append, mut runs, mut runner_args) = (false, Vec::new(), 10usize, Vec::new());
+    let mut bench_target = None;
+
+    let takes_guest = matches!(command.as_str(), "boot" | "test" | "bench");
+    while let Some(arg) = args.rest.next() {
+        match arg.as_str() {
+            "--kernel-src" => build.kernel_src = Some(args.value(&arg)?.into()),
+            "--kernel-profile" => build.profile = KernelProfile::parse(&args.value(&arg)?)?,
+            "--accel" if takes_guest => guest.accel = args.value(&arg)?.parse().map_err(|e: String| anyhow!(e))?,
+            "--cpus" if takes_guest => guest.cpus = args.number(&arg)?,
+            "--memory" if takes_guest => guest.memory_mib = args.number(&arg)?,
+            "--console" if command == "boot" => console = true,
+            "--append" if command == "boot" => append.push(args.value(&arg)?),
+            "--runs" if command == "bench" => runs = args.number(&arg)?,
+            "--" if command == "test" => runner_args.extend(args.rest.by_ref()),
+            "-h" | "--help" => return Ok(Command::Help),
+            target if command == "bench" && bench_target.is_none() && !target.starts_with('-') => {
+                bench_target = Some(target.to_owned())
+            }
+            other => bail!("unknown argument {other:?} for `{command}`"),
+        }
+    }
+    if !(1..=8).contains(&guest.cpus) {
+        bail!("--cpus {}: the bench kernel supports 1 to 8 CPUs", guest.cpus);
+    }
+    if guest.memory_mib < 64 {
+        bail!("--memory {}: the guest needs at least 64 MiB", guest.memory_mib);
+    }
+    Ok(match command.as_str() {
+        "help" | "-h" | "--help" => Command::Help,
+        "build" => Command::Build(build),
+        "boot" => Command::Boot(BootFlags { build, guest, console, append }),
+        "test" => Command::Test(TestFlags { build, guest, runner_args }),
+        "bench" => match bench_target.as_deref() {
+            Some("boot") => Command::Bench(BenchFlags { build, guest, runs: runs.max(1) }),
+            Some(other) => bail!("unknown benchmark {other:?}: expected `boot`"),
+            None => bail!("`bench` needs a benchmark: `cargo xtask bench boot`"),
+        },
+        other => bail!("unknown command {other:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &str) -> anyhow::Result<Command> {
+        parse(words.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn boot_flags_are_read() {
+        let Command::Boot(b) = parse_words("boot --accel tcg --cpus 4 --console --append quiet").unwrap() else {
+            panic!("not a boot command")
+        };
+        assert_eq!(b.guest.accel, AccelChoice::Tcg);
+        assert_eq!(b.guest.cpus, 4);
+        assert!(b.console);
+        assert_eq!(b.append, ["quiet"]);
+    }
+
+    #[test]
+    fn flags_of_other_commands_are_refused_by_name() {
+        let err = parse_words("build --console").unwrap_err().to_string();
+        assert_eq!(err, "unknown argument \"--console\" for `build`");
+        let err = parse_words("boot --cpus 9").unwrap_err().to_string();
+        assert!(err.contains("1 to 8 CPUs"), "{err}");
+        let err = parse_words("boot --accel hvf").unwrap_err().to_string();
+        assert!(err.contains("expected auto, kvm or tcg"), "{err}");
+        let err = parse_words("bench").unwrap_err().to_string();
+        assert!(err.contains("cargo xtask bench boot"), "{err}");
+    }
+
+    #[test]
+    fn test_passes_everything_after_the_separator_to_the_runner() {
+        let Command::Test(t) = parse_words("test --kernel-profile debug -- --partition count:1/2 boot").unwrap() else {
+            panic!("not a test command")
+        };
+        assert_eq!(t.build.profile, KernelProfile::Debug);
+        assert_eq!(t.runner_args, ["--partition", "count:1/2", "boot"]);
+    }
+}

@@ -1,0 +1,121 @@
+//! The events modules: `kmod/` built with Kbuild against the guest kernel.
+//!
+//! Kbuild writes objects next to the sources of an external module, so the
+//! sources are mirrored into the output directory first (unchanged files keep
+//! their timestamps, so make stays incremental) and `kmod/` stays clean.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::fsutil::{write_if_changed, Fingerprint};
+use crate::kernel::Kernel;
+use crate::process::run_logged;
+use crate::project::Project;
+
+/// A built module, in load order.
+pub struct Module {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+pub fn build(project: &Project, kernel: &Kernel) -> anyhow::Result<Vec<Module>> {
+    let sources = source_files(&project.kmod_dir())?;
+    if !sources.iter().any(|(rel, _)| rel == Path::new("Kbuild")) {
+        bail!("{} has no Kbuild file", project.kmod_dir().display());
+    }
+    let build_dir = project.out.join(format!("kmod-{}", kernel.profile));
+    let mut key = Fingerprint::new();
+    key.add(kernel.key.as_bytes());
+    for (rel, data) in &sources {
+        key.add(rel.as_os_str().as_encoded_bytes()).add(data);
+    }
+    let key = key.hex();
+    let stamp = build_dir.join(".kevent-bench.built");
+    if fs::read_to_string(&stamp).is_ok_and(|k| k == key) {
+        if let Ok(modules) = modules_in_order(&build_dir) {
+            return Ok(modules);
+        }
+    }
+    mirror(&sources, &build_dir)?;
+    let log = build_dir.join("make.log");
+    let _ = fs::remove_file(&log);
+    run_logged(
+        Command::new("make").arg("-C").arg(&kernel.build_dir).arg(format!("M={}", build_dir.display())).args([
+            "ARCH=x86_64",
+            "W=1",
+            "modules",
+        ]),
+        "events module build",
+        &log,
+    )?;
+    // W=1 warnings do not fail make; they fail the bench build.
+    let warnings: Vec<String> =
+        fs::read_to_string(&log)?.lines().filter(|l| l.contains("warning:")).map(str::to_owned).collect();
+    if !warnings.is_empty() {
+        bail!("the events module build (W=1) has warnings:\n{}", warnings.join("\n"));
+    }
+    let modules = modules_in_order(&build_dir)?;
+    fs::write(&stamp, &key)?;
+    Ok(modules)
+}
+
+/// Every source file under `kmod/` (relative path, contents), sorted.
+fn source_files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files).with_context(|| format!("read {}", dir.display()))?;
+    files.sort();
+    Ok(files)
+}
+
+fn collect(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(root, &path, files)?;
+        } else if is_source(&path) {
+            let rel = path.strip_prefix(root).expect("under root").to_owned();
+            files.push((rel, fs::read(&path)?));
+        }
+    }
+    Ok(())
+}
+
+fn is_source(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name == "Kbuild" || name == "Makefile" || name.ends_with(".c") || name.ends_with(".h")
+}
+
+fn mirror(sources: &[(PathBuf, Vec<u8>)], build_dir: &Path) -> anyhow::Result<()> {
+    for (rel, data) in sources {
+        write_if_changed(&build_dir.join(rel), data)?;
+    }
+    // A source removed from kmod/ must not linger in the build.
+    let mut present = Vec::new();
+    collect(build_dir, build_dir, &mut present)?;
+    for (rel, _) in present {
+        if !sources.iter().any(|(s, _)| *s == rel) {
+            fs::remove_file(build_dir.join(&rel))?;
+        }
+    }
+    Ok(())
+}
+
+/// The built modules in Kbuild's `obj-m` order, which is their load order.
+fn modules_in_order(build_dir: &Path) -> anyhow::Result<Vec<Module>> {
+    let order = fs::read_to_string(build_dir.join("modules.order")).context("Kbuild wrote no modules.order")?;
+    order
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let path = build_dir.join(Path::new(line.trim()).with_extension("ko"));
+            let name = path.file_stem().and_then(|s| s.to_str()).context("module without a name")?.to_owned();
+            if !path.is_file() {
+                bail!("{} is listed in modules.order but was not built", path.display());
+            }
+            Ok(Module { name, path })
+        })
+        .collect()
+}

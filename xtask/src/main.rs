@@ -1,0 +1,87 @@
+//! `cargo xtask`: builds the guest (kernel, events modules, agent, initramfs)
+//! and runs everything that needs it. The host bench (`kevent-bench`) builds
+//! nothing itself; this crate is where building lives.
+
+mod agent;
+mod bench;
+mod boot;
+mod flags;
+mod fsutil;
+mod initramfs;
+mod kernel;
+mod kmod;
+mod prereq;
+mod process;
+mod project;
+mod test;
+
+use std::process::ExitCode;
+
+use kevent_bench::exit_code;
+
+fn main() -> ExitCode {
+    let command = match flags::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", flags::USAGE);
+            return ExitCode::from(exit_code::USAGE as u8);
+        }
+    };
+    let result = match command {
+        flags::Command::Help => {
+            println!("{}", flags::USAGE);
+            Ok(())
+        }
+        flags::Command::Build(build) => build::run(&build).map(|_| ()),
+        flags::Command::Boot(boot) => boot::run(&boot),
+        flags::Command::Test(test) => test::run(&test),
+        flags::Command::Bench(bench) => bench::run(&bench),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = exit_code_of(&e);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// The documented exit code for an error: a guest failure keeps its own,
+/// a missing prerequisite has one, anything else is a bench error.
+fn exit_code_of(e: &anyhow::Error) -> i32 {
+    if let Some(failure) = e.downcast_ref::<kevent_bench::Failure>() {
+        return failure.exit_code();
+    }
+    if e.downcast_ref::<prereq::Missing>().is_some() {
+        return exit_code::MISSING_PREREQUISITE;
+    }
+    if let Some(test::TestsFailed(code)) = e.downcast_ref::<test::TestsFailed>() {
+        return *code;
+    }
+    exit_code::BENCH_ERROR
+}
+
+mod build {
+    use crate::{agent, flags, initramfs, kernel, kmod, prereq, project};
+
+    /// Everything a guest needs, built or found up to date.
+    pub fn run(flags: &flags::BuildFlags) -> anyhow::Result<initramfs::Artifacts> {
+        let started = std::time::Instant::now();
+        prereq::ensure(&prereq::for_build(flags.kernel_src.as_deref()))?;
+        let project = project::Project::locate()?;
+        let kernel = kernel::build(&project, flags)?;
+        let modules = kmod::build(&project, &kernel)?;
+        let agent = agent::build(&project)?;
+        let artifacts = initramfs::assemble(&project, &kernel, &modules, &agent)?;
+        eprintln!(
+            "built {} kernel {} ({}), {} module(s), agent; in {:.1} s",
+            kernel.profile,
+            kernel.release,
+            if kernel.reused { "cached" } else { "rebuilt" },
+            modules.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(artifacts)
+    }
+}

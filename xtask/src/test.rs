@@ -1,0 +1,54 @@
+//! `cargo xtask test`: builds what the tests need, then runs every test of
+//! the workspace (unit, integration, guest boots) with cargo-nextest if it is
+//! installed, else with `cargo test`.
+
+use std::fmt;
+use std::process::Command;
+
+use anyhow::Context;
+use kevent_bench::accel::which;
+
+use crate::flags::TestFlags;
+
+/// The test runner failed; carries its exit code.
+#[derive(Debug)]
+pub struct TestsFailed(pub i32);
+
+impl fmt::Display for TestsFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tests failed (runner exit code {})", self.0)
+    }
+}
+
+impl std::error::Error for TestsFailed {}
+
+/// Environment variables through which the tests get the guest.
+pub const ACCEL_ENV: &str = "KEVENT_BENCH_ACCEL";
+
+pub fn run(flags: &TestFlags) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build)?;
+    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+    let project = crate::project::Project::locate()?;
+    let artifacts_file = project.out.join(&artifacts.profile).join("artifacts");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&project.root);
+    if has_nextest() {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        eprintln!("cargo-nextest not found: running the tests with `cargo test`");
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(&flags.runner_args)
+        .env(kevent_bench::artifacts::ARTIFACTS_ENV, &artifacts_file)
+        .env(ACCEL_ENV, decision.accel.to_string());
+    let status = cmd.status().context("run the test runner")?;
+    if !status.success() {
+        return Err(TestsFailed(status.code().unwrap_or(1)).into());
+    }
+    Ok(())
+}
+
+fn has_nextest() -> bool {
+    which(std::path::Path::new("cargo-nextest")).is_some()
+}
