@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kevent_thermal: internal interfaces between its source files
+ *
+ * The module is split so that any source of "the hardware changed state,
+ * then raised the thermal interrupt on CPU i" can drive it:
+ *
+ *   kthermal_regs.c    the simulated register file (the "hardware"):
+ *                      per-CPU IA32_THERM_STATUS and IA32_TEMPERATURE_TARGET,
+ *                      per-package IA32_PACKAGE_THERM_STATUS, with hardware
+ *                      updates (kt_regs_hw_set()) and rdmsr/wrmsr-like
+ *                      software access (kt_regs_read(), kt_regs_sw_write()).
+ *   kthermal_irq.c     the thermal interrupt handler of the running CPU
+ *                      (kt_thermal_interrupt(), hard IRQ only), its per-CPU
+ *                      state and counters, the deferred uevents.
+ *   kthermal_inject.c  debugfs-driven injection: apply a state on the target
+ *                      CPU, raise the interrupt there through an irq_work,
+ *                      wait for the fence.
+ *   kthermal_debugfs.c the debugfs files.
+ *   kthermal_sysfs.c   the per-CPU counter attributes.
+ *
+ * A PCI driver whose MSI-X vector i fires on CPU i would call, from its
+ * hard IRQ handler on that CPU:
+ *
+ *	kt_regs_hw_set(smp_processor_id(), KT_REG_THERM_STATUS, image);
+ *	kt_thermal_interrupt(0);
+ */
+#ifndef _KTHERMAL_H
+#define _KTHERMAL_H
+
+#include <linux/atomic.h>
+#include <linux/bits.h>
+#include <linux/percpu.h>
+#include <linux/types.h>
+
+/* MSR numbers, for documentation and the README. */
+#define KT_MSR_IA32_THERM_STATUS		0x19c
+#define KT_MSR_IA32_TEMPERATURE_TARGET		0x1a2
+#define KT_MSR_IA32_PACKAGE_THERM_STATUS	0x1b1
+
+/*
+ * Bits of IA32_THERM_STATUS and IA32_PACKAGE_THERM_STATUS (Intel SDM vol. 4).
+ * Status bits are read-only; the log bit above each status bit is R/WC0.
+ */
+#define KT_STATUS_PROCHOT	BIT_ULL(0)	/* thermal status (PROCHOT) */
+#define KT_STATUS_EXT_PROCHOT	BIT_ULL(2)	/* PROCHOT# or FORCEPR# event */
+#define KT_STATUS_CRITICAL	BIT_ULL(4)	/* critical temperature */
+#define KT_STATUS_THRESHOLD1	BIT_ULL(6)	/* thermal threshold #1 */
+#define KT_STATUS_THRESHOLD2	BIT_ULL(8)	/* thermal threshold #2 */
+#define KT_STATUS_POWER_LIMIT	BIT_ULL(10)	/* power limitation */
+#define KT_STATUS_MASK		(KT_STATUS_PROCHOT | KT_STATUS_EXT_PROCHOT | \
+				 KT_STATUS_CRITICAL | KT_STATUS_THRESHOLD1 | \
+				 KT_STATUS_THRESHOLD2 | KT_STATUS_POWER_LIMIT)
+#define KT_LOG_MASK		(KT_STATUS_MASK << 1)
+#define KT_READOUT_SHIFT	16
+#define KT_READOUT_MASK		GENMASK_ULL(22, 16)	/* degrees below TjMax */
+#define KT_VALID		BIT_ULL(31)		/* readout valid (core) */
+
+/* Writable-by-hardware bits; everything else is reserved. */
+#define KT_CORE_MASK	(KT_STATUS_MASK | KT_LOG_MASK | KT_READOUT_MASK | KT_VALID)
+#define KT_PKG_MASK	(KT_STATUS_MASK | KT_LOG_MASK | KT_READOUT_MASK)
+
+#define KT_TJMAX_SHIFT	16			/* IA32_TEMPERATURE_TARGET */
+
+/* Reset images: no status, no log, 50 degrees below TjMax. */
+#define KT_RESET_READOUT	50ULL
+#define KT_CORE_RESET	(KT_VALID | (KT_RESET_READOUT << KT_READOUT_SHIFT))
+#define KT_PKG_RESET	(KT_RESET_READOUT << KT_READOUT_SHIFT)
+
+enum kt_reg {
+	KT_REG_THERM_STATUS,		/* 0x19c, per CPU */
+	KT_REG_PKG_THERM_STATUS,	/* 0x1b1, per package */
+	KT_REG_TEMPERATURE_TARGET,	/* 0x1a2, per CPU, read-only */
+	KT_REG_NR,
+};
+
+/* Event kinds, in delivery order within one interrupt. */
+enum kt_event {
+	KT_EV_PROCHOT,
+	KT_EV_EXT_PROCHOT,
+	KT_EV_CRITICAL,
+	KT_EV_THRESHOLD1,
+	KT_EV_THRESHOLD2,
+	KT_EV_POWER_LIMIT,
+	KT_EV_PKG_PROCHOT,
+	KT_EV_PKG_EXT_PROCHOT,
+	KT_EV_PKG_CRITICAL,
+	KT_EV_PKG_THRESHOLD1,
+	KT_EV_PKG_THRESHOLD2,
+	KT_EV_PKG_POWER_LIMIT,
+	KT_EV_NR,
+};
+
+#define KT_EV_PKG_FIRST	KT_EV_PKG_PROCHOT
+
+/**
+ * struct kt_event_desc - one row of the event table
+ * @object: kmessage object ("From:" line)
+ * @bit: status bit in its register
+ * @package: the bit is in IA32_PACKAGE_THERM_STATUS
+ */
+struct kt_event_desc {
+	const char *object;
+	u64 bit;
+	bool package;
+};
+
+extern const struct kt_event_desc kt_events[KT_EV_NR];
+
+/* Per-CPU counters, shown in /sys/devices/system/cpu/cpuN/kevent_thermal/. */
+#define KT_SYSFS_GROUP	"kevent_thermal"
+
+enum kt_counter {
+	KT_CNT_INTERRUPTS,
+	KT_CNT_RATE_LIMITED,
+	KT_CNT_KMESSAGE_FAILED,
+	KT_CNT_UEVENT_ALLOC_FAILED,
+	KT_CNT_UEVENT_QUEUE_FULL,
+	KT_CNT_UEVENT_FAILED,
+	KT_CNT_EVENT_BASE,		/* then "high", "normal" per event */
+	KT_CNT_NR = KT_CNT_EVENT_BASE + 2 * KT_EV_NR,
+};
+
+#define KT_CNT_EVENT(ev, high)	(KT_CNT_EVENT_BASE + 2 * (ev) + ((high) ? 0 : 1))
+
+/**
+ * struct kt_cpu_state - handler state of one CPU
+ * @cnt: counters (any context may increment)
+ * @last_handled_ns: time of the last handled (not rate-limited) interrupt
+ * @handled: an interrupt has been handled on this CPU
+ * @seen_core: core status bits at the last handled interrupt
+ *
+ * Everything but @cnt is touched only by the handler on its own CPU.
+ */
+struct kt_cpu_state {
+	atomic_long_t cnt[KT_CNT_NR];
+	u64 last_handled_ns;
+	bool handled;
+	u64 seen_core;
+};
+
+DECLARE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
+
+/* Module parameters (kthermal_main.c). */
+extern unsigned int kt_rate_limit_ms;
+extern unsigned int kt_tjmax;
+
+/* kthermal_regs.c */
+int kt_regs_init(void);
+void kt_regs_exit(void);
+int kt_regs_pkg_slot(unsigned int cpu);
+u64 kt_regs_read(unsigned int cpu, enum kt_reg reg);
+int kt_regs_hw_check(enum kt_reg reg, u64 val);
+int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val);
+int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val);
+
+/* kthermal_irq.c */
+int kt_irq_init(void);
+void kt_irq_exit(void);
+void kt_thermal_interrupt(u64 fence);
+long kt_uevents_pending(void);
+
+/* kthermal_inject.c */
+void kt_inject_init(void);
+void kt_inject_exit(void);
+int kt_inject(unsigned int cpu, enum kt_reg reg, u64 val);
+void kt_fence_signal(u64 fence);
+u64 kt_injections(void);
+u64 kt_fence_timeouts(void);
+
+/* kthermal_debugfs.c */
+int kt_debugfs_init(void);
+void kt_debugfs_exit(void);
+
+/* kthermal_sysfs.c */
+int kt_sysfs_init(void);
+void kt_sysfs_exit(void);
+const char *kt_counter_name(enum kt_counter idx);
+
+#endif /* _KTHERMAL_H */

@@ -1,0 +1,415 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kevent_thermal: in-guest injection interface of kevent_thermal.ko
+ *
+ * mce-inject style, in /sys/kernel/debug/kevent_thermal/; see kt_readme
+ * below (also the file README) for the interface.  Invalid input of any
+ * kind gives -EINVAL and changes nothing.
+ */
+
+#include <linux/cpumask.h>
+#include <linux/ctype.h>
+#include <linux/debugfs.h>
+#include <linux/errno.h>
+#include <linux/fs.h>
+#include <linux/kernel.h>
+#include <linux/kstrtox.h>
+#include <linux/mutex.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+
+#include "kthermal.h"
+
+/* Longest accepted write, newline included. */
+#define KT_LINE_MAX	64
+
+static const char kt_readme[] =
+"kevent_thermal: simulated IA32_THERM_STATUS sensor and thermal interrupt\n"
+"\n"
+"Injection (write, then the interrupt is raised on the target CPU):\n"
+"  cpu               target CPU of the next staged injection (decimal,\n"
+"                    must be online); read: \"%u\\n\"\n"
+"  therm_status      staged new hardware state of the target's\n"
+"                    IA32_THERM_STATUS (0x19c); hex, 0x optional;\n"
+"                    read: \"0x%llx\\n\"\n"
+"  pkg_therm_status  staged new hardware state of the target's package\n"
+"                    IA32_PACKAGE_THERM_STATUS (0x1b1); same format\n"
+"  trigger           \"core\" or \"package\": apply the staged state to the\n"
+"                    target CPU or its package and raise the thermal\n"
+"                    interrupt on the target CPU;\n"
+"                    \"core <cpu> <hex>\" or \"package <cpu> <hex>\": the\n"
+"                    same without staging (staged values are unchanged)\n"
+"  stats             injections, fence_timeouts, uevents_pending\n"
+"\n"
+"A hardware state sets status bits 0 PROCHOT, 2 PROCHOT#/FORCEPR#,\n"
+"4 critical temperature, 6 threshold #1, 8 threshold #2, 10 power limit,\n"
+"readout bits 22:16 (degrees below TjMax) and, core only, bit 31 readout\n"
+"valid.  The hardware sets log bit n+1 whenever status bit n changes; log\n"
+"bits (1 3 5 7 9 11) given in the state are latched in addition.  Other\n"
+"bits are reserved: core mask 0x807f0fff, package mask 0x7f0fff.\n"
+"\n"
+"A trigger write returns once the handler has run in hard IRQ on the\n"
+"target CPU and every kmessage and uevent it caused has been broadcast\n"
+"(-ETIMEDOUT after 10 s).  Injections are serialised.\n"
+"\n"
+"Software view of the registers (rdmsr/wrmsr), cpuN/ for each possible CPU:\n"
+"  therm_status        IA32_THERM_STATUS, read \"0x%llx\\n\"; write: log bits\n"
+"                      are R/WC0 (0 clears, 1 keeps), status bits must be\n"
+"                      written unchanged, readout/valid are ignored\n"
+"  pkg_therm_status    IA32_PACKAGE_THERM_STATUS of the CPU's package, same\n"
+"  temperature_target  IA32_TEMPERATURE_TARGET, TjMax in 23:16, read-only\n"
+"Writes need the CPU online.\n"
+"\n"
+"Errors: -EINVAL for anything invalid (not a number, CPU out of range or\n"
+"offline, reserved bits, a status bit changed by software, unknown\n"
+"trigger word); nothing is changed then.\n";
+
+static struct dentry *kt_dir;
+
+/* Staged injection, mce-inject style. */
+static DEFINE_MUTEX(kt_stage_lock);
+static unsigned int kt_stage_cpu;
+static u64 kt_stage_val[2] = {
+	[KT_REG_THERM_STATUS] = KT_CORE_RESET,
+	[KT_REG_PKG_THERM_STATUS] = KT_PKG_RESET,
+};
+
+/**
+ * struct kt_regfile - private data of a cpuN/ register file
+ * @cpu: CPU
+ * @reg: register
+ */
+struct kt_regfile {
+	unsigned int cpu;
+	enum kt_reg reg;
+};
+
+static struct kt_regfile *kt_regfiles;	/* nr_cpu_ids * KT_REG_NR */
+
+/* Copy one line from userspace; *line: NUL-terminated, whitespace trimmed. */
+static int kt_get_line(char *buf, size_t size, const char __user *ubuf,
+		       size_t count, char **line)
+{
+	if (!count || count >= size)
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, count))
+		return -EFAULT;
+	buf[count] = '\0';
+	*line = strim(buf);
+	return 0;
+}
+
+static char *kt_token(char **s)
+{
+	char *t = skip_spaces(*s);
+	char *e = t;
+
+	if (!*t) {
+		*s = t;
+		return NULL;
+	}
+	while (*e && !isspace(*e))
+		e++;
+	if (*e)
+		*e++ = '\0';
+	*s = e;
+	return t;
+}
+
+static int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
+		      u64 *val)
+{
+	char buf[KT_LINE_MAX], *line;
+	int ret;
+
+	ret = kt_get_line(buf, sizeof(buf), ubuf, count, &line);
+	if (ret)
+		return ret;
+	return kstrtou64(line, base, val) ? -EINVAL : 0;
+}
+
+static ssize_t kt_read_text(char __user *ubuf, size_t count, loff_t *ppos,
+			    const char *fmt, u64 val)
+{
+	char buf[32];
+	int len;
+
+	len = scnprintf(buf, sizeof(buf), fmt, val);
+	return simple_read_from_buffer(ubuf, count, ppos, buf, len);
+}
+
+static bool kt_cpu_valid(u64 cpu)
+{
+	return cpu < nr_cpu_ids && cpu_online(cpu);
+}
+
+/* cpu */
+
+static ssize_t kt_cpu_read(struct file *file, char __user *ubuf, size_t count,
+			   loff_t *ppos)
+{
+	unsigned int cpu;
+
+	mutex_lock(&kt_stage_lock);
+	cpu = kt_stage_cpu;
+	mutex_unlock(&kt_stage_lock);
+	return kt_read_text(ubuf, count, ppos, "%llu\n", cpu);
+}
+
+static ssize_t kt_cpu_write(struct file *file, const char __user *ubuf,
+			    size_t count, loff_t *ppos)
+{
+	u64 cpu;
+	int ret;
+
+	ret = kt_get_u64(ubuf, count, 10, &cpu);
+	if (ret)
+		return ret;
+	if (!kt_cpu_valid(cpu))
+		return -EINVAL;
+	mutex_lock(&kt_stage_lock);
+	kt_stage_cpu = cpu;
+	mutex_unlock(&kt_stage_lock);
+	return count;
+}
+
+static const struct file_operations kt_cpu_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_cpu_read,
+	.write	= kt_cpu_write,
+	.llseek	= default_llseek,
+};
+
+/* therm_status, pkg_therm_status (staged); private_data is the kt_reg */
+
+static ssize_t kt_stage_read(struct file *file, char __user *ubuf,
+			     size_t count, loff_t *ppos)
+{
+	enum kt_reg reg = (uintptr_t)file->private_data;
+	u64 val;
+
+	mutex_lock(&kt_stage_lock);
+	val = kt_stage_val[reg];
+	mutex_unlock(&kt_stage_lock);
+	return kt_read_text(ubuf, count, ppos, "0x%llx\n", val);
+}
+
+static ssize_t kt_stage_write(struct file *file, const char __user *ubuf,
+			      size_t count, loff_t *ppos)
+{
+	enum kt_reg reg = (uintptr_t)file->private_data;
+	u64 val;
+	int ret;
+
+	ret = kt_get_u64(ubuf, count, 16, &val);
+	if (ret)
+		return ret;
+	if (kt_regs_hw_check(reg, val))
+		return -EINVAL;
+	mutex_lock(&kt_stage_lock);
+	kt_stage_val[reg] = val;
+	mutex_unlock(&kt_stage_lock);
+	return count;
+}
+
+static const struct file_operations kt_stage_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_stage_read,
+	.write	= kt_stage_write,
+	.llseek	= default_llseek,
+};
+
+/* trigger */
+
+static ssize_t kt_trigger_write(struct file *file, const char __user *ubuf,
+				size_t count, loff_t *ppos)
+{
+	char buf[KT_LINE_MAX], *s;
+	char *word, *tcpu, *tval;
+	unsigned int cpu;
+	enum kt_reg reg;
+	u64 val;
+	int ret;
+
+	ret = kt_get_line(buf, sizeof(buf), ubuf, count, &s);
+	if (ret)
+		return ret;
+	word = kt_token(&s);
+	tcpu = kt_token(&s);
+	tval = kt_token(&s);
+	if (!word || kt_token(&s) || (tcpu && !tval))
+		return -EINVAL;
+
+	if (!strcmp(word, "core"))
+		reg = KT_REG_THERM_STATUS;
+	else if (!strcmp(word, "package"))
+		reg = KT_REG_PKG_THERM_STATUS;
+	else
+		return -EINVAL;
+
+	if (tcpu) {
+		if (kstrtouint(tcpu, 10, &cpu) || kstrtou64(tval, 16, &val))
+			return -EINVAL;
+	} else {
+		mutex_lock(&kt_stage_lock);
+		cpu = kt_stage_cpu;
+		val = kt_stage_val[reg];
+		mutex_unlock(&kt_stage_lock);
+	}
+
+	ret = kt_inject(cpu, reg, val);
+	return ret ? ret : count;
+}
+
+static const struct file_operations kt_trigger_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.write	= kt_trigger_write,
+	.llseek	= noop_llseek,
+};
+
+/* README, stats */
+
+static ssize_t kt_readme_read(struct file *file, char __user *ubuf,
+			      size_t count, loff_t *ppos)
+{
+	return simple_read_from_buffer(ubuf, count, ppos, kt_readme,
+				       sizeof(kt_readme) - 1);
+}
+
+static const struct file_operations kt_readme_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_readme_read,
+	.llseek	= default_llseek,
+};
+
+static ssize_t kt_stats_read(struct file *file, char __user *ubuf,
+			     size_t count, loff_t *ppos)
+{
+	char buf[128];
+	int len;
+
+	len = scnprintf(buf, sizeof(buf),
+			"injections %llu\nfence_timeouts %llu\nuevents_pending %ld\n",
+			kt_injections(), kt_fence_timeouts(),
+			kt_uevents_pending());
+	return simple_read_from_buffer(ubuf, count, ppos, buf, len);
+}
+
+static const struct file_operations kt_stats_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_stats_read,
+	.llseek	= default_llseek,
+};
+
+/* cpuN/therm_status, cpuN/pkg_therm_status, cpuN/temperature_target */
+
+static ssize_t kt_reg_read(struct file *file, char __user *ubuf, size_t count,
+			   loff_t *ppos)
+{
+	struct kt_regfile *rf = file->private_data;
+
+	return kt_read_text(ubuf, count, ppos, "0x%llx\n",
+			    kt_regs_read(rf->cpu, rf->reg));
+}
+
+static ssize_t kt_reg_write(struct file *file, const char __user *ubuf,
+			    size_t count, loff_t *ppos)
+{
+	struct kt_regfile *rf = file->private_data;
+	u64 val;
+	int ret;
+
+	ret = kt_get_u64(ubuf, count, 16, &val);
+	if (ret)
+		return ret;
+	if (!kt_cpu_valid(rf->cpu))
+		return -EINVAL;
+	ret = kt_regs_sw_write(rf->cpu, rf->reg, val);
+	return ret ? ret : count;
+}
+
+static const struct file_operations kt_reg_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_reg_read,
+	.write	= kt_reg_write,
+	.llseek	= default_llseek,
+};
+
+static const struct file_operations kt_reg_ro_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_reg_read,
+	.llseek	= default_llseek,
+};
+
+static void kt_debugfs_cpu(unsigned int cpu)
+{
+	struct kt_regfile *rf = &kt_regfiles[cpu * KT_REG_NR];
+	struct dentry *dir;
+	char name[16];
+	int i;
+
+	for (i = 0; i < KT_REG_NR; i++) {
+		rf[i].cpu = cpu;
+		rf[i].reg = i;
+	}
+	snprintf(name, sizeof(name), "cpu%u", cpu);
+	dir = debugfs_create_dir(name, kt_dir);
+	debugfs_create_file("therm_status", 0600, dir,
+			    &rf[KT_REG_THERM_STATUS], &kt_reg_fops);
+	debugfs_create_file("pkg_therm_status", 0600, dir,
+			    &rf[KT_REG_PKG_THERM_STATUS], &kt_reg_fops);
+	debugfs_create_file("temperature_target", 0444, dir,
+			    &rf[KT_REG_TEMPERATURE_TARGET], &kt_reg_ro_fops);
+}
+
+/**
+ * kt_debugfs_init() - create /sys/kernel/debug/kevent_thermal/
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int kt_debugfs_init(void)
+{
+	unsigned int cpu;
+
+	kt_regfiles = kcalloc(nr_cpu_ids * KT_REG_NR, sizeof(*kt_regfiles),
+			      GFP_KERNEL);
+	if (!kt_regfiles)
+		return -ENOMEM;
+
+	kt_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
+	debugfs_create_file("README", 0444, kt_dir, NULL, &kt_readme_fops);
+	debugfs_create_file("stats", 0444, kt_dir, NULL, &kt_stats_fops);
+	debugfs_create_file("cpu", 0600, kt_dir, NULL, &kt_cpu_fops);
+	debugfs_create_file("therm_status", 0600, kt_dir,
+			    (void *)(uintptr_t)KT_REG_THERM_STATUS,
+			    &kt_stage_fops);
+	debugfs_create_file("pkg_therm_status", 0600, kt_dir,
+			    (void *)(uintptr_t)KT_REG_PKG_THERM_STATUS,
+			    &kt_stage_fops);
+	debugfs_create_file("trigger", 0200, kt_dir, NULL, &kt_trigger_fops);
+	for_each_possible_cpu(cpu)
+		kt_debugfs_cpu(cpu);
+	return 0;
+}
+
+/**
+ * kt_debugfs_exit() - remove the debugfs files
+ *
+ * Waits for writers still inside a file operation (an injection included),
+ * so no injection can start or be in progress afterwards.
+ *
+ * Return: nothing.
+ */
+void kt_debugfs_exit(void)
+{
+	debugfs_remove_recursive(kt_dir);
+	kfree(kt_regfiles);
+}

@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kevent_thermal: the thermal interrupt handler
+ *
+ * After intel_thermal_interrupt() of Linux 2.6.8
+ * (arch/i386/kernel/cpu/mcheck/p4.c) with Robert Love's kernel events layer
+ * hook of July 2004, run against the simulated register file.
+ *
+ * On each interrupt, in hard IRQ on the interrupted CPU:
+ *
+ *  1. rate limit first, like 2.6.8 (which ignored every interrupt within
+ *     5 s of the last one handled on that CPU, before even reading the
+ *     MSR): an interrupt within rate_limit_ms of the last handled one is
+ *     counted in "rate_limited" and produces nothing;
+ *  2. read IA32_THERM_STATUS and IA32_PACKAGE_THERM_STATUS;
+ *  3. PROCHOT (bit 0), on every handled interrupt, exactly as the seed:
+ *     send_kmessage(KMSG_POWER, "/org/kernel/devices/system/cpu/temperature",
+ *     "high" or "normal", "Cpu: %d\n", cpu), with the seed's printk lines,
+ *     ratelimited;
+ *  4. core status bits 2, 4, 6, 8, 10 in ascending order, on a change since
+ *     the last interrupt handled on this CPU;
+ *  5. package status bits 0, 2, 4, 6, 8, 10 in ascending order, on a change
+ *     since the last interrupt handled on any CPU of the package.
+ *
+ * Each event is sent as a kmessage right away (from hard IRQ, like the
+ * seed) and as a KOBJ_CHANGE uevent on the CPU device, deferred to an
+ * ordered workqueue because kobject_uevent_env() sleeps.  The ordered
+ * workqueue keeps the global order of the uevents.
+ *
+ * Known flaw kept on purpose (Pavel Machek's review of 2004): with the rate
+ * limit on, the "normal" that follows a "high" within rate_limit_ms is
+ * swallowed, and userspace believes the CPU is still hot.
+ */
+
+#include <linux/atomic.h>
+#include <linux/cpu.h>
+#include <linux/device.h>
+#include <linux/hardirq.h>
+#include <linux/irqflags.h>
+#include <linux/kobject.h>
+#include <linux/printk.h>
+#include <linux/ratelimit.h>
+#include <linux/slab.h>
+#include <linux/smp.h>
+#include <linux/spinlock.h>
+#include <linux/time64.h>
+#include <linux/timekeeping.h>
+#include <linux/topology.h>
+#include <linux/workqueue.h>
+
+#include "kmessage.h"
+#include "kthermal.h"
+
+#define KT_OBJ		"/org/kernel/devices/system/cpu/"
+#define KT_PKG_OBJ	KT_OBJ "package/"
+
+/* Bound on uevents queued and not yet sent. */
+#define KT_UEVENT_MAX_PENDING	4096
+
+const struct kt_event_desc kt_events[KT_EV_NR] = {
+	[KT_EV_PROCHOT]		= { KT_OBJ "temperature", KT_STATUS_PROCHOT, false },
+	[KT_EV_EXT_PROCHOT]	= { KT_OBJ "external_prochot", KT_STATUS_EXT_PROCHOT, false },
+	[KT_EV_CRITICAL]	= { KT_OBJ "critical_temperature", KT_STATUS_CRITICAL, false },
+	[KT_EV_THRESHOLD1]	= { KT_OBJ "threshold1", KT_STATUS_THRESHOLD1, false },
+	[KT_EV_THRESHOLD2]	= { KT_OBJ "threshold2", KT_STATUS_THRESHOLD2, false },
+	[KT_EV_POWER_LIMIT]	= { KT_OBJ "power_limit", KT_STATUS_POWER_LIMIT, false },
+	[KT_EV_PKG_PROCHOT]	= { KT_PKG_OBJ "temperature", KT_STATUS_PROCHOT, true },
+	[KT_EV_PKG_EXT_PROCHOT]	= { KT_PKG_OBJ "external_prochot", KT_STATUS_EXT_PROCHOT, true },
+	[KT_EV_PKG_CRITICAL]	= { KT_PKG_OBJ "critical_temperature", KT_STATUS_CRITICAL, true },
+	[KT_EV_PKG_THRESHOLD1]	= { KT_PKG_OBJ "threshold1", KT_STATUS_THRESHOLD1, true },
+	[KT_EV_PKG_THRESHOLD2]	= { KT_PKG_OBJ "threshold2", KT_STATUS_THRESHOLD2, true },
+	[KT_EV_PKG_POWER_LIMIT]	= { KT_PKG_OBJ "power_limit", KT_STATUS_POWER_LIMIT, true },
+};
+
+DEFINE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
+
+static struct workqueue_struct *kt_wq;
+static atomic_t kt_uevent_pending;
+
+/*
+ * Package status bits at the last handled interrupt, per package slot of
+ * the register file.  Reading the package register and updating this
+ * happen under one lock, so two CPUs of a package see each change once.
+ */
+static u64 *kt_pkg_seen;
+static DEFINE_RAW_SPINLOCK(kt_pkg_seen_lock);
+
+/* The seed's printk lines, at most 10 per 5 s for all CPUs together. */
+static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
+			      DEFAULT_RATELIMIT_BURST);
+
+/**
+ * struct kt_uevent_work - one deferred uevent
+ * @work: item of the ordered workqueue
+ * @fence: injection fence to signal once sent, 0 for none
+ * @count: value of the event's counter after this event
+ * @cpu: CPU that handled the interrupt
+ * @pkg: its physical package id
+ * @event: event kind
+ * @high: signal "high" (status bit set) or "normal"
+ */
+struct kt_uevent_work {
+	struct work_struct work;
+	u64 fence;
+	long count;
+	int cpu;
+	int pkg;
+	enum kt_event event;
+	bool high;
+};
+
+/* State of one run of the handler. */
+struct kt_irq_ctx {
+	struct kt_cpu_state *st;
+	int cpu;
+	int pkg;
+	int nr;
+	struct kt_uevent_work *works[KT_EV_NR];
+};
+
+static void kt_uevent_workfn(struct work_struct *work)
+{
+	struct kt_uevent_work *w = container_of(work, struct kt_uevent_work,
+						work);
+	const struct kt_event_desc *d = &kt_events[w->event];
+	char object[96], signal[32], cpu[32], pkg[32], attr[96], count[48];
+	char *envp[8];
+	struct device *dev;
+	int ret = -ENODEV;
+	int n = 0;
+
+	snprintf(object, sizeof(object), "KEVENT_OBJECT=%s", d->object);
+	envp[n++] = object;
+	snprintf(signal, sizeof(signal), "KEVENT_SIGNAL=%s",
+		 w->high ? "high" : "normal");
+	envp[n++] = signal;
+	snprintf(cpu, sizeof(cpu), "KEVENT_CPU=%d", w->cpu);
+	envp[n++] = cpu;
+	if (d->package) {
+		snprintf(pkg, sizeof(pkg), "KEVENT_PACKAGE=%d", w->pkg);
+		envp[n++] = pkg;
+	}
+	snprintf(attr, sizeof(attr), "KEVENT_ATTR=%s/%s", KT_SYSFS_GROUP,
+		 kt_counter_name(KT_CNT_EVENT(w->event, w->high)));
+	envp[n++] = attr;
+	snprintf(count, sizeof(count), "KEVENT_COUNT=%ld", w->count);
+	envp[n++] = count;
+	envp[n] = NULL;
+
+	dev = get_cpu_device(w->cpu);
+	if (dev)
+		ret = kobject_uevent_env(&dev->kobj, KOBJ_CHANGE, envp);
+	if (ret)
+		atomic_long_inc(&per_cpu(kt_cpu_state, w->cpu).cnt[KT_CNT_UEVENT_FAILED]);
+
+	if (w->fence)
+		kt_fence_signal(w->fence);
+	atomic_dec(&kt_uevent_pending);
+	kfree(w);
+}
+
+static void kt_print(int cpu, bool high)
+{
+	if (!__ratelimit(&kt_print_rs))
+		return;
+	if (high) {
+		pr_emerg("CPU%d: Temperature above threshold\n", cpu);
+		pr_emerg("CPU%d: Running in modulated clock mode\n", cpu);
+	} else {
+		pr_info("CPU%d: Temperature/speed normal\n", cpu);
+	}
+}
+
+/* Count, send the kmessage, prepare the uevent of one event. */
+static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
+{
+	const struct kt_event_desc *d = &kt_events[ev];
+	const char *signal = high ? "high" : "normal";
+	struct kt_uevent_work *w;
+	long count;
+	int ret;
+
+	count = atomic_long_inc_return(&ctx->st->cnt[KT_CNT_EVENT(ev, high)]);
+	if (ev == KT_EV_PROCHOT)
+		kt_print(ctx->cpu, high);
+
+	if (d->package)
+		ret = send_kmessage(KMSG_POWER, d->object, signal,
+				    "Package: %d\nCpu: %d\n", ctx->pkg, ctx->cpu);
+	else
+		ret = send_kmessage(KMSG_POWER, d->object, signal,
+				    "Cpu: %d\n", ctx->cpu);
+	if (ret)
+		atomic_long_inc(&ctx->st->cnt[KT_CNT_KMESSAGE_FAILED]);
+
+	if (atomic_inc_return(&kt_uevent_pending) > KT_UEVENT_MAX_PENDING) {
+		atomic_dec(&kt_uevent_pending);
+		atomic_long_inc(&ctx->st->cnt[KT_CNT_UEVENT_QUEUE_FULL]);
+		return;
+	}
+	w = kmalloc(sizeof(*w), GFP_ATOMIC);
+	if (!w) {
+		atomic_dec(&kt_uevent_pending);
+		atomic_long_inc(&ctx->st->cnt[KT_CNT_UEVENT_ALLOC_FAILED]);
+		return;
+	}
+	INIT_WORK(&w->work, kt_uevent_workfn);
+	w->fence = 0;
+	w->count = count;
+	w->cpu = ctx->cpu;
+	w->pkg = ctx->pkg;
+	w->event = ev;
+	w->high = high;
+	ctx->works[ctx->nr++] = w;
+}
+
+/**
+ * kt_thermal_interrupt() - the thermal interrupt handler of this CPU
+ * @fence: injection fence, signalled once every message caused by this
+ *	   interrupt has been broadcast; 0 for none
+ *
+ * Must run in hard IRQ on the CPU that took the interrupt; it reads the
+ * register images of that CPU and of its package.  Callers: the irq_work
+ * of the debugfs injection path, or a device interrupt handler that has
+ * just updated the register file with kt_regs_hw_set().
+ *
+ * Return: nothing.
+ */
+void kt_thermal_interrupt(u64 fence)
+{
+	struct kt_irq_ctx ctx = { .nr = 0 };
+	u64 core, pkg, pkg_prev, changed, now;
+	unsigned long flags;
+	unsigned int rl;
+	int slot, i;
+
+	WARN_ON_ONCE(!in_hardirq());
+	local_irq_save(flags);
+
+	ctx.cpu = smp_processor_id();
+	ctx.st = this_cpu_ptr(&kt_cpu_state);
+	atomic_long_inc(&ctx.st->cnt[KT_CNT_INTERRUPTS]);
+
+	rl = READ_ONCE(kt_rate_limit_ms);
+	now = ktime_get_ns();
+	if (rl && ctx.st->handled &&
+	    now - ctx.st->last_handled_ns < (u64)rl * NSEC_PER_MSEC) {
+		atomic_long_inc(&ctx.st->cnt[KT_CNT_RATE_LIMITED]);
+		goto out;
+	}
+	ctx.st->handled = true;
+	ctx.st->last_handled_ns = now;
+
+	ctx.pkg = topology_physical_package_id(ctx.cpu);
+	core = kt_regs_read(ctx.cpu, KT_REG_THERM_STATUS);
+
+	raw_spin_lock(&kt_pkg_seen_lock);
+	pkg = kt_regs_read(ctx.cpu, KT_REG_PKG_THERM_STATUS);
+	slot = kt_regs_pkg_slot(ctx.cpu);
+	if (slot >= 0) {
+		pkg_prev = kt_pkg_seen[slot];
+		kt_pkg_seen[slot] = pkg & KT_STATUS_MASK;
+	} else {
+		pkg_prev = pkg;
+	}
+	raw_spin_unlock(&kt_pkg_seen_lock);
+
+	kt_emit(&ctx, KT_EV_PROCHOT, core & KT_STATUS_PROCHOT);
+
+	changed = (core ^ ctx.st->seen_core) & KT_STATUS_MASK;
+	ctx.st->seen_core = core & KT_STATUS_MASK;
+	for (i = KT_EV_PROCHOT + 1; i < KT_EV_PKG_FIRST; i++)
+		if (changed & kt_events[i].bit)
+			kt_emit(&ctx, i, core & kt_events[i].bit);
+
+	changed = (pkg ^ pkg_prev) & KT_STATUS_MASK;
+	for (i = KT_EV_PKG_FIRST; i < KT_EV_NR; i++)
+		if (changed & kt_events[i].bit)
+			kt_emit(&ctx, i, pkg & kt_events[i].bit);
+
+out:
+	/* The last uevent carries the fence: the workqueue is ordered. */
+	for (i = 0; i < ctx.nr; i++) {
+		if (i == ctx.nr - 1)
+			ctx.works[i]->fence = fence;
+		queue_work(kt_wq, &ctx.works[i]->work);
+	}
+	if (!ctx.nr && fence)
+		kt_fence_signal(fence);
+	local_irq_restore(flags);
+}
+
+/**
+ * kt_uevents_pending() - uevents queued and not yet sent
+ *
+ * Return: the number of pending uevent work items.
+ */
+long kt_uevents_pending(void)
+{
+	return atomic_read(&kt_uevent_pending);
+}
+
+/**
+ * kt_irq_init() - allocate the handler's package state and workqueue
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int kt_irq_init(void)
+{
+	kt_pkg_seen = kcalloc(nr_cpu_ids, sizeof(*kt_pkg_seen), GFP_KERNEL);
+	if (!kt_pkg_seen)
+		return -ENOMEM;
+	kt_wq = alloc_ordered_workqueue("kevent_thermal", 0);
+	if (!kt_wq) {
+		kfree(kt_pkg_seen);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/**
+ * kt_irq_exit() - send the pending uevents and free the handler's state
+ *
+ * The handler must not run any more (irq_work synced).
+ *
+ * Return: nothing.
+ */
+void kt_irq_exit(void)
+{
+	flush_workqueue(kt_wq);
+	destroy_workqueue(kt_wq);
+	kfree(kt_pkg_seen);
+}

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kevent_thermal - simulated IA32_THERM_STATUS sensor and the thermal
+ * interrupt handler of Robert Love's kernel events layer patch (2004),
+ * reporting through send_kmessage() (kmessage.ko) and KOBJ_CHANGE uevents
+ * on the CPU devices.  See docs/events.md for the contract.
+ *
+ * Lifecycle: load resets the register file, creates the ordered workqueue,
+ * the per-CPU sysfs counters and the debugfs interface.  Unload removes
+ * debugfs first (waiting for an injection in progress), syncs every CPU's
+ * irq_work, drains and destroys the workqueue, removes the sysfs groups
+ * and frees the register file.
+ */
+
+#include <linux/init.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+
+#include "kthermal.h"
+
+#define KT_RATE_LIMIT_MAX_MS	3600000U	/* one hour */
+#define KT_TJMAX_MAX		255U		/* 8-bit field */
+
+unsigned int kt_rate_limit_ms = 5000;
+unsigned int kt_tjmax = 100;
+
+static int kt_rate_limit_set(const char *val, const struct kernel_param *kp)
+{
+	return param_set_uint_minmax(val, kp, 0, KT_RATE_LIMIT_MAX_MS);
+}
+
+static const struct kernel_param_ops kt_rate_limit_ops = {
+	.set	= kt_rate_limit_set,
+	.get	= param_get_uint,
+};
+
+module_param_cb(rate_limit_ms, &kt_rate_limit_ops, &kt_rate_limit_ms, 0644);
+MODULE_PARM_DESC(rate_limit_ms,
+		 "per-CPU: ignore thermal interrupts within this many ms of the last handled one, 0 = off, at most 3600000 (default 5000, as 2.6.8)");
+
+static int kt_tjmax_set(const char *val, const struct kernel_param *kp)
+{
+	return param_set_uint_minmax(val, kp, 1, KT_TJMAX_MAX);
+}
+
+static const struct kernel_param_ops kt_tjmax_ops = {
+	.set	= kt_tjmax_set,
+	.get	= param_get_uint,
+};
+
+module_param_cb(tjmax, &kt_tjmax_ops, &kt_tjmax, 0444);
+MODULE_PARM_DESC(tjmax, "TjMax in degrees C, IA32_TEMPERATURE_TARGET bits 23:16, 1..255 (default 100)");
+
+static int __init kt_init(void)
+{
+	int ret;
+
+	ret = kt_regs_init();
+	if (ret)
+		return ret;
+	ret = kt_irq_init();
+	if (ret)
+		goto err_regs;
+	kt_inject_init();
+	ret = kt_sysfs_init();
+	if (ret)
+		goto err_irq;
+	ret = kt_debugfs_init();
+	if (ret)
+		goto err_sysfs;
+	return 0;
+
+err_sysfs:
+	kt_sysfs_exit();
+err_irq:
+	kt_irq_exit();
+err_regs:
+	kt_regs_exit();
+	return ret;
+}
+
+static void __exit kt_exit(void)
+{
+	kt_debugfs_exit();
+	kt_inject_exit();
+	kt_irq_exit();
+	kt_sysfs_exit();
+	kt_regs_exit();
+}
+
+module_init(kt_init);
+module_exit(kt_exit);
+
+MODULE_DESCRIPTION("Simulated IA32_THERM_STATUS sensor and thermal interrupt reporting through kmessage and uevents");
+MODULE_AUTHOR("kevent-bench");
+MODULE_LICENSE("GPL");

@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kevent_thermal: the simulated thermal register file
+ *
+ * QEMU TCG returns 0 for rdmsr of 0x19c/0x1a2/0x1b1 and ignores wrmsr, so
+ * the "hardware" is simulated here, like mce-inject's shadow registers:
+ *
+ *   IA32_THERM_STATUS (0x19c)          one image per CPU
+ *   IA32_TEMPERATURE_TARGET (0x1a2)    one image per CPU, TjMax in 23:16
+ *   IA32_PACKAGE_THERM_STATUS (0x1b1)  one image per physical package
+ *
+ * Status bits 0, 2, 4, 6, 8, 10 are read-only to software; the log bit
+ * above each (1, 3, 5, 7, 9, 11) is set by the hardware whenever its status
+ * bit changes and cleared only by software writing 0 to it (R/WC0; writing
+ * 1 leaves it as it is).  Bits 22:16 are the digital readout (degrees below
+ * TjMax), bit 31 (core only) says the readout is valid.  All other bits,
+ * including the package HFI bit 26, are reserved.
+ *
+ * Packages are keyed by topology_physical_package_id(), which need not be
+ * dense: a slot is claimed on first use of a package id, at most one per
+ * possible CPU.  All images are protected by one raw spinlock, taken from
+ * any context.
+ */
+
+#include <linux/cpumask.h>
+#include <linux/errno.h>
+#include <linux/percpu.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/topology.h>
+
+#include "kthermal.h"
+
+/**
+ * struct kt_pkg_reg - IA32_PACKAGE_THERM_STATUS of one package
+ * @used: slot claimed
+ * @id: topology_physical_package_id() of the package
+ * @status: register image
+ */
+struct kt_pkg_reg {
+	bool used;
+	int id;
+	u64 status;
+};
+
+static DEFINE_PER_CPU(u64, kt_therm_status);
+static DEFINE_PER_CPU(u64, kt_temperature_target);
+static struct kt_pkg_reg *kt_pkgs;	/* nr_cpu_ids slots */
+static DEFINE_RAW_SPINLOCK(kt_regs_lock);
+
+/* Find or claim the package slot of @cpu; kt_regs_lock held. */
+static int kt_pkg_lookup(unsigned int cpu)
+{
+	int id = topology_physical_package_id(cpu);
+	unsigned int i;
+
+	for (i = 0; i < nr_cpu_ids; i++) {
+		if (!kt_pkgs[i].used) {
+			kt_pkgs[i].used = true;
+			kt_pkgs[i].id = id;
+			kt_pkgs[i].status = KT_PKG_RESET;
+			return i;
+		}
+		if (kt_pkgs[i].id == id)
+			return i;
+	}
+	return -ENOSPC;
+}
+
+/**
+ * kt_regs_pkg_slot() - index of the package register of a CPU
+ * @cpu: CPU number
+ *
+ * Slots are claimed in order and never released; the index is stable and
+ * below nr_cpu_ids.
+ *
+ * Return: slot index, or -ENOSPC if more packages than possible CPUs exist.
+ */
+int kt_regs_pkg_slot(unsigned int cpu)
+{
+	unsigned long flags;
+	int slot;
+
+	raw_spin_lock_irqsave(&kt_regs_lock, flags);
+	slot = kt_pkg_lookup(cpu);
+	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
+	return slot;
+}
+
+/**
+ * kt_regs_read() - rdmsr of a simulated register
+ * @cpu: CPU whose view is read (the package register of its package)
+ * @reg: register
+ *
+ * Return: the current register image.
+ */
+u64 kt_regs_read(unsigned int cpu, enum kt_reg reg)
+{
+	unsigned long flags;
+	u64 val = 0;
+	int slot;
+
+	raw_spin_lock_irqsave(&kt_regs_lock, flags);
+	switch (reg) {
+	case KT_REG_THERM_STATUS:
+		val = per_cpu(kt_therm_status, cpu);
+		break;
+	case KT_REG_PKG_THERM_STATUS:
+		slot = kt_pkg_lookup(cpu);
+		val = slot < 0 ? KT_PKG_RESET : kt_pkgs[slot].status;
+		break;
+	case KT_REG_TEMPERATURE_TARGET:
+		val = per_cpu(kt_temperature_target, cpu);
+		break;
+	default:
+		break;
+	}
+	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
+	return val;
+}
+
+static u64 kt_reg_mask(enum kt_reg reg)
+{
+	switch (reg) {
+	case KT_REG_THERM_STATUS:
+		return KT_CORE_MASK;
+	case KT_REG_PKG_THERM_STATUS:
+		return KT_PKG_MASK;
+	default:
+		return 0;
+	}
+}
+
+/**
+ * kt_regs_hw_check() - validate a new hardware state
+ * @reg: KT_REG_THERM_STATUS or KT_REG_PKG_THERM_STATUS
+ * @val: new state: status bits, log bits to latch, readout, valid
+ *
+ * Return: 0 if @val may be given to kt_regs_hw_set(), -EINVAL if @reg has
+ * no hardware state to inject or @val sets reserved bits.
+ */
+int kt_regs_hw_check(enum kt_reg reg, u64 val)
+{
+	u64 mask = kt_reg_mask(reg);
+
+	if (!mask || (val & ~mask))
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * Hardware state change: status, readout and valid bits take the new
+ * values; a log bit is set when its status bit changes, or when the new
+ * state asks for it (a pulse the hardware latched); no log bit is cleared.
+ */
+static u64 kt_hw_next(u64 old, u64 val, u64 mask)
+{
+	u64 changed = (old ^ val) & KT_STATUS_MASK;
+
+	return (val & mask & ~KT_LOG_MASK) | (old & KT_LOG_MASK) |
+	       (val & KT_LOG_MASK) | (changed << 1);
+}
+
+/**
+ * kt_regs_hw_set() - the simulated hardware changes state
+ * @cpu: CPU whose core register (or whose package's register) changes
+ * @reg: KT_REG_THERM_STATUS or KT_REG_PKG_THERM_STATUS
+ * @val: new state, see kt_regs_hw_check()
+ *
+ * Callable from any context.  Does not raise the interrupt.
+ *
+ * Return: 0, -EINVAL for an invalid @reg or @val (nothing changed),
+ * -ENOSPC if no package slot is left.
+ */
+int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val)
+{
+	u64 mask = kt_reg_mask(reg);
+	unsigned long flags;
+	u64 *img;
+	int ret;
+
+	ret = kt_regs_hw_check(reg, val);
+	if (ret)
+		return ret;
+
+	raw_spin_lock_irqsave(&kt_regs_lock, flags);
+	if (reg == KT_REG_THERM_STATUS) {
+		img = per_cpu_ptr(&kt_therm_status, cpu);
+	} else {
+		ret = kt_pkg_lookup(cpu);
+		img = ret < 0 ? NULL : &kt_pkgs[ret].status;
+	}
+	if (img) {
+		*img = kt_hw_next(*img, val, mask);
+		ret = 0;
+	}
+	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
+	return ret;
+}
+
+/**
+ * kt_regs_sw_write() - wrmsr of a simulated register
+ * @cpu: CPU whose view is written
+ * @reg: register
+ * @val: value written
+ *
+ * Log bits are R/WC0: a 0 clears the log bit, a 1 leaves it unchanged.
+ * Status bits are read-only: @val must carry them unchanged.  Readout and
+ * valid bits are read-only and ignored.  IA32_TEMPERATURE_TARGET is
+ * read-only.
+ *
+ * Return: 0, or -EINVAL (nothing changed) if @val sets reserved bits,
+ * differs from the image in a status bit, or @reg is read-only.
+ */
+int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val)
+{
+	u64 mask = kt_reg_mask(reg);
+	unsigned long flags;
+	u64 *img = NULL;
+	int ret = -EINVAL;
+	int slot;
+
+	if (!mask || (val & ~mask))
+		return -EINVAL;
+
+	raw_spin_lock_irqsave(&kt_regs_lock, flags);
+	if (reg == KT_REG_THERM_STATUS) {
+		img = per_cpu_ptr(&kt_therm_status, cpu);
+	} else {
+		slot = kt_pkg_lookup(cpu);
+		if (slot >= 0)
+			img = &kt_pkgs[slot].status;
+	}
+	if (img && !((*img ^ val) & KT_STATUS_MASK)) {
+		*img &= ~(KT_LOG_MASK & ~val);
+		ret = 0;
+	}
+	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
+	return ret;
+}
+
+/**
+ * kt_regs_init() - reset the register file
+ *
+ * Every CPU gets the core reset image and TjMax = kt_tjmax; packages get
+ * the package reset image on first use.
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int kt_regs_init(void)
+{
+	unsigned int cpu;
+
+	kt_pkgs = kcalloc(nr_cpu_ids, sizeof(*kt_pkgs), GFP_KERNEL);
+	if (!kt_pkgs)
+		return -ENOMEM;
+	for_each_possible_cpu(cpu) {
+		per_cpu(kt_therm_status, cpu) = KT_CORE_RESET;
+		per_cpu(kt_temperature_target, cpu) =
+			(u64)kt_tjmax << KT_TJMAX_SHIFT;
+	}
+	return 0;
+}
+
+/**
+ * kt_regs_exit() - free the register file; nothing may use it any more
+ *
+ * Return: nothing.
+ */
+void kt_regs_exit(void)
+{
+	kfree(kt_pkgs);
+	kt_pkgs = NULL;
+}
