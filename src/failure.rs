@@ -32,6 +32,8 @@ pub mod exit_code {
     pub const AGENT_FATAL: i32 = 32;
     /// The agent sent something that is not the protocol.
     pub const PROTOCOL: i32 = 33;
+    /// A capture socket overflowed in the guest: events were lost.
+    pub const EVENTS_LOST: i32 = 34;
 }
 
 /// The stages of a run, each with its own bound.
@@ -71,6 +73,7 @@ pub enum Failure {
     QemuExited { stage: Stage, status: String, qemu_stderr: String, console_tail: Vec<String> },
     AgentFatal { message: String, console_tail: Vec<String> },
     Protocol { message: String },
+    EventsLost { protocol: u32, occurrences: u32, captured: usize },
     Host { message: String },
 }
 
@@ -88,6 +91,7 @@ impl Failure {
             Failure::QemuExited { .. } => exit_code::QEMU_EXITED,
             Failure::AgentFatal { .. } => exit_code::AGENT_FATAL,
             Failure::Protocol { .. } => exit_code::PROTOCOL,
+            Failure::EventsLost { .. } => exit_code::EVENTS_LOST,
             Failure::Host { .. } => exit_code::BENCH_ERROR,
         }
     }
@@ -131,6 +135,11 @@ impl fmt::Display for Failure {
                 write_lines(f, "last console lines", console_tail)
             }
             Failure::Protocol { message } => write!(f, "protocol error on the agent channel: {message}"),
+            Failure::EventsLost { protocol, occurrences, captured } => write!(
+                f,
+                "the guest's capture socket for netlink protocol {protocol} overflowed (ENOBUFS, {occurrences} time(s)): \
+                 events were lost after the {captured} received in this step"
+            ),
             Failure::Host { message } => f.write_str(message),
         }
     }

@@ -8,12 +8,15 @@ pub mod accel;
 pub mod artifacts;
 pub mod console;
 pub mod cpio;
+pub mod events;
 pub mod failure;
 pub mod machine;
 pub mod qemu;
+pub mod runner;
+pub mod scenario;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use artifacts::Artifacts;
 pub use failure::{exit_code, Failure, Stage};
-pub use machine::{run_floor, BootTimings, Machine, MachineConfig, ShutdownReport, Timeouts};
+pub use machine::{run_floor, BootTimings, Exchange, Machine, MachineConfig, ShutdownReport, Timeouts};
 pub use qemu::GuestSpec;

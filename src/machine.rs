@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kevent_wire::{read_frame, write_frame, GuestMessage, Hello, HostMessage, WireError};
+use kevent_wire::{read_frame, write_frame, Datagram, GuestMessage, Hello, HostMessage, Outcome, WireError};
 
 use crate::accel::Accel;
 use crate::console::CrashDetector;
@@ -129,6 +129,9 @@ struct Guest {
     spawned: Instant,
     /// Handed to the agent reader once QEMU connects.
     sender: Option<Sender<Event>>,
+    /// Datagrams received and not yet handed out.
+    captured: Vec<Datagram>,
+    next_request: u32,
 }
 
 /// A private directory for the agent socket, removed on drop.
@@ -208,6 +211,37 @@ impl Machine {
     }
 }
 
+/// A request's outcome and the datagrams received while it ran.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub outcome: Outcome,
+    /// Every datagram the agent received before it replied, in order.
+    pub datagrams: Vec<Datagram>,
+}
+
+impl Machine {
+    /// Sends one request and waits (bounded) for its reply. The agent sends
+    /// the reply only after draining its capture sockets, so the datagrams
+    /// an injection caused are all in its exchange.
+    pub fn request(&mut self, command: kevent_wire::Command, bound: Duration) -> Result<Exchange, Failure> {
+        let guest = &mut self.guest;
+        let id = guest.next_request;
+        guest.next_request += 1;
+        guest.send(&HostMessage::Request { id, command })?;
+        let outcome = guest.wait_for(Stage::Command, bound, |e| match e {
+            Event::Agent(GuestMessage::Reply { id: reply, outcome }) if *reply == id => Some(outcome.clone()),
+            _ => None,
+        })?;
+        Ok(Exchange { outcome, datagrams: std::mem::take(&mut guest.captured) })
+    }
+
+    /// The console lines of a kernel report seen so far, if any: a WARN
+    /// does not stop the kernel, so runs check this between steps.
+    pub fn crash(&self) -> Option<Failure> {
+        self.guest.crash_failure()
+    }
+}
+
 impl Guest {
     fn spawn(config: &MachineConfig, socket_path: &Path, log_file: File) -> Result<Guest, Failure> {
         let qemu_binary = &config.qemu;
@@ -234,7 +268,18 @@ impl Guest {
         let stderr = child.stderr.take().expect("stderr is piped");
         spawn_console_reader(stdout, log_file, config.stream_console, Arc::clone(&console), tx.clone());
         let stderr_collector = Some(spawn_stderr_collector(stderr, Arc::clone(&qemu_stderr)));
-        Ok(Guest { child, events, channel: None, console, qemu_stderr, stderr_collector, spawned, sender: Some(tx) })
+        Ok(Guest {
+            child,
+            events,
+            channel: None,
+            console,
+            qemu_stderr,
+            stderr_collector,
+            spawned,
+            sender: Some(tx),
+            captured: Vec::new(),
+            next_request: 1,
+        })
     }
 
     /// Waits for QEMU to connect to the agent socket.
@@ -317,6 +362,17 @@ impl Guest {
                 Event::Agent(GuestMessage::Hello(_)) => {
                     self.kill();
                     return Err(Failure::Protocol { message: "the agent greeted twice".into() });
+                }
+                Event::Agent(GuestMessage::Datagram(datagram)) => self.captured.push(datagram),
+                Event::Agent(GuestMessage::Overrun { protocol, occurrences }) => {
+                    self.kill();
+                    return Err(Failure::EventsLost { protocol, occurrences, captured: self.captured.len() });
+                }
+                Event::Agent(GuestMessage::Reply { id, .. }) => {
+                    self.kill();
+                    return Err(Failure::Protocol {
+                        message: format!("a reply to request {id}, which is not pending"),
+                    });
                 }
                 Event::AgentStarted(_) | Event::AgentClosed => {}
             }

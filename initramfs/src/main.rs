@@ -5,6 +5,8 @@
 //! goes wrong, it tells the host and the console why and restarts the machine
 //! (QEMU exits): a guest is never left hanging.
 
+mod capture;
+mod commands;
 mod sys;
 
 use std::fs::{self, File, OpenOptions};
@@ -26,12 +28,12 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 
 /// The agent's side of the channel; writes come from several threads.
 #[derive(Clone)]
-struct HostChannel {
+pub(crate) struct HostChannel {
     port: Arc<Mutex<File>>,
 }
 
 impl HostChannel {
-    fn send(&self, message: &GuestMessage) -> io::Result<()> {
+    pub(crate) fn send(&self, message: &GuestMessage) -> io::Result<()> {
         let frame = message.encode();
         let mut port = self.port.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         write_frame(&mut *port, &frame)
@@ -172,9 +174,11 @@ fn cpus_online() -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
-/// Obeys the host until it asks for a shutdown or goes away.
-#[allow(clippy::never_loop)] // Shutdown is the only request so far.
+/// Captures netlink traffic and obeys the host until it asks for a
+/// shutdown or goes away. Requests are carried out one at a time, in order.
 fn serve(channel: &HostChannel) -> Result<(), String> {
+    let capture = capture::Capture::start(channel.clone())?;
+    let mut background = commands::Background::default();
     let mut port = channel.port.lock().unwrap_or_else(|p| p.into_inner()).try_clone().map_err(|e| e.to_string())?;
     loop {
         let frame = read_frame(&mut port).map_err(|e| format!("read from host: {e}"))?;
@@ -182,14 +186,21 @@ fn serve(channel: &HostChannel) -> Result<(), String> {
             return Err("the host closed the channel without asking for a shutdown".into());
         };
         match HostMessage::decode(kind, &body).map_err(|e| format!("bad message from host: {e}"))? {
-            HostMessage::Shutdown => return Ok(()),
+            HostMessage::Shutdown => {
+                background.finish();
+                return Ok(());
+            }
+            HostMessage::Request { id, command } => {
+                let outcome = commands::execute(command, &mut background);
+                capture.reply(id, outcome).map_err(|e| format!("reply to the host: {e}"))?;
+            }
         }
     }
 }
 
 /// Reports a fatal error on the console and, if there is one, to the host,
 /// then restarts the machine.
-fn fail(channel: Option<&HostChannel>, message: &str) -> ! {
+pub(crate) fn fail(channel: Option<&HostChannel>, message: &str) -> ! {
     eprintln!("kevent-agent: fatal: {message}");
     let _ = io::stderr().flush();
     let channel = channel.cloned().or_else(open_host_channel_now);

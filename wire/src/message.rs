@@ -25,6 +25,46 @@ pub struct Hello {
     pub modules: Vec<ModuleLoad>,
 }
 
+/// One netlink datagram as a guest socket received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Netlink protocol (unit) of the socket.
+    pub protocol: u32,
+    /// `nl_groups` of the sender address: the group mask it was sent to.
+    pub groups: u32,
+    /// `nl_pid` of the sender address: 0 for the kernel.
+    pub portid: u32,
+    /// Guest CLOCK_MONOTONIC when the agent received it.
+    pub monotonic_ns: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// How a program run by the agent ended, and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    pub program: String,
+    /// Exit code, or -1 if it was killed by a signal.
+    pub exit_code: i32,
+    /// The signal that killed it, or 0.
+    pub signal: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// What a request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Data(Vec<u8>),
+    Exec(ExecResult),
+    Background(Vec<ExecResult>),
+    /// The request failed in the guest: errno (0 if none applies) and why.
+    Error {
+        errno: i32,
+        message: String,
+    },
+}
+
 /// Messages from the agent to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMessage {
@@ -33,6 +73,51 @@ pub enum GuestMessage {
     Fatal {
         message: String,
     },
+    Datagram(Datagram),
+    /// A capture socket overflowed (ENOBUFS): datagrams were lost.
+    Overrun {
+        protocol: u32,
+        occurrences: u32,
+    },
+    /// The answer to a request; for every request the reply comes after all
+    /// datagrams received before the request finished.
+    Reply {
+        id: u32,
+        outcome: Outcome,
+    },
+}
+
+/// What the host asks the agent to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Give `cpu` (or its package) the register image `value` and raise the
+    /// thermal interrupt there, through the debugfs trigger.
+    Inject {
+        package: bool,
+        cpu: u32,
+        value: u64,
+    },
+    ReadFile {
+        path: String,
+    },
+    WriteFile {
+        path: String,
+        data: Vec<u8>,
+    },
+    Sleep {
+        ns: u64,
+    },
+    /// Run a program of the initramfs; `background` returns at once and the
+    /// result comes with [`Command::FinishBackground`].
+    Exec {
+        program: String,
+        args: Vec<String>,
+        background: bool,
+    },
+    /// Stop the background programs still running and report all of them.
+    FinishBackground,
+    /// Reply once every datagram received so far has been sent.
+    Fence,
 }
 
 /// Messages from the host to the agent.
@@ -40,12 +125,48 @@ pub enum GuestMessage {
 pub enum HostMessage {
     /// Power the guest off now.
     Shutdown,
+    Request {
+        id: u32,
+        command: Command,
+    },
 }
 
 const GUEST_HELLO: u8 = 0x01;
 const GUEST_FATAL: u8 = 0x02;
+const GUEST_DATAGRAM: u8 = 0x03;
+const GUEST_OVERRUN: u8 = 0x04;
+const GUEST_REPLY: u8 = 0x05;
 
 const HOST_SHUTDOWN: u8 = 0x81;
+const HOST_REQUEST: u8 = 0x82;
+
+const OUTCOME_DONE: u8 = 0;
+const OUTCOME_DATA: u8 = 1;
+const OUTCOME_EXEC: u8 = 2;
+const OUTCOME_BACKGROUND: u8 = 3;
+const OUTCOME_ERROR: u8 = 4;
+
+const COMMAND_INJECT: u8 = 0;
+const COMMAND_READ_FILE: u8 = 1;
+const COMMAND_WRITE_FILE: u8 = 2;
+const COMMAND_SLEEP: u8 = 3;
+const COMMAND_EXEC: u8 = 4;
+const COMMAND_FINISH_BACKGROUND: u8 = 5;
+const COMMAND_FENCE: u8 = 6;
+
+fn encode_exec(e: &mut Encoder, r: &ExecResult) {
+    e.str(&r.program).i32(r.exit_code).i32(r.signal).bytes(&r.stdout).bytes(&r.stderr);
+}
+
+fn decode_exec(d: &mut Decoder<'_>) -> Result<ExecResult, WireError> {
+    Ok(ExecResult {
+        program: d.str("exec.program")?,
+        exit_code: d.i32("exec.exit_code")?,
+        signal: d.i32("exec.signal")?,
+        stdout: d.bytes("exec.stdout")?,
+        stderr: d.bytes("exec.stderr")?,
+    })
+}
 
 impl GuestMessage {
     pub fn encode(&self) -> Vec<u8> {
@@ -67,6 +188,42 @@ impl GuestMessage {
             GuestMessage::Fatal { message } => {
                 let mut e = Encoder::new(GUEST_FATAL);
                 e.str(message);
+                e.finish()
+            }
+            GuestMessage::Datagram(g) => {
+                let mut e = Encoder::new(GUEST_DATAGRAM);
+                e.u32(g.protocol).u32(g.groups).u32(g.portid).u64(g.monotonic_ns).bytes(&g.bytes);
+                e.finish()
+            }
+            GuestMessage::Overrun { protocol, occurrences } => {
+                let mut e = Encoder::new(GUEST_OVERRUN);
+                e.u32(*protocol).u32(*occurrences);
+                e.finish()
+            }
+            GuestMessage::Reply { id, outcome } => {
+                let mut e = Encoder::new(GUEST_REPLY);
+                e.u32(*id);
+                match outcome {
+                    Outcome::Done => {
+                        e.u8(OUTCOME_DONE);
+                    }
+                    Outcome::Data(data) => {
+                        e.u8(OUTCOME_DATA).bytes(data);
+                    }
+                    Outcome::Exec(r) => {
+                        e.u8(OUTCOME_EXEC);
+                        encode_exec(&mut e, r);
+                    }
+                    Outcome::Background(results) => {
+                        e.u8(OUTCOME_BACKGROUND).u32(results.len() as u32);
+                        for r in results {
+                            encode_exec(&mut e, r);
+                        }
+                    }
+                    Outcome::Error { errno, message } => {
+                        e.u8(OUTCOME_ERROR).i32(*errno).str(message);
+                    }
+                }
                 e.finish()
             }
         }
@@ -112,6 +269,45 @@ impl GuestMessage {
                 d.end()?;
                 Ok(GuestMessage::Fatal { message })
             }
+            GUEST_DATAGRAM => {
+                let mut d = Decoder::new("Datagram", body);
+                let datagram = Datagram {
+                    protocol: d.u32("protocol")?,
+                    groups: d.u32("groups")?,
+                    portid: d.u32("portid")?,
+                    monotonic_ns: d.u64("monotonic_ns")?,
+                    bytes: d.bytes("bytes")?,
+                };
+                d.end()?;
+                Ok(GuestMessage::Datagram(datagram))
+            }
+            GUEST_OVERRUN => {
+                let mut d = Decoder::new("Overrun", body);
+                let (protocol, occurrences) = (d.u32("protocol")?, d.u32("occurrences")?);
+                d.end()?;
+                Ok(GuestMessage::Overrun { protocol, occurrences })
+            }
+            GUEST_REPLY => {
+                let mut d = Decoder::new("Reply", body);
+                let id = d.u32("id")?;
+                let outcome = match d.u8("outcome")? {
+                    OUTCOME_DONE => Outcome::Done,
+                    OUTCOME_DATA => Outcome::Data(d.bytes("data")?),
+                    OUTCOME_EXEC => Outcome::Exec(decode_exec(&mut d)?),
+                    OUTCOME_BACKGROUND => {
+                        let count = d.u32("results")?;
+                        let mut results = Vec::new();
+                        for _ in 0..count {
+                            results.push(decode_exec(&mut d)?);
+                        }
+                        Outcome::Background(results)
+                    }
+                    OUTCOME_ERROR => Outcome::Error { errno: d.i32("errno")?, message: d.str("message")? },
+                    other => return Err(d.bad_value("outcome", other.into())),
+                };
+                d.end()?;
+                Ok(GuestMessage::Reply { id, outcome })
+            }
             kind => Err(WireError::UnknownKind { direction: "agent-to-host", kind }),
         }
     }
@@ -121,6 +317,37 @@ impl HostMessage {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             HostMessage::Shutdown => Encoder::new(HOST_SHUTDOWN).finish(),
+            HostMessage::Request { id, command } => {
+                let mut e = Encoder::new(HOST_REQUEST);
+                e.u32(*id);
+                match command {
+                    Command::Inject { package, cpu, value } => {
+                        e.u8(COMMAND_INJECT).bool(*package).u32(*cpu).u64(*value);
+                    }
+                    Command::ReadFile { path } => {
+                        e.u8(COMMAND_READ_FILE).str(path);
+                    }
+                    Command::WriteFile { path, data } => {
+                        e.u8(COMMAND_WRITE_FILE).str(path).bytes(data);
+                    }
+                    Command::Sleep { ns } => {
+                        e.u8(COMMAND_SLEEP).u64(*ns);
+                    }
+                    Command::Exec { program, args, background } => {
+                        e.u8(COMMAND_EXEC).str(program).bool(*background).u32(args.len() as u32);
+                        for arg in args {
+                            e.str(arg);
+                        }
+                    }
+                    Command::FinishBackground => {
+                        e.u8(COMMAND_FINISH_BACKGROUND);
+                    }
+                    Command::Fence => {
+                        e.u8(COMMAND_FENCE);
+                    }
+                }
+                e.finish()
+            }
         }
     }
 
@@ -130,6 +357,33 @@ impl HostMessage {
                 Decoder::new("Shutdown", body).end()?;
                 Ok(HostMessage::Shutdown)
             }
+            HOST_REQUEST => {
+                let mut d = Decoder::new("Request", body);
+                let id = d.u32("id")?;
+                let command = match d.u8("command")? {
+                    COMMAND_INJECT => {
+                        Command::Inject { package: d.bool("package")?, cpu: d.u32("cpu")?, value: d.u64("value")? }
+                    }
+                    COMMAND_READ_FILE => Command::ReadFile { path: d.str("path")? },
+                    COMMAND_WRITE_FILE => Command::WriteFile { path: d.str("path")?, data: d.bytes("data")? },
+                    COMMAND_SLEEP => Command::Sleep { ns: d.u64("ns")? },
+                    COMMAND_EXEC => {
+                        let program = d.str("program")?;
+                        let background = d.bool("background")?;
+                        let count = d.u32("args")?;
+                        let mut args = Vec::new();
+                        for _ in 0..count {
+                            args.push(d.str("args")?);
+                        }
+                        Command::Exec { program, args, background }
+                    }
+                    COMMAND_FINISH_BACKGROUND => Command::FinishBackground,
+                    COMMAND_FENCE => Command::Fence,
+                    other => return Err(d.bad_value("command", other.into())),
+                };
+                d.end()?;
+                Ok(HostMessage::Request { id, command })
+            }
             kind => Err(WireError::UnknownKind { direction: "host-to-agent", kind }),
         }
     }
@@ -138,7 +392,7 @@ impl HostMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::read_frame;
+    use crate::codec::{read_frame, Encoder};
 
     fn hello() -> Hello {
         Hello {
@@ -167,10 +421,72 @@ mod tests {
     }
 
     #[test]
+    fn captured_traffic_and_replies_round_trip() {
+        let exec = ExecResult {
+            program: "/bin/listen".into(),
+            exit_code: 3,
+            signal: 0,
+            stdout: b"out".to_vec(),
+            stderr: b"err".to_vec(),
+        };
+        let messages = [
+            GuestMessage::Datagram(Datagram {
+                protocol: 31,
+                groups: 4,
+                portid: 0,
+                monotonic_ns: 7,
+                bytes: b"From: x\nSignal: high\n\0".to_vec(),
+            }),
+            GuestMessage::Overrun { protocol: 15, occurrences: 2 },
+            GuestMessage::Reply { id: 1, outcome: Outcome::Done },
+            GuestMessage::Reply { id: 2, outcome: Outcome::Data(vec![1, 2]) },
+            GuestMessage::Reply { id: 3, outcome: Outcome::Exec(exec.clone()) },
+            GuestMessage::Reply { id: 4, outcome: Outcome::Background(vec![exec.clone(), exec]) },
+            GuestMessage::Reply { id: 5, outcome: Outcome::Error { errno: 22, message: "Invalid argument".into() } },
+        ];
+        for m in &messages {
+            assert_eq!(&round_trip_guest(m), m);
+        }
+    }
+
+    #[test]
     fn host_messages_round_trip() {
-        let frame = HostMessage::Shutdown.encode();
-        let (kind, body) = read_frame(&mut &frame[..]).unwrap().unwrap();
-        assert_eq!(HostMessage::decode(kind, &body).unwrap(), HostMessage::Shutdown);
+        let messages = [
+            HostMessage::Shutdown,
+            HostMessage::Request { id: 1, command: Command::Inject { package: true, cpu: 3, value: 0x8832_0001 } },
+            HostMessage::Request { id: 2, command: Command::ReadFile { path: "/sys/x".into() } },
+            HostMessage::Request { id: 3, command: Command::WriteFile { path: "/d".into(), data: b"0x0".to_vec() } },
+            HostMessage::Request { id: 4, command: Command::Sleep { ns: 5_000_000 } },
+            HostMessage::Request {
+                id: 5,
+                command: Command::Exec {
+                    program: "/bin/x".into(),
+                    args: vec!["a".into(), "".into()],
+                    background: true,
+                },
+            },
+            HostMessage::Request { id: 6, command: Command::FinishBackground },
+            HostMessage::Request { id: 7, command: Command::Fence },
+        ];
+        for m in &messages {
+            let frame = m.encode();
+            let (kind, body) = read_frame(&mut &frame[..]).unwrap().unwrap();
+            assert_eq!(&HostMessage::decode(kind, &body).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn an_unknown_command_or_outcome_is_named() {
+        let mut e = Encoder::new(HOST_REQUEST);
+        e.u32(1).u8(0x77);
+        let frame = e.finish();
+        let err = HostMessage::decode(frame[4], &frame[5..]).unwrap_err().to_string();
+        assert_eq!(err, "Request: field `command` has invalid value 119");
+        let mut e = Encoder::new(GUEST_REPLY);
+        e.u32(1).u8(0x66);
+        let frame = e.finish();
+        let err = GuestMessage::decode(frame[4], &frame[5..]).unwrap_err().to_string();
+        assert_eq!(err, "Reply: field `outcome` has invalid value 102");
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! Decoding captured datagrams: kmessages (2004 wire format) and uevents.
+//!
+//! Decoding never fails: a datagram that does not parse is kept as a
+//! `Malformed` event with its bytes, so nothing captured is ever lost.
+
+use kevent_wire::Datagram;
+use serde::Serialize;
+
+pub const NETLINK_KOBJECT_UEVENT: u32 = 15;
+
+/// kmessage types by bit of the group mask (the seed's KMSG_*).
+pub const KMSG_GROUPS: &[&str] = &["general", "storage", "power", "fs", "hotplug"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Kmessage {
+        group: String,
+        from: String,
+        signal: String,
+        aux: Vec<String>,
+    },
+    Uevent {
+        action: String,
+        devpath: String,
+        /// `KEY=value` pairs in the order the kernel sent them.
+        env: Vec<String>,
+    },
+    Malformed {
+        protocol: u32,
+        why: String,
+        bytes: String,
+    },
+}
+
+/// Escapes bytes for display: printable ASCII as is, `\n`, `\0`, `\xNN`.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in bytes {
+        match b {
+            b'\n' => out.push_str("\\n"),
+            0 => out.push_str("\\0"),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+fn group_name(mask: u32) -> String {
+    match mask.trailing_zeros() as usize {
+        bit if mask.count_ones() == 1 && bit < KMSG_GROUPS.len() => KMSG_GROUPS[bit].to_owned(),
+        _ => format!("mask {mask:#x}"),
+    }
+}
+
+pub fn decode(datagram: &Datagram) -> Event {
+    let malformed = |why: &str| Event::Malformed {
+        protocol: datagram.protocol,
+        why: why.to_owned(),
+        bytes: escape(&datagram.bytes),
+    };
+    if datagram.protocol == NETLINK_KOBJECT_UEVENT {
+        decode_uevent(&datagram.bytes).unwrap_or_else(&malformed)
+    } else {
+        decode_kmessage(&datagram.bytes, datagram.groups).unwrap_or_else(malformed)
+    }
+}
+
+fn decode_kmessage(bytes: &[u8], groups: u32) -> Result<Event, &'static str> {
+    let Some((&0, text)) = bytes.split_last() else { return Err("no terminating NUL") };
+    let text = std::str::from_utf8(text).map_err(|_| "not UTF-8")?;
+    if text.contains('\0') {
+        return Err("NUL inside the payload");
+    }
+    let rest = text.strip_prefix("From: ").ok_or("does not start with \"From: \"")?;
+    let (from, rest) = rest.split_once('\n').ok_or("no newline after From")?;
+    let rest = rest.strip_prefix("Signal: ").ok_or("no \"Signal: \" line")?;
+    let (signal, aux) = rest.split_once('\n').ok_or("no newline after Signal")?;
+    let mut aux_lines: Vec<String> = aux.split('\n').map(str::to_owned).collect();
+    // Aux conventionally ends with a newline; a missing one is shown, not hidden.
+    if aux_lines.last().is_some_and(String::is_empty) {
+        aux_lines.pop();
+    } else if !aux.is_empty() {
+        aux_lines.push("(no final newline)".to_owned());
+    }
+    Ok(Event::Kmessage { group: group_name(groups), from: from.to_owned(), signal: signal.to_owned(), aux: aux_lines })
+}
+
+fn decode_uevent(bytes: &[u8]) -> Result<Event, &'static str> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8")?;
+    let mut fields = text.strip_suffix('\0').ok_or("no terminating NUL")?.split('\0');
+    let header = fields.next().ok_or("empty")?;
+    let (action, devpath) = header.split_once('@').ok_or("header is not action@devpath")?;
+    let env = fields.map(str::to_owned).collect();
+    Ok(Event::Uevent { action: action.to_owned(), devpath: devpath.to_owned(), env })
+}
+
+/// Makes a run's events comparable with another run's: SEQNUM relative to
+/// the first uevent of the run, and the CPU's MODALIAS (which names the CPU
+/// model and its feature list, and so changes with the host) reduced to its
+/// stable prefix. The keys stay, so their presence is still checked.
+#[derive(Debug, Default)]
+pub struct Normaliser {
+    first_seqnum: Option<u64>,
+}
+
+pub const MODALIAS_PLACEHOLDER: &str = "[CPU model and features]";
+
+impl Normaliser {
+    pub fn normalise(&mut self, event: &mut Event) {
+        let Event::Uevent { env, .. } = event else { return };
+        for entry in env.iter_mut() {
+            if let Some(seqnum) = entry.strip_prefix("SEQNUM=").and_then(|s| s.parse::<u64>().ok()) {
+                let first = *self.first_seqnum.get_or_insert(seqnum);
+                *entry = format!("SEQNUM=+{}", seqnum.wrapping_sub(first));
+            } else if let Some(modalias) = entry.strip_prefix("MODALIAS=") {
+                if let Some(prefix) = modalias.strip_suffix('\n').unwrap_or(modalias).split(',').next() {
+                    if prefix.starts_with("cpu:type:") {
+                        *entry = format!("MODALIAS={prefix},{MODALIAS_PLACEHOLDER}\\n");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One line of a count table: "what happened", and how often.
+pub fn kind_of(event: &Event) -> String {
+    match event {
+        Event::Kmessage { group, from, signal, .. } => format!("kmessage {group} {from} {signal}"),
+        Event::Uevent { action, devpath, env } => {
+            let signal = env.iter().find_map(|e| e.strip_prefix("KEVENT_SIGNAL=")).unwrap_or("");
+            let object = env.iter().find_map(|e| e.strip_prefix("KEVENT_OBJECT=")).unwrap_or("");
+            format!("uevent {action} {devpath} {object} {signal}").trim_end().to_owned()
+        }
+        Event::Malformed { protocol, why, .. } => format!("malformed protocol {protocol}: {why}"),
+    }
+}
+
+/// The event as `udevadm monitor --kernel --property` prints a uevent, and
+/// the kmessage likewise, with the guest's receive time.
+pub fn render_live(datagram: &Datagram, event: &Event) -> String {
+    let t = datagram.monotonic_ns as f64 / 1e9;
+    match event {
+        Event::Uevent { action, devpath, env } => {
+            let subsystem = env.iter().find_map(|e| e.strip_prefix("SUBSYSTEM=")).unwrap_or("");
+            let mut out = format!("KERNEL[{t:.6}] {action:<8} {devpath} ({subsystem})\n");
+            for entry in env {
+                out.push_str(entry.trim_end_matches('\n'));
+                out.push('\n');
+            }
+            out
+        }
+        Event::Kmessage { group, from, signal, aux } => {
+            let mut out = format!("KMESSAGE[{t:.6}] {group:<8} {from} {signal}\n");
+            out.push_str(&format!("From: {from}\nSignal: {signal}\n"));
+            for line in aux {
+                out.push_str(line);
+                out.push('\n');
+            }
+            out
+        }
+        Event::Malformed { protocol, why, bytes } => {
+            format!("MALFORMED[{t:.6}] protocol {protocol}: {why}\n{bytes}\n")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(protocol: u32, groups: u32, bytes: &[u8]) -> Datagram {
+        Datagram { protocol, groups, portid: 0, monotonic_ns: 1_500_000_000, bytes: bytes.to_vec() }
+    }
+
+    #[test]
+    fn the_seed_payload_decodes() {
+        let d = datagram(31, 1 << 2, b"From: /org/kernel/devices/system/cpu/temperature\nSignal: high\nCpu: 1\n\0");
+        assert_eq!(
+            decode(&d),
+            Event::Kmessage {
+                group: "power".into(),
+                from: "/org/kernel/devices/system/cpu/temperature".into(),
+                signal: "high".into(),
+                aux: vec!["Cpu: 1".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn broken_kmessages_are_kept_with_their_bytes() {
+        for (bytes, why) in [
+            (&b"From: x\nSignal: y\n"[..], "no terminating NUL"),
+            (b"Signal: y\n\0", "does not start with \"From: \""),
+            (b"From: x\n\0", "no \"Signal: \" line"),
+            (b"From: x\0Signal: y\n\0", "NUL inside the payload"),
+        ] {
+            let Event::Malformed { why: got, bytes: shown, .. } = decode(&datagram(31, 4, bytes)) else {
+                panic!("{bytes:?} decoded")
+            };
+            assert_eq!(got, why);
+            assert_eq!(shown, escape(bytes));
+        }
+    }
+
+    #[test]
+    fn aux_without_a_final_newline_is_flagged() {
+        let Event::Kmessage { aux, .. } = decode(&datagram(31, 1, b"From: a\nSignal: b\nx: 1\0")) else { panic!() };
+        assert_eq!(aux, ["x: 1", "(no final newline)"]);
+        let Event::Kmessage { aux, group, .. } = decode(&datagram(31, 0x10, b"From: a\nSignal: b\n\0")) else {
+            panic!()
+        };
+        assert!(aux.is_empty());
+        assert_eq!(group, "hotplug");
+    }
+
+    #[test]
+    fn a_uevent_decodes_in_order_and_normalises() {
+        let bytes = b"change@/devices/system/cpu/cpu1\0ACTION=change\0DEVPATH=/devices/system/cpu/cpu1\0\
+SUBSYSTEM=cpu\0KEVENT_SIGNAL=high\0MODALIAS=cpu:type:x86,ven0002fam000Fmod006B:feature:,0000,0001\n\0SEQNUM=812\0";
+        let mut n = Normaliser::default();
+        let mut first = decode(&datagram(15, 1, bytes));
+        n.normalise(&mut first);
+        let Event::Uevent { action, devpath, env } = &first else { panic!("{first:?}") };
+        assert_eq!(action, "change");
+        assert_eq!(devpath, "/devices/system/cpu/cpu1");
+        assert_eq!(
+            env,
+            &[
+                "ACTION=change",
+                "DEVPATH=/devices/system/cpu/cpu1",
+                "SUBSYSTEM=cpu",
+                "KEVENT_SIGNAL=high",
+                "MODALIAS=cpu:type:x86,[CPU model and features]\\n",
+                "SEQNUM=+0",
+            ]
+        );
+        let later = String::from_utf8_lossy(bytes).replace("SEQNUM=812", "SEQNUM=815");
+        let mut second = decode(&datagram(15, 1, later.as_bytes()));
+        n.normalise(&mut second);
+        let Event::Uevent { env, .. } = second else { panic!() };
+        assert_eq!(env.last().unwrap(), "SEQNUM=+3");
+    }
+
+    #[test]
+    fn live_rendering_looks_like_udevadm_monitor() {
+        let d = datagram(15, 1, b"change@/devices/system/cpu/cpu1\0ACTION=change\0SUBSYSTEM=cpu\0SEQNUM=9\0");
+        let text = render_live(&d, &decode(&d));
+        assert_eq!(
+            text,
+            "KERNEL[1.500000] change   /devices/system/cpu/cpu1 (cpu)\nACTION=change\nSUBSYSTEM=cpu\nSEQNUM=9\n"
+        );
+    }
+}

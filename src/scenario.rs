@@ -1,0 +1,454 @@
+//! Scenarios: `scenarios/*.toml`, parsed strictly.
+//!
+//! Every error names the file, line and column and what was expected;
+//! unknown keys are errors, so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// IA32_THERM_STATUS / IA32_PACKAGE_THERM_STATUS bits by name (Intel SDM);
+/// each status bit's log bit is the next one up.
+pub const BITS: &[(&str, u32)] = &[
+    ("prochot", 0),
+    ("prochot_log", 1),
+    ("external_prochot", 2),
+    ("external_prochot_log", 3),
+    ("critical", 4),
+    ("critical_log", 5),
+    ("threshold1", 6),
+    ("threshold1_log", 7),
+    ("threshold2", 8),
+    ("threshold2_log", 9),
+    ("power_limit", 10),
+    ("power_limit_log", 11),
+];
+/// Digital readout, degrees below TjMax, bits 22:16.
+pub const READOUT_SHIFT: u32 = 16;
+pub const READOUT_MAX: u64 = 0x7f;
+/// Reading valid (core register only; reserved in the package register).
+pub const VALID: u64 = 1 << 31;
+pub const DEFAULT_TJMAX: u32 = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// Module parameters: module → (parameter → value), as given.
+    pub params: BTreeMap<String, BTreeMap<String, String>>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub action: Action,
+    /// How many times to do it; events of a repeated step are counted.
+    pub repeat: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Inject { cpu: u32, package: bool, value: u64, label: String },
+    Sleep { ms: u64 },
+    Read { path: String },
+    Write { path: String, value: String },
+    Exec { program: String, args: Vec<String>, background: bool },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Inject { cpu, package, value, label } => {
+                let register = if *package { "package" } else { "core" };
+                write!(f, "inject cpu {cpu} {register} {value:#x} ({label})")
+            }
+            Action::Sleep { ms } => write!(f, "sleep {ms} ms"),
+            Action::Read { path } => write!(f, "read {path}"),
+            Action::Write { path, value } => write!(f, "write {value:?} to {path}"),
+            Action::Exec { program, args, background } => {
+                write!(f, "exec {program}")?;
+                for a in args {
+                    write!(f, " {a}")?;
+                }
+                if *background {
+                    write!(f, " (background)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A scenario file that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    description: String,
+    #[serde(default)]
+    machine: RawMachine,
+    #[serde(default)]
+    params: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
+    #[serde(default)]
+    step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    cpus: Option<Spanned<u32>>,
+    memory_mib: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    inject: Option<RawInject>,
+    sleep_ms: Option<u64>,
+    read: Option<String>,
+    write: Option<RawWrite>,
+    exec: Option<RawExec>,
+    repeat: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInject {
+    cpu: Spanned<u32>,
+    #[serde(default)]
+    package: bool,
+    #[serde(default)]
+    bits: Vec<Spanned<String>>,
+    temperature: Option<Spanned<i64>>,
+    raw: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWrite {
+    path: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    background: bool,
+}
+
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        path: path.to_owned(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Line and column (1-based) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let error = |span: Range<usize>, message: String| {
+        let (line, column) = position(text, span.start);
+        ScenarioError { path: path.to_owned(), line, column, message }
+    };
+    let raw: RawScenario = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        error(span, e.message().trim_end().to_owned())
+    })?;
+
+    let cpus = raw.machine.cpus.map_or(Ok(2), |c| {
+        let span = c.span();
+        let cpus = c.into_inner();
+        if (1..=8).contains(&cpus) {
+            Ok(cpus)
+        } else {
+            Err(error(span, format!("cpus = {cpus}: expected 1 to 8 (the bench kernel's NR_CPUS)")))
+        }
+    })?;
+    let memory_mib = raw.machine.memory_mib.map_or(Ok(256), |m| {
+        let span = m.span();
+        let mib = m.into_inner();
+        if mib >= 64 {
+            Ok(mib)
+        } else {
+            Err(error(span, format!("memory_mib = {mib}: expected at least 64")))
+        }
+    })?;
+
+    let mut params = BTreeMap::new();
+    for (module, values) in raw.params {
+        let mut converted = BTreeMap::new();
+        for (key, value) in values {
+            let span = value.span();
+            let text = match value.into_inner() {
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => if b { "1" } else { "0" }.to_owned(),
+                toml::Value::String(s) if !s.contains(char::is_whitespace) => s,
+                other => {
+                    return Err(error(
+                        span,
+                        format!("params.{module}.{key}: expected an integer, a boolean or a string without spaces, found {other}"),
+                    ))
+                }
+            };
+            converted.insert(key, text);
+        }
+        params.insert(module, converted);
+    }
+    let tjmax = match params.get("kevent_thermal").and_then(|p| p.get("tjmax")) {
+        Some(t) => t.parse().unwrap_or(DEFAULT_TJMAX),
+        None => DEFAULT_TJMAX,
+    };
+
+    if raw.step.is_empty() {
+        return Err(error(0..0, "no [[step]]: a scenario needs at least one step".into()));
+    }
+    let mut steps = Vec::new();
+    for step in raw.step {
+        let span = step.span();
+        let step = step.into_inner();
+        let repeat = match step.repeat {
+            Some(r) if *r.get_ref() == 0 => return Err(error(r.span(), "repeat = 0: expected at least 1".into())),
+            Some(r) => r.into_inner(),
+            None => 1,
+        };
+        let mut actions = Vec::new();
+        if let Some(inject) = step.inject {
+            actions.push(inject_action(inject, cpus, tjmax, &error)?);
+        }
+        if let Some(ms) = step.sleep_ms {
+            actions.push(Action::Sleep { ms });
+        }
+        if let Some(path) = step.read {
+            actions.push(Action::Read { path });
+        }
+        if let Some(w) = step.write {
+            actions.push(Action::Write { path: w.path, value: w.value });
+        }
+        if let Some(e) = step.exec {
+            actions.push(Action::Exec { program: e.program, args: e.args, background: e.background });
+        }
+        if actions.len() != 1 {
+            return Err(error(
+                span,
+                format!(
+                    "a step has exactly one of inject, sleep_ms, read, write, exec; this one has {}",
+                    actions.len()
+                ),
+            ));
+        }
+        steps.push(Step { action: actions.remove(0), repeat });
+    }
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Scenario { name, path: path.to_owned(), description: raw.description, cpus, memory_mib, params, steps })
+}
+
+fn inject_action(
+    inject: RawInject,
+    cpus: u32,
+    tjmax: u32,
+    error: &impl Fn(Range<usize>, String) -> ScenarioError,
+) -> Result<Action, ScenarioError> {
+    let cpu_span = inject.cpu.span();
+    let cpu = inject.cpu.into_inner();
+    if cpu >= cpus {
+        return Err(error(cpu_span, format!("cpu = {cpu}: the machine has CPUs 0 to {}", cpus - 1)));
+    }
+    if let Some(raw) = inject.raw {
+        let span = raw.span();
+        if !inject.bits.is_empty() || inject.temperature.is_some() {
+            return Err(error(span, "raw replaces bits and temperature: give one or the other".into()));
+        }
+        let text = raw.into_inner();
+        let value = u64::from_str_radix(text.trim_start_matches("0x").trim_start_matches("0X"), 16)
+            .map_err(|_| error(span, format!("raw = {text:?}: expected a hexadecimal register image")))?;
+        return Ok(Action::Inject { cpu, package: inject.package, value, label: format!("raw {text}") });
+    }
+    let mut value = 0u64;
+    let mut names = Vec::new();
+    for bit in inject.bits {
+        let span = bit.span();
+        let name = bit.into_inner();
+        let Some(&(_, n)) = BITS.iter().find(|(known, _)| *known == name) else {
+            let known: Vec<&str> = BITS.iter().map(|(k, _)| *k).collect();
+            return Err(error(span, format!("unknown bit {name:?}: expected one of {}", known.join(", "))));
+        };
+        value |= 1 << n;
+        names.push(name);
+    }
+    let temperature = match inject.temperature {
+        Some(t) => {
+            let span = t.span();
+            let celsius = t.into_inner();
+            let below = i64::from(tjmax) - celsius;
+            if !(0..=READOUT_MAX as i64).contains(&below) {
+                return Err(error(
+                    span,
+                    format!(
+                        "temperature = {celsius}: the readout holds 0 to {READOUT_MAX} degrees below TjMax ({tjmax} °C), so {} to {tjmax}",
+                        i64::from(tjmax) - READOUT_MAX as i64
+                    ),
+                ));
+            }
+            Some((celsius, below as u64))
+        }
+        None => None,
+    };
+    // With no temperature given, the reading is the reset one: 50 below TjMax.
+    let (celsius, below) = temperature.unwrap_or((i64::from(tjmax) - 50, 50));
+    value |= below << READOUT_SHIFT;
+    if !inject.package {
+        value |= VALID;
+    }
+    let bits = if names.is_empty() { "no status".to_owned() } else { names.join(" ") };
+    Ok(Action::Inject { cpu, package: inject.package, value, label: format!("{bits}, {celsius} °C") })
+}
+
+/// The kernel command-line words that give the modules their parameters.
+pub fn kernel_args(scenario: &Scenario) -> Vec<String> {
+    scenario
+        .params
+        .iter()
+        .flat_map(|(module, values)| values.iter().map(move |(k, v)| format!("kevent_bench.param={module}.{k}={v}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Scenario, ScenarioError> {
+        parse(Path::new("scenarios/t.toml"), text)
+    }
+
+    #[test]
+    fn a_scenario_parses_into_register_images() {
+        let s = parse_str(
+            r#"
+description = "PROCHOT high then normal"
+[machine]
+cpus = 4
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+inject = { cpu = 1, bits = ["prochot", "prochot_log"], temperature = 95 }
+[[step]]
+inject = { cpu = 3, package = true, bits = ["power_limit"] }
+repeat = 3
+[[step]]
+inject = { cpu = 0, raw = "0x80000001" }
+[[step]]
+sleep_ms = 5
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.name, "t");
+        assert_eq!(s.cpus, 4);
+        assert_eq!(kernel_args(&s), ["kevent_bench.param=kevent_thermal.rate_limit_ms=0"]);
+        // 95 °C is 5 below TjMax 100; the core register has the valid bit.
+        assert_eq!(
+            s.steps[0].action,
+            Action::Inject { cpu: 1, package: false, value: 0x8005_0003, label: "prochot prochot_log, 95 °C".into() }
+        );
+        // No valid bit in the package register; the reset reading is 50 below.
+        assert_eq!(
+            s.steps[1].action,
+            Action::Inject { cpu: 3, package: true, value: 0x0032_0400, label: "power_limit, 50 °C".into() }
+        );
+        assert_eq!(s.steps[1].repeat, 3);
+        assert!(matches!(s.steps[2].action, Action::Inject { value: 0x8000_0001, .. }));
+        assert_eq!(s.steps[3].action, Action::Sleep { ms: 5 });
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 1, bits = [\"prochot\", \"hot\"] }\n")
+            .unwrap_err();
+        assert_eq!((err.line, err.column), (3, 39), "{err}");
+        assert!(err.to_string().starts_with("scenarios/t.toml:3:39: unknown bit \"hot\": expected one of prochot,"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\nrepet = 2\n").unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("unknown field `repet`"), "{err}");
+        let err = parse_str("descripton = \"x\"\n").unwrap_err();
+        assert!(err.message.contains("unknown field `descripton`"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_located() {
+        let err = parse_str("description = \"x\"\n[[step]\n").unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_range() {
+        let err = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 2 }\n").unwrap_err();
+        assert_eq!(err.message, "cpu = 2: the machine has CPUs 0 to 1");
+        assert_eq!((err.line, err.column), (3, 18));
+        let err = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 0, temperature = 101 }\n").unwrap_err();
+        assert!(err.message.contains("so -27 to 100"), "{err}");
+        let err = parse_str("description = \"x\"\n[machine]\ncpus = 9\n[[step]]\nsleep_ms = 1\n").unwrap_err();
+        assert_eq!(err.line, 3);
+    }
+
+    #[test]
+    fn a_step_has_exactly_one_action() {
+        let err = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\nread = \"/proc/uptime\"\n").unwrap_err();
+        assert!(err.message.contains("this one has 2"), "{err}");
+        let err = parse_str("description = \"x\"\n[[step]]\nrepeat = 2\n").unwrap_err();
+        assert!(err.message.contains("this one has 0"), "{err}");
+        let err = parse_str("description = \"x\"\n").unwrap_err();
+        assert!(err.message.contains("at least one step"), "{err}");
+    }
+
+    #[test]
+    fn the_starter_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap_or_else(|e| panic!("{e}"));
+                count += 1;
+            }
+        }
+        assert!(count >= 11, "{count} starter scenarios");
+    }
+}
