@@ -398,8 +398,9 @@ sleep_ms = 5
     fn errors_name_file_line_and_column() {
         let err = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 1, bits = [\"prochot\", \"hot\"] }\n")
             .unwrap_err();
-        assert_eq!((err.line, err.column), (3, 39), "{err}");
-        assert!(err.to_string().starts_with("scenarios/t.toml:3:39: unknown bit \"hot\": expected one of prochot,"));
+        // `"hot"` starts after `inject = { cpu = 1, bits = ["prochot", ` (39 characters).
+        assert_eq!((err.line, err.column), (3, 40), "{err}");
+        assert!(err.to_string().starts_with("scenarios/t.toml:3:40: unknown bit \"hot\": expected one of prochot,"));
     }
 
     #[test]
