@@ -9,6 +9,7 @@ pub const USAGE: &str = "\
 usage: cargo xtask <command> [flags]
 
 commands:
+  run SCENARIO.toml     build, boot, run the scenario, print every event live, then a summary
   build                 build the kernel, the events modules, the agent and the initramfs
   boot                  build, boot the guest, wait for the agent's greeting, print timings, shut down
   test [-- ARGS]        build, then run every test (ARGS go to the test runner)
@@ -25,9 +26,18 @@ guest flags (boot, test, bench):
   --cpus N              virtual CPUs, each in its own socket (default 2)
   --memory MIB          guest memory in MiB (default 256)
 
-boot flags:
+boot and run flags:
   --console             stream the serial console to stderr
+
+boot flags:
   --append ARG          add a kernel command-line argument (repeatable)
+
+run flags:
+  --json                one JSON object per event instead of the udevadm-style text
+  --raw                 show each datagram's bytes as well
+  --include HOST[:GUEST]
+                        add a file to the initramfs (default GUEST = /bin/NAME); an ELF
+                        brings the shared libraries it needs (repeatable)
 
 bench flags:
   --runs N              boots per configuration (default 10)
@@ -89,6 +99,17 @@ pub struct BootFlags {
 }
 
 #[derive(Debug, Clone)]
+pub struct RunFlags {
+    pub build: BuildFlags,
+    pub guest: GuestFlags,
+    pub scenario: PathBuf,
+    pub console: bool,
+    pub json: bool,
+    pub raw: bool,
+    pub includes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
 pub struct TestFlags {
     pub build: BuildFlags,
     pub guest: GuestFlags,
@@ -107,6 +128,7 @@ pub enum Command {
     Help,
     Build(BuildFlags),
     Boot(BootFlags),
+    Run(RunFlags),
     Test(TestFlags),
     Bench(BenchFlags),
 }
@@ -142,8 +164,9 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
     let mut guest = GuestFlags { accel: AccelChoice::Auto, cpus: 2, memory_mib: 256 };
     let (mut console, mut append, mut runs, mut runner_args) = (false, Vec::new(), 10usize, Vec::new());
     let mut bench_target = None;
+    let (mut scenario, mut json, mut raw, mut includes) = (None, false, false, Vec::new());
 
-    let takes_guest = matches!(command.as_str(), "boot" | "test" | "bench");
+    let takes_guest = matches!(command.as_str(), "boot" | "test" | "bench" | "run");
     while let Some(arg) = args.rest.next() {
         match arg.as_str() {
             "--kernel-src" => build.kernel_src = Some(args.value(&arg)?.into()),
@@ -151,7 +174,10 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
             "--accel" if takes_guest => guest.accel = args.value(&arg)?.parse().map_err(|e: String| anyhow!(e))?,
             "--cpus" if takes_guest => guest.cpus = args.number(&arg)?,
             "--memory" if takes_guest => guest.memory_mib = args.number(&arg)?,
-            "--console" if command == "boot" => console = true,
+            "--console" if command == "boot" || command == "run" => console = true,
+            "--json" if command == "run" => json = true,
+            "--raw" if command == "run" => raw = true,
+            "--include" if command == "run" => includes.push(args.value(&arg)?),
             "--append" if command == "boot" => append.push(args.value(&arg)?),
             "--runs" if command == "bench" => runs = args.number(&arg)?,
             "--" if command == "test" => runner_args.extend(args.rest.by_ref()),
@@ -159,6 +185,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
             target if command == "bench" && bench_target.is_none() && !target.starts_with('-') => {
                 bench_target = Some(target.to_owned())
             }
+            path if command == "run" && scenario.is_none() && !path.starts_with('-') => scenario = Some(path.into()),
             other => bail!("unknown argument {other:?} for `{command}`"),
         }
     }
@@ -172,6 +199,11 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
         "help" | "-h" | "--help" => Command::Help,
         "build" => Command::Build(build),
         "boot" => Command::Boot(BootFlags { build, guest, console, append }),
+        "run" => {
+            let scenario =
+                scenario.ok_or_else(|| anyhow!("`run` needs a scenario: cargo xtask run scenarios/NAME.toml"))?;
+            Command::Run(RunFlags { build, guest, scenario, console, json, raw, includes })
+        }
         "test" => Command::Test(TestFlags { build, guest, runner_args }),
         "bench" => match bench_target.as_deref() {
             Some("boot") => Command::Bench(BenchFlags { build, guest, runs: runs.max(1) }),

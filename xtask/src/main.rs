@@ -13,6 +13,7 @@ mod kmod;
 mod prereq;
 mod process;
 mod project;
+mod run;
 mod test;
 
 use std::process::ExitCode;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         }
         flags::Command::Build(build) => build::run(&build).map(|_| ()),
         flags::Command::Boot(boot) => boot::run(&boot),
+        flags::Command::Run(run) => run::run(&run),
         flags::Command::Test(test) => test::run(&test),
         flags::Command::Bench(bench) => bench::run(&bench),
     };
@@ -52,6 +54,9 @@ fn main() -> ExitCode {
 fn exit_code_of(e: &anyhow::Error) -> i32 {
     if let Some(failure) = e.downcast_ref::<kevent_bench::Failure>() {
         return failure.exit_code();
+    }
+    if e.downcast_ref::<kevent_bench::scenario::ScenarioError>().is_some() {
+        return exit_code::BENCH_ERROR;
     }
     if e.downcast_ref::<prereq::Missing>().is_some() {
         return exit_code::MISSING_PREREQUISITE;

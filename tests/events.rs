@@ -1,0 +1,164 @@
+//! The events modules in a real guest, checked on the bytes the agent's
+//! netlink sockets received: the seed's payload, the group mask, the uevent,
+//! the rate limit, refused debugfs writes, and R/WC0 log bits.
+
+mod common;
+
+use std::time::Duration;
+
+use kevent_bench::Machine;
+use kevent_wire::{Command, Datagram, Outcome};
+
+const BOUND: Duration = Duration::from_secs(60);
+const DEBUGFS: &str = "/sys/kernel/debug/kevent_thermal";
+const PROCHOT: u64 = 1;
+const VALID_50C: u64 = 0x8032_0000;
+
+fn boot(test: &str, params: &[&str]) -> Machine {
+    let artifacts = common::artifacts();
+    let args = params.iter().map(|p| format!("kevent_bench.param={p}")).collect();
+    Machine::boot(&common::config(test, artifacts.guest(2, 256, args))).unwrap_or_else(|f| panic!("{f}"))
+}
+
+fn inject(machine: &mut Machine, cpu: u32, value: u64) -> Vec<Datagram> {
+    let exchange = machine.request(Command::Inject { package: false, cpu, value }, BOUND).unwrap();
+    assert_eq!(exchange.outcome, Outcome::Done);
+    exchange.datagrams
+}
+
+fn read(machine: &mut Machine, path: &str) -> String {
+    match machine.request(Command::ReadFile { path: path.into() }, BOUND).unwrap().outcome {
+        Outcome::Data(data) => String::from_utf8(data).unwrap(),
+        other => panic!("read {path}: {other:?}"),
+    }
+}
+
+fn write(machine: &mut Machine, path: &str, data: &str) -> Outcome {
+    machine.request(Command::WriteFile { path: path.into(), data: data.into() }, BOUND).unwrap().outcome
+}
+
+fn kmessages(datagrams: &[Datagram]) -> Vec<&Datagram> {
+    datagrams.iter().filter(|d| d.protocol == 31).collect()
+}
+
+fn uevents(datagrams: &[Datagram]) -> Vec<&Datagram> {
+    datagrams.iter().filter(|d| d.protocol == 15).collect()
+}
+
+fn shut_down(machine: Machine) {
+    machine.shutdown(Duration::from_secs(15)).unwrap_or_else(|f| panic!("{f}"));
+}
+
+#[test]
+fn high_and_normal_carry_the_seeds_exact_payload_on_the_power_group() {
+    let mut m = boot("payload", &["kevent_thermal.rate_limit_ms=0"]);
+    for (value, signal) in [(VALID_50C | PROCHOT, "high"), (VALID_50C, "normal")] {
+        let datagrams = inject(&mut m, 1, value);
+        let [kmessage] = kmessages(&datagrams)[..] else { panic!("{datagrams:?}") };
+        let expected = format!("From: /org/kernel/devices/system/cpu/temperature\nSignal: {signal}\nCpu: 1\n\0");
+        assert_eq!(kmessage.bytes, expected.as_bytes(), "no nlmsghdr, NUL counted");
+        // "From: " + 42-byte object + "\n", "Signal: " + signal + "\n", "Cpu: 1\n", NUL: 70 for high.
+        assert_eq!(kmessage.bytes.len(), 66 + signal.len());
+        assert_eq!(kmessage.groups, 1 << 2, "KMSG_POWER is seen as the 2004 mask 1 << 2");
+        assert_eq!(kmessage.portid, 0, "sent by the kernel");
+    }
+    shut_down(m);
+}
+
+#[test]
+fn each_event_is_a_change_uevent_on_the_cpu_device_pointing_at_its_counter() {
+    let mut m = boot("uevent", &["kevent_thermal.rate_limit_ms=0"]);
+    let datagrams = inject(&mut m, 1, VALID_50C | PROCHOT);
+    let [uevent] = uevents(&datagrams)[..] else { panic!("{datagrams:?}") };
+    assert_eq!(uevent.groups, 1);
+    let text = String::from_utf8(uevent.bytes.clone()).unwrap();
+    let fields: Vec<&str> = text.strip_suffix('\0').unwrap().split('\0').collect();
+    assert_eq!(
+        &fields[..9],
+        [
+            "change@/devices/system/cpu/cpu1",
+            "ACTION=change",
+            "DEVPATH=/devices/system/cpu/cpu1",
+            "SUBSYSTEM=cpu",
+            "KEVENT_OBJECT=/org/kernel/devices/system/cpu/temperature",
+            "KEVENT_SIGNAL=high",
+            "KEVENT_CPU=1",
+            "KEVENT_ATTR=kevent_thermal/prochot_high",
+            "KEVENT_COUNT=1",
+        ]
+    );
+    assert!(fields[9].starts_with("MODALIAS=cpu:type:x86,"), "{fields:?}");
+    assert!(fields[10].starts_with("SEQNUM="), "{fields:?}");
+    // The attribute it points at is the payload: the counter it names.
+    assert_eq!(read(&mut m, "/sys/devices/system/cpu/cpu1/kevent_thermal/prochot_high").trim(), "1");
+    shut_down(m);
+}
+
+#[test]
+fn a_second_interrupt_inside_the_rate_limit_window_produces_nothing() {
+    let mut m = boot("rate-limit", &[]); // the default, 5000 ms
+    assert_eq!(kmessages(&inject(&mut m, 0, VALID_50C | PROCHOT)).len(), 1);
+    let swallowed = inject(&mut m, 0, VALID_50C);
+    assert!(swallowed.is_empty(), "{swallowed:?}");
+    assert_eq!(read(&mut m, "/sys/devices/system/cpu/cpu0/kevent_thermal/rate_limited").trim(), "1");
+    assert_eq!(read(&mut m, "/sys/devices/system/cpu/cpu0/kevent_thermal/interrupts").trim(), "2");
+    shut_down(m);
+}
+
+#[test]
+fn every_kind_of_invalid_debugfs_write_is_refused_and_changes_nothing() {
+    let mut m = boot("invalid-debugfs", &["kevent_thermal.rate_limit_ms=0"]);
+    let state_files = [
+        format!("{DEBUGFS}/cpu"),
+        format!("{DEBUGFS}/therm_status"),
+        format!("{DEBUGFS}/pkg_therm_status"),
+        format!("{DEBUGFS}/cpu0/therm_status"),
+        format!("{DEBUGFS}/cpu1/therm_status"),
+        format!("{DEBUGFS}/cpu1/pkg_therm_status"),
+        "/sys/devices/system/cpu/cpu1/kevent_thermal/interrupts".to_owned(),
+    ];
+    let state = |m: &mut Machine| state_files.iter().map(|f| read(m, f)).collect::<Vec<_>>();
+    let before = state(&mut m);
+    let invalid = [
+        ("cpu", "not-a-number"),
+        ("cpu", "2"), // the machine has CPUs 0 and 1
+        ("cpu", "-1"),
+        ("therm_status", "0x1000"), // reserved bit 12
+        ("therm_status", "zz"),
+        ("pkg_therm_status", "0x80000000"), // bit 31 is reserved in the package register
+        ("trigger", "sideways"),
+        ("trigger", "core 2 0x1"),
+        ("trigger", "core 1 0x100000000"),
+        ("trigger", "core 1"),
+        ("cpu1/therm_status", "0x1"), // status bits are read-only
+        ("cpu1/therm_status", "0x4000"),
+    ];
+    for (file, data) in invalid {
+        let outcome = write(&mut m, &format!("{DEBUGFS}/{file}"), data);
+        let Outcome::Error { errno, .. } = outcome else { panic!("{file} <- {data:?} was accepted") };
+        assert_eq!(errno, libc::EINVAL, "{file} <- {data:?}");
+    }
+    assert_eq!(state(&mut m), before, "a refused write changed nothing");
+    let none = m.request(Command::Fence, BOUND).unwrap();
+    assert!(none.datagrams.is_empty(), "no refused trigger raised an interrupt: {:?}", none.datagrams);
+    shut_down(m);
+}
+
+#[test]
+fn log_bits_are_set_by_the_hardware_and_cleared_only_by_writing_zero() {
+    let mut m = boot("log-bits", &["kevent_thermal.rate_limit_ms=0"]);
+    let status = format!("{DEBUGFS}/cpu1/therm_status");
+    inject(&mut m, 1, VALID_50C | PROCHOT);
+    assert_eq!(read(&mut m, &status), "0x80320003\n", "PROCHOT and its log");
+    inject(&mut m, 1, VALID_50C);
+    assert_eq!(read(&mut m, &status), "0x80320002\n", "the log outlives the status");
+    assert_eq!(write(&mut m, &status, "0x2"), Outcome::Done);
+    assert_eq!(read(&mut m, &status), "0x80320002\n", "writing 1 leaves it");
+    assert_eq!(write(&mut m, &status, "0x0"), Outcome::Done);
+    assert_eq!(read(&mut m, &status), "0x80320000\n", "writing 0 clears it");
+    // A log bit given with the injection is latched too (a pulse the
+    // hardware saw between interrupts), and ORed with what is there.
+    inject(&mut m, 1, VALID_50C | 0x20);
+    assert_eq!(read(&mut m, &status), "0x80320020\n");
+    shut_down(m);
+}

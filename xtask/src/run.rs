@@ -1,0 +1,165 @@
+//! `cargo xtask run SCENARIO.toml`: the main job. Boots, runs the scenario,
+//! prints every event as it arrives, then a summary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use kevent_bench::cpio::Archive;
+use kevent_bench::events::{self, Event};
+use kevent_bench::runner::{self, StepRecord};
+use kevent_bench::{scenario, MachineConfig, Timeouts};
+use kevent_wire::Outcome;
+
+use crate::flags::RunFlags;
+
+pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
+    // A malformed scenario is reported before anything is built.
+    let scenario = scenario::load(&flags.scenario)?;
+    let artifacts = crate::build::run(&flags.build)?;
+    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+    let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
+    let mut guest = artifacts.guest(scenario.cpus, scenario.memory_mib, scenario::kernel_args(&scenario));
+    if !flags.includes.is_empty() {
+        guest.initramfs = initramfs_with(&artifacts.initramfs, &flags.includes, &run_dir)?;
+    }
+    let config = MachineConfig {
+        qemu: kevent_bench::qemu::qemu_binary(),
+        guest,
+        accel: decision.accel,
+        run_dir: run_dir.clone(),
+        stream_console: flags.console,
+        timeouts: Timeouts::default(),
+    };
+    eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
+    eprintln!("console log: {}", run_dir.join("console.log").display());
+    let started = Instant::now();
+    let mut normaliser = events::Normaliser::default();
+    let (mut kmessages, mut uevents) = (0usize, 0usize);
+    let mut print_step = |record: &StepRecord| {
+        let mut out = std::io::stdout().lock();
+        if !flags.json {
+            let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
+        }
+        for datagram in &record.datagrams {
+            let mut event = events::decode(datagram);
+            match event {
+                Event::Kmessage { .. } => kmessages += 1,
+                Event::Uevent { .. } => uevents += 1,
+                Event::Malformed { .. } => {}
+            }
+            if flags.json {
+                normaliser.normalise(&mut event);
+                let line = serde_json::json!({
+                    "step": record.index + 1,
+                    "protocol": datagram.protocol,
+                    "groups": datagram.groups,
+                    "portid": datagram.portid,
+                    "guest_monotonic_ns": datagram.monotonic_ns,
+                    "event": event,
+                    "bytes": if flags.raw { Some(events::escape(&datagram.bytes)) } else { None },
+                });
+                let _ = writeln!(out, "{line}");
+            } else {
+                let _ = writeln!(out, "{}", events::render_live(datagram, &event));
+                if flags.raw {
+                    let _ = writeln!(out, "RAW {} bytes: {}\n", datagram.bytes.len(), events::escape(&datagram.bytes));
+                }
+            }
+        }
+        if !flags.json {
+            match &record.outcome {
+                Outcome::Data(data) => {
+                    let _ = writeln!(out, "{}\n", String::from_utf8_lossy(data).trim_end());
+                }
+                Outcome::Error { errno, message } => {
+                    let _ = writeln!(out, "error {}: {message}\n", runner::errno_name(*errno));
+                }
+                Outcome::Exec(r) => {
+                    let _ = writeln!(out, "exit code {} (signal {})", r.exit_code, r.signal);
+                    let _ = writeln!(out, "stdout:\n{}", String::from_utf8_lossy(&r.stdout));
+                    let _ = writeln!(out, "stderr:\n{}", String::from_utf8_lossy(&r.stderr));
+                }
+                Outcome::Done | Outcome::Background(_) => {}
+            }
+        }
+    };
+    let transcript = runner::run(&scenario, &config, &mut print_step)?;
+    for r in &transcript.background {
+        println!("── background {}: exit code {} (signal {})", r.program, r.exit_code, r.signal);
+        println!("stdout:\n{}", String::from_utf8_lossy(&r.stdout));
+        println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
+    }
+    eprintln!(
+        "{}: {} step(s), {kmessages} kmessage(s), {uevents} uevent(s), none lost; {:.2} s on {} ({})",
+        scenario.name,
+        transcript.steps.len(),
+        started.elapsed().as_secs_f64(),
+        decision.accel,
+        transcript.hello.kernel_release
+    );
+    Ok(())
+}
+
+/// The run's initramfs: the bench's, with the user's files appended as a
+/// second archive (the kernel unpacks concatenated archives in order).
+fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut archive = Archive::new();
+    for include in includes {
+        let (host, guest) = match include.split_once(':') {
+            Some((host, guest)) => (PathBuf::from(host), guest.to_owned()),
+            None => {
+                let host = PathBuf::from(include);
+                let name = host.file_name().with_context(|| format!("--include {include}: no file name"))?;
+                let guest = format!("/bin/{}", name.to_string_lossy());
+                (host, guest)
+            }
+        };
+        let data = std::fs::read(&host).with_context(|| format!("--include {include}: read {}", host.display()))?;
+        let mode = if is_elf(&data) { 0o755 } else { 0o644 };
+        if is_elf(&data) {
+            for library in shared_libraries(&host)? {
+                let bytes = std::fs::read(&library).with_context(|| format!("read {}", library.display()))?;
+                archive.file(&library.to_string_lossy(), 0o755, bytes);
+            }
+        }
+        archive.file(&guest, mode, data);
+    }
+    let mut bytes = std::fs::read(base).with_context(|| format!("read {}", base.display()))?;
+    bytes.extend(archive.to_bytes());
+    std::fs::create_dir_all(run_dir)?;
+    let path = run_dir.join("initramfs.cpio");
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+fn is_elf(data: &[u8]) -> bool {
+    data.starts_with(b"\x7fELF")
+}
+
+/// The shared libraries (and loader) an ELF needs, as `ldd` resolves them
+/// on the host; none for a static binary.
+fn shared_libraries(elf: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(elf).output().context("run ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        if text.contains("not a dynamic executable") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic") {
+            return Ok(Vec::new());
+        }
+        bail!("ldd {} failed: {}", elf.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let mut libraries = Vec::new();
+    for line in text.lines() {
+        if line.contains("not found") {
+            bail!("{}: a shared library is missing on the host: {}", elf.display(), line.trim());
+        }
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
+        if path.starts_with('/') {
+            libraries.push(PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
+}
