@@ -23,6 +23,8 @@ pub struct StepRecord {
     /// How many repetitions failed.
     pub failures: u32,
     pub datagrams: Vec<Datagram>,
+    /// Host wall time of the step, all repetitions.
+    pub elapsed: Duration,
 }
 
 /// A whole run of a scenario.
@@ -62,6 +64,7 @@ pub fn run(
     for (index, step) in scenario.steps.iter().enumerate() {
         any_background |= matches!(step.action, Action::Exec { background: true, .. });
         let command = command_of(&step.action);
+        let started = std::time::Instant::now();
         let mut record = StepRecord {
             index,
             label: step.action.to_string(),
@@ -69,6 +72,7 @@ pub fn run(
             outcome: Outcome::Done,
             failures: 0,
             datagrams: Vec::new(),
+            elapsed: Duration::ZERO,
         };
         for _ in 0..step.repeat {
             let exchange = machine.request(command.clone(), bound)?;
@@ -82,6 +86,7 @@ pub fn run(
                 record.outcome = exchange.outcome;
             }
         }
+        record.elapsed = started.elapsed();
         if let Some(crash) = machine.crash() {
             return Err(crash);
         }
@@ -241,11 +246,4 @@ impl Transcript {
             totals,
         }
     }
-}
-
-/// Guest wall time of a step's events, for the live summary.
-pub fn span_of(datagrams: &[Datagram]) -> Option<Duration> {
-    let first = datagrams.first()?.monotonic_ns;
-    let last = datagrams.last()?.monotonic_ns;
-    Some(Duration::from_nanos(last - first))
 }

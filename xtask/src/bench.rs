@@ -8,12 +8,22 @@ use std::time::Duration;
 
 use kevent_bench::{run_floor, Machine, MachineConfig, Timeouts};
 
-use crate::flags::BenchFlags;
+use anyhow::bail;
+use kevent_bench::{runner, scenario, Accel, Artifacts};
+
+use crate::flags::{BenchFlags, BenchTarget};
 
 /// Median boot-to-greeting over the floor's median: the target.
 const TARGET_RATIO: f64 = 1.15;
 
 pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
+    match flags.target {
+        BenchTarget::Boot => boot(flags),
+        BenchTarget::Scenarios => scenarios(flags),
+    }
+}
+
+fn boot(flags: &BenchFlags) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let (cpus, memory) = (flags.guest.cpus, flags.guest.memory_mib);
@@ -73,4 +83,104 @@ fn median(sorted: &[Duration]) -> Duration {
     } else {
         (sorted[n / 2 - 1] + sorted[n / 2]) / 2
     }
+}
+
+fn scenario_config(artifacts: &Artifacts, accel: Accel, s: &scenario::Scenario) -> MachineConfig {
+    MachineConfig {
+        qemu: kevent_bench::qemu::qemu_binary(),
+        guest: artifacts.guest(s.cpus, s.memory_mib, scenario::kernel_args(s)),
+        accel,
+        run_dir: crate::boot::run_dir(artifacts, &format!("bench-{}", s.name)),
+        stream_console: false,
+        timeouts: Timeouts::default(),
+    }
+}
+
+/// The starter suite, warm: each scenario alone (boot to exit), then the
+/// whole suite with one runner per host core, beside the boot floor.
+fn scenarios(flags: &BenchFlags) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build)?;
+    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+    let project = crate::project::Project::locate()?;
+    let mut files: Vec<_> = std::fs::read_dir(project.root.join("scenarios"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let suite = files.iter().map(|f| scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
+    if suite.is_empty() {
+        bail!("no scenarios in {}", project.root.join("scenarios").display());
+    }
+    let run_one = |s: &scenario::Scenario| -> anyhow::Result<(Duration, runner::Transcript)> {
+        let config = scenario_config(&artifacts, decision.accel, s);
+        let started = std::time::Instant::now();
+        let transcript = runner::run(s, &config, &mut |_| {})?;
+        let _ = std::fs::remove_dir_all(&config.run_dir);
+        Ok((started.elapsed(), transcript))
+    };
+    // Warm-up: page cache, QEMU's own start-up.
+    run_one(&suite[0])?;
+    let floor_guest = artifacts.floor_guest(2, 256);
+    let mut floor = (0..3)
+        .map(|_| run_floor(&floor_guest, decision.accel, Duration::from_secs(60)))
+        .collect::<Result<Vec<_>, _>>()?;
+    floor.sort();
+
+    println!(
+        "scenario benchmark: {} scenarios, {}, {} kernel {}",
+        suite.len(),
+        decision.accel,
+        artifacts.profile,
+        artifacts.kernel_release
+    );
+    println!("{:<34}{:>10}  notes", "scenario (alone)", "wall ms");
+    let mut alone = Vec::new();
+    for s in &suite {
+        let (wall, transcript) = run_one(s)?;
+        let mut notes = String::new();
+        for step in transcript.steps.iter().filter(|st| st.repeat >= 100) {
+            let expected_per = step.datagrams.len() as f64 / f64::from(step.repeat);
+            notes = format!(
+                "{} injections in {:.0} ms: {:.0}/s, {} datagrams ({expected_per:.1} per injection), 0 lost",
+                step.repeat,
+                step.elapsed.as_secs_f64() * 1e3,
+                f64::from(step.repeat) / step.elapsed.as_secs_f64(),
+                step.datagrams.len()
+            );
+        }
+        println!("{:<34}{:>10.0}  {notes}", s.name, wall.as_secs_f64() * 1e3);
+        alone.push(wall);
+    }
+    alone.sort();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let started = std::time::Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(s) = suite.get(i) else { break };
+                if let Err(e) = run_one(s) {
+                    failures.lock().unwrap().push(format!("{}: {e:#}", s.name));
+                }
+            });
+        }
+    });
+    let parallel = started.elapsed();
+    let failures = failures.into_inner().unwrap();
+    if !failures.is_empty() {
+        bail!("scenarios failed during the parallel run:\n{}", failures.join("\n"));
+    }
+    let total: Duration = alone.iter().sum();
+    println!();
+    println!("{:<44}{:>10}", "", "ms");
+    println!("{:<44}{:>10.0}", "boot floor (trivial init, spawn → exit), median", median(&floor).as_secs_f64() * 1e3);
+    println!("{:<44}{:>10.0}", "per scenario, median (alone)", median(&alone).as_secs_f64() * 1e3);
+    println!("{:<44}{:>10.0}", "per scenario, max (alone)", alone.last().expect("non-empty").as_secs_f64() * 1e3);
+    println!("{:<44}{:>10.0}", "suite, one after another", total.as_secs_f64() * 1e3);
+    println!("{:<44}{:>10.0}", format!("suite, {workers} in parallel"), parallel.as_secs_f64() * 1e3);
+    println!("{:<44}{:>10.0}", "suite wall per scenario, parallel", parallel.as_secs_f64() * 1e3 / suite.len() as f64);
+    Ok(())
 }

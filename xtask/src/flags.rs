@@ -12,8 +12,10 @@ commands:
   run SCENARIO.toml     build, boot, run the scenario, print every event live, then a summary
   build                 build the kernel, the events modules, the agent and the initramfs
   boot                  build, boot the guest, wait for the agent's greeting, print timings, shut down
-  test [-- ARGS]        build, then run every test (ARGS go to the test runner)
+  test [-- ARGS]        build, then run every test (ARGS go to the test runner); without
+                        --kernel-profile, the guest tests run again on the debug kernel
   bench boot            boot N times; print boot times beside the trivial-init floor
+  bench scenarios       run the starter suite warm: wall time, time per scenario, injection rate
 
 build flags (every command):
   --kernel-src DIR      build this kernel tree instead of Debian's linux-source-6.12
@@ -81,6 +83,8 @@ impl KernelProfile {
 pub struct BuildFlags {
     pub kernel_src: Option<PathBuf>,
     pub profile: KernelProfile,
+    /// Whether the profile was chosen (flag or environment) or defaulted.
+    pub profile_chosen: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -116,10 +120,17 @@ pub struct TestFlags {
     pub runner_args: Vec<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchTarget {
+    Boot,
+    Scenarios,
+}
+
 #[derive(Debug, Clone)]
 pub struct BenchFlags {
     pub build: BuildFlags,
     pub guest: GuestFlags,
+    pub target: BenchTarget,
     pub runs: usize,
 }
 
@@ -154,12 +165,14 @@ impl Args {
 pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
     let mut args = Args { rest: args.collect::<Vec<_>>().into_iter() };
     let Some(command) = args.rest.next() else { return Ok(Command::Help) };
+    let profile_env = std::env::var("KEVENT_BENCH_KERNEL_PROFILE").ok();
     let mut build = BuildFlags {
         kernel_src: std::env::var_os("KEVENT_BENCH_KERNEL_SRC").map(PathBuf::from),
-        profile: match std::env::var("KEVENT_BENCH_KERNEL_PROFILE") {
-            Ok(p) => KernelProfile::parse(&p).context("KEVENT_BENCH_KERNEL_PROFILE")?,
-            Err(_) => KernelProfile::Default,
+        profile: match &profile_env {
+            Some(p) => KernelProfile::parse(p).context("KEVENT_BENCH_KERNEL_PROFILE")?,
+            None => KernelProfile::Default,
         },
+        profile_chosen: profile_env.is_some(),
     };
     let mut guest = GuestFlags { accel: AccelChoice::Auto, cpus: 2, memory_mib: 256 };
     let (mut console, mut append, mut runs, mut runner_args) = (false, Vec::new(), 10usize, Vec::new());
@@ -170,7 +183,10 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
     while let Some(arg) = args.rest.next() {
         match arg.as_str() {
             "--kernel-src" => build.kernel_src = Some(args.value(&arg)?.into()),
-            "--kernel-profile" => build.profile = KernelProfile::parse(&args.value(&arg)?)?,
+            "--kernel-profile" => {
+                build.profile = KernelProfile::parse(&args.value(&arg)?)?;
+                build.profile_chosen = true;
+            }
             "--accel" if takes_guest => guest.accel = args.value(&arg)?.parse().map_err(|e: String| anyhow!(e))?,
             "--cpus" if takes_guest => guest.cpus = args.number(&arg)?,
             "--memory" if takes_guest => guest.memory_mib = args.number(&arg)?,
@@ -206,9 +222,12 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
         }
         "test" => Command::Test(TestFlags { build, guest, runner_args }),
         "bench" => match bench_target.as_deref() {
-            Some("boot") => Command::Bench(BenchFlags { build, guest, runs: runs.max(1) }),
-            Some(other) => bail!("unknown benchmark {other:?}: expected `boot`"),
-            None => bail!("`bench` needs a benchmark: `cargo xtask bench boot`"),
+            Some("boot") => Command::Bench(BenchFlags { build, guest, target: BenchTarget::Boot, runs: runs.max(1) }),
+            Some("scenarios") => {
+                Command::Bench(BenchFlags { build, guest, target: BenchTarget::Scenarios, runs: runs.max(1) })
+            }
+            Some(other) => bail!("unknown benchmark {other:?}: expected `boot` or `scenarios`"),
+            None => bail!("`bench` needs a benchmark: `cargo xtask bench boot` or `cargo xtask bench scenarios`"),
         },
         other => bail!("unknown command {other:?}"),
     })
@@ -243,6 +262,8 @@ mod tests {
         assert!(err.contains("expected auto, kvm or tcg"), "{err}");
         let err = parse_words("bench").unwrap_err().to_string();
         assert!(err.contains("cargo xtask bench boot"), "{err}");
+        let err = parse_words("bench everything").unwrap_err().to_string();
+        assert!(err.contains("expected `boot` or `scenarios`"), "{err}");
     }
 
     #[test]

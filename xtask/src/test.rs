@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::Context;
 use kevent_bench::accel::which;
 
-use crate::flags::TestFlags;
+use crate::flags::{KernelProfile, TestFlags};
 
 /// The test runner failed; carries its exit code.
 #[derive(Debug)]
@@ -25,7 +25,26 @@ impl std::error::Error for TestsFailed {}
 /// Environment variables through which the tests get the guest.
 pub const ACCEL_ENV: &str = "KEVENT_BENCH_ACCEL";
 
+/// The test binaries that boot guests: they run again on the debug kernel.
+const GUEST_TESTS: &str = "binary(boot) | binary(events) | binary(exec) | binary(scenarios)";
+
+/// Every test on the chosen kernel profile; without a choice, every test on
+/// the default kernel, then the guest tests on the debug kernel (lockdep,
+/// sleeping-in-atomic checks), where any report on the console fails them.
 pub fn run(flags: &TestFlags) -> anyhow::Result<()> {
+    if flags.build.profile_chosen {
+        return run_profile(flags, None);
+    }
+    run_profile(flags, None)?;
+    let debug = TestFlags {
+        build: crate::flags::BuildFlags { profile: KernelProfile::Debug, ..flags.build.clone() },
+        ..flags.clone()
+    };
+    eprintln!("running the guest tests again on the debug kernel");
+    run_profile(&debug, Some(GUEST_TESTS))
+}
+
+fn run_profile(flags: &TestFlags, filter: Option<&str>) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let project = crate::project::Project::locate()?;
@@ -35,9 +54,15 @@ pub fn run(flags: &TestFlags) -> anyhow::Result<()> {
     cmd.current_dir(&project.root);
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        if let Some(filter) = filter {
+            cmd.args(["-E", filter]);
+        }
     } else {
         eprintln!("cargo-nextest not found: running the tests with `cargo test`");
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
+        if filter.is_some() {
+            cmd.args(["--test", "boot", "--test", "events", "--test", "exec", "--test", "scenarios"]);
+        }
     }
     cmd.args(&flags.runner_args)
         .env(kevent_bench::artifacts::ARTIFACTS_ENV, &artifacts_file)
