@@ -16,6 +16,8 @@ pub const ARTIFACTS_ENV: &str = "KEVENT_BENCH_ARTIFACTS";
 pub struct Artifacts {
     pub profile: String,
     pub kernel_release: String,
+    /// The kernel source tree, for its scripts (checkpatch).
+    pub kernel_tree: PathBuf,
     pub vmlinux: PathBuf,
     /// Agent, modules and module list.
     pub initramfs: PathBuf,
@@ -35,6 +37,7 @@ impl Artifacts {
         let mut line = |k: &str, v: &str| writeln!(out, "{k}={v}").expect("writing to a String");
         line("profile", &self.profile);
         line("kernel_release", &self.kernel_release);
+        line("kernel_tree", &self.kernel_tree.to_string_lossy());
         line("vmlinux", &self.vmlinux.to_string_lossy());
         line("initramfs", &self.initramfs.to_string_lossy());
         line("floor_initramfs", &self.floor_initramfs.to_string_lossy());
@@ -55,6 +58,7 @@ impl Artifacts {
         let artifacts = Artifacts {
             profile: take("profile")?,
             kernel_release: take("kernel_release")?,
+            kernel_tree: take("kernel_tree")?.into(),
             vmlinux: take("vmlinux")?.into(),
             initramfs: take("initramfs")?.into(),
             floor_initramfs: take("floor_initramfs")?.into(),
@@ -109,6 +113,7 @@ mod tests {
         let a = Artifacts {
             profile: "debug".into(),
             kernel_release: "6.12.57".into(),
+            kernel_tree: "/c/src/linux".into(),
             vmlinux: "/c/vmlinux".into(),
             initramfs: "/o/initramfs.cpio".into(),
             floor_initramfs: "/o/floor.cpio".into(),

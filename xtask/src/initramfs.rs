@@ -30,6 +30,7 @@ pub fn assemble(
     let artifacts = Artifacts {
         profile: kernel.profile.to_owned(),
         kernel_release: kernel.release.clone(),
+        kernel_tree: kernel.tree.clone(),
         vmlinux: kernel.vmlinux.clone(),
         initramfs,
         floor_initramfs,

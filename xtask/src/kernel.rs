@@ -22,6 +22,8 @@ use crate::project::Project;
 
 pub struct Kernel {
     pub profile: &'static str,
+    /// The source tree (for its scripts: checkpatch).
+    pub tree: PathBuf,
     pub build_dir: PathBuf,
     pub vmlinux: PathBuf,
     /// `uname -r` of the guest.
@@ -84,7 +86,7 @@ pub fn build(project: &Project, flags: &BuildFlags) -> anyhow::Result<Kernel> {
         .context("the kernel build left no include/config/kernel.release")?
         .trim()
         .to_owned();
-    Ok(Kernel { profile, build_dir, vmlinux, release, key, reused: up_to_date })
+    Ok(Kernel { profile, tree: source.tree().to_owned(), build_dir, vmlinux, release, key, reused: up_to_date })
 }
 
 fn make(tree: &Path, build_dir: &Path) -> Command {
