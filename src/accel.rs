@@ -75,8 +75,8 @@ fn decide_auto(probe_guest: &GuestSpec, cache_dir: &Path) -> AccelDecision {
     if let Err(e) = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         return AccelDecision { accel: Accel::Tcg, reason: format!("/dev/kvm: {e}") };
     }
-    let cache = cache_file(cache_dir);
     let key = probe_key(probe_guest);
+    let cache = cache_file(cache_dir, &probe_guest.kernel);
     if let Some(decision) = cache.as_deref().and_then(|c| read_cached(c, &key)) {
         return decision;
     }
@@ -94,8 +94,12 @@ fn decide_auto(probe_guest: &GuestSpec, cache_dir: &Path) -> AccelDecision {
     decision
 }
 
-fn cache_file(cache_dir: &Path) -> Option<PathBuf> {
-    Some(cache_dir.join("kvm-probe"))
+/// One verdict per kernel: the default and debug kernels keep their own.
+fn cache_file(cache_dir: &Path, kernel: &Path) -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    kernel.hash(&mut hasher);
+    Some(cache_dir.join(format!("kvm-probe-{:016x}", hasher.finish())))
 }
 
 /// The verdict holds for one host boot, one QEMU binary and one kernel.

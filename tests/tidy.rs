@@ -33,8 +33,5 @@ fn checkpatch_strict_is_clean_on_every_kmod_file() {
             findings.push_str(&String::from_utf8_lossy(&out.stdout));
         }
     }
-    assert!(
-        findings.is_empty(),
-        "checkpatch --strict findings (fix them, then `cargo xtask test`):\n{findings}"
-    );
+    assert!(findings.is_empty(), "checkpatch --strict findings (fix them, then `cargo xtask test`):\n{findings}");
 }
