@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kevent_bench::{qemu, runner, scenario, Accel, Artifacts, MachineConfig, Timeouts};
+mod common;
+
+use kevent_bench::{qemu, runner, scenario, Artifacts, MachineConfig, Timeouts};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn root() -> PathBuf {
@@ -32,13 +34,6 @@ fn scenario_files() -> Vec<PathBuf> {
     files
 }
 
-fn accel() -> Accel {
-    match std::env::var("KEVENT_BENCH_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    }
-}
-
 fn insta_settings(snapshot_dir: &Path) -> insta::Settings {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(snapshot_dir);
@@ -56,7 +51,7 @@ fn check_scenario(path: &Path) -> Result<(), Failed> {
     let config = MachineConfig {
         qemu: qemu::qemu_binary(),
         guest: artifacts.guest(scenario.cpus, scenario.memory_mib, scenario::kernel_args(&scenario)),
-        accel: accel(),
+        accel: common::accel(),
         run_dir,
         stream_console: false,
         timeouts: Timeouts::default(),
