@@ -29,6 +29,21 @@ impl fmt::Display for Accel {
     }
 }
 
+/// Environment variable through which `cargo xtask test` tells the tests
+/// which accelerator it decided on.
+pub const ACCEL_ENV: &str = "KEVENT_BENCH_ACCEL";
+
+impl Accel {
+    /// The accelerator named by [`ACCEL_ENV`]; TCG, which always works,
+    /// when unset.
+    pub fn from_env() -> Accel {
+        match std::env::var(ACCEL_ENV).as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            _ => Accel::Tcg,
+        }
+    }
+}
+
 /// What the user asked for with `--accel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccelChoice {

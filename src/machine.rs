@@ -64,6 +64,21 @@ pub struct MachineConfig {
     pub timeouts: Timeouts,
 }
 
+impl MachineConfig {
+    /// `guest` under `accel`, logging to `run_dir`: QEMU from
+    /// [`qemu::qemu_binary`], default bounds, console not streamed.
+    pub fn new(guest: GuestSpec, accel: Accel, run_dir: PathBuf) -> Self {
+        MachineConfig {
+            qemu: qemu::qemu_binary(),
+            guest,
+            accel,
+            run_dir,
+            stream_console: false,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
 /// Host wall-clock milestones of a boot, from QEMU's spawn.
 #[derive(Debug, Clone, Copy)]
 pub struct BootTimings {

@@ -338,6 +338,13 @@ fn inject_action(
     Ok(Action::Inject { cpu, package: inject.package, value, label: format!("{bits}, {celsius} °C") })
 }
 
+impl Scenario {
+    /// The bench guest with this scenario's machine and module parameters.
+    pub fn guest(&self, artifacts: &crate::Artifacts) -> crate::GuestSpec {
+        artifacts.guest(self.cpus, self.memory_mib, kernel_args(self))
+    }
+}
+
 /// The kernel command-line words that give the modules their parameters.
 pub fn kernel_args(scenario: &Scenario) -> Vec<String> {
     scenario

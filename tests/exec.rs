@@ -36,7 +36,7 @@ exec = { program = "/bin/kmsg-listen-missing" }
 "#,
     )
     .unwrap();
-    let mut guest = artifacts.guest(scenario.cpus, scenario.memory_mib, scenario::kernel_args(&scenario));
+    let mut guest = scenario.guest(&artifacts);
     guest.initramfs = initramfs_path;
     let transcript =
         runner::run(&scenario, &common::config("exec", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use kevent_bench::{qemu, runner, scenario, Artifacts, MachineConfig, Timeouts};
+use kevent_bench::{runner, scenario};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn root() -> PathBuf {
@@ -45,17 +45,7 @@ fn insta_settings(snapshot_dir: &Path) -> insta::Settings {
 /// Runs one scenario in a real guest and compares its snapshot.
 fn check_scenario(path: &Path) -> Result<(), Failed> {
     let scenario = scenario::load(path).map_err(|e| e.to_string())?;
-    let artifacts = Artifacts::from_env().map_err(|e| format!("{e:#} (the scenario tests need `cargo xtask test`)"))?;
-    let run_dir = artifacts.runs_dir.join("scenarios").join(format!("{}-{}", scenario.name, artifacts.profile));
-    let _ = std::fs::remove_dir_all(&run_dir);
-    let config = MachineConfig {
-        qemu: qemu::qemu_binary(),
-        guest: artifacts.guest(scenario.cpus, scenario.memory_mib, scenario::kernel_args(&scenario)),
-        accel: common::accel(),
-        run_dir,
-        stream_console: false,
-        timeouts: Timeouts::default(),
-    };
+    let config = common::config(&format!("scenario-{}", scenario.name), scenario.guest(&common::artifacts()));
     let transcript = runner::run(&scenario, &config, &mut |_| {}).map_err(|f| f.to_string())?;
     let snapshot = transcript.snapshot();
     let mut settings = insta_settings(&snapshots_dir());

@@ -117,11 +117,11 @@ fn module_params(cmdline: &str, module: &str) -> String {
 
 fn open_host_channel() -> Result<HostChannel, String> {
     let device = find_port(kevent_wire::AGENT_PORT_NAME, PORT_WAIT)?;
-    let port = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&device)
-        .map_err(|e| format!("open {}: {e}", device.display()))?;
+    open_port(&device).map_err(|e| format!("open {}: {e}", device.display()))
+}
+
+fn open_port(device: &Path) -> io::Result<HostChannel> {
+    let port = OpenOptions::new().read(true).write(true).open(device)?;
     Ok(HostChannel { port: Arc::new(Mutex::new(port)) })
 }
 
@@ -212,9 +212,7 @@ pub(crate) fn fail(channel: Option<&HostChannel>, message: &str) -> ! {
 
 /// The channel, if its port is there already: a failing agent must not wait.
 fn open_host_channel_now() -> Option<HostChannel> {
-    let device = scan_ports(kevent_wire::AGENT_PORT_NAME)?;
-    let port = OpenOptions::new().read(true).write(true).open(device).ok()?;
-    Some(HostChannel { port: Arc::new(Mutex::new(port)) })
+    open_port(&scan_ports(kevent_wire::AGENT_PORT_NAME)?).ok()
 }
 
 /// A panic in PID 1 would panic the kernel and hide the cause: report it as

@@ -5,19 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kevent_bench::{qemu, Accel, Artifacts, GuestSpec, MachineConfig, Timeouts};
+use kevent_bench::{Accel, Artifacts, GuestSpec, MachineConfig};
 
 /// The guest `cargo xtask build` made (`cargo xtask test` says which).
 pub fn artifacts() -> Artifacts {
     Artifacts::from_env().unwrap_or_else(|e| panic!("{e:#}\nthe guest tests need `cargo xtask test`"))
-}
-
-/// The accelerator `cargo xtask test` decided on; TCG when run by hand.
-pub fn accel() -> Accel {
-    match std::env::var("KEVENT_BENCH_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    }
 }
 
 /// A per-test directory under the runs directory, emptied first.
@@ -28,15 +20,7 @@ pub fn run_dir(artifacts: &Artifacts, test: &str) -> PathBuf {
 }
 
 pub fn config(test: &str, guest: GuestSpec) -> MachineConfig {
-    let artifacts = artifacts();
-    MachineConfig {
-        qemu: qemu::qemu_binary(),
-        guest,
-        accel: accel(),
-        run_dir: run_dir(&artifacts, test),
-        stream_console: false,
-        timeouts: Timeouts::default(),
-    }
+    MachineConfig::new(guest, Accel::from_env(), run_dir(&artifacts(), test))
 }
 
 /// Compiles `tests/guest/<name>.c` into a static binary for the guest.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kevent_bench::{run_floor, Machine, MachineConfig, Timeouts};
 
 use anyhow::bail;
-use kevent_bench::{runner, scenario, Accel, Artifacts};
+use kevent_bench::{runner, scenario};
 
 use crate::flags::{BenchFlags, BenchTarget};
 
@@ -33,14 +33,11 @@ fn boot(flags: &BenchFlags) -> anyhow::Result<()> {
     // Run 0 of each is untimed: page cache and QEMU's own start-up.
     for run in 0..=flags.runs {
         floor.push(run_floor(&floor_guest, decision.accel, timeouts.kernel_boot)?);
-        let config = MachineConfig {
-            qemu: kevent_bench::qemu::qemu_binary(),
-            guest: artifacts.guest(cpus, memory, Vec::new()),
-            accel: decision.accel,
-            run_dir: crate::boot::run_dir(&artifacts, "bench"),
-            stream_console: false,
-            timeouts,
-        };
+        let config = MachineConfig::new(
+            artifacts.guest(cpus, memory, Vec::new()),
+            decision.accel,
+            crate::boot::run_dir(&artifacts, "bench"),
+        );
         let machine = Machine::boot(&config)?;
         let greeted = machine.timings.greeted;
         let report = machine.shutdown(timeouts.shutdown)?;
@@ -85,17 +82,6 @@ fn median(sorted: &[Duration]) -> Duration {
     }
 }
 
-fn scenario_config(artifacts: &Artifacts, accel: Accel, s: &scenario::Scenario) -> MachineConfig {
-    MachineConfig {
-        qemu: kevent_bench::qemu::qemu_binary(),
-        guest: artifacts.guest(s.cpus, s.memory_mib, scenario::kernel_args(s)),
-        accel,
-        run_dir: crate::boot::run_dir(artifacts, &format!("bench-{}", s.name)),
-        stream_console: false,
-        timeouts: Timeouts::default(),
-    }
-}
-
 /// The starter suite, warm: each scenario alone (boot to exit), then the
 /// whole suite with one runner per host core, beside the boot floor.
 fn scenarios(flags: &BenchFlags) -> anyhow::Result<()> {
@@ -113,7 +99,8 @@ fn scenarios(flags: &BenchFlags) -> anyhow::Result<()> {
         bail!("no scenarios in {}", project.root.join("scenarios").display());
     }
     let run_one = |s: &scenario::Scenario| -> anyhow::Result<(Duration, runner::Transcript)> {
-        let config = scenario_config(&artifacts, decision.accel, s);
+        let run_dir = crate::boot::run_dir(&artifacts, &format!("bench-{}", s.name));
+        let config = MachineConfig::new(s.guest(&artifacts), decision.accel, run_dir);
         let started = std::time::Instant::now();
         let transcript = runner::run(s, &config, &mut |_| {})?;
         let _ = std::fs::remove_dir_all(&config.run_dir);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kevent_bench::{accel, AccelDecision, Artifacts, Machine, MachineConfig, Timeouts};
+use kevent_bench::{accel, AccelDecision, Artifacts, Machine, MachineConfig};
 
 use crate::flags::{BootFlags, GuestFlags};
 
@@ -11,14 +11,8 @@ pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = decide_accel(&artifacts, &flags.guest);
     let guest = artifacts.guest(flags.guest.cpus, flags.guest.memory_mib, flags.append.clone());
-    let config = MachineConfig {
-        qemu: kevent_bench::qemu::qemu_binary(),
-        guest,
-        accel: decision.accel,
-        run_dir: run_dir(&artifacts, "boot"),
-        stream_console: flags.console,
-        timeouts: Timeouts::default(),
-    };
+    let mut config = MachineConfig::new(guest, decision.accel, run_dir(&artifacts, "boot"));
+    config.stream_console = flags.console;
     eprintln!("console log: {}", config.run_dir.join("console.log").display());
     let machine = Machine::boot(&config)?;
     let (hello, timings) = (machine.hello.clone(), machine.timings);

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
 use kevent_bench::events::{self, Event};
 use kevent_bench::runner::{self, StepRecord};
-use kevent_bench::{scenario, MachineConfig, Timeouts};
+use kevent_bench::{scenario, MachineConfig};
 use kevent_wire::Outcome;
 
 use crate::flags::RunFlags;
@@ -21,18 +21,12 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
-    let mut guest = artifacts.guest(scenario.cpus, scenario.memory_mib, scenario::kernel_args(&scenario));
+    let mut guest = scenario.guest(&artifacts);
     if !flags.includes.is_empty() {
         guest.initramfs = initramfs_with(&artifacts.initramfs, &flags.includes, &run_dir)?;
     }
-    let config = MachineConfig {
-        qemu: kevent_bench::qemu::qemu_binary(),
-        guest,
-        accel: decision.accel,
-        run_dir: run_dir.clone(),
-        stream_console: flags.console,
-        timeouts: Timeouts::default(),
-    };
+    let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone());
+    config.stream_console = flags.console;
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
     eprintln!("console log: {}", run_dir.join("console.log").display());
     let started = Instant::now();

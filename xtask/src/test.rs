@@ -22,9 +22,6 @@ impl fmt::Display for TestsFailed {
 
 impl std::error::Error for TestsFailed {}
 
-/// Environment variables through which the tests get the guest.
-pub const ACCEL_ENV: &str = "KEVENT_BENCH_ACCEL";
-
 /// The test binaries that boot guests: they run again on the debug kernel.
 const GUEST_TESTS: &str = "binary(boot) | binary(events) | binary(exec) | binary(scenarios)";
 
@@ -66,7 +63,7 @@ fn run_profile(flags: &TestFlags, filter: Option<&str>) -> anyhow::Result<()> {
     }
     cmd.args(&flags.runner_args)
         .env(kevent_bench::artifacts::ARTIFACTS_ENV, &artifacts_file)
-        .env(ACCEL_ENV, decision.accel.to_string());
+        .env(kevent_bench::accel::ACCEL_ENV, decision.accel.to_string());
     let status = cmd.status().context("run the test runner")?;
     if !status.success() {
         return Err(TestsFailed(status.code().unwrap_or(1)).into());
