@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kevent_sensor: the emulated thermal sensor device shared with the host
+ *
+ * The host (kevent-bench, src/sensor/) emulates the sensor hardware behind
+ * an ivshmem-doorbell PCI device (1af4:1110): BAR2 is this layout, BAR0
+ * holds the doorbell, MSI-X vector i is CPU i's thermal interrupt.  The
+ * host's mirror of this file is src/sensor/abi.rs; a test keeps them equal.
+ *
+ * x86 only: every field is little-endian, naturally aligned, written by one
+ * side only.  Publication: the writer fills the data, then stores the index
+ * or sequence number that makes it visible with release semantics; the
+ * reader loads that word with acquire semantics before reading the data.
+ *
+ * One injection, host then guest:
+ *   1. host: write the register image to ks_regs (the live hardware state)
+ *      and to the next entry of CPU i's ring, then store head + 1;
+ *   2. host: ring MSI-X vector i;
+ *   3. guest, hard IRQ on CPU i: for each entry between tail and head, give
+ *      the entry's image to the register file, run the thermal interrupt
+ *      handler, store tail + 1;
+ *   4. guest: once every message of the entry has been broadcast, store its
+ *      seq in acked_seq and ring the host's doorbell (peer KS_HOST_PEER,
+ *      vector KS_ACK_VECTOR).
+ * Each entry latches the image of its own interrupt, so interrupts raised
+ * faster than the guest handles them (their MSIs coalesce) are each
+ * reported, as every injection must be.
+ */
+#ifndef _KEVENT_SENSOR_H
+#define _KEVENT_SENSOR_H
+
+#include <linux/types.h>
+
+#define KS_PCI_VENDOR		0x1af4	/* ivshmem */
+#define KS_PCI_DEVICE		0x1110
+
+#define KS_MAGIC		0x314d524854564b45ULL	/* "EKVTHRM1" */
+#define KS_VERSION		1
+#define KS_MAX_CPUS		8
+#define KS_RING_ENTRIES		256	/* power of two */
+#define KS_REGION_SIZE		0x20000	/* BAR2, power of two */
+
+/* Doorbell of BAR0: (peer << 16) | vector. */
+#define KS_DOORBELL		12
+#define KS_HOST_PEER		0
+#define KS_ACK_VECTOR		0
+
+/* ks_entry.reg */
+#define KS_REG_THERM_STATUS	0	/* IA32_THERM_STATUS of the CPU */
+#define KS_REG_PKG_THERM_STATUS	1	/* IA32_PACKAGE_THERM_STATUS of its package */
+
+/**
+ * struct ks_header - offset 0
+ * @magic: KS_MAGIC (host)
+ * @version: KS_VERSION (host)
+ * @nr_cpus: rings and MSI-X vectors the host provides (host)
+ * @ring_entries: KS_RING_ENTRIES (host)
+ * @ready: 1 once every vector has its handler, 0 after remove (guest)
+ * @guest_cpus: rings the guest serves (guest)
+ * @reserved: zero
+ */
+struct ks_header {
+	u64 magic;
+	u32 version;
+	u32 nr_cpus;
+	u32 ring_entries;
+	u32 ready;
+	u32 guest_cpus;
+	u32 reserved[9];
+};
+
+/**
+ * struct ks_regs - the live hardware state, offset 64 (host)
+ * @therm_status: IA32_THERM_STATUS of each CPU
+ * @pkg_therm_status: IA32_PACKAGE_THERM_STATUS of each CPU's package
+ */
+struct ks_regs {
+	u64 therm_status[KS_MAX_CPUS];
+	u64 pkg_therm_status[KS_MAX_CPUS];
+};
+
+/**
+ * struct ks_entry - one injection
+ * @seq: sequence number, nonzero, increasing along the ring
+ * @cpu: target CPU, the ring's own
+ * @reg: KS_REG_THERM_STATUS or KS_REG_PKG_THERM_STATUS
+ * @value: register image, with the bits kt_regs_hw_check() allows
+ * @reserved: zero
+ */
+struct ks_entry {
+	u64 seq;
+	u32 cpu;
+	u32 reg;
+	u64 value;
+	u64 reserved;
+};
+
+/**
+ * struct ks_cpu - one CPU's ring and acknowledgements
+ * @head: entries published, free-running (host)
+ * @host_reserved: zero (host)
+ * @tail: entries consumed, free-running (guest)
+ * @rejected_errno: positive errno of the last rejected entry (guest)
+ * @acked_seq: every message of every entry up to this seq is out (guest)
+ * @interrupts: handler runs for this vector (guest)
+ * @rejected: entries refused (guest)
+ * @rejected_seq: seq of the last rejected entry (guest)
+ * @guest_reserved: zero (guest)
+ * @ring: the entries, slot = index % KS_RING_ENTRIES (host)
+ *
+ * Host and guest words sit on separate 64-byte lines.
+ */
+struct ks_cpu {
+	u32 head;
+	u32 host_reserved[15];
+	u32 tail;
+	u32 rejected_errno;
+	u64 acked_seq;
+	u64 interrupts;
+	u64 rejected;
+	u64 rejected_seq;
+	u64 guest_reserved[3];
+	struct ks_entry ring[KS_RING_ENTRIES];
+};
+
+#define KS_HEADER_OFFSET	0
+#define KS_REGS_OFFSET		64
+#define KS_CPUS_OFFSET		256
+#define KS_CPU_SIZE		(128 + 32 * KS_RING_ENTRIES)
+
+/**
+ * struct ks_region - BAR2
+ * @header: identification and readiness
+ * @regs: the live register images
+ * @reserved: zero
+ * @cpus: per-CPU rings
+ */
+struct ks_region {
+	struct ks_header header;
+	struct ks_regs regs;
+	u8 reserved[KS_CPUS_OFFSET - KS_REGS_OFFSET - sizeof(struct ks_regs)];
+	struct ks_cpu cpus[KS_MAX_CPUS];
+};
+
+#endif /* _KEVENT_SENSOR_H */
