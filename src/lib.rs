@@ -14,6 +14,7 @@ pub mod machine;
 pub mod qemu;
 pub mod runner;
 pub mod scenario;
+pub mod sensor;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use artifacts::Artifacts;

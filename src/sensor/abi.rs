@@ -1,0 +1,177 @@
+//! The shared region's layout: the host's mirror of
+//! `kmod/include/kevent_sensor.h`. A test reads that header and compares
+//! every constant, so the two cannot drift apart.
+
+use vm_memory::ByteValued;
+
+pub const PCI_VENDOR: u16 = 0x1af4;
+pub const PCI_DEVICE: u16 = 0x1110;
+
+/// "EKVTHRM1" read as a little-endian u64.
+pub const MAGIC: u64 = 0x314d_5248_5456_4b45;
+pub const VERSION: u32 = 1;
+pub const MAX_CPUS: u32 = 8;
+pub const RING_ENTRIES: u32 = 256;
+/// BAR2's size: QEMU takes it from the file, and PCI wants a power of two.
+pub const REGION_SIZE: usize = 0x20000;
+
+pub const HOST_PEER: u16 = 0;
+pub const ACK_VECTOR: u16 = 0;
+
+pub const REG_THERM_STATUS: u32 = 0;
+pub const REG_PKG_THERM_STATUS: u32 = 1;
+
+pub const HEADER_OFFSET: usize = 0;
+pub const REGS_OFFSET: usize = 64;
+pub const CPUS_OFFSET: usize = 256;
+pub const CPU_SIZE: usize = 128 + 32 * RING_ENTRIES as usize;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Header {
+    pub magic: u64,
+    pub version: u32,
+    pub nr_cpus: u32,
+    pub ring_entries: u32,
+    /// Guest: 1 once every vector has its handler.
+    pub ready: u32,
+    /// Guest: rings it serves.
+    pub guest_cpus: u32,
+    pub reserved: [u32; 9],
+}
+
+/// One injection, as the host publishes it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub cpu: u32,
+    pub reg: u32,
+    pub value: u64,
+    pub reserved: u64,
+}
+
+// SAFETY: both are #[repr(C)] with only integer fields and no padding (the
+// size tests below check it), so every byte pattern is a valid value.
+unsafe impl ByteValued for Header {}
+// SAFETY: as above.
+unsafe impl ByteValued for Entry {}
+
+pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
+pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
+
+/// Where CPU `cpu`'s IA32_THERM_STATUS (or its package's) image lives.
+pub fn register_offset(cpu: u32, reg: u32) -> usize {
+    let base = if reg == REG_PKG_THERM_STATUS { REGS_OFFSET + 8 * MAX_CPUS as usize } else { REGS_OFFSET };
+    base + 8 * cpu as usize
+}
+
+/// The words of one CPU's block, by who writes them.
+pub mod cpu {
+    /// Host: entries published, free-running u32.
+    pub const HEAD: usize = 0;
+    /// Guest: entries consumed, free-running u32.
+    pub const TAIL: usize = 64;
+    /// Guest: positive errno of the last rejected entry, u32.
+    pub const REJECTED_ERRNO: usize = 68;
+    /// Guest: every message of every entry up to this seq is out, u64.
+    pub const ACKED_SEQ: usize = 72;
+    /// Guest: handler runs, u64.
+    pub const INTERRUPTS: usize = 80;
+    /// Guest: entries refused, u64.
+    pub const REJECTED: usize = 88;
+    /// Guest: seq of the last rejected entry, u64.
+    pub const REJECTED_SEQ: usize = 96;
+    pub const RING: usize = 128;
+}
+
+pub fn cpu_offset(cpu: u32) -> usize {
+    CPUS_OFFSET + CPU_SIZE * cpu as usize
+}
+
+pub fn entry_offset(cpu: u32, index: u32) -> usize {
+    cpu_offset(cpu) + cpu::RING + std::mem::size_of::<Entry>() * (index % RING_ENTRIES) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+
+    /// `#define NAME value` lines of the C header, values as written.
+    fn c_defines() -> BTreeMap<String, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kmod/include/kevent_sensor.h");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines()
+            .filter_map(|line| line.strip_prefix("#define "))
+            .filter_map(|rest| {
+                let mut words = rest.split_whitespace();
+                let name = words.next()?.to_owned();
+                // The value runs up to a comment.
+                let value: String = words.take_while(|w| !w.starts_with("/*")).collect::<Vec<_>>().join(" ");
+                Some((name, value))
+            })
+            .collect()
+    }
+
+    fn c_integer(defines: &BTreeMap<String, String>, name: &str) -> u64 {
+        let value = defines.get(name).unwrap_or_else(|| panic!("kevent_sensor.h has no {name}"));
+        let value = value.trim_end_matches("ULL");
+        match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => value.parse(),
+        }
+        .unwrap_or_else(|e| panic!("{name} = {value}: {e}"))
+    }
+
+    #[test]
+    fn every_constant_matches_the_c_header() {
+        let c = c_defines();
+        let expect = [
+            ("KS_PCI_VENDOR", u64::from(PCI_VENDOR)),
+            ("KS_PCI_DEVICE", u64::from(PCI_DEVICE)),
+            ("KS_MAGIC", MAGIC),
+            ("KS_VERSION", u64::from(VERSION)),
+            ("KS_MAX_CPUS", u64::from(MAX_CPUS)),
+            ("KS_RING_ENTRIES", u64::from(RING_ENTRIES)),
+            ("KS_REGION_SIZE", REGION_SIZE as u64),
+            ("KS_HOST_PEER", u64::from(HOST_PEER)),
+            ("KS_ACK_VECTOR", u64::from(ACK_VECTOR)),
+            ("KS_REG_THERM_STATUS", u64::from(REG_THERM_STATUS)),
+            ("KS_REG_PKG_THERM_STATUS", u64::from(REG_PKG_THERM_STATUS)),
+            ("KS_HEADER_OFFSET", HEADER_OFFSET as u64),
+            ("KS_REGS_OFFSET", REGS_OFFSET as u64),
+            ("KS_CPUS_OFFSET", CPUS_OFFSET as u64),
+        ];
+        for (name, value) in expect {
+            assert_eq!(c_integer(&c, name), value, "{name}");
+        }
+        assert_eq!(c["KS_CPU_SIZE"], "(128 + 32 * KS_RING_ENTRIES)");
+        assert_eq!(&MAGIC.to_le_bytes(), b"EKVTHRM1");
+    }
+
+    #[test]
+    fn structs_have_the_c_sizes_and_no_padding() {
+        assert_eq!(std::mem::size_of::<Header>(), 64);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::offset_of!(Header, ready), READY_OFFSET);
+        assert_eq!(std::mem::offset_of!(Header, guest_cpus), GUEST_CPUS_OFFSET);
+        // The C struct ks_cpu: a host line, a guest line, then the ring.
+        assert_eq!(CPU_SIZE, 128 + 32 * 256);
+        assert!(cpu_offset(MAX_CPUS) <= REGION_SIZE, "the rings fit in BAR2");
+        assert!(REGION_SIZE.is_power_of_two());
+    }
+
+    #[test]
+    fn offsets_follow_the_c_layout() {
+        assert_eq!(register_offset(0, REG_THERM_STATUS), 64);
+        assert_eq!(register_offset(7, REG_THERM_STATUS), 64 + 56);
+        assert_eq!(register_offset(0, REG_PKG_THERM_STATUS), 128);
+        assert_eq!(cpu_offset(1), 256 + CPU_SIZE);
+        assert_eq!(entry_offset(1, 0), 256 + CPU_SIZE + 128);
+        // Free-running indices wrap onto the ring.
+        assert_eq!(entry_offset(0, RING_ENTRIES + 3), entry_offset(0, 3));
+    }
+}

@@ -1,0 +1,426 @@
+//! The host's model of the sensor device: the shared region, the rings'
+//! producer side, and the eventfds of both ends.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+
+use vm_memory::volatile_memory::VolatileSlice;
+use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
+
+use super::abi::{self, Entry, Header};
+use super::ivshmem::{self, EventFd, Setup};
+
+/// The ivshmem peer id QEMU's device gets; the host is [`abi::HOST_PEER`].
+const GUEST_PEER: u16 = 1;
+
+/// Which register an injection changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Register {
+    /// IA32_THERM_STATUS of the CPU.
+    Core,
+    /// IA32_PACKAGE_THERM_STATUS of the CPU's package.
+    Package,
+}
+
+impl Register {
+    fn abi(self) -> u32 {
+        match self {
+            Register::Core => abi::REG_THERM_STATUS,
+            Register::Package => abi::REG_PKG_THERM_STATUS,
+        }
+    }
+}
+
+/// The ring of a CPU has no free entry: the guest has not consumed them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingFull {
+    pub cpu: u32,
+}
+
+/// An injection published on a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub cpu: u32,
+    pub seq: u64,
+}
+
+/// What the guest has done with one CPU's ring, for progress and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuStatus {
+    /// Entries published by the host.
+    pub head: u32,
+    /// Entries the guest's handler has taken.
+    pub tail: u32,
+    /// Highest sequence number whose messages are all out.
+    pub acked_seq: u64,
+    /// Runs of the guest's handler for this CPU's vector.
+    pub interrupts: u64,
+    pub rejected: u64,
+    pub rejected_seq: u64,
+    pub rejected_errno: u32,
+}
+
+/// The emulated device: shared memory, rings and both ends' eventfds.
+pub struct SensorDevice {
+    region: MmapRegion<()>,
+    shared_memory: File,
+    cpus: u32,
+    /// The host's vectors: QEMU signals [`abi::ACK_VECTOR`] when the guest rings.
+    host_vectors: Vec<EventFd>,
+    /// Writing to vector i raises the guest's MSI-X vector i.
+    guest_vectors: Vec<EventFd>,
+    heads: Vec<u32>,
+    next_seq: u64,
+    /// QEMU's end of the setup socket, kept open while the device lives.
+    connection: Option<UnixStream>,
+}
+
+impl std::fmt::Debug for SensorDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorDevice").field("cpus", &self.cpus).field("next_seq", &self.next_seq).finish()
+    }
+}
+
+fn map_error(e: vm_memory::mmap::MmapRegionError) -> io::Error {
+    io::Error::other(format!("map the shared region: {e}"))
+}
+
+fn access_error(e: vm_memory::VolatileMemoryError) -> io::Error {
+    io::Error::other(format!("shared region access: {e}"))
+}
+
+impl SensorDevice {
+    /// A device for `cpus` CPUs: the region initialised with its header and
+    /// the reset register images, no vector connected yet.
+    pub fn new(cpus: u32) -> io::Result<SensorDevice> {
+        if cpus == 0 || cpus > abi::MAX_CPUS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{cpus} CPUs: the sensor device serves 1 to {}", abi::MAX_CPUS),
+            ));
+        }
+        let shared_memory = ivshmem::shared_memory("kevent-sensor", abi::REGION_SIZE)?;
+        let region = MmapRegion::from_file(FileOffset::new(shared_memory.try_clone()?, 0), abi::REGION_SIZE)
+            .map_err(map_error)?;
+        let host_vectors = (0..cpus).map(|_| EventFd::new()).collect::<io::Result<Vec<_>>>()?;
+        let guest_vectors = (0..cpus).map(|_| EventFd::new()).collect::<io::Result<Vec<_>>>()?;
+        let device = SensorDevice {
+            region,
+            shared_memory,
+            cpus,
+            host_vectors,
+            guest_vectors,
+            heads: vec![0; cpus as usize],
+            next_seq: 1,
+            connection: None,
+        };
+        let header = Header {
+            magic: abi::MAGIC,
+            version: abi::VERSION,
+            nr_cpus: cpus,
+            ring_entries: abi::RING_ENTRIES,
+            ..Header::default()
+        };
+        device.memory().write_obj(header, abi::HEADER_OFFSET).map_err(access_error)?;
+        Ok(device)
+    }
+
+    fn memory(&self) -> VolatileSlice<'_, ()> {
+        self.region.as_volatile_slice()
+    }
+
+    pub fn cpus(&self) -> u32 {
+        self.cpus
+    }
+
+    /// Hands QEMU the shared memory and every vector over `stream`
+    /// (QEMU's connection to the server socket) and keeps it open.
+    pub fn serve(&mut self, stream: UnixStream) -> io::Result<()> {
+        let setup = Setup {
+            shared_memory: self.shared_memory.as_fd(),
+            host_vectors: self.host_vectors.iter().map(AsFd::as_fd).collect(),
+            guest_vectors: self.guest_vectors.iter().map(AsFd::as_fd).collect(),
+        };
+        ivshmem::handshake(&stream, abi::HOST_PEER, GUEST_PEER, &setup)?;
+        self.connection = Some(stream);
+        Ok(())
+    }
+
+    /// A descriptor that becomes readable when the guest acknowledges.
+    pub fn ack_events(&self) -> io::Result<EventFd> {
+        self.host_vectors[usize::from(abi::ACK_VECTOR)].try_clone()
+    }
+
+    /// The guest driver has installed a handler on every vector.
+    pub fn is_ready(&self) -> bool {
+        self.load_u32(abi::READY_OFFSET) == 1
+    }
+
+    /// CPUs whose rings the guest serves (0 before it is ready).
+    pub fn guest_cpus(&self) -> u32 {
+        self.load_u32(abi::GUEST_CPUS_OFFSET)
+    }
+
+    fn load_u32(&self, offset: usize) -> u32 {
+        self.memory().load(offset, Ordering::Acquire).expect("offsets are inside the region")
+    }
+
+    fn load_u64(&self, offset: usize) -> u64 {
+        self.memory().load(offset, Ordering::Acquire).expect("offsets are inside the region")
+    }
+
+    fn check_cpu(&self, cpu: u32) {
+        assert!(cpu < self.cpus, "CPU {cpu} of a {}-CPU sensor device", self.cpus);
+    }
+
+    /// The live image of a register, as the host last set it.
+    pub fn register(&self, cpu: u32, register: Register) -> u64 {
+        self.check_cpu(cpu);
+        self.load_u64(abi::register_offset(cpu, register.abi()))
+    }
+
+    /// Entries that can still be published on `cpu`'s ring.
+    pub fn space(&self, cpu: u32) -> u32 {
+        let status = self.status(cpu);
+        abi::RING_ENTRIES.saturating_sub(self.heads[cpu as usize].wrapping_sub(status.tail))
+    }
+
+    /// The hardware changes state: the new image becomes the live register
+    /// and is latched in the next entry of `cpu`'s ring, which is then
+    /// published. The interrupt is not raised yet: see [`Self::ring`].
+    pub fn publish(&mut self, cpu: u32, register: Register, value: u64) -> Result<Published, RingFull> {
+        self.check_cpu(cpu);
+        if self.space(cpu) == 0 {
+            return Err(RingFull { cpu });
+        }
+        let seq = self.next_seq;
+        let index = self.heads[cpu as usize];
+        let entry = Entry { seq, cpu, reg: register.abi(), value, reserved: 0 };
+        let memory = self.memory();
+        memory.store(value, abi::register_offset(cpu, register.abi()), Ordering::Relaxed).expect("in the region");
+        memory.write_obj(entry, abi::entry_offset(cpu, index)).expect("in the region");
+        // The guest loads head with Acquire before it reads the entry.
+        let head = index.wrapping_add(1);
+        memory.store(head, abi::cpu_offset(cpu) + abi::cpu::HEAD, Ordering::Release).expect("in the region");
+        self.heads[cpu as usize] = head;
+        self.next_seq += 1;
+        Ok(Published { cpu, seq })
+    }
+
+    /// Raises `cpu`'s MSI-X vector. QEMU drops a ring that arrives before
+    /// the guest has enabled MSI-X: wait for [`Self::is_ready`] first.
+    pub fn ring(&self, cpu: u32) -> io::Result<()> {
+        self.check_cpu(cpu);
+        self.guest_vectors[cpu as usize].notify()
+    }
+
+    pub fn status(&self, cpu: u32) -> CpuStatus {
+        self.check_cpu(cpu);
+        let base = abi::cpu_offset(cpu);
+        CpuStatus {
+            head: self.heads[cpu as usize],
+            tail: self.load_u32(base + abi::cpu::TAIL),
+            acked_seq: self.load_u64(base + abi::cpu::ACKED_SEQ),
+            interrupts: self.load_u64(base + abi::cpu::INTERRUPTS),
+            rejected: self.load_u64(base + abi::cpu::REJECTED),
+            rejected_seq: self.load_u64(base + abi::cpu::REJECTED_SEQ),
+            rejected_errno: self.load_u32(base + abi::cpu::REJECTED_ERRNO),
+        }
+    }
+
+    /// Every message of `published` has been broadcast by the guest.
+    pub fn is_acked(&self, published: Published) -> bool {
+        self.status(published.cpu).acked_seq >= published.seq
+    }
+
+    /// The errno the guest refused `published` with, once acknowledged.
+    pub fn rejection(&self, published: Published) -> Option<u32> {
+        let status = self.status(published.cpu);
+        (status.rejected_seq == published.seq).then_some(status.rejected_errno)
+    }
+
+    /// Raw access for tests of the guest's defences against a broken host.
+    pub fn store_u32_for_test(&self, offset: usize, value: u32) {
+        self.memory().store(value, offset, Ordering::Release).expect("in the region");
+    }
+
+    /// The guest's side of the setup, for a stand-in guest in tests.
+    pub fn shared_memory(&self) -> &File {
+        &self.shared_memory
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sensor::ivshmem::recv_message;
+
+    /// What QEMU and the guest driver do with the device, in a few lines:
+    /// receive the setup, map BAR2, and serve the rings.
+    struct StandInGuest {
+        region: MmapRegion<()>,
+        host_vectors: Vec<EventFd>,
+        guest_vectors: Vec<EventFd>,
+    }
+
+    /// Reserved bits of IA32_THERM_STATUS, which the driver refuses.
+    const CORE_RESERVED: u64 = !0x807f_0fff;
+
+    impl StandInGuest {
+        fn connect(device: &mut SensorDevice) -> (StandInGuest, Vec<i64>) {
+            let (server, client) = UnixStream::pair().unwrap();
+            device.serve(server).unwrap();
+            let mut values = Vec::new();
+            let mut fds: Vec<Option<OwnedFd>> = Vec::new();
+            for _ in 0..3 + 2 * device.cpus() {
+                let (value, fd) = recv_message(&client).unwrap();
+                values.push(value);
+                fds.push(fd);
+            }
+            let mut fds = fds.into_iter();
+            assert!(fds.next().unwrap().is_none() && fds.next().unwrap().is_none(), "version and id carry no fd");
+            let shm = File::from(fds.next().unwrap().expect("the shared memory comes with -1"));
+            let size = shm.metadata().unwrap().len() as usize;
+            let region = MmapRegion::from_file(FileOffset::new(shm, 0), size).unwrap();
+            let mut vectors: Vec<EventFd> = fds.map(|fd| EventFd::from_owned(fd.expect("vectors carry fds"))).collect();
+            let guest_vectors = vectors.split_off(device.cpus() as usize);
+            (StandInGuest { region, host_vectors: vectors, guest_vectors }, values)
+        }
+
+        fn memory(&self) -> VolatileSlice<'_, ()> {
+            self.region.as_volatile_slice()
+        }
+
+        fn set_ready(&self, cpus: u32) {
+            self.memory().store(cpus, abi::GUEST_CPUS_OFFSET, Ordering::Relaxed).unwrap();
+            self.memory().store(1u32, abi::READY_OFFSET, Ordering::Release).unwrap();
+        }
+
+        /// One run of the driver's handler for `cpu`'s vector.
+        fn handle(&self, cpu: u32) -> Vec<Entry> {
+            let memory = self.memory();
+            let base = abi::cpu_offset(cpu);
+            let head: u32 = memory.load(base + abi::cpu::HEAD, Ordering::Acquire).unwrap();
+            let mut tail: u32 = memory.load(base + abi::cpu::TAIL, Ordering::Relaxed).unwrap();
+            let mut taken = Vec::new();
+            while tail != head {
+                let entry: Entry = memory.read_obj(abi::entry_offset(cpu, tail)).unwrap();
+                if entry.value & CORE_RESERVED != 0 {
+                    let rejected: u64 = memory.load(base + abi::cpu::REJECTED, Ordering::Relaxed).unwrap();
+                    memory.store(rejected + 1, base + abi::cpu::REJECTED, Ordering::Relaxed).unwrap();
+                    memory.store(entry.seq, base + abi::cpu::REJECTED_SEQ, Ordering::Relaxed).unwrap();
+                    memory.store(libc::EINVAL as u32, base + abi::cpu::REJECTED_ERRNO, Ordering::Relaxed).unwrap();
+                }
+                tail = tail.wrapping_add(1);
+                memory.store(tail, base + abi::cpu::TAIL, Ordering::Release).unwrap();
+                memory.store(entry.seq, base + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
+                taken.push(entry);
+            }
+            self.host_vectors[usize::from(abi::ACK_VECTOR)].notify().unwrap();
+            taken
+        }
+    }
+
+    const SHORT: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn the_handshake_is_the_ivshmem_protocol_in_order() {
+        let mut device = SensorDevice::new(2).unwrap();
+        let (guest, values) = StandInGuest::connect(&mut device);
+        // Version 0, the client's id 1, -1 with the memory, the host peer's
+        // two vectors, then the client's own two.
+        assert_eq!(values, [0, 1, -1, 0, 0, 1, 1]);
+        assert_eq!(guest.region.size(), abi::REGION_SIZE);
+        let header: Header = guest.memory().read_obj(abi::HEADER_OFFSET).unwrap();
+        assert_eq!(
+            (header.magic, header.version, header.nr_cpus, header.ring_entries, header.ready),
+            (abi::MAGIC, abi::VERSION, 2, abi::RING_ENTRIES, 0)
+        );
+        // The descriptors are the device's own eventfds, in vector order.
+        device.ring(1).unwrap();
+        assert!(!guest.guest_vectors[0].poll(Duration::ZERO).unwrap());
+        assert!(guest.guest_vectors[1].poll(SHORT).unwrap());
+        assert_eq!(guest.guest_vectors[1].drain().unwrap(), 1);
+        let acks = device.ack_events().unwrap();
+        guest.host_vectors[0].notify().unwrap();
+        assert!(acks.poll(SHORT).unwrap());
+    }
+
+    #[test]
+    fn an_injection_is_latched_published_rung_and_acknowledged() {
+        let mut device = SensorDevice::new(2).unwrap();
+        let (guest, _) = StandInGuest::connect(&mut device);
+        assert!(!device.is_ready());
+        guest.set_ready(2);
+        assert!(device.is_ready());
+        assert_eq!(device.guest_cpus(), 2);
+
+        let first = device.publish(1, Register::Core, 0x8005_0001).unwrap();
+        let second = device.publish(1, Register::Package, 0x0032_0400).unwrap();
+        assert_eq!((first.seq, second.seq), (1, 2));
+        assert_eq!(device.register(1, Register::Core), 0x8005_0001);
+        assert_eq!(device.register(1, Register::Package), 0x0032_0400);
+        assert_eq!(device.register(0, Register::Core), 0, "CPU 0 untouched");
+        assert!(!device.is_acked(first));
+        device.ring(1).unwrap();
+
+        assert!(guest.guest_vectors[1].poll(SHORT).unwrap());
+        let taken = guest.handle(1);
+        assert_eq!(
+            taken,
+            [
+                Entry { seq: 1, cpu: 1, reg: abi::REG_THERM_STATUS, value: 0x8005_0001, reserved: 0 },
+                Entry { seq: 2, cpu: 1, reg: abi::REG_PKG_THERM_STATUS, value: 0x0032_0400, reserved: 0 },
+            ],
+            "each entry keeps its own image: two injections before one interrupt are not merged"
+        );
+        assert!(device.ack_events().unwrap().poll(SHORT).unwrap());
+        assert!(device.is_acked(first) && device.is_acked(second));
+        assert_eq!(device.rejection(second), None);
+        let status = device.status(1);
+        assert_eq!((status.head, status.tail, status.acked_seq), (2, 2, 2));
+    }
+
+    #[test]
+    fn a_full_ring_refuses_until_the_guest_consumes() {
+        let mut device = SensorDevice::new(1).unwrap();
+        let (guest, _) = StandInGuest::connect(&mut device);
+        for _ in 0..abi::RING_ENTRIES {
+            device.publish(0, Register::Core, 0x8000_0000).unwrap();
+        }
+        assert_eq!(device.space(0), 0);
+        assert_eq!(device.publish(0, Register::Core, 0x8000_0001), Err(RingFull { cpu: 0 }));
+        assert_eq!(guest.handle(0).len(), abi::RING_ENTRIES as usize);
+        assert_eq!(device.space(0), abi::RING_ENTRIES);
+        // Free-running indices wrap onto the ring's first slot.
+        let next = device.publish(0, Register::Core, 0x8000_0001).unwrap();
+        assert_eq!(next.seq, u64::from(abi::RING_ENTRIES) + 1);
+        assert_eq!(guest.handle(0)[0].value, 0x8000_0001);
+    }
+
+    #[test]
+    fn a_refused_entry_is_reported_with_its_errno() {
+        let mut device = SensorDevice::new(1).unwrap();
+        let (guest, _) = StandInGuest::connect(&mut device);
+        let good = device.publish(0, Register::Core, 0x8000_0001).unwrap();
+        let bad = device.publish(0, Register::Core, 0x4000_0000).unwrap();
+        guest.handle(0);
+        assert!(device.is_acked(bad));
+        assert_eq!(device.rejection(good), None);
+        assert_eq!(device.rejection(bad), Some(libc::EINVAL as u32));
+        assert_eq!(device.status(0).rejected, 1);
+    }
+
+    #[test]
+    fn a_device_serves_one_to_eight_cpus() {
+        assert!(SensorDevice::new(0).is_err());
+        assert!(SensorDevice::new(abi::MAX_CPUS + 1).is_err());
+        assert!(SensorDevice::new(abi::MAX_CPUS).is_ok());
+    }
+}
