@@ -34,6 +34,10 @@ pub mod exit_code {
     pub const PROTOCOL: i32 = 33;
     /// A capture socket overflowed in the guest: events were lost.
     pub const EVENTS_LOST: i32 = 34;
+    /// The guest's driver never took the emulated sensor device.
+    pub const SENSOR_NOT_READY: i32 = 35;
+    /// The guest did not acknowledge an injection on the sensor device.
+    pub const SENSOR_NO_ACK: i32 = 36;
 }
 
 /// The stages of a run, each with its own bound.
@@ -49,6 +53,8 @@ pub enum Stage {
     Command,
     /// Shutdown requested until QEMU exits.
     Shutdown,
+    /// Until the guest's sensor driver is ready or acknowledges.
+    Sensor,
 }
 
 impl fmt::Display for Stage {
@@ -59,6 +65,7 @@ impl fmt::Display for Stage {
             Stage::AgentGreeting => "agent greeting",
             Stage::Command => "agent command",
             Stage::Shutdown => "shutdown",
+            Stage::Sensor => "sensor device",
         })
     }
 }
@@ -74,6 +81,8 @@ pub enum Failure {
     AgentFatal { message: String, console_tail: Vec<String> },
     Protocol { message: String },
     EventsLost { protocol: u32, occurrences: u32, captured: usize },
+    SensorNotReady { waited: Duration, console_tail: Vec<String> },
+    SensorNoAck { cpu: u32, seq: u64, waited: Duration, detail: String, console_tail: Vec<String> },
     Host { message: String },
 }
 
@@ -92,6 +101,8 @@ impl Failure {
             Failure::AgentFatal { .. } => exit_code::AGENT_FATAL,
             Failure::Protocol { .. } => exit_code::PROTOCOL,
             Failure::EventsLost { .. } => exit_code::EVENTS_LOST,
+            Failure::SensorNotReady { .. } => exit_code::SENSOR_NOT_READY,
+            Failure::SensorNoAck { .. } => exit_code::SENSOR_NO_ACK,
             Failure::Host { .. } => exit_code::BENCH_ERROR,
         }
     }
@@ -140,6 +151,23 @@ impl fmt::Display for Failure {
                 "the guest's capture socket for netlink protocol {protocol} overflowed (ENOBUFS, {occurrences} time(s)): \
                  events were lost after the {captured} received in this step"
             ),
+            Failure::SensorNotReady { waited, console_tail } => {
+                write!(
+                    f,
+                    "the guest's sensor driver was not ready after {:.1} s: kevent_thermal.ko has not bound the \
+                     ivshmem-doorbell device (1af4:1110) with one MSI-X vector per CPU, or was unbound",
+                    waited.as_secs_f64()
+                )?;
+                write_lines(f, "last console lines", console_tail)
+            }
+            Failure::SensorNoAck { cpu, seq, waited, detail, console_tail } => {
+                write!(
+                    f,
+                    "the guest did not acknowledge injection {seq} on CPU {cpu} within {:.1} s: {detail}",
+                    waited.as_secs_f64()
+                )?;
+                write_lines(f, "last console lines", console_tail)
+            }
             Failure::Host { message } => f.write_str(message),
         }
     }

@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -26,6 +26,7 @@ use crate::accel::Accel;
 use crate::console::CrashDetector;
 use crate::failure::{Failure, Stage};
 use crate::qemu::{self, GuestSpec};
+use crate::sensor::{CpuStatus, Published, Register, SensorDevice};
 
 /// Bounds of each stage. The defaults hold for TCG on a loaded 2-core host
 /// with a debug kernel; a healthy boot takes about a second.
@@ -36,6 +37,11 @@ pub struct Timeouts {
     pub agent_greeting: Duration,
     pub command: Duration,
     pub shutdown: Duration,
+    /// Until the guest's sensor driver has a handler on every vector.
+    pub sensor_ready: Duration,
+    /// Until the guest acknowledges an injection on the sensor device (or
+    /// frees ring space); the kernel's own injection fence is 10 s.
+    pub sensor_ack: Duration,
 }
 
 impl Default for Timeouts {
@@ -46,6 +52,8 @@ impl Default for Timeouts {
             agent_greeting: Duration::from_secs(30),
             command: Duration::from_secs(60),
             shutdown: Duration::from_secs(15),
+            sensor_ready: Duration::from_secs(10),
+            sensor_ack: Duration::from_secs(15),
         }
     }
 }
@@ -61,6 +69,8 @@ pub struct MachineConfig {
     pub run_dir: PathBuf,
     /// Copy every console line to stderr as it arrives.
     pub stream_console: bool,
+    /// Give the guest the emulated sensor device (see [`crate::sensor`]).
+    pub sensor: bool,
     pub timeouts: Timeouts,
 }
 
@@ -74,6 +84,7 @@ impl MachineConfig {
             accel,
             run_dir,
             stream_console: false,
+            sensor: true,
             timeouts: Timeouts::default(),
         }
     }
@@ -107,6 +118,8 @@ enum Event {
     Agent(GuestMessage),
     AgentClosed,
     AgentError(WireError),
+    /// The guest rang the host's sensor vector: an acknowledgement.
+    SensorAck,
 }
 
 /// Console lines kept in memory for excerpts; console.log has them all.
@@ -128,8 +141,22 @@ pub struct Machine {
     pub hello: Hello,
     pub timings: BootTimings,
     pub console_log: PathBuf,
+    sensor: Option<Sensor>,
+    timeouts: Timeouts,
     /// Dropped last: QEMU must be gone before its socket is removed.
     _socket_dir: SocketDir,
+}
+
+/// The emulated sensor device and the thread that watches its ack vector.
+struct Sensor {
+    device: SensorDevice,
+    watcher_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        self.watcher_stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// QEMU and the threads that watch it; the agent channel once connected.
@@ -144,8 +171,9 @@ struct Guest {
     spawned: Instant,
     /// Handed to the agent reader once QEMU connects.
     sender: Option<Sender<Event>>,
-    /// Datagrams received and not yet handed out.
+    /// Datagrams received and not yet handed out, with when each arrived.
     captured: Vec<Datagram>,
+    arrived: Vec<Instant>,
     next_request: u32,
 }
 
@@ -185,8 +213,33 @@ impl Machine {
         let log_file =
             File::create(&console_log).map_err(|e| host_error(&format!("create {}", console_log.display()), e))?;
 
-        let mut guest = Guest::spawn(config, &socket_path, log_file)?;
-        let channel = guest.accept_agent(&listener, config.timeouts.qemu_start)?;
+        let sensor_setup = if config.sensor {
+            let device =
+                SensorDevice::new(config.guest.cpus).map_err(|e| host_error("set up the emulated sensor device", e))?;
+            let path = socket_dir.0.join("sensor.sock");
+            // QEMU reads the device's setup while it starts: listen first.
+            let listener = UnixListener::bind(&path).map_err(|e| host_error("bind the sensor socket", e))?;
+            Some((device, listener, path))
+        } else {
+            None
+        };
+        let sensor_socket = sensor_setup.as_ref().map(|(_, _, path)| path.as_path());
+        let mut guest = Guest::spawn(config, &socket_path, sensor_socket, log_file)?;
+        let sensor = match sensor_setup {
+            Some((mut device, listener, _)) => {
+                let stream = guest.accept(&listener, "the sensor device's server", config.timeouts.qemu_start)?;
+                device.serve(stream).map_err(|e| Failure::QemuStart {
+                    message: format!("hand QEMU the sensor device's memory and vectors: {e}"),
+                    qemu_stderr: guest.qemu_said(),
+                })?;
+                let watcher_stop = Arc::new(AtomicBool::new(false));
+                let acks = device.ack_events().map_err(|e| host_error("watch the sensor's ack vector", e))?;
+                spawn_ack_watcher(acks, Arc::clone(&watcher_stop), guest.sender.clone().expect("sender kept"));
+                Some(Sensor { device, watcher_stop })
+            }
+            None => None,
+        };
+        let channel = guest.accept(&listener, "the agent channel", config.timeouts.qemu_start)?;
         let qemu_started = guest.spawned.elapsed();
         let reader = channel.try_clone().map_err(|e| host_error("clone the agent socket", e))?;
         spawn_agent_reader(reader, guest.sender.take().expect("sender kept until the agent connects"));
@@ -202,7 +255,9 @@ impl Machine {
             _ => None,
         })?;
         let timings = BootTimings { qemu_started, kernel_booted, greeted: guest.spawned.elapsed() };
-        Ok(Machine { guest, hello, timings, console_log, _socket_dir: socket_dir })
+        // The sensor's readiness is waited for at its first use: a run that
+        // injects through debugfs does not depend on the guest's driver.
+        Ok(Machine { guest, hello, timings, console_log, sensor, timeouts: config.timeouts, _socket_dir: socket_dir })
     }
 
     /// Asks the agent to power off and waits for QEMU to exit; a kernel
@@ -232,6 +287,8 @@ pub struct Exchange {
     pub outcome: Outcome,
     /// Every datagram the agent received before it replied, in order.
     pub datagrams: Vec<Datagram>,
+    /// When each datagram reached the host.
+    pub arrived: Vec<Instant>,
 }
 
 impl Machine {
@@ -247,7 +304,7 @@ impl Machine {
             Event::Agent(GuestMessage::Reply { id: reply, outcome }) if *reply == id => Some(outcome.clone()),
             _ => None,
         })?;
-        Ok(Exchange { outcome, datagrams: std::mem::take(&mut guest.captured) })
+        Ok(guest.exchange(outcome))
     }
 
     /// The console lines of a kernel report seen so far, if any: a WARN
@@ -255,12 +312,143 @@ impl Machine {
     pub fn crash(&self) -> Option<Failure> {
         self.guest.crash_failure()
     }
+
+    /// Waits (bounded) until every datagram the agent has received so far
+    /// has reached the host, and hands them out: the agent replies to a
+    /// fence only after draining its sockets.
+    pub fn fence(&mut self, bound: Duration) -> Result<Exchange, Failure> {
+        self.request(kevent_wire::Command::Fence, bound)
+    }
+
+    /// Waits until at least `count` datagrams are waiting on the host, and
+    /// hands out all of them, without asking the agent anything.
+    pub fn wait_datagrams(&mut self, count: usize, bound: Duration) -> Result<Exchange, Failure> {
+        let guest = &mut self.guest;
+        let tick = Duration::from_millis(50);
+        if !guest.wait_until(Stage::Command, bound, tick, |g| g.captured.len() >= count)? {
+            return Err(guest.timeout(Stage::Command, bound));
+        }
+        Ok(guest.exchange(Outcome::Done))
+    }
+}
+
+/// How often a wait on the shared memory looks again when no event came.
+const SENSOR_TICK: Duration = Duration::from_millis(2);
+
+impl Machine {
+    /// The emulated sensor device, if the guest has one.
+    pub fn sensor(&self) -> Option<&SensorDevice> {
+        self.sensor.as_ref().map(|s| &s.device)
+    }
+
+    fn sensor_mut(&mut self) -> Result<&mut SensorDevice, Failure> {
+        match &mut self.sensor {
+            Some(sensor) => Ok(&mut sensor.device),
+            None => Err(Failure::Host { message: "this guest was started without the emulated sensor device".into() }),
+        }
+    }
+
+    /// Waits until the guest's driver has a handler on every vector: QEMU
+    /// drops a ring that comes before MSI-X is enabled.
+    fn wait_sensor_ready(&mut self) -> Result<(), Failure> {
+        let bound = self.timeouts.sensor_ready;
+        let Machine { guest, sensor, .. } = self;
+        let device = &sensor.as_ref().expect("called with a sensor").device;
+        if guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.is_ready())? {
+            let (serves, cpus) = (device.guest_cpus(), device.cpus());
+            if serves != cpus {
+                let message = format!("the guest's sensor driver serves {serves} of the device's {cpus} CPUs");
+                return Err(guest.fail(Failure::Host { message }));
+            }
+            return Ok(());
+        }
+        let failure = Failure::SensorNotReady { waited: bound, console_tail: guest.console_tail() };
+        Err(guest.fail(failure))
+    }
+
+    /// The sensor hardware changes `cpu`'s register (or its package's) to
+    /// `value` and raises `cpu`'s thermal interrupt, without waiting for
+    /// the guest. Waits (bounded) for the device to be ready and for ring
+    /// space; QEMU raises MSI-X vector `cpu`.
+    pub fn fire(&mut self, cpu: u32, register: Register, value: u64) -> Result<Published, Failure> {
+        if !self.sensor_mut()?.is_ready() {
+            self.wait_sensor_ready()?;
+        }
+        let bound = self.timeouts.sensor_ack;
+        let Machine { guest, sensor, .. } = self;
+        let device = &mut sensor.as_mut().expect("checked above").device;
+        if device.space(cpu) == 0 {
+            let device = &*device;
+            if !guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.space(cpu) > 0)? {
+                let status = device.status(cpu);
+                let failure = Failure::SensorNoAck {
+                    cpu,
+                    seq: status.acked_seq + 1,
+                    waited: bound,
+                    detail: no_ack_detail(&status, true),
+                    console_tail: guest.console_tail(),
+                };
+                return Err(guest.fail(failure));
+            }
+        }
+        let published = device.publish(cpu, register, value).expect("space checked");
+        device.ring(cpu).map_err(|e| host_error("ring the sensor's vector", e))?;
+        Ok(published)
+    }
+
+    /// Waits (bounded) until the guest acknowledges `published`: its
+    /// handler ran and every message it caused has been broadcast. Returns
+    /// the errno the guest refused the entry with, if it did.
+    pub fn wait_acked(&mut self, published: Published) -> Result<Option<u32>, Failure> {
+        let bound = self.timeouts.sensor_ack;
+        let Machine { guest, sensor, .. } = self;
+        let device = &sensor.as_ref().ok_or_else(|| Failure::Host { message: "no sensor device".into() })?.device;
+        if guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.is_acked(published))? {
+            return Ok(device.rejection(published));
+        }
+        let status = device.status(published.cpu);
+        let failure = Failure::SensorNoAck {
+            cpu: published.cpu,
+            seq: published.seq,
+            waited: bound,
+            detail: no_ack_detail(&status, false),
+            console_tail: guest.console_tail(),
+        };
+        Err(guest.fail(failure))
+    }
+
+    /// The host's sensor emulator dies: the device's server connection,
+    /// eventfds and mapping go away while QEMU and the guest run on. The
+    /// guest keeps the memory and vectors QEMU holds, which nobody drives.
+    pub fn disconnect_sensor(&mut self) {
+        self.sensor = None;
+    }
+}
+
+/// Why an acknowledgement did not come, from what the guest left in the
+/// shared memory.
+fn no_ack_detail(status: &CpuStatus, ring_full: bool) -> String {
+    let consumed = if status.tail == status.head {
+        "it took every published entry".to_owned()
+    } else {
+        format!("it took {} of {} published entries", status.tail, status.head)
+    };
+    let what = if ring_full { "the ring stayed full" } else { "the acknowledgement never came" };
+    format!(
+        "{what}: the guest's handler ran {} time(s), {consumed}, acknowledged up to seq {} and refused {}",
+        status.interrupts, status.acked_seq, status.rejected
+    )
 }
 
 impl Guest {
-    fn spawn(config: &MachineConfig, socket_path: &Path, log_file: File) -> Result<Guest, Failure> {
+    fn spawn(
+        config: &MachineConfig,
+        socket_path: &Path,
+        sensor_socket: Option<&Path>,
+        log_file: File,
+    ) -> Result<Guest, Failure> {
         let qemu_binary = &config.qemu;
-        let args = qemu::command_line(&config.guest, config.accel, socket_path);
+        let args = qemu::command_line(&config.guest, config.accel, socket_path, sensor_socket);
         let spawned = Instant::now();
         let mut child = Command::new(qemu_binary)
             .args(&args)
@@ -293,12 +481,13 @@ impl Guest {
             spawned,
             sender: Some(tx),
             captured: Vec::new(),
+            arrived: Vec::new(),
             next_request: 1,
         })
     }
 
-    /// Waits for QEMU to connect to the agent socket.
-    fn accept_agent(&mut self, listener: &UnixListener, bound: Duration) -> Result<UnixStream, Failure> {
+    /// Waits for QEMU to connect to one of the host's sockets.
+    fn accept(&mut self, listener: &UnixListener, what: &str, bound: Duration) -> Result<UnixStream, Failure> {
         let deadline = self.spawned + bound;
         loop {
             let mut pollfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -308,11 +497,11 @@ impl Guest {
                 return listener
                     .accept()
                     .map(|(stream, _)| stream)
-                    .map_err(|e| host_error("accept QEMU's connection", e));
+                    .map_err(|e| host_error(&format!("accept QEMU's connection to {what}"), e));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(Failure::QemuStart {
-                    message: format!("QEMU exited ({status}) before connecting to the agent channel"),
+                    message: format!("QEMU exited ({status}) before connecting to {what}"),
                     qemu_stderr: self.qemu_said(),
                 });
             }
@@ -347,51 +536,85 @@ impl Guest {
             if let Some(found) = pick(&event) {
                 return Ok(found);
             }
-            match event {
-                Event::Crash => return Err(self.crash_after_grace()),
-                Event::ConsoleClosed => {
-                    let status = wait_exit(&mut self.child, Duration::from_secs(2));
-                    if let Some(failure) = self.crash_failure() {
-                        return Err(failure);
-                    }
-                    let status = status.map_or_else(|| "still running".to_owned(), |s| s.to_string());
-                    if self.console.lock().unwrap().recent.is_empty() {
-                        // QEMU connects its chardevs before it loads the kernel:
-                        // an exit with a silent console is QEMU refusing to start.
-                        return Err(Failure::QemuStart {
-                            message: format!("QEMU exited ({status}) before the guest printed anything"),
-                            qemu_stderr: self.qemu_said(),
-                        });
-                    }
-                    return Err(self.exited_failure(stage, status));
-                }
-                Event::Agent(GuestMessage::Fatal { message }) => {
-                    // The agent restarts the machine next; let the console drain.
-                    wait_exit(&mut self.child, Duration::from_secs(2));
-                    return Err(Failure::AgentFatal { message, console_tail: self.console_tail() });
-                }
-                Event::AgentError(e) => {
-                    self.kill();
-                    return Err(Failure::Protocol { message: e.to_string() });
-                }
-                Event::Agent(GuestMessage::Hello(_)) => {
-                    self.kill();
-                    return Err(Failure::Protocol { message: "the agent greeted twice".into() });
-                }
-                Event::Agent(GuestMessage::Datagram(datagram)) => self.captured.push(datagram),
-                Event::Agent(GuestMessage::Overrun { protocol, occurrences }) => {
-                    self.kill();
-                    return Err(Failure::EventsLost { protocol, occurrences, captured: self.captured.len() });
-                }
-                Event::Agent(GuestMessage::Reply { id, .. }) => {
-                    self.kill();
-                    return Err(Failure::Protocol {
-                        message: format!("a reply to request {id}, which is not pending"),
-                    });
-                }
-                Event::AgentStarted(_) | Event::AgentClosed => {}
+            self.absorb(stage, event)?;
+        }
+    }
+
+    /// Waits until `done` holds, checking it at every event and every
+    /// `tick`; Ok(false) once `bound` has passed. Fails like [`Self::wait_for`].
+    fn wait_until(
+        &mut self,
+        stage: Stage,
+        bound: Duration,
+        tick: Duration,
+        mut done: impl FnMut(&Guest) -> bool,
+    ) -> Result<bool, Failure> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if done(self) {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            match self.events.recv_timeout(left.min(tick)) {
+                Ok(event) => self.absorb(stage, event)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.absorb(stage, Event::ConsoleClosed)?,
             }
         }
+    }
+
+    /// Keeps what an event carries (datagrams) and turns everything that
+    /// ends the run into its failure.
+    fn absorb(&mut self, stage: Stage, event: Event) -> Result<(), Failure> {
+        match event {
+            Event::Crash => return Err(self.crash_after_grace()),
+            Event::ConsoleClosed => {
+                let status = wait_exit(&mut self.child, Duration::from_secs(2));
+                if let Some(failure) = self.crash_failure() {
+                    return Err(failure);
+                }
+                let status = status.map_or_else(|| "still running".to_owned(), |s| s.to_string());
+                if self.console.lock().unwrap().recent.is_empty() {
+                    // QEMU connects its chardevs before it loads the kernel:
+                    // an exit with a silent console is QEMU refusing to start.
+                    return Err(Failure::QemuStart {
+                        message: format!("QEMU exited ({status}) before the guest printed anything"),
+                        qemu_stderr: self.qemu_said(),
+                    });
+                }
+                return Err(self.exited_failure(stage, status));
+            }
+            Event::Agent(GuestMessage::Fatal { message }) => {
+                // The agent restarts the machine next; let the console drain.
+                wait_exit(&mut self.child, Duration::from_secs(2));
+                return Err(Failure::AgentFatal { message, console_tail: self.console_tail() });
+            }
+            Event::AgentError(e) => {
+                self.kill();
+                return Err(Failure::Protocol { message: e.to_string() });
+            }
+            Event::Agent(GuestMessage::Hello(_)) => {
+                self.kill();
+                return Err(Failure::Protocol { message: "the agent greeted twice".into() });
+            }
+            Event::Agent(GuestMessage::Datagram(datagram)) => {
+                self.captured.push(datagram);
+                self.arrived.push(Instant::now());
+            }
+            Event::Agent(GuestMessage::Overrun { protocol, occurrences }) => {
+                self.kill();
+                return Err(Failure::EventsLost { protocol, occurrences, captured: self.captured.len() });
+            }
+            Event::Agent(GuestMessage::Reply { id, .. }) => {
+                self.kill();
+                return Err(Failure::Protocol { message: format!("a reply to request {id}, which is not pending") });
+            }
+            Event::AgentStarted(_) | Event::AgentClosed | Event::SensorAck => {}
+        }
+        Ok(())
     }
 
     /// A report has started: let it finish printing (or the guest die), then
@@ -441,6 +664,17 @@ impl Guest {
 
     fn console_tail(&self) -> Vec<String> {
         console_tail(&self.console)
+    }
+
+    fn exchange(&mut self, outcome: Outcome) -> Exchange {
+        Exchange { outcome, datagrams: std::mem::take(&mut self.captured), arrived: std::mem::take(&mut self.arrived) }
+    }
+
+    /// A run-ending failure found while the guest was otherwise waited for:
+    /// the guest is stopped, and a kernel report wins over `failure`.
+    fn fail(&mut self, failure: Failure) -> Failure {
+        self.kill();
+        self.crash_failure().unwrap_or(failure)
     }
 
     fn kill(&mut self) {
@@ -530,6 +764,25 @@ fn spawn_stderr_collector(stderr: impl Read + Send + 'static, sink: Arc<Mutex<St
     })
 }
 
+/// Turns rings of the host's ack vector into events, so that waits see
+/// acknowledgements, console crashes and agent messages on one channel.
+fn spawn_ack_watcher(acks: crate::sensor::ivshmem::EventFd, stop: Arc<AtomicBool>, tx: Sender<Event>) {
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match acks.poll(Duration::from_millis(50)) {
+                Ok(true) => {
+                    let _ = acks.drain();
+                    if tx.send(Event::SensorAck).is_err() {
+                        return;
+                    }
+                }
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+    });
+}
+
 fn spawn_agent_reader(mut stream: UnixStream, tx: Sender<Event>) {
     thread::spawn(move || loop {
         let event = match read_frame(&mut stream) {
@@ -556,7 +809,7 @@ pub fn run_floor(guest: &GuestSpec, accel: Accel, bound: Duration) -> Result<Dur
     let socket_dir = SocketDir::create().map_err(|e| host_error("create the agent socket directory", e))?;
     let socket_path = socket_dir.0.join("agent.sock");
     let listener = UnixListener::bind(&socket_path).map_err(|e| host_error("bind the agent socket", e))?;
-    let args = qemu::command_line(guest, accel, &socket_path);
+    let args = qemu::command_line(guest, accel, &socket_path, None);
     let spawned = Instant::now();
     let mut child = Command::new(qemu::qemu_binary())
         .args(&args)

@@ -87,8 +87,21 @@ pub fn agent_channel_args(socket: &Path) -> Vec<OsString> {
     ]
 }
 
-/// Every argument for one guest.
-pub fn command_line(spec: &GuestSpec, accel: Accel, agent_socket: &Path) -> Vec<OsString> {
+/// The emulated sensor: an ivshmem-doorbell device whose server is the
+/// host's socket, one MSI-X vector per CPU.
+pub fn sensor_args(socket: &Path, cpus: u32) -> Vec<OsString> {
+    let mut chardev = OsString::from("socket,id=sensor,path=");
+    chardev.push(socket);
+    vec!["-chardev".into(), chardev, "-device".into(), format!("ivshmem-doorbell,chardev=sensor,vectors={cpus}").into()]
+}
+
+/// Every argument for one guest; the sensor device if its socket is given.
+pub fn command_line(
+    spec: &GuestSpec,
+    accel: Accel,
+    agent_socket: &Path,
+    sensor_socket: Option<&Path>,
+) -> Vec<OsString> {
     [
         machine_args(),
         accel_args(accel),
@@ -96,6 +109,7 @@ pub fn command_line(spec: &GuestSpec, accel: Accel, agent_socket: &Path) -> Vec<
         boot_args(spec),
         console_args(),
         agent_channel_args(agent_socket),
+        sensor_socket.map(|socket| sensor_args(socket, spec.cpus)).unwrap_or_default(),
     ]
     .concat()
 }
@@ -140,10 +154,20 @@ mod tests {
 
     #[test]
     fn the_full_command_line_has_no_defaults_and_never_restarts() {
-        let args = joined(&command_line(&spec(), Accel::Tcg, Path::new("/tmp/x/agent.sock")));
+        let args = joined(&command_line(&spec(), Accel::Tcg, Path::new("/tmp/x/agent.sock"), None));
         assert!(args.starts_with("-nodefaults -no-reboot -nographic"), "{args}");
+        assert!(!args.contains("ivshmem"), "{args}");
         assert!(args.contains("-chardev socket,id=agent,path=/tmp/x/agent.sock"), "{args}");
         assert!(args.contains("virtserialport,chardev=agent,name=org.kevent-bench.agent"), "{args}");
         assert!(args.contains("-serial stdio"), "{args}");
+    }
+
+    #[test]
+    fn the_sensor_has_one_vector_per_cpu_on_the_hosts_socket() {
+        let args = joined(&command_line(&spec(), Accel::Tcg, Path::new("/a.sock"), Some(Path::new("/s.sock"))));
+        assert!(
+            args.ends_with("-chardev socket,id=sensor,path=/s.sock -device ivshmem-doorbell,chardev=sensor,vectors=4"),
+            "{args}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! what happened, events grouped under the step that caused them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kevent_wire::{Command, Datagram, ExecResult, Hello, Outcome};
 use serde::Serialize;
@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::events::{self, Event, Normaliser};
 use crate::failure::Failure;
 use crate::machine::{Machine, MachineConfig};
-use crate::scenario::{Action, Scenario};
+use crate::scenario::{Action, Injector, Scenario, Step};
+use crate::sensor::{Published, Register};
 
 /// What one step did.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct StepRecord {
     pub datagrams: Vec<Datagram>,
     /// Host wall time of the step, all repetitions.
     pub elapsed: Duration,
+    /// For a host-timed step: how late the latest injection was fired.
+    pub max_lateness: Option<Duration>,
 }
 
 /// A whole run of a scenario.
@@ -57,6 +60,21 @@ pub fn run(
     config: &MachineConfig,
     observe: &mut dyn FnMut(&StepRecord),
 ) -> Result<Transcript, Failure> {
+    if scenario.injector == Injector::Device && !config.sensor {
+        return Err(Failure::Host { message: "the device injector needs a guest with the emulated sensor".into() });
+    }
+    if let Some(index) = scenario.steps.iter().position(|s| s.host_timed.is_some()) {
+        if scenario.injector != Injector::Device {
+            return Err(Failure::Host {
+                message: format!(
+                    "{}: step {} is host-timed (interval_us), which needs the device injector, not {}",
+                    scenario.path.display(),
+                    index + 1,
+                    scenario.injector
+                ),
+            });
+        }
+    }
     let mut machine = Machine::boot(config)?;
     let bound = config.timeouts.command;
     let mut steps = Vec::new();
@@ -67,23 +85,37 @@ pub fn run(
         let started = std::time::Instant::now();
         let mut record = StepRecord {
             index,
-            label: step.action.to_string(),
+            label: step_label(step),
             repeat: step.repeat,
             outcome: Outcome::Done,
             failures: 0,
             datagrams: Vec::new(),
             elapsed: Duration::ZERO,
+            max_lateness: None,
         };
-        for _ in 0..step.repeat {
-            let exchange = machine.request(command.clone(), bound)?;
-            record.datagrams.extend(exchange.datagrams);
-            let failed = matches!(exchange.outcome, Outcome::Error { .. });
-            if failed {
-                record.failures += 1;
+        match (&step.action, scenario.injector) {
+            (&Action::Inject { cpu, package, value, .. }, Injector::Device) => {
+                let register = if package { Register::Package } else { Register::Core };
+                let injection = Injection { cpu, register, value };
+                match step.host_timed {
+                    Some(interval) => fire_on_schedule(&mut machine, injection, step.repeat, interval, &mut record)?,
+                    None => {
+                        for _ in 0..step.repeat {
+                            let published = machine.fire(cpu, register, value)?;
+                            let refused = machine.wait_acked(published)?;
+                            record.note(refused.map_or(Outcome::Done, |errno| injection.refused(errno)));
+                        }
+                    }
+                }
+                // Acknowledged means broadcast; the fence brings it to the host.
+                record.datagrams.extend(machine.fence(bound)?.datagrams);
             }
-            // Keep the first failure; without one, the last outcome.
-            if record.failures == 0 || (failed && record.failures == 1) {
-                record.outcome = exchange.outcome;
+            _ => {
+                for _ in 0..step.repeat {
+                    let exchange = machine.request(command.clone(), bound)?;
+                    record.datagrams.extend(exchange.datagrams);
+                    record.note(exchange.outcome);
+                }
             }
         }
         record.elapsed = started.elapsed();
@@ -104,6 +136,101 @@ pub fn run(
     let hello = machine.hello.clone();
     machine.shutdown(config.timeouts.shutdown)?;
     Ok(Transcript { scenario: scenario.clone(), hello, steps, background })
+}
+
+/// One injection on the sensor device.
+#[derive(Debug, Clone, Copy)]
+struct Injection {
+    cpu: u32,
+    register: Register,
+    value: u64,
+}
+
+impl Injection {
+    /// The outcome of an entry the guest's driver refused.
+    fn refused(&self, errno: u32) -> Outcome {
+        let register = match self.register {
+            Register::Core => "IA32_THERM_STATUS",
+            Register::Package => "IA32_PACKAGE_THERM_STATUS",
+        };
+        Outcome::Error {
+            errno: errno as i32,
+            message: format!(
+                "the guest's sensor driver refused {register} image {:#x} for CPU {}",
+                self.value, self.cpu
+            ),
+        }
+    }
+}
+
+impl StepRecord {
+    /// Counts a repetition's outcome: the first failure is kept, else the last outcome.
+    fn note(&mut self, outcome: Outcome) {
+        let failed = matches!(outcome, Outcome::Error { .. });
+        if failed {
+            self.failures += 1;
+        }
+        if self.failures == 0 || (failed && self.failures == 1) {
+            self.outcome = outcome;
+        }
+    }
+}
+
+fn step_label(step: &Step) -> String {
+    match step.host_timed {
+        None => step.action.to_string(),
+        Some(interval) if interval.is_zero() => format!("{}, host-timed back to back", step.action),
+        Some(interval) => format!("{}, host-timed every {} µs", step.action, interval.as_micros()),
+    }
+}
+
+/// Fires `repeat` injections from the host's clock, `interval` apart,
+/// waiting for the guest only when the ring is full; then waits for the
+/// last acknowledgement, which covers every earlier entry of the ring.
+fn fire_on_schedule(
+    machine: &mut Machine,
+    injection: Injection,
+    repeat: u32,
+    interval: Duration,
+    record: &mut StepRecord,
+) -> Result<(), Failure> {
+    let Injection { cpu, register, value } = injection;
+    let rejected_before = machine.sensor().map_or(0, |s| s.status(cpu).rejected);
+    let start = Instant::now();
+    let mut max_lateness = Duration::ZERO;
+    let mut last: Option<Published> = None;
+    for k in 0..repeat {
+        let due = start + interval * k;
+        sleep_until(due);
+        max_lateness = max_lateness.max(Instant::now() - due);
+        last = Some(machine.fire(cpu, register, value)?);
+    }
+    record.max_lateness = Some(max_lateness);
+    let Some(last) = last else { return Ok(()) };
+    let refused_last = machine.wait_acked(last)?;
+    let status = machine.sensor().expect("fired through it").status(cpu);
+    let rejected = status.rejected - rejected_before;
+    for _ in 0..rejected {
+        let errno = refused_last.unwrap_or(status.rejected_errno);
+        record.note(injection.refused(errno));
+    }
+    if rejected == 0 {
+        record.note(Outcome::Done);
+    }
+    Ok(())
+}
+
+/// Sleeps most of the way, then spins: thread::sleep alone overshoots by
+/// tens of microseconds, as much as the intervals being asked for.
+fn sleep_until(due: Instant) {
+    const SPIN: Duration = Duration::from_micros(200);
+    let now = Instant::now();
+    if due > now + SPIN {
+        std::thread::sleep(due - now - SPIN);
+    }
+    while Instant::now() < due {
+        std::hint::spin_loop();
+    }
 }
 
 /// Steps repeated this many times or more are snapshotted as counts.

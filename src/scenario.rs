@@ -34,6 +34,37 @@ pub const READOUT_MAX: u64 = 0x7f;
 pub const VALID: u64 = 1 << 31;
 pub const DEFAULT_TJMAX: u32 = 100;
 
+/// How injections reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Injector {
+    /// The host's emulated sensor raises the CPU's MSI-X vector.
+    #[default]
+    Device,
+    /// The guest agent writes the module's debugfs trigger.
+    Debugfs,
+}
+
+impl Injector {
+    pub const NAMES: &'static str = "\"device\" or \"debugfs\"";
+
+    pub fn from_name(name: &str) -> Option<Injector> {
+        match name {
+            "device" => Some(Injector::Device),
+            "debugfs" => Some(Injector::Debugfs),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Injector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Injector::Device => "device",
+            Injector::Debugfs => "debugfs",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
     pub name: String,
@@ -41,6 +72,8 @@ pub struct Scenario {
     pub description: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// The scenario's injector; a command-line choice replaces it.
+    pub injector: Injector,
     /// Module parameters: module → (parameter → value), as given.
     pub params: BTreeMap<String, BTreeMap<String, String>>,
     pub steps: Vec<Step>,
@@ -51,6 +84,9 @@ pub struct Step {
     pub action: Action,
     /// How many times to do it; events of a repeated step are counted.
     pub repeat: u32,
+    /// Injections fired by the host's clock at this interval (zero: back
+    /// to back), without waiting for the guest between them.
+    pub host_timed: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +143,7 @@ impl std::error::Error for ScenarioError {}
 #[serde(deny_unknown_fields)]
 struct RawScenario {
     description: String,
+    injector: Option<Spanned<String>>,
     #[serde(default)]
     machine: RawMachine,
     #[serde(default)]
@@ -131,6 +168,7 @@ struct RawStep {
     write: Option<RawWrite>,
     exec: Option<RawExec>,
     repeat: Option<Spanned<u32>>,
+    interval_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +272,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         None => DEFAULT_TJMAX,
     };
 
+    let injector = match raw.injector {
+        None => Injector::default(),
+        Some(name) => {
+            let span = name.span();
+            let name = name.into_inner();
+            Injector::from_name(&name)
+                .ok_or_else(|| error(span, format!("injector = {name:?}: expected {}", Injector::NAMES)))?
+        }
+    };
+
     if raw.step.is_empty() {
         return Err(error(0..0, "no [[step]]: a scenario needs at least one step".into()));
     }
@@ -271,10 +319,36 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 ),
             ));
         }
-        steps.push(Step { action: actions.remove(0), repeat });
+        let action = actions.remove(0);
+        let host_timed = match step.interval_us {
+            None => None,
+            Some(interval) => {
+                let span = interval.span();
+                if !matches!(action, Action::Inject { .. }) {
+                    return Err(error(span, "interval_us times injections: this step does not inject".into()));
+                }
+                if injector != Injector::Device {
+                    return Err(error(
+                        span,
+                        "interval_us: host-timed injections come from the emulated sensor; this scenario has injector = \"debugfs\"".into(),
+                    ));
+                }
+                Some(std::time::Duration::from_micros(interval.into_inner()))
+            }
+        };
+        steps.push(Step { action, repeat, host_timed });
     }
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Scenario { name, path: path.to_owned(), description: raw.description, cpus, memory_mib, params, steps })
+    Ok(Scenario {
+        name,
+        path: path.to_owned(),
+        description: raw.description,
+        cpus,
+        memory_mib,
+        injector,
+        params,
+        steps,
+    })
 }
 
 fn inject_action(
@@ -444,6 +518,34 @@ sleep_ms = 5
         assert!(err.message.contains("this one has 0"), "{err}");
         let err = parse_str("description = \"x\"\n").unwrap_err();
         assert!(err.message.contains("at least one step"), "{err}");
+    }
+
+    #[test]
+    fn the_injector_is_the_device_unless_the_scenario_says_debugfs() {
+        let s = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\n").unwrap();
+        assert_eq!(s.injector, Injector::Device);
+        let s = parse_str("description = \"x\"\ninjector = \"debugfs\"\n[[step]]\nsleep_ms = 1\n").unwrap();
+        assert_eq!(s.injector, Injector::Debugfs);
+        let err = parse_str("description = \"x\"\ninjector = \"msr\"\n[[step]]\nsleep_ms = 1\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 12), "{err}");
+        assert_eq!(err.message, "injector = \"msr\": expected \"device\" or \"debugfs\"");
+    }
+
+    #[test]
+    fn host_timed_steps_inject_through_the_device() {
+        let s = parse_str(
+            "description = \"x\"\n[[step]]\ninject = { cpu = 0, bits = [\"prochot\"] }\nrepeat = 50\ninterval_us = 250\n",
+        )
+        .unwrap();
+        assert_eq!(s.steps[0].host_timed, Some(std::time::Duration::from_micros(250)));
+        assert_eq!(s.steps[0].repeat, 50);
+        let err = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\ninterval_us = 0\n").unwrap_err();
+        assert!(err.message.contains("this step does not inject"), "{err}");
+        assert_eq!(err.line, 4);
+        let err =
+            parse_str("description = \"x\"\ninjector = \"debugfs\"\n[[step]]\ninject = { cpu = 0 }\ninterval_us = 0\n")
+                .unwrap_err();
+        assert!(err.message.contains("injector = \"debugfs\""), "{err}");
     }
 
     #[test]

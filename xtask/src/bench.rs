@@ -20,6 +20,7 @@ pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
     match flags.target {
         BenchTarget::Boot => boot(flags),
         BenchTarget::Scenarios => scenarios(flags),
+        BenchTarget::Inject => crate::bench_inject::run(flags),
     }
 }
 

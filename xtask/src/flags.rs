@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context};
+use kevent_bench::scenario::Injector;
 use kevent_bench::AccelChoice;
 
 pub const USAGE: &str = "\
@@ -16,6 +17,7 @@ commands:
                         --kernel-profile, the guest tests run again on the debug kernel
   bench boot            boot N times; print boot times beside the trivial-init floor
   bench scenarios       run the starter suite warm: wall time, time per scenario, injection rate
+  bench inject          injection-to-host latency and sustained rate, sensor device beside debugfs
 
 build flags (every command):
   --kernel-src DIR      build this kernel tree instead of Debian's linux-source-6.12
@@ -35,6 +37,8 @@ boot flags:
   --append ARG          add a kernel command-line argument (repeatable)
 
 run flags:
+  --injector I          device | debugfs: how injections reach the guest, replacing the
+                        scenario's own choice (default: the scenario's, else device)
   --json                one JSON object per event instead of the udevadm-style text
   --raw                 show each datagram's bytes as well
   --include HOST[:GUEST]
@@ -111,6 +115,7 @@ pub struct RunFlags {
     pub json: bool,
     pub raw: bool,
     pub includes: Vec<String>,
+    pub injector: Option<Injector>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +129,7 @@ pub struct TestFlags {
 pub enum BenchTarget {
     Boot,
     Scenarios,
+    Inject,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +184,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
     let (mut console, mut append, mut runs, mut runner_args) = (false, Vec::new(), 10usize, Vec::new());
     let mut bench_target = None;
     let (mut scenario, mut json, mut raw, mut includes) = (None, false, false, Vec::new());
+    let mut injector = None;
 
     let takes_guest = matches!(command.as_str(), "boot" | "test" | "bench" | "run");
     while let Some(arg) = args.rest.next() {
@@ -194,6 +201,13 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
             "--json" if command == "run" => json = true,
             "--raw" if command == "run" => raw = true,
             "--include" if command == "run" => includes.push(args.value(&arg)?),
+            "--injector" if command == "run" => {
+                let name = args.value(&arg)?;
+                injector = Some(
+                    Injector::from_name(&name)
+                        .ok_or_else(|| anyhow!("--injector {name:?}: expected {}", Injector::NAMES))?,
+                );
+            }
             "--append" if command == "boot" => append.push(args.value(&arg)?),
             "--runs" if command == "bench" => runs = args.number(&arg)?,
             "--" if command == "test" => runner_args.extend(args.rest.by_ref()),
@@ -218,7 +232,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
         "run" => {
             let scenario =
                 scenario.ok_or_else(|| anyhow!("`run` needs a scenario: cargo xtask run scenarios/NAME.toml"))?;
-            Command::Run(RunFlags { build, guest, scenario, console, json, raw, includes })
+            Command::Run(RunFlags { build, guest, scenario, console, json, raw, includes, injector })
         }
         "test" => Command::Test(TestFlags { build, guest, runner_args }),
         "bench" => match bench_target.as_deref() {
@@ -226,8 +240,11 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
             Some("scenarios") => {
                 Command::Bench(BenchFlags { build, guest, target: BenchTarget::Scenarios, runs: runs.max(1) })
             }
-            Some(other) => bail!("unknown benchmark {other:?}: expected `boot` or `scenarios`"),
-            None => bail!("`bench` needs a benchmark: `cargo xtask bench boot` or `cargo xtask bench scenarios`"),
+            Some("inject") => {
+                Command::Bench(BenchFlags { build, guest, target: BenchTarget::Inject, runs: runs.max(1) })
+            }
+            Some(other) => bail!("unknown benchmark {other:?}: expected `boot`, `scenarios` or `inject`"),
+            None => bail!("`bench` needs a benchmark: `cargo xtask bench boot`, `scenarios` or `inject`"),
         },
         other => bail!("unknown command {other:?}"),
     })

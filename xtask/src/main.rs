@@ -4,6 +4,7 @@
 
 mod agent;
 mod bench;
+mod bench_inject;
 mod boot;
 mod flags;
 mod fsutil;

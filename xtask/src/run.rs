@@ -17,7 +17,10 @@ use crate::flags::RunFlags;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
-    let scenario = scenario::load(&flags.scenario)?;
+    let mut scenario = scenario::load(&flags.scenario)?;
+    if let Some(injector) = flags.injector {
+        scenario.injector = injector;
+    }
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
@@ -28,6 +31,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone());
     config.stream_console = flags.console;
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
+    eprintln!("injector: {}", scenario.injector);
     eprintln!("console log: {}", run_dir.join("console.log").display());
     let started = Instant::now();
     let mut normaliser = events::Normaliser::default();
@@ -36,6 +40,9 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         if !flags.json {
             let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
+            if let Some(late) = record.max_lateness {
+                let _ = writeln!(out, "fired on the host's clock, the latest injection {} µs late", late.as_micros());
+            }
         }
         for datagram in &record.datagrams {
             let mut event = events::decode(datagram);
