@@ -1,6 +1,9 @@
-//! One test per `scenarios/*.toml`: boot, run, snapshot (insta, YAML, in
-//! `scenarios/snapshots/`). A custom harness (libtest-mimic) so that
-//! `cargo nextest run` lists, filters and partitions scenarios like tests.
+//! Two tests per `scenarios/*.toml`: boot, run, snapshot (insta, YAML, in
+//! `scenarios/snapshots/`), once injecting through the emulated sensor
+//! device and once through debugfs, both against the one accepted snapshot:
+//! the two injectors must be indistinguishable in what the guest reports.
+//! A custom harness (libtest-mimic) so that `cargo nextest run` lists,
+//! filters and partitions scenarios like tests.
 //!
 //! Also tests of the harness itself: no snapshot without a scenario, and a
 //! changed byte in any accepted snapshot fails the comparison.
@@ -9,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
+use kevent_bench::scenario::Injector;
 use kevent_bench::{runner, scenario};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -42,10 +46,12 @@ fn insta_settings(snapshot_dir: &Path) -> insta::Settings {
     settings
 }
 
-/// Runs one scenario in a real guest and compares its snapshot.
-fn check_scenario(path: &Path) -> Result<(), Failed> {
-    let scenario = scenario::load(path).map_err(|e| e.to_string())?;
-    let config = common::config(&format!("scenario-{}", scenario.name), scenario.guest(&common::artifacts()));
+/// Runs one scenario in a real guest with `injector` and compares its snapshot.
+fn check_scenario(path: &Path, injector: Injector) -> Result<(), Failed> {
+    let mut scenario = scenario::load(path).map_err(|e| e.to_string())?;
+    scenario.injector = injector;
+    let test = format!("scenario-{}-{injector}", scenario.name);
+    let config = common::config(&test, scenario.guest(&common::artifacts()));
     let transcript = runner::run(&scenario, &config, &mut |_| {}).map_err(|f| f.to_string())?;
     let snapshot = transcript.snapshot();
     let mut settings = insta_settings(&snapshots_dir());
@@ -55,7 +61,14 @@ fn check_scenario(path: &Path) -> Result<(), Failed> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         settings.bind(|| insta::assert_yaml_snapshot!(name, snapshot))
     }))
-    .map_err(|_| format!("snapshot of {} differs (review with `cargo insta review`)", path.display()).into())
+    .map_err(|_| {
+        format!(
+            "the {injector} injector's snapshot of {} differs from the accepted one, which both injectors must match \
+             (review with `cargo insta review`)",
+            path.display()
+        )
+        .into()
+    })
 }
 
 fn accepted_snapshots() -> Vec<PathBuf> {
@@ -131,13 +144,17 @@ fn a_changed_byte_fails() -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let mut trials: Vec<Trial> = scenario_files()
-        .into_iter()
-        .map(|path| {
-            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            Trial::test(format!("scenario::{name}"), move || check_scenario(&path))
-        })
-        .collect();
+    let mut trials = Vec::new();
+    for path in scenario_files() {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        // Host-timed steps exist only on the device path.
+        let host_timed = scenario::load(&path).is_ok_and(|s| s.steps.iter().any(|step| step.host_timed.is_some()));
+        for injector in [Injector::Device, Injector::Debugfs] {
+            let path = path.clone();
+            let trial = Trial::test(format!("scenario::{name}::{injector}"), move || check_scenario(&path, injector));
+            trials.push(trial.with_ignored_flag(host_timed && injector == Injector::Debugfs));
+        }
+    }
     trials.push(Trial::test("harness::no_orphaned_or_missing_snapshots", no_orphans));
     trials.push(Trial::test("harness::a_changed_byte_in_any_snapshot_fails", a_changed_byte_fails));
     libtest_mimic::run(&args, trials).exit();
