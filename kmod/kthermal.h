@@ -23,7 +23,7 @@
  * hard IRQ handler on that CPU:
  *
  *	kt_regs_hw_set(smp_processor_id(), KT_REG_THERM_STATUS, image);
- *	kt_thermal_interrupt(0);
+ *	kt_thermal_interrupt(done, token);
  */
 #ifndef _KTHERMAL_H
 #define _KTHERMAL_H
@@ -155,16 +155,25 @@ int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val);
 int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val);
 
 /* kthermal_irq.c */
+
+/*
+ * Completion of one interrupt: @cpu handled it (or refused it, see
+ * kt_thermal_defer_done()), @token is the caller's.
+ */
+typedef void (*kt_done_fn)(unsigned int cpu, u64 token);
+
 int kt_irq_init(void);
 void kt_irq_exit(void);
-void kt_thermal_interrupt(u64 fence);
+void kt_thermal_interrupt(kt_done_fn done, u64 token);
+void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token);
+void kt_irq_flush(void);
 long kt_uevents_pending(void);
+u64 kt_done_direct(void);
 
 /* kthermal_inject.c */
 void kt_inject_init(void);
 void kt_inject_exit(void);
 int kt_inject(unsigned int cpu, enum kt_reg reg, u64 val);
-void kt_fence_signal(u64 fence);
 u64 kt_injections(void);
 u64 kt_fence_timeouts(void);
 
