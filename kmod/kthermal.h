@@ -16,14 +16,20 @@
  *   kthermal_inject.c  debugfs-driven injection: apply a state on the target
  *                      CPU, raise the interrupt there through an irq_work,
  *                      wait for the fence.
+ *   kthermal_pci.c     the sensor device the host emulates: ivshmem-doorbell
+ *                      (include/kevent_sensor.h), MSI-X vector i is CPU i's
+ *                      thermal interrupt, a ring of register images per CPU.
  *   kthermal_debugfs.c the debugfs files.
  *   kthermal_sysfs.c   the per-CPU counter attributes.
  *
- * A PCI driver whose MSI-X vector i fires on CPU i would call, from its
- * hard IRQ handler on that CPU:
+ * Both interrupt sources do the same, in hard IRQ on the target CPU:
  *
- *	kt_regs_hw_set(smp_processor_id(), KT_REG_THERM_STATUS, image);
- *	kt_thermal_interrupt(0);
+ *	kt_regs_hw_set(smp_processor_id(), reg, image);
+ *	kt_thermal_interrupt(done, token);
+ *
+ * and learn from done(cpu, token), called from the ordered workqueue in the
+ * order the interrupts were handled, that every message the interrupt
+ * caused has been broadcast: the injection's fence, the device's ack.
  */
 #ifndef _KTHERMAL_H
 #define _KTHERMAL_H
@@ -155,22 +161,38 @@ int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val);
 int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val);
 
 /* kthermal_irq.c */
+
+/*
+ * Completion of one interrupt: @cpu handled it (or refused it, see
+ * kt_thermal_defer_done()), @token is the caller's.
+ */
+typedef void (*kt_done_fn)(unsigned int cpu, u64 token);
+
 int kt_irq_init(void);
 void kt_irq_exit(void);
-void kt_thermal_interrupt(u64 fence);
+void kt_thermal_interrupt(kt_done_fn done, u64 token);
+void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token);
+void kt_irq_flush(void);
 long kt_uevents_pending(void);
+u64 kt_done_direct(void);
 
 /* kthermal_inject.c */
 void kt_inject_init(void);
 void kt_inject_exit(void);
 int kt_inject(unsigned int cpu, enum kt_reg reg, u64 val);
-void kt_fence_signal(u64 fence);
 u64 kt_injections(void);
 u64 kt_fence_timeouts(void);
 
+/* kthermal_pci.c */
+int kt_pci_init(void);
+void kt_pci_exit(void);
+
 /* kthermal_debugfs.c */
+struct dentry;
+
 int kt_debugfs_init(void);
 void kt_debugfs_exit(void);
+struct dentry *kt_debugfs_root(void);
 
 /* kthermal_sysfs.c */
 int kt_sysfs_init(void);

@@ -61,6 +61,14 @@ static const char kt_readme[] =
 "  temperature_target  IA32_TEMPERATURE_TARGET, TjMax in 23:16, read-only\n"
 "Writes need the CPU online.\n"
 "\n"
+"Sensor device (ivshmem-doorbell 1af4:1110), device/ while one is bound:\n"
+"  hold_acks  \"1\": acks are recorded, neither published nor rung;\n"
+"             \"0\": publish the latest held acks and ring; read \"%u\\n\"\n"
+"  stats      \"name value\" lines: cpuN_interrupts, cpuN_entries,\n"
+"             cpuN_rejected, cpuN_bad_seq, cpuN_misdelivered,\n"
+"             cpuN_bad_entry, cpuN_ring_corrupt for each served CPU,\n"
+"             then acks, acks_held, done_direct\n"
+"\n"
 "Errors: -EINVAL for anything invalid (not a number, CPU out of range or\n"
 "offline, reserved bits, a status bit changed by software, unknown\n"
 "trigger word); nothing is changed then.\n";
@@ -398,6 +406,16 @@ int kt_debugfs_init(void)
 	for_each_possible_cpu(cpu)
 		kt_debugfs_cpu(cpu);
 	return 0;
+}
+
+/**
+ * kt_debugfs_root() - /sys/kernel/debug/kevent_thermal/, for the device files
+ *
+ * Return: the directory's dentry (an error pointer if debugfs is off).
+ */
+struct dentry *kt_debugfs_root(void)
+{
+	return kt_dir;
 }
 
 /**

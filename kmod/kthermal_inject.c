@@ -14,13 +14,13 @@
  *
  * Fence: the writer returns only after the handler has run and every
  * netlink message it caused (kmessages from the handler, uevents from the
- * ordered workqueue) has been broadcast.  The handler passes the injection's
- * fence number to the last uevent work item (or signals it itself if the
- * interrupt produced no uevent); the writer waits, bounded, for the
- * "done" fence number to reach its own.  Monotonic numbers rather than one
- * reused completion: a late signal from an injection that timed out can
- * never satisfy a later one.  flush_workqueue() alone is not a fence: the
- * irq_work on a remote CPU may not have queued anything yet.
+ * ordered workqueue) has been broadcast.  The handler's completion,
+ * kt_inject_done() with the injection's fence number, runs from the
+ * workqueue after the interrupt's last uevent; the writer waits, bounded,
+ * for the "done" fence number to reach its own.  Monotonic numbers rather
+ * than one reused completion: a late signal from an injection that timed
+ * out can never satisfy a later one.  flush_workqueue() alone is not a
+ * fence: the irq_work on a remote CPU may not have queued anything yet.
  *
  * Injections are serialised by a mutex: a pending irq_work or work item
  * cannot be queued twice, so unserialised concurrent injections would be
@@ -75,12 +75,28 @@ struct kt_kick {
 	int ret;
 };
 
+/*
+ * Completion of kt_thermal_interrupt(): every message of injection @fence
+ * has been broadcast.  Usually from the workqueue, but hard IRQ if the
+ * handler ran out of memory, hence no sleeping lock.
+ */
+static void kt_inject_done(unsigned int cpu, u64 fence)
+{
+	s64 old = atomic64_read(&kt_fence_done);
+
+	do {
+		if (old >= (s64)fence)
+			break;
+	} while (!atomic64_try_cmpxchg(&kt_fence_done, &old, fence));
+	wake_up_all(&kt_fence_wq);
+}
+
 static void kt_irq_work_fn(struct irq_work *work)
 {
 	u64 fence = __this_cpu_read(kt_irq_fence);
 
 	__this_cpu_write(kt_irq_fence, 0);
-	kt_thermal_interrupt(fence);
+	kt_thermal_interrupt(kt_inject_done, fence);
 }
 
 /* On the target CPU, IRQs off: the hardware changes, then interrupts. */
@@ -93,25 +109,6 @@ static void kt_kick(void *info)
 		return;
 	__this_cpu_write(kt_irq_fence, k->fence);
 	irq_work_queue(this_cpu_ptr(&kt_irq_work));
-}
-
-/**
- * kt_fence_signal() - every message of an injection has been broadcast
- * @fence: fence number of the injection
- *
- * Callable from any context.
- *
- * Return: nothing.
- */
-void kt_fence_signal(u64 fence)
-{
-	s64 old = atomic64_read(&kt_fence_done);
-
-	do {
-		if (old >= (s64)fence)
-			break;
-	} while (!atomic64_try_cmpxchg(&kt_fence_done, &old, fence));
-	wake_up_all(&kt_fence_wq);
 }
 
 static bool kt_fence_passed(u64 fence)

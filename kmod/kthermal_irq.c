@@ -27,6 +27,13 @@
  * ordered workqueue because kobject_uevent_env() sleeps.  The ordered
  * workqueue keeps the global order of the uevents.
  *
+ * The caller's completion (an injection fence, a device's ack) goes
+ * through the same workqueue, behind the interrupt's last uevent or, when
+ * the interrupt queued none, in a marker work item of its own.  So
+ * completions run in the order the interrupts were handled, and each only
+ * after everything earlier interrupts queued has been sent: a device can
+ * acknowledge "everything up to this one" with a single number.
+ *
  * Known flaw kept on purpose (Pavel Machek's review of 2004): with the rate
  * limit on, the "normal" that follows a "high" within rate_limit_ms is
  * swallowed, and userspace believes the CPU is still hot.
@@ -76,6 +83,7 @@ DEFINE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
 
 static struct workqueue_struct *kt_wq;
 static atomic_t kt_uevent_pending;
+static atomic64_t kt_stat_done_direct;
 
 /*
  * Package status bits at the last handled interrupt, per package slot of
@@ -92,7 +100,8 @@ static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
 /**
  * struct kt_uevent_work - one deferred uevent
  * @work: item of the ordered workqueue
- * @fence: injection fence to signal once sent, 0 for none
+ * @done: completion to call once sent, NULL for none
+ * @token: argument of @done
  * @count: value of the event's counter after this event
  * @cpu: CPU that handled the interrupt
  * @pkg: its physical package id
@@ -101,7 +110,8 @@ static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
  */
 struct kt_uevent_work {
 	struct work_struct work;
-	u64 fence;
+	kt_done_fn done;
+	u64 token;
 	long count;
 	int cpu;
 	int pkg;
@@ -153,10 +163,53 @@ static void kt_uevent_workfn(struct work_struct *work)
 	if (ret)
 		atomic_long_inc(&per_cpu(kt_cpu_state, w->cpu).cnt[KT_CNT_UEVENT_FAILED]);
 
-	if (w->fence)
-		kt_fence_signal(w->fence);
+	if (w->done)
+		w->done(w->cpu, w->token);
 	atomic_dec(&kt_uevent_pending);
 	kfree(w);
+}
+
+/**
+ * struct kt_done_work - completion of an interrupt that queued no uevent
+ * @work: item of the ordered workqueue
+ * @done: completion to call
+ * @token: argument of @done
+ * @cpu: CPU that handled the interrupt
+ */
+struct kt_done_work {
+	struct work_struct work;
+	kt_done_fn done;
+	u64 token;
+	unsigned int cpu;
+};
+
+static void kt_done_workfn(struct work_struct *work)
+{
+	struct kt_done_work *w = container_of(work, struct kt_done_work, work);
+
+	w->done(w->cpu, w->token);
+	kfree(w);
+}
+
+static void kt_queue_done(kt_done_fn done, unsigned int cpu, u64 token)
+{
+	struct kt_done_work *w;
+
+	w = kmalloc(sizeof(*w), GFP_ATOMIC);
+	if (!w) {
+		/*
+		 * Early rather than never: a waiter would otherwise hang.
+		 * The count makes the broken ordering visible.
+		 */
+		atomic64_inc(&kt_stat_done_direct);
+		done(cpu, token);
+		return;
+	}
+	INIT_WORK(&w->work, kt_done_workfn);
+	w->done = done;
+	w->token = token;
+	w->cpu = cpu;
+	queue_work(kt_wq, &w->work);
 }
 
 static void kt_print(int cpu, bool high)
@@ -205,7 +258,8 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 		return;
 	}
 	INIT_WORK(&w->work, kt_uevent_workfn);
-	w->fence = 0;
+	w->done = NULL;
+	w->token = 0;
 	w->count = count;
 	w->cpu = ctx->cpu;
 	w->pkg = ctx->pkg;
@@ -216,17 +270,23 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 
 /**
  * kt_thermal_interrupt() - the thermal interrupt handler of this CPU
- * @fence: injection fence, signalled once every message caused by this
- *	   interrupt has been broadcast; 0 for none
+ * @done: called as @done(cpu, @token) from the ordered workqueue once every
+ *	  kmessage and uevent of this interrupt, and of every interrupt
+ *	  handled before it, has been broadcast; NULL for none
+ * @token: argument of @done
  *
  * Must run in hard IRQ on the CPU that took the interrupt; it reads the
  * register images of that CPU and of its package.  Callers: the irq_work
  * of the debugfs injection path, or a device interrupt handler that has
  * just updated the register file with kt_regs_hw_set().
  *
+ * @done runs in process context, unless no marker work item could be
+ * allocated: then it is called before this function returns, possibly
+ * ahead of earlier interrupts' uevents (counted, see kt_done_direct()).
+ *
  * Return: nothing.
  */
-void kt_thermal_interrupt(u64 fence)
+void kt_thermal_interrupt(kt_done_fn done, u64 token)
 {
 	struct kt_irq_ctx ctx = { .nr = 0 };
 	u64 core, pkg, pkg_prev, changed, now;
@@ -279,15 +339,57 @@ void kt_thermal_interrupt(u64 fence)
 			kt_emit(&ctx, i, pkg & kt_events[i].bit);
 
 out:
-	/* The last uevent carries the fence: the workqueue is ordered. */
+	/* The last uevent carries the completion: the workqueue is ordered. */
 	for (i = 0; i < ctx.nr; i++) {
-		if (i == ctx.nr - 1)
-			ctx.works[i]->fence = fence;
+		if (i == ctx.nr - 1) {
+			ctx.works[i]->done = done;
+			ctx.works[i]->token = token;
+		}
 		queue_work(kt_wq, &ctx.works[i]->work);
 	}
-	if (!ctx.nr && fence)
-		kt_fence_signal(fence);
+	if (!ctx.nr && done)
+		kt_queue_done(done, ctx.cpu, token);
 	local_irq_restore(flags);
+}
+
+/**
+ * kt_thermal_defer_done() - complete an interrupt that was not handled
+ * @done: completion, called as @done(@cpu, @token)
+ * @cpu: first argument of @done
+ * @token: second argument of @done
+ *
+ * For a device entry that is refused before kt_thermal_interrupt(): its
+ * completion queues behind everything already queued, so completions stay
+ * in the order of the entries.  Callable from any context, hard IRQ
+ * included; same fallback as kt_thermal_interrupt() if allocation fails.
+ *
+ * Return: nothing.
+ */
+void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token)
+{
+	kt_queue_done(done, cpu, token);
+}
+
+/**
+ * kt_irq_flush() - wait for every queued uevent and completion
+ *
+ * Sleeps.  Everything queued before the call has run when it returns.
+ *
+ * Return: nothing.
+ */
+void kt_irq_flush(void)
+{
+	flush_workqueue(kt_wq);
+}
+
+/**
+ * kt_done_direct() - completions called directly for want of memory
+ *
+ * Return: the number of completions that bypassed the workqueue.
+ */
+u64 kt_done_direct(void)
+{
+	return atomic64_read(&kt_stat_done_direct);
 }
 
 /**

@@ -6,10 +6,12 @@
  * on the CPU devices.  See docs/events.md for the contract.
  *
  * Lifecycle: load resets the register file, creates the ordered workqueue,
- * the per-CPU sysfs counters and the debugfs interface.  Unload removes
- * debugfs first (waiting for an injection in progress), syncs every CPU's
- * irq_work, drains and destroys the workqueue, removes the sysfs groups
- * and frees the register file.
+ * the per-CPU sysfs counters and the debugfs interface, and registers the
+ * sensor device driver last, because its probe may run at once and take
+ * interrupts.  Unload unregisters the driver first (the device stops
+ * interrupting, its acks drain), removes debugfs (waiting for an injection
+ * in progress), syncs every CPU's irq_work, drains and destroys the
+ * workqueue, removes the sysfs groups and frees the register file.
  */
 
 #include <linux/init.h>
@@ -68,8 +70,14 @@ static int __init kt_init(void)
 	ret = kt_debugfs_init();
 	if (ret)
 		goto err_sysfs;
+	ret = kt_pci_init();
+	if (ret)
+		goto err_debugfs;
 	return 0;
 
+err_debugfs:
+	kt_debugfs_exit();
+	kt_inject_exit();
 err_sysfs:
 	kt_sysfs_exit();
 err_irq:
@@ -81,6 +89,7 @@ err_regs:
 
 static void __exit kt_exit(void)
 {
+	kt_pci_exit();
 	kt_debugfs_exit();
 	kt_inject_exit();
 	kt_irq_exit();
