@@ -129,10 +129,13 @@ pub struct Capture {
     wake: OwnedFd,
 }
 
-impl Capture {
-    /// Opens the listeners (the kmessage one only if that module is loaded)
-    /// and starts the capture thread.
-    pub fn start(channel: HostChannel) -> Result<Capture, String> {
+/// Bound capture sockets: the kernel queues every message for them from
+/// here on, before anything reads them.
+pub struct Sockets(Vec<Listener>);
+
+impl Sockets {
+    /// The kmessage listener (only if that module is loaded) and the uevent one.
+    pub fn open() -> Result<Sockets, String> {
         let mut listeners = Vec::new();
         if let Ok(unit) = std::fs::read_to_string(KMESSAGE_UNIT_PARAM) {
             let unit: u32 = unit.trim().parse().map_err(|_| format!("{KMESSAGE_UNIT_PARAM}: {unit:?}"))?;
@@ -140,6 +143,14 @@ impl Capture {
         }
         listeners
             .push(Listener::open(NETLINK_KOBJECT_UEVENT, UEVENT_GROUPS).map_err(|e| format!("uevent socket: {e}"))?);
+        Ok(Sockets(listeners))
+    }
+}
+
+impl Capture {
+    /// Starts the capture thread on `sockets`.
+    pub fn start(channel: HostChannel, sockets: Sockets) -> Result<Capture, String> {
+        let listeners = sockets.0;
         let (read_end, write_end) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (replies, pending) = mpsc::channel();
         thread::Builder::new()

@@ -45,24 +45,28 @@ fn main() {
     println!("{} (pid {})", kevent_wire::AGENT_STARTED_MARKER, std::process::id());
     report_panics_and_restart();
 
-    let channel = match boot(started_ns) {
-        Ok(channel) => channel,
+    let (channel, sockets) = match boot(started_ns) {
+        Ok(booted) => booted,
         Err(message) => fail(None, &message),
     };
-    if let Err(message) = serve(&channel) {
+    if let Err(message) = serve(&channel, sockets) {
         fail(Some(&channel), &message);
     }
     sys::restart_machine();
 }
 
 /// Brings the guest up to the greeting. Order matters: modules need sysfs and
-/// debugfs mounted, and the greeting reports the module loads.
-fn boot(started_ns: u64) -> Result<HostChannel, String> {
+/// debugfs mounted, the greeting reports the module loads, and it comes only
+/// once the capture sockets are bound: the host's sensor device may inject
+/// as soon as the host is greeted, without asking the agent anything. The
+/// greeting stays the first frame: nothing reads the sockets before it.
+fn boot(started_ns: u64) -> Result<(HostChannel, capture::Sockets), String> {
     mount_kernel_filesystems()?;
     let modules = load_event_modules()?;
     let channel = open_host_channel()?;
+    let sockets = capture::Sockets::open()?;
     greet(&channel, started_ns, modules)?;
-    Ok(channel)
+    Ok((channel, sockets))
 }
 
 fn mount_kernel_filesystems() -> Result<(), String> {
@@ -176,8 +180,8 @@ fn cpus_online() -> u32 {
 
 /// Captures netlink traffic and obeys the host until it asks for a
 /// shutdown or goes away. Requests are carried out one at a time, in order.
-fn serve(channel: &HostChannel) -> Result<(), String> {
-    let capture = capture::Capture::start(channel.clone())?;
+fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), String> {
+    let capture = capture::Capture::start(channel.clone(), sockets)?;
     let mut background = commands::Background::default();
     let mut port = channel.port.lock().unwrap_or_else(|p| p.into_inner()).try_clone().map_err(|e| e.to_string())?;
     loop {
