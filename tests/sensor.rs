@@ -73,6 +73,8 @@ fn each_injection_runs_on_the_vector_of_its_target_cpu() {
     for _ in 0..5 {
         inject(&mut m, 1, PROCHOT_95C);
     }
+    // Every request hands out the datagrams received so far: fence first.
+    let datagrams = m.fence(BOUND).unwrap().datagrams;
     let after = read(&mut m, "/proc/interrupts");
     let delta = |name: &str| -> Vec<u64> {
         let (b, a) = (interrupt_counts(&before, name, 2), interrupt_counts(&after, name, 2));
@@ -84,8 +86,6 @@ fn each_injection_runs_on_the_vector_of_its_target_cpu() {
     assert_eq!(delta("kevent_thermal-cpu1"), [0, 5], "{after}");
     assert_eq!(sensor(&m).status(0).interrupts, 3);
     assert_eq!(sensor(&m).status(1).interrupts, 5);
-
-    let datagrams = m.fence(BOUND).unwrap().datagrams;
     let cpus = kmessage_cpus(&datagrams);
     assert_eq!(cpus, [vec!["Cpu: 0"; 3], vec!["Cpu: 1"; 5]].concat());
     m.shutdown(Duration::from_secs(15)).unwrap_or_else(|f| panic!("{f}"));
@@ -133,9 +133,10 @@ fn the_guest_outlives_a_host_emulator_that_scribbles_and_dies_mid_burst() {
 
     // The guest runs on: its agent answers, debugfs injection still works,
     // and the driver counted the corrupt ring instead of walking it.
-    let exchange = m.request(Command::Inject { package: false, cpu: 0, value: NORMAL_70C }, BOUND).unwrap();
+    let mut exchange = m.request(Command::Inject { package: false, cpu: 0, value: NORMAL_70C }, BOUND).unwrap();
     assert_eq!(exchange.outcome, Outcome::Done);
-    let cpus = kmessage_cpus(&m.fence(BOUND).unwrap().datagrams);
+    exchange.datagrams.extend(m.fence(BOUND).unwrap().datagrams);
+    let cpus = kmessage_cpus(&exchange.datagrams);
     // The first device injection and the debugfs one; the burst on CPU 1
     // may still be finishing, so only its bound is known.
     assert_eq!(cpus.iter().filter(|c| *c == "Cpu: 0").count(), 2, "{cpus:?}");
