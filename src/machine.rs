@@ -377,19 +377,16 @@ impl Machine {
         let bound = self.timeouts.sensor_ack;
         let Machine { guest, sensor, .. } = self;
         let device = &mut sensor.as_mut().expect("checked above").device;
-        if device.space(cpu) == 0 {
-            let device = &*device;
-            if !guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.space(cpu) > 0)? {
-                let status = device.status(cpu);
-                let failure = Failure::SensorNoAck {
-                    cpu,
-                    seq: status.acked_seq + 1,
-                    waited: bound,
-                    detail: no_ack_detail(&status, true),
-                    console_tail: guest.console_tail(),
-                };
-                return Err(guest.fail(failure));
-            }
+        if !guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.space(cpu) > 0)? {
+            let status = device.status(cpu);
+            let failure = Failure::SensorNoAck {
+                cpu,
+                seq: status.acked_seq + 1,
+                waited: bound,
+                detail: no_ack_detail(&status, true),
+                console_tail: guest.console_tail(),
+            };
+            return Err(guest.fail(failure));
         }
         let published = device.publish(cpu, register, value).expect("space checked");
         device.ring(cpu).map_err(|e| host_error("ring the sensor's vector", e))?;

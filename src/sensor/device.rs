@@ -1,6 +1,7 @@
 //! The host's model of the sensor device: the shared region, the rings'
 //! producer side, and the eventfds of both ends.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -73,6 +74,8 @@ pub struct SensorDevice {
     /// Writing to vector i raises the guest's MSI-X vector i.
     guest_vectors: Vec<EventFd>,
     heads: Vec<u32>,
+    /// Per CPU, the published entries not yet acknowledged, oldest first.
+    in_flight: Vec<VecDeque<u64>>,
     next_seq: u64,
     /// QEMU's end of the setup socket, kept open while the device lives.
     connection: Option<UnixStream>,
@@ -114,6 +117,7 @@ impl SensorDevice {
             host_vectors,
             guest_vectors,
             heads: vec![0; cpus as usize],
+            in_flight: vec![VecDeque::new(); cpus as usize],
             next_seq: 1,
             connection: None,
         };
@@ -182,10 +186,19 @@ impl SensorDevice {
         self.load_u64(abi::register_offset(cpu, register.abi()))
     }
 
-    /// Entries that can still be published on `cpu`'s ring.
-    pub fn space(&self, cpu: u32) -> u32 {
+    /// Entries that can still be published on `cpu`'s ring. A slot is
+    /// free once the guest has taken its entry, but the host also keeps no
+    /// more than a ring's worth unacknowledged: the guest's handler takes
+    /// entries faster than its workqueue sends their uevents, and that
+    /// queue is bounded (uevent_queue_full counts what it drops).
+    pub fn space(&mut self, cpu: u32) -> u32 {
         let status = self.status(cpu);
-        abi::RING_ENTRIES.saturating_sub(self.heads[cpu as usize].wrapping_sub(status.tail))
+        let in_flight = &mut self.in_flight[cpu as usize];
+        while in_flight.front().is_some_and(|seq| *seq <= status.acked_seq) {
+            in_flight.pop_front();
+        }
+        let untaken = self.heads[cpu as usize].wrapping_sub(status.tail);
+        abi::RING_ENTRIES.saturating_sub(untaken.max(in_flight.len() as u32))
     }
 
     /// The hardware changes state: the new image becomes the live register
@@ -206,6 +219,7 @@ impl SensorDevice {
         let head = index.wrapping_add(1);
         memory.store(head, abi::cpu_offset(cpu) + abi::cpu::HEAD, Ordering::Release).expect("in the region");
         self.heads[cpu as usize] = head;
+        self.in_flight[cpu as usize].push_back(seq);
         self.next_seq += 1;
         Ok(Published { cpu, seq })
     }
@@ -402,6 +416,22 @@ mod tests {
         let next = device.publish(0, Register::Core, 0x8000_0001).unwrap();
         assert_eq!(next.seq, u64::from(abi::RING_ENTRIES) + 1);
         assert_eq!(guest.handle(0)[0].value, 0x8000_0001);
+    }
+
+    #[test]
+    fn no_more_than_a_ring_of_entries_waits_for_its_acknowledgement() {
+        let mut device = SensorDevice::new(1).unwrap();
+        let (guest, _) = StandInGuest::connect(&mut device);
+        let mut published = Vec::new();
+        for _ in 0..abi::RING_ENTRIES {
+            published.push(device.publish(0, Register::Core, 0x8000_0000).unwrap());
+        }
+        // The guest takes every entry but has acknowledged none yet.
+        guest.memory().store(abi::RING_ENTRIES, abi::cpu_offset(0) + abi::cpu::TAIL, Ordering::Release).unwrap();
+        assert_eq!(device.space(0), 0);
+        let tenth = published[9].seq;
+        guest.memory().store(tenth, abi::cpu_offset(0) + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
+        assert_eq!(device.space(0), 10);
     }
 
     #[test]
