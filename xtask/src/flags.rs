@@ -280,7 +280,21 @@ mod tests {
         let err = parse_words("bench").unwrap_err().to_string();
         assert!(err.contains("cargo xtask bench boot"), "{err}");
         let err = parse_words("bench everything").unwrap_err().to_string();
-        assert!(err.contains("expected `boot` or `scenarios`"), "{err}");
+        assert!(err.contains("expected `boot`, `scenarios` or `inject`"), "{err}");
+        let err = parse_words("run s.toml --injector msr").unwrap_err().to_string();
+        assert_eq!(err, "--injector \"msr\": expected \"device\" or \"debugfs\"");
+        let err = parse_words("boot --injector debugfs").unwrap_err().to_string();
+        assert_eq!(err, "unknown argument \"--injector\" for `boot`");
+    }
+
+    #[test]
+    fn run_takes_an_injector_that_replaces_the_scenarios() {
+        let Command::Run(r) = parse_words("run scenarios/a.toml --injector debugfs").unwrap() else { panic!() };
+        assert_eq!(r.injector, Some(Injector::Debugfs));
+        let Command::Run(r) = parse_words("run scenarios/a.toml").unwrap() else { panic!() };
+        assert_eq!(r.injector, None);
+        let Command::Bench(b) = parse_words("bench inject --runs 3").unwrap() else { panic!() };
+        assert_eq!((b.target, b.runs), (BenchTarget::Inject, 3));
     }
 
     #[test]
