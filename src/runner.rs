@@ -26,8 +26,8 @@ pub struct StepRecord {
     pub datagrams: Vec<Datagram>,
     /// Host wall time of the step, all repetitions.
     pub elapsed: Duration,
-    /// For a host-timed step: how late the latest injection was fired.
-    pub max_lateness: Option<Duration>,
+    /// For a host-timed step: how the host's clock kept up.
+    pub host_timing: Option<HostTiming>,
 }
 
 /// A whole run of a scenario.
@@ -63,18 +63,7 @@ pub fn run(
     if scenario.injector == Injector::Device && !config.sensor {
         return Err(Failure::Host { message: "the device injector needs a guest with the emulated sensor".into() });
     }
-    if let Some(index) = scenario.steps.iter().position(|s| s.host_timed.is_some()) {
-        if scenario.injector != Injector::Device {
-            return Err(Failure::Host {
-                message: format!(
-                    "{}: step {} is host-timed (interval_us), which needs the device injector, not {}",
-                    scenario.path.display(),
-                    index + 1,
-                    scenario.injector
-                ),
-            });
-        }
-    }
+    scenario.check_injector().map_err(|message| Failure::Host { message })?;
     let mut machine = Machine::boot(config)?;
     let bound = config.timeouts.command;
     let mut steps = Vec::new();
@@ -91,7 +80,7 @@ pub fn run(
             failures: 0,
             datagrams: Vec::new(),
             elapsed: Duration::ZERO,
-            max_lateness: None,
+            host_timing: None,
         };
         match (&step.action, scenario.injector) {
             (&Action::Inject { cpu, package, value, .. }, Injector::Device) => {
@@ -136,6 +125,16 @@ pub fn run(
     let hello = machine.hello.clone();
     machine.shutdown(config.timeouts.shutdown)?;
     Ok(Transcript { scenario: scenario.clone(), hello, steps, background })
+}
+
+/// How a host-timed step's injections were fired.
+#[derive(Debug, Clone, Copy)]
+pub struct HostTiming {
+    pub interval: Duration,
+    /// From the first injection to the last.
+    pub fired_in: Duration,
+    /// The latest injection's delay behind its due time (interval > 0).
+    pub max_lateness: Duration,
 }
 
 /// One injection on the sensor device.
@@ -205,7 +204,7 @@ fn fire_on_schedule(
         max_lateness = max_lateness.max(Instant::now() - due);
         last = Some(machine.fire(cpu, register, value)?);
     }
-    record.max_lateness = Some(max_lateness);
+    record.host_timing = Some(HostTiming { interval, fired_in: start.elapsed(), max_lateness });
     let Some(last) = last else { return Ok(()) };
     let refused_last = machine.wait_acked(last)?;
     let status = machine.sensor().expect("fired through it").status(cpu);

@@ -413,6 +413,20 @@ fn inject_action(
 }
 
 impl Scenario {
+    /// Host-timed steps need the device injector; a command-line choice of
+    /// debugfs can contradict the file.
+    pub fn check_injector(&self) -> Result<(), String> {
+        match self.steps.iter().position(|s| s.host_timed.is_some()) {
+            Some(index) if self.injector != Injector::Device => Err(format!(
+                "{}: step {} is host-timed (interval_us), which needs the device injector, not {}",
+                self.path.display(),
+                index + 1,
+                self.injector
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The bench guest with this scenario's machine and module parameters.
     pub fn guest(&self, artifacts: &crate::Artifacts) -> crate::GuestSpec {
         artifacts.guest(self.cpus, self.memory_mib, kernel_args(self))
@@ -546,6 +560,14 @@ sleep_ms = 5
             parse_str("description = \"x\"\ninjector = \"debugfs\"\n[[step]]\ninject = { cpu = 0 }\ninterval_us = 0\n")
                 .unwrap_err();
         assert!(err.message.contains("injector = \"debugfs\""), "{err}");
+        // A command-line choice of debugfs contradicts a host-timed file.
+        let mut s = s;
+        assert_eq!(s.check_injector(), Ok(()));
+        s.injector = Injector::Debugfs;
+        assert_eq!(
+            s.check_injector().unwrap_err(),
+            "scenarios/t.toml: step 1 is host-timed (interval_us), which needs the device injector, not debugfs"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     if let Some(injector) = flags.injector {
         scenario.injector = injector;
     }
+    scenario.check_injector().map_err(anyhow::Error::msg)?;
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
@@ -40,8 +41,25 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         if !flags.json {
             let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
-            if let Some(late) = record.max_lateness {
-                let _ = writeln!(out, "fired on the host's clock, the latest injection {} µs late", late.as_micros());
+            match record.host_timing {
+                Some(t) if t.interval.is_zero() => {
+                    let _ = writeln!(
+                        out,
+                        "fired {} injections back to back in {} µs",
+                        record.repeat,
+                        t.fired_in.as_micros()
+                    );
+                }
+                Some(t) => {
+                    let late = t.max_lateness.as_micros();
+                    let _ = writeln!(
+                        out,
+                        "fired {} injections in {} µs, the latest {late} µs behind schedule",
+                        record.repeat,
+                        t.fired_in.as_micros()
+                    );
+                }
+                None => {}
             }
         }
         for datagram in &record.datagrams {
