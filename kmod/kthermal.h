@@ -174,6 +174,7 @@ void kt_thermal_interrupt(kt_done_fn done, u64 token);
 void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token);
 void kt_irq_flush(void);
 long kt_uevents_pending(void);
+long kt_messages_lost(unsigned int cpu);
 u64 kt_done_direct(void);
 
 /* kthermal_inject.c */

@@ -393,6 +393,28 @@ u64 kt_done_direct(void)
 }
 
 /**
+ * kt_messages_lost() - messages of a CPU's interrupts that were not sent
+ * @cpu: the CPU that handled the interrupts
+ *
+ * kmessages that could not be allocated, and uevents dropped because their
+ * queue was full, could not be allocated or kobject_uevent_env() failed.
+ *
+ * Return: the count since the module was loaded, 0 for an impossible @cpu.
+ */
+long kt_messages_lost(unsigned int cpu)
+{
+	struct kt_cpu_state *st;
+
+	if (cpu >= nr_cpu_ids || !cpu_possible(cpu))
+		return 0;
+	st = per_cpu_ptr(&kt_cpu_state, cpu);
+	return atomic_long_read(&st->cnt[KT_CNT_KMESSAGE_FAILED]) +
+	       atomic_long_read(&st->cnt[KT_CNT_UEVENT_ALLOC_FAILED]) +
+	       atomic_long_read(&st->cnt[KT_CNT_UEVENT_QUEUE_FULL]) +
+	       atomic_long_read(&st->cnt[KT_CNT_UEVENT_FAILED]);
+}
+
+/**
  * kt_uevents_pending() - uevents queued and not yet sent
  *
  * Return: the number of pending uevent work items.

@@ -51,7 +51,17 @@
 static_assert(sizeof(struct ks_header) == 64);
 static_assert(sizeof(struct ks_entry) == 32);
 static_assert(sizeof(struct ks_cpu) == KS_CPU_SIZE);
-static_assert(offsetof(struct ks_cpu, tail) == 64);
+static_assert(offsetof(struct ks_header, ready) == KS_HEADER_READY);
+static_assert(offsetof(struct ks_header, guest_cpus) == KS_HEADER_GUEST_CPUS);
+static_assert(offsetof(struct ks_cpu, head) == KS_CPU_HEAD);
+static_assert(offsetof(struct ks_cpu, tail) == KS_CPU_TAIL);
+static_assert(offsetof(struct ks_cpu, rejected_errno) == KS_CPU_REJECTED_ERRNO);
+static_assert(offsetof(struct ks_cpu, acked_seq) == KS_CPU_ACKED_SEQ);
+static_assert(offsetof(struct ks_cpu, interrupts) == KS_CPU_INTERRUPTS);
+static_assert(offsetof(struct ks_cpu, rejected) == KS_CPU_REJECTED);
+static_assert(offsetof(struct ks_cpu, rejected_seq) == KS_CPU_REJECTED_SEQ);
+static_assert(offsetof(struct ks_cpu, events_dropped) == KS_CPU_EVENTS_DROPPED);
+static_assert(offsetof(struct ks_cpu, ring) == KS_CPU_RING);
 static_assert(offsetof(struct ks_region, header) == KS_HEADER_OFFSET);
 static_assert(offsetof(struct ks_region, regs) == KS_REGS_OFFSET);
 static_assert(offsetof(struct ks_region, cpus) == KS_CPUS_OFFSET);
@@ -153,7 +163,12 @@ static void kt_vec_inc(struct kt_vec *v, enum kt_vec_stat idx)
 /* kd->ack_lock held. */
 static void kt_pci_publish(struct kt_pci_dev *kd, struct kt_vec *v)
 {
-	/* Pairs with the host's acquire: rejected_* are visible with it. */
+	/*
+	 * An acknowledged entry whose messages were dropped must not look
+	 * delivered: the count goes out with the ack.
+	 */
+	WRITE_ONCE(v->ring->events_dropped, kt_messages_lost(v->cpu));
+	/* Pairs with the host's acquire: the words above are visible with it. */
 	smp_store_release(&v->ring->acked_seq, v->ack_seq);
 	writel(KT_PCI_DOORBELL_ACK, kd->bar0 + KS_DOORBELL);
 	kd->acks++;
@@ -397,7 +412,7 @@ static int kt_pci_check_header(struct device *dev, const struct ks_header *h,
 }
 
 /* Forget what an earlier driver instance left; returns the ring's tail. */
-static u32 kt_pci_reset_ring(struct ks_cpu *ring)
+static u32 kt_pci_reset_ring(struct ks_cpu *ring, unsigned int cpu)
 {
 	u32 head = READ_ONCE(ring->head);
 
@@ -406,6 +421,7 @@ static u32 kt_pci_reset_ring(struct ks_cpu *ring)
 	WRITE_ONCE(ring->interrupts, 0);
 	WRITE_ONCE(ring->rejected, 0);
 	WRITE_ONCE(ring->rejected_seq, 0);
+	WRITE_ONCE(ring->events_dropped, kt_messages_lost(cpu));
 	memset(ring->guest_reserved, 0, sizeof(ring->guest_reserved));
 	WRITE_ONCE(ring->tail, head);
 	return head;
@@ -525,7 +541,7 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		v->kd = kd;
 		v->ring = &kd->region->cpus[i];
 		v->cpu = i;
-		v->tail = kt_pci_reset_ring(v->ring);
+		v->tail = kt_pci_reset_ring(v->ring, i);
 	}
 	kd->nr_vecs = n;
 

@@ -81,7 +81,8 @@ pub enum Failure {
     AgentFatal { message: String, console_tail: Vec<String> },
     Protocol { message: String },
     EventsLost { protocol: u32, occurrences: u32, captured: usize },
-    SensorNotReady { waited: Duration, console_tail: Vec<String> },
+    SensorNotReady { waited: Duration, detail: String, console_tail: Vec<String> },
+    GuestDropped { cpu: u32, lost: u64, captured: usize },
     SensorNoAck { cpu: u32, seq: u64, waited: Duration, detail: String, console_tail: Vec<String> },
     Host { message: String },
 }
@@ -102,6 +103,7 @@ impl Failure {
             Failure::Protocol { .. } => exit_code::PROTOCOL,
             Failure::EventsLost { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNotReady { .. } => exit_code::SENSOR_NOT_READY,
+            Failure::GuestDropped { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNoAck { .. } => exit_code::SENSOR_NO_ACK,
             Failure::Host { .. } => exit_code::BENCH_ERROR,
         }
@@ -151,15 +153,16 @@ impl fmt::Display for Failure {
                 "the guest's capture socket for netlink protocol {protocol} overflowed (ENOBUFS, {occurrences} time(s)): \
                  events were lost after the {captured} received in this step"
             ),
-            Failure::SensorNotReady { waited, console_tail } => {
-                write!(
-                    f,
-                    "the guest's sensor driver was not ready after {:.1} s: kevent_thermal.ko has not bound the \
-                     ivshmem-doorbell device (1af4:1110) with one MSI-X vector per CPU, or was unbound",
-                    waited.as_secs_f64()
-                )?;
+            Failure::SensorNotReady { waited, detail, console_tail } => {
+                write!(f, "the guest's sensor device was not ready (waited {:.1} s): {detail}", waited.as_secs_f64())?;
                 write_lines(f, "last console lines", console_tail)
             }
+            Failure::GuestDropped { cpu, lost, captured } => write!(
+                f,
+                "kevent_thermal in the guest could not send {lost} message(s) of CPU {cpu}'s interrupts (uevent queue \
+                 full, out of memory, or kobject_uevent failed): events were lost after the {captured} received in \
+                 this step; see /sys/devices/system/cpu/cpu{cpu}/kevent_thermal/"
+            ),
             Failure::SensorNoAck { cpu, seq, waited, detail, console_tail } => {
                 write!(
                     f,

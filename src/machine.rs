@@ -116,6 +116,8 @@ enum Event {
     Crash,
     ConsoleClosed,
     Agent(GuestMessage),
+    /// A datagram, stamped when the agent reader decoded it.
+    Datagram(Datagram, Instant),
     AgentClosed,
     AgentError(WireError),
     /// The guest rang the host's sensor vector: an acknowledgement.
@@ -151,6 +153,8 @@ pub struct Machine {
 struct Sensor {
     device: SensorDevice,
     watcher_stop: Arc<AtomicBool>,
+    /// Per CPU, the guest's count of unsent messages when last checked.
+    dropped_seen: Vec<u64>,
 }
 
 impl Drop for Sensor {
@@ -235,7 +239,8 @@ impl Machine {
                 let watcher_stop = Arc::new(AtomicBool::new(false));
                 let acks = device.ack_events().map_err(|e| host_error("watch the sensor's ack vector", e))?;
                 spawn_ack_watcher(acks, Arc::clone(&watcher_stop), guest.sender.clone().expect("sender kept"));
-                Some(Sensor { device, watcher_stop })
+                let dropped_seen = vec![0; device.cpus() as usize];
+                Some(Sensor { device, watcher_stop, dropped_seen })
             }
             None => None,
         };
@@ -353,17 +358,32 @@ impl Machine {
     fn wait_sensor_ready(&mut self) -> Result<(), Failure> {
         let bound = self.timeouts.sensor_ready;
         let Machine { guest, sensor, .. } = self;
-        let device = &sensor.as_ref().expect("called with a sensor").device;
-        if guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.is_ready())? {
-            let (serves, cpus) = (device.guest_cpus(), device.cpus());
-            if serves != cpus {
-                let message = format!("the guest's sensor driver serves {serves} of the device's {cpus} CPUs");
-                return Err(guest.fail(Failure::Host { message }));
-            }
-            return Ok(());
+        let sensor = sensor.as_mut().expect("called with a sensor");
+        let device = &sensor.device;
+        if !guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.is_ready())? {
+            let detail = "kevent_thermal.ko has not bound the ivshmem-doorbell device (1af4:1110) with one MSI-X \
+                          vector per CPU, or was unbound"
+                .to_owned();
+            return Err(guest.fail(Failure::SensorNotReady {
+                waited: bound,
+                detail,
+                console_tail: guest.console_tail(),
+            }));
         }
-        let failure = Failure::SensorNotReady { waited: bound, console_tail: guest.console_tail() };
-        Err(guest.fail(failure))
+        let (serves, cpus) = (device.guest_cpus(), device.cpus());
+        if serves != cpus {
+            let detail = format!("its driver serves {serves} of the device's {cpus} CPUs");
+            return Err(guest.fail(Failure::SensorNotReady {
+                waited: bound,
+                detail,
+                console_tail: guest.console_tail(),
+            }));
+        }
+        // What the guest lost before this driver took the device is not ours to report.
+        for cpu in 0..cpus {
+            sensor.dropped_seen[cpu as usize] = device.status(cpu).events_dropped;
+        }
+        Ok(())
     }
 
     /// The sensor hardware changes `cpu`'s register (or its package's) to
@@ -371,6 +391,12 @@ impl Machine {
     /// the guest. Waits (bounded) for the device to be ready and for ring
     /// space; QEMU raises MSI-X vector `cpu`.
     pub fn fire(&mut self, cpu: u32, register: Register, value: u64) -> Result<Published, Failure> {
+        let cpus = self.sensor_mut()?.cpus();
+        if cpu >= cpus {
+            return Err(Failure::Host {
+                message: format!("CPU {cpu}: the sensor device serves CPUs 0 to {}", cpus - 1),
+            });
+        }
         if !self.sensor_mut()?.is_ready() {
             self.wait_sensor_ready()?;
         }
@@ -381,7 +407,7 @@ impl Machine {
             let status = device.status(cpu);
             let failure = Failure::SensorNoAck {
                 cpu,
-                seq: status.acked_seq + 1,
+                seq: device.oldest_unacked(cpu).unwrap_or(status.acked_seq + 1),
                 waited: bound,
                 detail: no_ack_detail(&status, true),
                 console_tail: guest.console_tail(),
@@ -399,8 +425,23 @@ impl Machine {
     pub fn wait_acked(&mut self, published: Published) -> Result<Option<u32>, Failure> {
         let bound = self.timeouts.sensor_ack;
         let Machine { guest, sensor, .. } = self;
-        let device = &sensor.as_ref().ok_or_else(|| Failure::Host { message: "no sensor device".into() })?.device;
-        if guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.is_acked(published))? {
+        let sensor = sensor.as_mut().ok_or_else(|| Failure::Host { message: "no sensor device".into() })?;
+        let device = &sensor.device;
+        let settled = |_: &Guest| device.is_acked(published) || !device.is_ready();
+        if guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, settled)? {
+            if !device.is_acked(published) {
+                let detail = format!("the driver let go of the device while injection {} was pending", published.seq);
+                let failure =
+                    Failure::SensorNotReady { waited: Duration::ZERO, detail, console_tail: guest.console_tail() };
+                return Err(guest.fail(failure));
+            }
+            let cpu = published.cpu;
+            let dropped = device.status(cpu).events_dropped;
+            let seen = std::mem::replace(&mut sensor.dropped_seen[cpu as usize], dropped);
+            if dropped > seen {
+                let lost = dropped - seen;
+                return Err(guest.fail(Failure::GuestDropped { cpu, lost, captured: guest.captured.len() }));
+            }
             return Ok(device.rejection(published));
         }
         let status = device.status(published.cpu);
@@ -597,6 +638,10 @@ impl Guest {
                 self.kill();
                 return Err(Failure::Protocol { message: "the agent greeted twice".into() });
             }
+            Event::Datagram(datagram, at) => {
+                self.captured.push(datagram);
+                self.arrived.push(at);
+            }
             Event::Agent(GuestMessage::Datagram(datagram)) => {
                 self.captured.push(datagram);
                 self.arrived.push(Instant::now());
@@ -784,6 +829,7 @@ fn spawn_agent_reader(mut stream: UnixStream, tx: Sender<Event>) {
     thread::spawn(move || loop {
         let event = match read_frame(&mut stream) {
             Ok(Some((kind, body))) => match GuestMessage::decode(kind, &body) {
+                Ok(GuestMessage::Datagram(datagram)) => Event::Datagram(datagram, Instant::now()),
                 Ok(message) => Event::Agent(message),
                 Err(e) => Event::AgentError(e),
             },
@@ -792,7 +838,7 @@ fn spawn_agent_reader(mut stream: UnixStream, tx: Sender<Event>) {
             Ok(None) | Err(WireError::Io(_) | WireError::TruncatedFrame { .. }) => Event::AgentClosed,
             Err(e) => Event::AgentError(e),
         };
-        let last = !matches!(event, Event::Agent(_));
+        let last = !matches!(event, Event::Agent(_) | Event::Datagram(..));
         if tx.send(event).is_err() || last {
             return;
         }

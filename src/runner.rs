@@ -103,7 +103,7 @@ pub fn run(
                 for _ in 0..step.repeat {
                     let exchange = machine.request(command.clone(), bound)?;
                     record.datagrams.extend(exchange.datagrams);
-                    record.note(exchange.outcome);
+                    record.note(in_common_words(&step.action, exchange.outcome));
                 }
             }
         }
@@ -146,7 +146,8 @@ struct Injection {
 }
 
 impl Injection {
-    /// The outcome of an entry the guest's driver refused.
+    /// The outcome of an injection the module did not take, in the same
+    /// words whichever injector carried it, so snapshots do not tell them apart.
     fn refused(&self, errno: u32) -> Outcome {
         let register = match self.register {
             Register::Core => "IA32_THERM_STATUS",
@@ -154,11 +155,19 @@ impl Injection {
         };
         Outcome::Error {
             errno: errno as i32,
-            message: format!(
-                "the guest's sensor driver refused {register} image {:#x} for CPU {}",
-                self.value, self.cpu
-            ),
+            message: format!("kevent_thermal did not take {register} image {:#x} for CPU {}", self.value, self.cpu),
         }
+    }
+}
+
+/// A failed debugfs injection reads like a refused device entry.
+fn in_common_words(action: &Action, outcome: Outcome) -> Outcome {
+    match (action, outcome) {
+        (&Action::Inject { cpu, package, value, .. }, Outcome::Error { errno, .. }) => {
+            let register = if package { Register::Package } else { Register::Core };
+            Injection { cpu, register, value }.refused(errno as u32)
+        }
+        (_, outcome) => outcome,
     }
 }
 
@@ -208,7 +217,8 @@ fn fire_on_schedule(
     let Some(last) = last else { return Ok(()) };
     let refused_last = machine.wait_acked(last)?;
     let status = machine.sensor().expect("fired through it").status(cpu);
-    let rejected = status.rejected - rejected_before;
+    // A rebound driver starts counting again.
+    let rejected = status.rejected.saturating_sub(rejected_before);
     for _ in 0..rejected {
         let errno = refused_last.unwrap_or(status.rejected_errno);
         record.note(injection.refused(errno));

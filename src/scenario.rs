@@ -33,6 +33,10 @@ pub const READOUT_MAX: u64 = 0x7f;
 /// Reading valid (core register only; reserved in the package register).
 pub const VALID: u64 = 1 << 31;
 pub const DEFAULT_TJMAX: u32 = 100;
+/// Host-timed steps: the longest interval, and the longest step, which
+/// stays inside the host's bound on a step.
+pub const MAX_INTERVAL_US: u64 = 1_000_000;
+pub const MAX_HOST_TIMED_US: u64 = 30_000_000;
 
 /// How injections reach the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -327,6 +331,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 if !matches!(action, Action::Inject { .. }) {
                     return Err(error(span, "interval_us times injections: this step does not inject".into()));
                 }
+                let interval_us = *interval.get_ref();
+                if interval_us > MAX_INTERVAL_US || interval_us.saturating_mul(u64::from(repeat)) > MAX_HOST_TIMED_US {
+                    return Err(error(
+                        span,
+                        format!(
+                            "interval_us = {interval_us} with repeat = {repeat}: at most {MAX_INTERVAL_US} µs apart and \
+                             {} s in all",
+                            MAX_HOST_TIMED_US / 1_000_000
+                        ),
+                    ));
+                }
                 if injector != Injector::Device {
                     return Err(error(
                         span,
@@ -556,6 +571,10 @@ sleep_ms = 5
         let err = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\ninterval_us = 0\n").unwrap_err();
         assert!(err.message.contains("this step does not inject"), "{err}");
         assert_eq!(err.line, 4);
+        let err =
+            parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 0 }\nrepeat = 100\ninterval_us = 500000\n")
+                .unwrap_err();
+        assert_eq!(err.message, "interval_us = 500000 with repeat = 100: at most 1000000 µs apart and 30 s in all");
         let err =
             parse_str("description = \"x\"\ninjector = \"debugfs\"\n[[step]]\ninject = { cpu = 0 }\ninterval_us = 0\n")
                 .unwrap_err();

@@ -69,6 +69,9 @@ struct ks_header {
 	u32 reserved[9];
 };
 
+#define KS_HEADER_READY		20
+#define KS_HEADER_GUEST_CPUS	24
+
 /**
  * struct ks_regs - the live hardware state, offset 64 (host)
  * @therm_status: IA32_THERM_STATUS of each CPU
@@ -105,6 +108,9 @@ struct ks_entry {
  * @interrupts: handler runs for this vector (guest)
  * @rejected: entries refused (guest)
  * @rejected_seq: seq of the last rejected entry (guest)
+ * @events_dropped: messages of this CPU's interrupts the module could not
+ *	send since it was loaded (uevent queue full, no memory), as of
+ *	@acked_seq; published with it (guest)
  * @guest_reserved: zero (guest)
  * @ring: the entries, slot = index % KS_RING_ENTRIES (host)
  *
@@ -119,9 +125,21 @@ struct ks_cpu {
 	u64 interrupts;
 	u64 rejected;
 	u64 rejected_seq;
-	u64 guest_reserved[3];
+	u64 events_dropped;
+	u64 guest_reserved[2];
 	struct ks_entry ring[KS_RING_ENTRIES];
 };
+
+/* Offsets in struct ks_cpu. */
+#define KS_CPU_HEAD		0
+#define KS_CPU_TAIL		64
+#define KS_CPU_REJECTED_ERRNO	68
+#define KS_CPU_ACKED_SEQ	72
+#define KS_CPU_INTERRUPTS	80
+#define KS_CPU_REJECTED		88
+#define KS_CPU_REJECTED_SEQ	96
+#define KS_CPU_EVENTS_DROPPED	104
+#define KS_CPU_RING		128
 
 #define KS_HEADER_OFFSET	0
 #define KS_REGS_OFFSET		64

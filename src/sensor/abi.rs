@@ -59,6 +59,10 @@ unsafe impl ByteValued for Entry {}
 
 pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
 pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
+/// No more entries than this wait for their acknowledgement, over all
+/// CPUs: each can queue up to 12 uevents in the guest, whose queue holds
+/// 4096 (KT_UEVENT_MAX_PENDING) before it drops.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// Where CPU `cpu`'s IA32_THERM_STATUS (or its package's) image lives.
 pub fn register_offset(cpu: u32, reg: u32) -> usize {
@@ -82,6 +86,8 @@ pub mod cpu {
     pub const REJECTED: usize = 88;
     /// Guest: seq of the last rejected entry, u64.
     pub const REJECTED_SEQ: usize = 96;
+    /// Guest: messages the module could not send, published with the ack, u64.
+    pub const EVENTS_DROPPED: usize = 104;
     pub const RING: usize = 128;
 }
 
@@ -144,7 +150,19 @@ mod tests {
             ("KS_HEADER_OFFSET", HEADER_OFFSET as u64),
             ("KS_REGS_OFFSET", REGS_OFFSET as u64),
             ("KS_CPUS_OFFSET", CPUS_OFFSET as u64),
+            ("KS_HEADER_READY", READY_OFFSET as u64),
+            ("KS_HEADER_GUEST_CPUS", GUEST_CPUS_OFFSET as u64),
+            ("KS_CPU_HEAD", cpu::HEAD as u64),
+            ("KS_CPU_TAIL", cpu::TAIL as u64),
+            ("KS_CPU_REJECTED_ERRNO", cpu::REJECTED_ERRNO as u64),
+            ("KS_CPU_ACKED_SEQ", cpu::ACKED_SEQ as u64),
+            ("KS_CPU_INTERRUPTS", cpu::INTERRUPTS as u64),
+            ("KS_CPU_REJECTED", cpu::REJECTED as u64),
+            ("KS_CPU_REJECTED_SEQ", cpu::REJECTED_SEQ as u64),
+            ("KS_CPU_EVENTS_DROPPED", cpu::EVENTS_DROPPED as u64),
+            ("KS_CPU_RING", cpu::RING as u64),
         ];
+        // The driver static_asserts every offset against these defines.
         for (name, value) in expect {
             assert_eq!(c_integer(&c, name), value, "{name}");
         }
@@ -158,8 +176,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry>(), 32);
         assert_eq!(std::mem::offset_of!(Header, ready), READY_OFFSET);
         assert_eq!(std::mem::offset_of!(Header, guest_cpus), GUEST_CPUS_OFFSET);
-        // The C struct ks_cpu: a host line, a guest line, then the ring.
-        assert_eq!(CPU_SIZE, 128 + 32 * 256);
+        assert_eq!(CPU_SIZE, cpu::RING + std::mem::size_of::<Entry>() * RING_ENTRIES as usize);
         assert!(cpu_offset(MAX_CPUS) <= REGION_SIZE, "the rings fit in BAR2");
         assert!(REGION_SIZE.is_power_of_two());
     }

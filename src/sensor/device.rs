@@ -62,6 +62,8 @@ pub struct CpuStatus {
     pub rejected: u64,
     pub rejected_seq: u64,
     pub rejected_errno: u32,
+    /// Messages of this CPU's interrupts the guest could not send.
+    pub events_dropped: u64,
 }
 
 /// The emulated device: shared memory, rings and both ends' eventfds.
@@ -188,17 +190,27 @@ impl SensorDevice {
 
     /// Entries that can still be published on `cpu`'s ring. A slot is
     /// free once the guest has taken its entry, but the host also keeps no
-    /// more than a ring's worth unacknowledged: the guest's handler takes
-    /// entries faster than its workqueue sends their uevents, and that
-    /// queue is bounded (uevent_queue_full counts what it drops).
+    /// more than [`abi::MAX_IN_FLIGHT`] unacknowledged over all CPUs: the
+    /// guest's handler takes entries faster than its workqueue sends their
+    /// uevents, and that queue is bounded.
     pub fn space(&mut self, cpu: u32) -> u32 {
-        let status = self.status(cpu);
-        let in_flight = &mut self.in_flight[cpu as usize];
-        while in_flight.front().is_some_and(|seq| *seq <= status.acked_seq) {
-            in_flight.pop_front();
+        let mut in_flight = 0;
+        for c in 0..self.cpus {
+            let acked = self.status(c).acked_seq;
+            let pending = &mut self.in_flight[c as usize];
+            while pending.front().is_some_and(|seq| *seq <= acked) {
+                pending.pop_front();
+            }
+            in_flight += pending.len();
         }
-        let untaken = self.heads[cpu as usize].wrapping_sub(status.tail);
-        abi::RING_ENTRIES.saturating_sub(untaken.max(in_flight.len() as u32))
+        let untaken = self.heads[cpu as usize].wrapping_sub(self.status(cpu).tail);
+        let ring = abi::RING_ENTRIES.saturating_sub(untaken);
+        ring.min(abi::MAX_IN_FLIGHT.saturating_sub(in_flight) as u32)
+    }
+
+    /// The oldest entry of `cpu` not yet acknowledged, as of the last [`Self::space`].
+    pub fn oldest_unacked(&self, cpu: u32) -> Option<u64> {
+        self.in_flight[cpu as usize].front().copied()
     }
 
     /// The hardware changes state: the new image becomes the live register
@@ -242,6 +254,7 @@ impl SensorDevice {
             rejected: self.load_u64(base + abi::cpu::REJECTED),
             rejected_seq: self.load_u64(base + abi::cpu::REJECTED_SEQ),
             rejected_errno: self.load_u32(base + abi::cpu::REJECTED_ERRNO),
+            events_dropped: self.load_u64(base + abi::cpu::EVENTS_DROPPED),
         }
     }
 
@@ -405,33 +418,38 @@ mod tests {
     fn a_full_ring_refuses_until_the_guest_consumes() {
         let mut device = SensorDevice::new(1).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
-        for _ in 0..abi::RING_ENTRIES {
+        for _ in 0..abi::MAX_IN_FLIGHT {
             device.publish(0, Register::Core, 0x8000_0000).unwrap();
         }
         assert_eq!(device.space(0), 0);
         assert_eq!(device.publish(0, Register::Core, 0x8000_0001), Err(RingFull { cpu: 0 }));
-        assert_eq!(guest.handle(0).len(), abi::RING_ENTRIES as usize);
-        assert_eq!(device.space(0), abi::RING_ENTRIES);
+        assert_eq!(guest.handle(0).len(), abi::MAX_IN_FLIGHT);
+        assert_eq!(device.space(0), abi::RING_ENTRIES.min(abi::MAX_IN_FLIGHT as u32));
         // Free-running indices wrap onto the ring's first slot.
         let next = device.publish(0, Register::Core, 0x8000_0001).unwrap();
-        assert_eq!(next.seq, u64::from(abi::RING_ENTRIES) + 1);
+        assert_eq!(next.seq, abi::MAX_IN_FLIGHT as u64 + 1);
         assert_eq!(guest.handle(0)[0].value, 0x8000_0001);
     }
 
     #[test]
-    fn no_more_than_a_ring_of_entries_waits_for_its_acknowledgement() {
-        let mut device = SensorDevice::new(1).unwrap();
+    fn no_more_than_max_in_flight_entries_wait_for_their_acknowledgement() {
+        let mut device = SensorDevice::new(2).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         let mut published = Vec::new();
-        for _ in 0..abi::RING_ENTRIES {
-            published.push(device.publish(0, Register::Core, 0x8000_0000).unwrap());
+        for k in 0..abi::MAX_IN_FLIGHT {
+            published.push(device.publish(k as u32 % 2, Register::Core, 0x8000_0000).unwrap());
         }
         // The guest takes every entry but has acknowledged none yet.
-        guest.memory().store(abi::RING_ENTRIES, abi::cpu_offset(0) + abi::cpu::TAIL, Ordering::Release).unwrap();
-        assert_eq!(device.space(0), 0);
-        let tenth = published[9].seq;
-        guest.memory().store(tenth, abi::cpu_offset(0) + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
-        assert_eq!(device.space(0), 10);
+        let half = (abi::MAX_IN_FLIGHT / 2) as u32;
+        for cpu in 0..2 {
+            guest.memory().store(half, abi::cpu_offset(cpu) + abi::cpu::TAIL, Ordering::Release).unwrap();
+        }
+        assert_eq!((device.space(0), device.space(1)), (0, 0), "the limit is over all CPUs");
+        assert_eq!(device.oldest_unacked(1), Some(2));
+        // CPU 0's fifth entry is seq 9: five acknowledged free five places, for either CPU.
+        guest.memory().store(published[8].seq, abi::cpu_offset(0) + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
+        assert_eq!((device.space(0), device.space(1)), (5, 5));
+        assert_eq!(device.oldest_unacked(0), Some(11));
     }
 
     #[test]

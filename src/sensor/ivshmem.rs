@@ -149,7 +149,9 @@ pub fn send_message(stream: &UnixStream, value: i64, fd: Option<BorrowedFd<'_>>)
     }
 }
 
-/// Receives one protocol message, as QEMU does: the value and any descriptor.
+/// Receives one protocol message, as QEMU does: the value and its
+/// descriptor. Only the tests' stand-in guest needs this side.
+#[cfg(test)]
 pub fn recv_message(stream: &UnixStream) -> io::Result<(i64, Option<OwnedFd>)> {
     let mut bytes = [0u8; 8];
     let mut iov = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: bytes.len() };
@@ -165,19 +167,33 @@ pub fn recv_message(stream: &UnixStream) -> io::Result<(i64, Option<OwnedFd>)> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
+    // Every descriptor received is owned (and closed) whatever happens next.
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled msg_control with well-formed headers, each
+    // SCM_RIGHTS one carrying (cmsg_len - CMSG_LEN(0)) / 4 descriptors.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors were truncated"));
+    }
     if n != 8 {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("received {n} of 8 bytes")));
     }
-    let mut fd = None;
-    // SAFETY: the kernel filled msg_control with well-formed headers.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if !cmsg.is_null() && (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-            fd = Some(OwnedFd::from_raw_fd(raw));
-        }
+    if fds.len() > 1 {
+        return Err(io::Error::other(format!("{} descriptors in one message", fds.len())));
     }
-    Ok((i64::from_le_bytes(bytes), fd))
+    Ok((i64::from_le_bytes(bytes), fds.pop()))
 }
 
 /// Descriptors of one ivshmem setup, as the server hands them out.

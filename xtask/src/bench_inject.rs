@@ -109,7 +109,7 @@ pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
             "{name:<52}{:>12.0}{:>12}{:>8}",
             rate.per_second(),
             rate.datagrams,
-            2 * rate.injections - rate.datagrams
+            (2 * rate.injections).saturating_sub(rate.datagrams)
         );
     }
     let ratio = device_rate.per_second() / debugfs_rate.per_second();
