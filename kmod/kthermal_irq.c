@@ -62,7 +62,7 @@
 #define KT_PKG_OBJ	KT_OBJ "package/"
 
 /* Bound on uevents queued and not yet sent. */
-#define KT_UEVENT_MAX_PENDING	4096
+#define KT_UEVENT_MAX_PENDING	16384
 
 const struct kt_event_desc kt_events[KT_EV_NR] = {
 	[KT_EV_PROCHOT]		= { KT_OBJ "temperature", KT_STATUS_PROCHOT, false },

@@ -61,8 +61,8 @@ pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
 pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
 /// No more entries than this wait for their acknowledgement, over all
 /// CPUs: each can queue up to 12 uevents in the guest, whose queue holds
-/// 4096 (KT_UEVENT_MAX_PENDING) before it drops.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// 16384 (KT_UEVENT_MAX_PENDING) before it drops.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Where CPU `cpu`'s IA32_THERM_STATUS (or its package's) image lives.
 pub fn register_offset(cpu: u32, reg: u32) -> usize {
@@ -106,9 +106,9 @@ mod tests {
 
     use super::*;
 
-    /// `#define NAME value` lines of the C header, values as written.
-    fn c_defines() -> BTreeMap<String, String> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kmod/include/kevent_sensor.h");
+    /// `#define NAME value` lines of a file of kmod/, values as written.
+    fn c_defines_of(file: &str) -> BTreeMap<String, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kmod").join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         text.lines()
             .filter_map(|line| line.strip_prefix("#define "))
@@ -120,6 +120,10 @@ mod tests {
                 Some((name, value))
             })
             .collect()
+    }
+
+    fn c_defines() -> BTreeMap<String, String> {
+        c_defines_of("include/kevent_sensor.h")
     }
 
     fn c_integer(defines: &BTreeMap<String, String>, name: &str) -> u64 {
@@ -168,6 +172,13 @@ mod tests {
         }
         assert_eq!(c["KS_CPU_SIZE"], "(128 + 32 * KS_RING_ENTRIES)");
         assert_eq!(&MAGIC.to_le_bytes(), b"EKVTHRM1");
+    }
+
+    #[test]
+    fn the_in_flight_limit_cannot_overflow_the_guests_uevent_queue() {
+        // One interrupt reports at most the 12 kinds of event (kt_events[]).
+        let queue = c_integer(&c_defines_of("kthermal_irq.c"), "KT_UEVENT_MAX_PENDING");
+        assert!(12 * MAX_IN_FLIGHT as u64 <= queue, "{MAX_IN_FLIGHT} entries of 12 uevents exceed {queue}");
     }
 
     #[test]

@@ -418,38 +418,42 @@ mod tests {
     fn a_full_ring_refuses_until_the_guest_consumes() {
         let mut device = SensorDevice::new(1).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
-        for _ in 0..abi::MAX_IN_FLIGHT {
+        for _ in 0..abi::RING_ENTRIES {
             device.publish(0, Register::Core, 0x8000_0000).unwrap();
         }
         assert_eq!(device.space(0), 0);
         assert_eq!(device.publish(0, Register::Core, 0x8000_0001), Err(RingFull { cpu: 0 }));
-        assert_eq!(guest.handle(0).len(), abi::MAX_IN_FLIGHT);
-        assert_eq!(device.space(0), abi::RING_ENTRIES.min(abi::MAX_IN_FLIGHT as u32));
+        assert_eq!(guest.handle(0).len(), abi::RING_ENTRIES as usize);
+        assert_eq!(device.space(0), abi::RING_ENTRIES);
         // Free-running indices wrap onto the ring's first slot.
         let next = device.publish(0, Register::Core, 0x8000_0001).unwrap();
-        assert_eq!(next.seq, abi::MAX_IN_FLIGHT as u64 + 1);
+        assert_eq!(next.seq, u64::from(abi::RING_ENTRIES) + 1);
         assert_eq!(guest.handle(0)[0].value, 0x8000_0001);
     }
 
     #[test]
     fn no_more_than_max_in_flight_entries_wait_for_their_acknowledgement() {
-        let mut device = SensorDevice::new(2).unwrap();
+        let cpus = abi::MAX_CPUS;
+        let mut device = SensorDevice::new(cpus).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         let mut published = Vec::new();
         for k in 0..abi::MAX_IN_FLIGHT {
-            published.push(device.publish(k as u32 % 2, Register::Core, 0x8000_0000).unwrap());
+            published.push(device.publish(k as u32 % cpus, Register::Core, 0x8000_0000).unwrap());
         }
-        // The guest takes every entry but has acknowledged none yet.
-        let half = (abi::MAX_IN_FLIGHT / 2) as u32;
-        for cpu in 0..2 {
-            guest.memory().store(half, abi::cpu_offset(cpu) + abi::cpu::TAIL, Ordering::Release).unwrap();
+        // The guest takes every entry but has acknowledged none yet: every
+        // ring has room, but the device as a whole has none.
+        let per_cpu = (abi::MAX_IN_FLIGHT / cpus as usize) as u32;
+        assert!(per_cpu < abi::RING_ENTRIES);
+        for cpu in 0..cpus {
+            guest.memory().store(per_cpu, abi::cpu_offset(cpu) + abi::cpu::TAIL, Ordering::Release).unwrap();
         }
-        assert_eq!((device.space(0), device.space(1)), (0, 0), "the limit is over all CPUs");
+        assert!((0..cpus).all(|cpu| device.space(cpu) == 0), "the limit is over all CPUs");
         assert_eq!(device.oldest_unacked(1), Some(2));
-        // CPU 0's fifth entry is seq 9: five acknowledged free five places, for either CPU.
-        guest.memory().store(published[8].seq, abi::cpu_offset(0) + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
-        assert_eq!((device.space(0), device.space(1)), (5, 5));
-        assert_eq!(device.oldest_unacked(0), Some(11));
+        // CPU 0's fifth entry: five acknowledged free five places, for any CPU.
+        let fifth = published[4 * cpus as usize].seq;
+        guest.memory().store(fifth, abi::cpu_offset(0) + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
+        assert_eq!((device.space(0), device.space(cpus - 1)), (5, 5));
+        assert_eq!(device.oldest_unacked(0), Some(fifth + u64::from(cpus)));
     }
 
     #[test]
