@@ -9,7 +9,7 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::qemu::{self, GuestSpec};
@@ -151,7 +151,7 @@ fn probe_kvm(guest: &GuestSpec) -> Result<Duration, String> {
     ]
     .concat();
     let start = Instant::now();
-    let mut child = Command::new(qemu::qemu_binary())
+    let mut child = qemu::command(&qemu::qemu_binary())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -312,6 +312,11 @@ impl Machine {
         Ok(guest.exchange(outcome))
     }
 
+    /// QEMU's process id.
+    pub fn qemu_pid(&self) -> u32 {
+        self.guest.child.id()
+    }
+
     /// The console lines of a kernel report seen so far, if any: a WARN
     /// does not stop the kernel, so runs check this between steps.
     pub fn crash(&self) -> Option<Failure> {
@@ -488,7 +493,7 @@ impl Guest {
         let qemu_binary = &config.qemu;
         let args = qemu::command_line(&config.guest, config.accel, socket_path, sensor_socket);
         let spawned = Instant::now();
-        let mut child = Command::new(qemu_binary)
+        let mut child = qemu::command(qemu_binary)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -854,7 +859,7 @@ pub fn run_floor(guest: &GuestSpec, accel: Accel, bound: Duration) -> Result<Dur
     let listener = UnixListener::bind(&socket_path).map_err(|e| host_error("bind the agent socket", e))?;
     let args = qemu::command_line(guest, accel, &socket_path, None);
     let spawned = Instant::now();
-    let mut child = Command::new(qemu::qemu_binary())
+    let mut child = qemu::command(&qemu::qemu_binary())
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

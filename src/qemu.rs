@@ -32,6 +32,32 @@ pub fn qemu_binary() -> PathBuf {
     std::env::var_os(QEMU_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(QEMU_BINARY))
 }
 
+/// A command for QEMU that dies with the thread that starts it: a host
+/// killed outright (CI's timeout, kill -9) must not leave guests running.
+/// Threads that start a guest own it until it is gone, so the thread is
+/// the right lifetime.
+pub fn command(binary: &Path) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+
+    let mut command = std::process::Command::new(binary);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure only calls functions that
+    // are async-signal-safe (prctl, getppid, _exit) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the request took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }

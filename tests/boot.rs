@@ -31,6 +31,31 @@ fn the_real_kernel_boots_and_the_agent_greets() {
 }
 
 #[test]
+fn qemu_dies_with_the_host_thread_that_started_it() {
+    // A host killed outright never runs its destructors: here the thread
+    // that booted the guest ends without dropping it.
+    let config = common::config("host-death", common::artifacts().guest(2, 256, Vec::new()));
+    let pid = std::thread::spawn(move || {
+        let machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{f}"));
+        let pid = machine.qemu_pid();
+        std::mem::forget(machine);
+        pid
+    })
+    .join()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Gone, or a zombie of this process (forgotten, so never reaped).
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    };
+    while alive() {
+        assert!(Instant::now() < deadline, "QEMU {pid} outlived the thread that started it");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn a_guest_that_panics_at_boot_is_reported_as_a_panic() {
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, "panic-initramfs");
