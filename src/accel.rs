@@ -146,7 +146,7 @@ fn probe_kvm(guest: &GuestSpec) -> Result<Duration, String> {
         qemu::machine_args(),
         qemu::accel_args(Accel::Kvm),
         qemu::topology_args(1, guest.memory_mib),
-        qemu::boot_args(guest),
+        qemu::boot_args(guest, None),
         vec!["-serial".into(), "none".into()],
     ]
     .concat();

@@ -58,6 +58,40 @@ pub fn command(binary: &Path) -> std::process::Command {
     command
 }
 
+/// The host's TSC rate, which a TCG guest's TSC runs at (QEMU reads the
+/// host's TSC for it): measured once against the monotonic clock, and only
+/// on a host whose TSC rate is constant.
+pub fn host_tsc_khz() -> Option<u64> {
+    static MEASURED: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *MEASURED.get_or_init(|| {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+        if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+            return None;
+        }
+        measure_tsc_khz(std::time::Duration::from_millis(20))
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_tsc_khz(window: std::time::Duration) -> Option<u64> {
+    use std::arch::x86_64::_rdtsc;
+    use std::time::Instant;
+
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    let (start, tsc_start) = (Instant::now(), unsafe { _rdtsc() });
+    std::thread::sleep(window);
+    // SAFETY: as above.
+    let (tsc_end, elapsed) = (unsafe { _rdtsc() }, start.elapsed());
+    let khz = u128::from(tsc_end.wrapping_sub(tsc_start)) * 1_000_000 / elapsed.as_nanos().max(1);
+    u64::try_from(khz).ok().filter(|khz| *khz > 0)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_tsc_khz(_: std::time::Duration) -> Option<u64> {
+    None
+}
+
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
@@ -81,8 +115,13 @@ pub fn topology_args(cpus: u32, memory_mib: u32) -> Vec<OsString> {
 }
 
 /// The uncompressed vmlinux boots through PVH, the initramfs beside it.
-pub fn boot_args(spec: &GuestSpec) -> Vec<OsString> {
+/// `tsc_khz`, when known, spares the kernel calibrating its TSC: under TCG
+/// the PIT calibration fails now and then on a loaded host (no HPET, no
+/// PM timer to fall back on), and the guest is left on jiffies.
+pub fn boot_args(spec: &GuestSpec, tsc_khz: Option<u64>) -> Vec<OsString> {
+    let tsc = tsc_khz.map(|khz| format!("tsc_early_khz={khz}"));
     let mut append: Vec<&str> = BASE_KERNEL_ARGS.to_vec();
+    append.extend(tsc.as_deref());
     append.extend(spec.kernel_args.iter().map(String::as_str));
     vec![
         "-kernel".into(),
@@ -132,7 +171,7 @@ pub fn command_line(
         machine_args(),
         accel_args(accel),
         topology_args(spec.cpus, spec.memory_mib),
-        boot_args(spec),
+        boot_args(spec, if accel == Accel::Tcg { host_tsc_khz() } else { None }),
         console_args(),
         agent_channel_args(agent_socket),
         sensor_socket.map(|socket| sensor_args(socket, spec.cpus)).unwrap_or_default(),
@@ -159,6 +198,15 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_host_tsc_rate_is_measured_consistently() {
+        let window = std::time::Duration::from_millis(20);
+        let (a, b) = (measure_tsc_khz(window).unwrap(), measure_tsc_khz(window).unwrap());
+        assert!((500_000..10_000_000).contains(&a), "{a} kHz");
+        assert!(a.abs_diff(b) * 1000 < a, "{a} and {b} kHz differ by more than 0.1 %");
+    }
+
+    #[test]
     fn every_cpu_gets_its_own_socket() {
         assert_eq!(joined(&topology_args(4, 256)), "-smp 4,sockets=4 -m 256M");
     }
@@ -171,11 +219,13 @@ mod tests {
 
     #[test]
     fn the_kernel_boots_from_vmlinux_with_panic_restart_and_extra_args_last() {
-        let args = joined(&boot_args(&spec()));
+        let args = joined(&boot_args(&spec(), None));
         assert_eq!(
             args,
             "-kernel /k/vmlinux -initrd /k/initramfs.cpio -append console=ttyS0 panic=-1 tsc=reliable kevent_bench.param=kmessage.unit=30"
         );
+        let args = joined(&boot_args(&spec(), Some(3_295_012)));
+        assert!(args.contains("tsc=reliable tsc_early_khz=3295012 kevent_bench"), "{args}");
     }
 
     #[test]
