@@ -250,15 +250,23 @@ impl Machine {
         spawn_agent_reader(reader, guest.sender.take().expect("sender kept until the agent connects"));
         guest.channel = Some(channel);
 
-        let started_at = guest.wait_for(Stage::KernelBoot, config.timeouts.kernel_boot, |e| match e {
-            Event::AgentStarted(at) => Some(*at),
+        // The start marker crosses the slow serial console and the greeting
+        // the fast agent channel: the greeting can be read first.
+        let first = guest.wait_for(Stage::KernelBoot, config.timeouts.kernel_boot, |e| match e {
+            Event::AgentStarted(at) => Some(Ok(*at)),
+            Event::Agent(GuestMessage::Hello(h)) => Some(Err(h.clone())),
             _ => None,
         })?;
-        let kernel_booted = started_at - guest.spawned;
-        let hello = guest.wait_for(Stage::AgentGreeting, config.timeouts.agent_greeting, |e| match e {
-            Event::Agent(GuestMessage::Hello(h)) => Some(h.clone()),
-            _ => None,
-        })?;
+        let (kernel_booted, hello) = match first {
+            Ok(started_at) => {
+                let hello = guest.wait_for(Stage::AgentGreeting, config.timeouts.agent_greeting, |e| match e {
+                    Event::Agent(GuestMessage::Hello(h)) => Some(h.clone()),
+                    _ => None,
+                })?;
+                (started_at - guest.spawned, hello)
+            }
+            Err(hello) => (guest.spawned.elapsed(), hello),
+        };
         let timings = BootTimings { qemu_started, kernel_booted, greeted: guest.spawned.elapsed() };
         // The sensor's readiness is waited for at its first use: a run that
         // injects through debugfs does not depend on the guest's driver.
