@@ -344,7 +344,13 @@ impl Transcript {
             .steps
             .iter()
             .map(|record| {
-                let mut decoded: Vec<Event> = record.datagrams.iter().map(events::decode).collect();
+                // Each channel in its own order, kmessages first: the two
+                // sockets are independent, and which one the agent reads
+                // first when both have data is scheduling, not the kernel's
+                // contract (docs/events.md, "Ordering across the two channels").
+                let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
+                datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
+                let mut decoded: Vec<Event> = datagrams.into_iter().map(events::decode).collect();
                 for event in &mut decoded {
                     normaliser.normalise(event);
                     match event {
@@ -381,5 +387,59 @@ impl Transcript {
             background: self.background.iter().map(snapshot_exec).collect(),
             totals,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn datagram(protocol: u32, bytes: &[u8]) -> Datagram {
+        Datagram { protocol, groups: 0, portid: 0, monotonic_ns: 0, bytes: bytes.to_vec() }
+    }
+
+    #[test]
+    fn a_snapshot_keeps_each_channels_order_but_not_the_interleaving_of_the_two() {
+        let scenario = crate::scenario::parse(
+            Path::new("scenarios/t.toml"),
+            "description = \"x\"\n[[step]]\ninject = { cpu = 1, bits = [\"prochot\"] }\n",
+        )
+        .unwrap();
+        let kmessage = |signal: &str| datagram(31, format!("From: /t\nSignal: {signal}\nCpu: 1\n\0").as_bytes());
+        let uevent = |seq: u32| datagram(15, format!("change@/d\0ACTION=change\0SEQNUM={seq}\0").as_bytes());
+        // The agent happened to read the uevent socket first.
+        let arrived = vec![uevent(7), uevent(8), kmessage("high"), kmessage("normal")];
+        let record = StepRecord {
+            index: 0,
+            label: "inject".into(),
+            repeat: 1,
+            outcome: Outcome::Done,
+            failures: 0,
+            datagrams: arrived,
+            elapsed: Duration::ZERO,
+            host_timing: None,
+        };
+        let hello = Hello {
+            protocol_version: kevent_wire::PROTOCOL_VERSION,
+            kernel_release: "6.12".into(),
+            cpus_online: 2,
+            clocksource: "tsc".into(),
+            agent_started_ns: 0,
+            greeted_ns: 0,
+            modules: Vec::new(),
+        };
+        let transcript = Transcript { scenario, hello, steps: vec![record], background: Vec::new() };
+        let events = &transcript.snapshot().steps[0].events;
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Event::Kmessage { signal, .. } => format!("kmessage {signal}"),
+                Event::Uevent { env, .. } => format!("uevent {}", env.last().unwrap()),
+                Event::Malformed { .. } => "malformed".into(),
+            })
+            .collect();
+        assert_eq!(kinds, ["kmessage high", "kmessage normal", "uevent SEQNUM=+0", "uevent SEQNUM=+1"]);
     }
 }
