@@ -23,7 +23,7 @@ impl fmt::Display for TestsFailed {
 impl std::error::Error for TestsFailed {}
 
 /// The test binaries that boot guests: they run again on the debug kernel.
-const GUEST_TESTS: &str = "binary(boot) | binary(events) | binary(exec) | binary(sensor) | binary(scenarios)";
+const GUEST_TESTS: &[&str] = &["boot", "events", "exec", "sensor", "scenarios"];
 
 /// Every test on the chosen kernel profile; without a choice, every test on
 /// the default kernel, then the guest tests on the debug kernel (lockdep,
@@ -41,7 +41,8 @@ pub fn run(flags: &TestFlags) -> anyhow::Result<()> {
     run_profile(&debug, Some(GUEST_TESTS))
 }
 
-fn run_profile(flags: &TestFlags, filter: Option<&str>) -> anyhow::Result<()> {
+/// Runs the workspace's tests, or only the test binaries named in `only`.
+fn run_profile(flags: &TestFlags, only: Option<&[&str]>) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let project = crate::project::Project::locate()?;
@@ -51,14 +52,15 @@ fn run_profile(flags: &TestFlags, filter: Option<&str>) -> anyhow::Result<()> {
     cmd.current_dir(&project.root);
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
-        if let Some(filter) = filter {
-            cmd.args(["-E", filter]);
+        if let Some(only) = only {
+            let filter: Vec<String> = only.iter().map(|name| format!("binary({name})")).collect();
+            cmd.args(["-E", &filter.join(" | ")]);
         }
     } else {
         eprintln!("cargo-nextest not found: running the tests with `cargo test`");
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
-        if filter.is_some() {
-            cmd.args(["--test", "boot", "--test", "events", "--test", "exec", "--test", "scenarios"]);
+        for name in only.unwrap_or_default() {
+            cmd.args(["--test", name]);
         }
     }
     cmd.args(&flags.runner_args)
