@@ -453,7 +453,7 @@ pub fn kernel_args(scenario: &Scenario) -> Vec<String> {
     scenario
         .params
         .iter()
-        .flat_map(|(module, values)| values.iter().map(move |(k, v)| format!("kevent_bench.param={module}.{k}={v}")))
+        .flat_map(|(module, values)| values.iter().map(move |(k, v)| kevent_wire::module_param_arg(module, k, v)))
         .collect()
 }
 

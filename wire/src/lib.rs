@@ -28,3 +28,12 @@ pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
 /// Line the agent prints on the console as its first act: the host reads it
 /// as "the kernel has booted and started /init".
 pub const AGENT_STARTED_MARKER: &str = "kevent-agent: started";
+
+/// Kernel command-line key that carries one module parameter to the agent,
+/// which loads the modules: `kevent_bench.param=MODULE.KEY=VALUE`.
+pub const MODULE_PARAM_KEY: &str = "kevent_bench.param=";
+
+/// The kernel command-line word that gives `module` the parameter `key=value`.
+pub fn module_param_arg(module: &str, key: &str, value: &str) -> String {
+    format!("{MODULE_PARAM_KEY}{module}.{key}={value}")
+}

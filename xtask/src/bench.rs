@@ -74,6 +74,11 @@ fn boot(flags: &BenchFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `p`th percentile of sorted samples, nearest rank rounded up.
+pub(crate) fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[((sorted.len() - 1) * p).div_ceil(100)]
+}
+
 fn median(sorted: &[Duration]) -> Duration {
     let n = sorted.len();
     if n % 2 == 1 {

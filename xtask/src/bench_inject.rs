@@ -5,15 +5,18 @@
 //! Latency runs from the host starting an injection (publishing the entry
 //! and ringing the vector, or sending the agent its request) to the
 //! injection's kmessage and uevent reaching the host. The sustained rate
-//! is a burst of injections alternating between CPUs, every event counted.
+//! is a burst of injections alternating between CPUs, from the first one
+//! started to the last event on the host, every event counted.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure};
-use kevent_bench::sensor::Register;
+use anyhow::ensure;
+use kevent_bench::scenario::Injector;
+use kevent_bench::sensor::{Published, Register};
 use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Command, Outcome};
 
+use crate::bench::percentile;
 use crate::flags::BenchFlags;
 
 /// PROCHOT on and off: each injection is a "high" or "normal", so each
@@ -23,9 +26,12 @@ const PROCHOT_OFF: u64 = 0x8000_0000;
 /// Untimed injections per path first: TCG translates each handler's code
 /// on its first runs, hundreds of microseconds each.
 const WARM_UP: usize = 200;
+/// Injections of the sustained-rate burst.
+const BURST: usize = 5000;
 /// The bar: the device path sustains twice the debugfs path.
 const TARGET_RATE_RATIO: f64 = 2.0;
 
+#[derive(Default)]
 struct Latencies {
     first_event: Vec<Duration>,
     all_events: Vec<Duration>,
@@ -45,35 +51,48 @@ impl Rate {
     }
 }
 
-fn value(k: usize) -> u64 {
-    if k % 2 == 0 {
-        PROCHOT_ON
-    } else {
-        PROCHOT_OFF
-    }
+/// The k-th injection: CPUs in turn, each toggling its PROCHOT.
+fn injection(k: usize, cpus: u32) -> (u32, u64) {
+    let cpu = k as u32 % cpus;
+    let value = if (k / cpus as usize).is_multiple_of(2) { PROCHOT_ON } else { PROCHOT_OFF };
+    (cpu, value)
+}
+
+fn debugfs_inject(
+    machine: &mut Machine,
+    cpu: u32,
+    value: u64,
+    bound: Duration,
+) -> anyhow::Result<kevent_bench::Exchange> {
+    let exchange = machine.request(Command::Inject { package: false, cpu, value }, bound)?;
+    ensure!(matches!(exchange.outcome, Outcome::Done), "injection on CPU {cpu}: {:?}", exchange.outcome);
+    Ok(exchange)
+}
+
+fn device_acked(machine: &mut Machine, published: Published) -> anyhow::Result<()> {
+    ensure!(machine.wait_acked(published)?.is_none(), "the guest refused injection {}", published.seq);
+    Ok(())
 }
 
 pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let cpus = flags.guest.cpus;
-    let guest =
-        artifacts.guest(cpus, flags.guest.memory_mib, vec!["kevent_bench.param=kevent_thermal.rate_limit_ms=0".into()]);
+    let no_rate_limit = kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0");
+    let guest = artifacts.guest(cpus, flags.guest.memory_mib, vec![no_rate_limit]);
     let run_dir = crate::boot::run_dir(&artifacts, "bench-inject");
     let config = MachineConfig::new(guest, decision.accel, run_dir.clone());
+    let bound = config.timeouts.command;
     let mut machine = Machine::boot(&config)?;
     let samples = flags.runs * 100;
-    let burst = 5000;
 
-    latency_device(&mut machine, cpus, WARM_UP)?;
-    latency_debugfs(&mut machine, cpus, WARM_UP)?;
-    let mut device = latency_device(&mut machine, cpus, samples)?;
-    let mut debugfs = latency_debugfs(&mut machine, cpus, samples)?;
-    let device_rate = rate_device(&mut machine, cpus, burst)?;
-    let debugfs_rate = rate_debugfs(&mut machine, cpus, burst)?;
-    if let Some(crash) = machine.crash() {
-        return Err(crash.into());
+    for injector in [Injector::Device, Injector::Debugfs] {
+        latency(&mut machine, injector, cpus, WARM_UP, bound)?;
     }
+    let mut device = latency(&mut machine, Injector::Device, cpus, samples, bound)?;
+    let mut debugfs = latency(&mut machine, Injector::Debugfs, cpus, samples, bound)?;
+    let device_rate = rate(&mut machine, Injector::Device, cpus, bound)?;
+    let debugfs_rate = rate(&mut machine, Injector::Debugfs, cpus, bound)?;
     machine.shutdown(config.timeouts.shutdown)?;
     let _ = std::fs::remove_dir_all(&run_dir);
 
@@ -101,7 +120,7 @@ pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
     row("debugfs: request → kmessage and uevent on the host", &mut debugfs.all_events);
     println!("reference (prototype, this machine kind): bare ring → acknowledge p50 40–58 µs");
     println!();
-    println!("sustained rate, {burst} injections alternating over {cpus} CPU(s), every event counted:");
+    println!("sustained rate, {BURST} injections alternating over {cpus} CPU(s), every event counted:");
     println!("{:<52}{:>12}{:>12}{:>8}", "", "inject/s", "datagrams", "lost");
     for (name, rate) in [("device: host-timed back to back", &device_rate), ("debugfs: fenced requests", &debugfs_rate)]
     {
@@ -120,22 +139,27 @@ pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    sorted[((sorted.len() - 1) * p).div_ceil(100)]
-}
-
-fn latency_device(machine: &mut Machine, cpus: u32, samples: usize) -> anyhow::Result<Latencies> {
-    let bound = Duration::from_secs(10);
-    let mut out = Latencies { first_event: Vec::new(), all_events: Vec::new(), acked: Vec::new() };
+/// One injection at a time, each waited for until both its events are on the host.
+fn latency(
+    machine: &mut Machine,
+    injector: Injector,
+    cpus: u32,
+    samples: usize,
+    bound: Duration,
+) -> anyhow::Result<Latencies> {
+    let mut out = Latencies::default();
     for k in 0..samples {
-        let cpu = k as u32 % cpus;
+        let (cpu, value) = injection(k, cpus);
         let started = Instant::now();
-        let published = machine.fire(cpu, Register::Core, value(k / cpus as usize))?;
-        if machine.wait_acked(published)?.is_some() {
-            bail!("the guest refused injection {k}");
-        }
-        out.acked.push(started.elapsed());
-        let exchange = machine.wait_datagrams(2, bound)?;
+        let exchange = match injector {
+            Injector::Device => {
+                let published = machine.fire(cpu, Register::Core, value)?;
+                device_acked(machine, published)?;
+                out.acked.push(started.elapsed());
+                machine.wait_datagrams(2, bound)?
+            }
+            Injector::Debugfs => debugfs_inject(machine, cpu, value, bound)?,
+        };
         ensure!(exchange.datagrams.len() == 2, "injection {k}: {} datagrams, expected 2", exchange.datagrams.len());
         out.first_event.push(exchange.arrived[0] - started);
         out.all_events.push(exchange.arrived[1] - started);
@@ -143,53 +167,38 @@ fn latency_device(machine: &mut Machine, cpus: u32, samples: usize) -> anyhow::R
     Ok(out)
 }
 
-fn latency_debugfs(machine: &mut Machine, cpus: u32, samples: usize) -> anyhow::Result<Latencies> {
-    let bound = Duration::from_secs(10);
-    let mut out = Latencies { first_event: Vec::new(), all_events: Vec::new(), acked: Vec::new() };
-    for k in 0..samples {
-        let cpu = k as u32 % cpus;
-        let started = Instant::now();
-        let inject = Command::Inject { package: false, cpu, value: value(k / cpus as usize) };
-        let exchange = machine.request(inject, bound)?;
-        ensure!(matches!(exchange.outcome, Outcome::Done), "injection {k}: {:?}", exchange.outcome);
-        ensure!(exchange.datagrams.len() == 2, "injection {k}: {} datagrams, expected 2", exchange.datagrams.len());
-        out.first_event.push(exchange.arrived[0] - started);
-        out.all_events.push(exchange.arrived[1] - started);
-    }
-    Ok(out)
-}
-
-fn rate_device(machine: &mut Machine, cpus: u32, injections: usize) -> anyhow::Result<Rate> {
+/// [`BURST`] injections as fast as the path takes them: the device path
+/// fires without waiting between them (its ring and in-flight limit pace
+/// it), the debugfs path waits for each request's reply, as it must.
+fn rate(machine: &mut Machine, injector: Injector, cpus: u32, bound: Duration) -> anyhow::Result<Rate> {
     let started = Instant::now();
-    let mut last = Vec::new();
-    for k in 0..injections {
-        let cpu = k as u32 % cpus;
-        let published = machine.fire(cpu, Register::Core, value(k / cpus as usize))?;
-        if last.len() < cpus as usize {
-            last.push(published);
-        } else {
-            last[cpu as usize] = published;
-        }
-    }
-    for published in last {
-        ensure!(machine.wait_acked(published)?.is_none(), "the guest refused an injection");
-    }
-    // Acknowledged means sent or dropped in the guest; the fence brings in
-    // whatever was sent, so a shortfall is a loss, not a wait.
-    let exchange = machine.fence(Duration::from_secs(30))?;
-    let elapsed = exchange.arrived.last().map_or(started.elapsed(), |at| *at - started);
-    Ok(Rate { injections, datagrams: exchange.datagrams.len(), elapsed })
-}
-
-fn rate_debugfs(machine: &mut Machine, cpus: u32, injections: usize) -> anyhow::Result<Rate> {
-    let started = Instant::now();
+    let mut arrived = Vec::new();
     let mut datagrams = 0;
-    for k in 0..injections {
-        let cpu = k as u32 % cpus;
-        let inject = Command::Inject { package: false, cpu, value: value(k / cpus as usize) };
-        let exchange = machine.request(inject, Duration::from_secs(10))?;
-        ensure!(matches!(exchange.outcome, Outcome::Done), "injection {k}: {:?}", exchange.outcome);
-        datagrams += exchange.datagrams.len();
+    match injector {
+        Injector::Device => {
+            let mut last = vec![None; cpus as usize];
+            for k in 0..BURST {
+                let (cpu, value) = injection(k, cpus);
+                last[cpu as usize] = Some(machine.fire(cpu, Register::Core, value)?);
+            }
+            // Acknowledged means sent or dropped in the guest (a drop fails
+            // the wait); the fence brings in whatever was sent.
+            for published in last.into_iter().flatten() {
+                device_acked(machine, published)?;
+            }
+            let exchange = machine.fence(bound)?;
+            datagrams = exchange.datagrams.len();
+            arrived = exchange.arrived;
+        }
+        Injector::Debugfs => {
+            for k in 0..BURST {
+                let (cpu, value) = injection(k, cpus);
+                let exchange = debugfs_inject(machine, cpu, value, bound)?;
+                datagrams += exchange.datagrams.len();
+                arrived.extend(exchange.arrived.last());
+            }
+        }
     }
-    Ok(Rate { injections, datagrams, elapsed: started.elapsed() })
+    let elapsed = arrived.last().map_or(started.elapsed(), |at| *at - started);
+    Ok(Rate { injections: BURST, datagrams, elapsed })
 }
