@@ -11,13 +11,10 @@ fn a_users_own_unprivileged_listener_receives_the_seed_payload() {
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, "exec-initramfs");
     let listener = common::static_guest_program("kmsg-listen", &dir);
-    // The kernel unpacks concatenated archives in order: the bench's, then ours.
-    let mut initramfs = std::fs::read(&artifacts.initramfs).unwrap();
     let mut extra = kevent_bench::cpio::Archive::new();
     extra.file("/bin/kmsg-listen", 0o755, std::fs::read(listener).unwrap());
-    initramfs.extend(extra.to_bytes());
     let initramfs_path = dir.join("initramfs.cpio");
-    std::fs::write(&initramfs_path, initramfs).unwrap();
+    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
 
     let scenario = scenario::parse(
         &dir.join("exec.toml"),

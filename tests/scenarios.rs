@@ -29,13 +29,7 @@ fn snapshots_dir() -> PathBuf {
 }
 
 fn scenario_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(scenarios_dir())
-        .expect("read scenarios/")
-        .map(|e| e.expect("read scenarios/").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
-    files
+    scenario::files(&scenarios_dir()).expect("read scenarios/")
 }
 
 fn insta_settings(snapshot_dir: &Path) -> insta::Settings {
@@ -148,9 +142,8 @@ fn main() {
     for path in scenario_files() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         // Host-timed steps exist only on the device path.
-        let host_timed = scenario::load(&path).is_ok_and(|s| s.steps.iter().any(|step| step.host_timed.is_some()));
-        let injectors: &[Injector] =
-            if host_timed { &[Injector::Device] } else { &[Injector::Device, Injector::Debugfs] };
+        let host_timed = scenario::load(&path).is_ok_and(|s| s.host_timed_step().is_some());
+        let injectors: &[Injector] = if host_timed { &[Injector::Device] } else { &Injector::ALL };
         for &injector in injectors {
             let path = path.clone();
             trials.push(Trial::test(format!("scenario::{name}::{injector}"), move || check_scenario(&path, injector)));

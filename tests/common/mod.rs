@@ -37,3 +37,42 @@ pub fn static_guest_program(name: &str, out_dir: &Path) -> PathBuf {
     assert!(status.success(), "cc failed for {}", source.display());
     binary
 }
+
+/// Bound of each agent request in the tests.
+pub const BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+/// The kmessage unit the events module registers by default.
+pub const NETLINK_KMESSAGE: u32 = 31;
+
+/// A 2-CPU guest whose modules get `params` (`MODULE.KEY=VALUE` each).
+pub fn config_with_params(test: &str, params: &[(&str, &str, &str)]) -> MachineConfig {
+    let args = params.iter().map(|(module, key, value)| kevent_wire::module_param_arg(module, key, value)).collect();
+    config(test, artifacts().guest(2, 256, args))
+}
+
+pub fn boot(config: &MachineConfig) -> kevent_bench::Machine {
+    kevent_bench::Machine::boot(config).unwrap_or_else(|f| panic!("{f}"))
+}
+
+pub fn shut_down(machine: kevent_bench::Machine) {
+    machine.shutdown(std::time::Duration::from_secs(15)).unwrap_or_else(|f| panic!("{f}"));
+}
+
+pub fn read(machine: &mut kevent_bench::Machine, path: &str) -> String {
+    match machine.request(kevent_wire::Command::ReadFile { path: path.into() }, BOUND).unwrap().outcome {
+        kevent_wire::Outcome::Data(data) => String::from_utf8(data).unwrap(),
+        other => panic!("read {path}: {other:?}"),
+    }
+}
+
+pub fn write(machine: &mut kevent_bench::Machine, path: &str, data: &str) -> kevent_wire::Outcome {
+    let command = kevent_wire::Command::WriteFile { path: path.into(), data: data.into() };
+    machine.request(command, BOUND).unwrap().outcome
+}
+
+pub fn kmessages(datagrams: &[kevent_wire::Datagram]) -> Vec<&kevent_wire::Datagram> {
+    datagrams.iter().filter(|d| d.protocol == NETLINK_KMESSAGE).collect()
+}
+
+pub fn uevents(datagrams: &[kevent_wire::Datagram]) -> Vec<&kevent_wire::Datagram> {
+    datagrams.iter().filter(|d| d.protocol == kevent_bench::events::NETLINK_KOBJECT_UEVENT).collect()
+}
