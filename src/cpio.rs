@@ -88,6 +88,14 @@ impl Archive {
         self.write_to(&mut out).expect("writing to a Vec cannot fail");
         out
     }
+
+    /// Writes to `out` the initramfs `base` with this archive after it: the
+    /// kernel unpacks concatenated archives in order, later files winning.
+    pub fn append_to(&self, base: &std::path::Path, out: &std::path::Path) -> io::Result<()> {
+        let mut bytes = std::fs::read(base)?;
+        self.write_to(&mut bytes)?;
+        std::fs::write(out, bytes)
+    }
 }
 
 impl Entry {

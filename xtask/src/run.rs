@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
-use kevent_bench::events::{self, Event};
+use kevent_bench::events;
 use kevent_bench::runner::{self, StepRecord};
 use kevent_bench::{scenario, MachineConfig};
 use kevent_wire::Outcome;
@@ -36,7 +36,6 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     eprintln!("console log: {}", run_dir.join("console.log").display());
     let started = Instant::now();
     let mut normaliser = events::Normaliser::default();
-    let (mut kmessages, mut uevents) = (0usize, 0usize);
     let mut print_step = |record: &StepRecord| {
         let mut out = std::io::stdout().lock();
         if !flags.json {
@@ -64,11 +63,6 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         }
         for datagram in &record.datagrams {
             let mut event = events::decode(datagram);
-            match event {
-                Event::Kmessage { .. } => kmessages += 1,
-                Event::Uevent { .. } => uevents += 1,
-                Event::Malformed { .. } => {}
-            }
             if flags.json {
                 normaliser.normalise(&mut event);
                 let line = serde_json::json!({
@@ -111,10 +105,13 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         println!("stdout:\n{}", String::from_utf8_lossy(&r.stdout));
         println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
     }
+    let totals = transcript.snapshot().totals;
     eprintln!(
-        "{}: {} step(s), {kmessages} kmessage(s), {uevents} uevent(s), none lost; {:.2} s on {} ({})",
+        "{}: {} step(s), {} kmessage(s), {} uevent(s), none lost; {:.2} s on {} ({})",
         scenario.name,
         transcript.steps.len(),
+        totals.kmessages,
+        totals.uevents,
         started.elapsed().as_secs_f64(),
         decision.accel,
         transcript.hello.kernel_release
@@ -137,20 +134,18 @@ fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyhow::R
             }
         };
         let data = std::fs::read(&host).with_context(|| format!("--include {include}: read {}", host.display()))?;
-        let mode = if is_elf(&data) { 0o755 } else { 0o644 };
-        if is_elf(&data) {
+        let elf = is_elf(&data);
+        if elf {
             for library in shared_libraries(&host)? {
                 let bytes = std::fs::read(&library).with_context(|| format!("read {}", library.display()))?;
                 archive.file(&library.to_string_lossy(), 0o755, bytes);
             }
         }
-        archive.file(&guest, mode, data);
+        archive.file(&guest, if elf { 0o755 } else { 0o644 }, data);
     }
-    let mut bytes = std::fs::read(base).with_context(|| format!("read {}", base.display()))?;
-    bytes.extend(archive.to_bytes());
     std::fs::create_dir_all(run_dir)?;
     let path = run_dir.join("initramfs.cpio");
-    std::fs::write(&path, bytes)?;
+    archive.append_to(base, &path).with_context(|| format!("append the included files to {}", base.display()))?;
     Ok(path)
 }
 
