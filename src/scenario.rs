@@ -49,23 +49,24 @@ pub enum Injector {
 }
 
 impl Injector {
+    pub const ALL: [Injector; 2] = [Injector::Device, Injector::Debugfs];
     pub const NAMES: &'static str = "\"device\" or \"debugfs\"";
 
-    pub fn from_name(name: &str) -> Option<Injector> {
-        match name {
-            "device" => Some(Injector::Device),
-            "debugfs" => Some(Injector::Debugfs),
-            _ => None,
+    pub fn name(self) -> &'static str {
+        match self {
+            Injector::Device => "device",
+            Injector::Debugfs => "debugfs",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Injector> {
+        Injector::ALL.into_iter().find(|i| i.name() == name)
     }
 }
 
 impl fmt::Display for Injector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Injector::Device => "device",
-            Injector::Debugfs => "debugfs",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -202,6 +203,19 @@ struct RawExec {
     args: Vec<String>,
     #[serde(default)]
     background: bool,
+}
+
+/// The scenario files (`*.toml`) of a directory, sorted by name.
+pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
@@ -431,7 +445,7 @@ impl Scenario {
     /// Host-timed steps need the device injector; a command-line choice of
     /// debugfs can contradict the file.
     pub fn check_injector(&self) -> Result<(), String> {
-        match self.steps.iter().position(|s| s.host_timed.is_some()) {
+        match self.host_timed_step() {
             Some(index) if self.injector != Injector::Device => Err(format!(
                 "{}: step {} is host-timed (interval_us), which needs the device injector, not {}",
                 self.path.display(),
@@ -440,6 +454,11 @@ impl Scenario {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The index of the first host-timed step, if any.
+    pub fn host_timed_step(&self) -> Option<usize> {
+        self.steps.iter().position(|s| s.host_timed.is_some())
     }
 
     /// The bench guest with this scenario's machine and module parameters.
@@ -558,6 +577,9 @@ sleep_ms = 5
         let err = parse_str("description = \"x\"\ninjector = \"msr\"\n[[step]]\nsleep_ms = 1\n").unwrap_err();
         assert_eq!((err.line, err.column), (2, 12), "{err}");
         assert_eq!(err.message, "injector = \"msr\": expected \"device\" or \"debugfs\"");
+        // The names the error offers are the names that parse.
+        let offered: Vec<String> = Injector::ALL.iter().map(|i| format!("{:?}", i.name())).collect();
+        assert_eq!(offered.join(" or "), Injector::NAMES);
     }
 
     #[test]
@@ -591,15 +613,10 @@ sleep_ms = 5
 
     #[test]
     fn the_starter_scenarios_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-        let mut count = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                load(&path).unwrap_or_else(|e| panic!("{e}"));
-                count += 1;
-            }
+        let starters = files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")).unwrap();
+        for path in &starters {
+            load(path).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert!(count >= 11, "{count} starter scenarios");
+        assert!(starters.len() >= 11, "{} starter scenarios", starters.len());
     }
 }

@@ -94,12 +94,7 @@ fn scenarios(flags: &BenchFlags) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
     let project = crate::project::Project::locate()?;
-    let mut files: Vec<_> = std::fs::read_dir(project.root.join("scenarios"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
+    let files = scenario::files(&project.root.join("scenarios"))?;
     let suite = files.iter().map(|f| scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
     if suite.is_empty() {
         bail!("no scenarios in {}", project.root.join("scenarios").display());
@@ -116,7 +111,7 @@ fn scenarios(flags: &BenchFlags) -> anyhow::Result<()> {
     run_one(&suite[0])?;
     let floor_guest = artifacts.floor_guest(2, 256);
     let mut floor = (0..3)
-        .map(|_| run_floor(&floor_guest, decision.accel, Duration::from_secs(60)))
+        .map(|_| run_floor(&floor_guest, decision.accel, Timeouts::default().kernel_boot))
         .collect::<Result<Vec<_>, _>>()?;
     floor.sort();
 

@@ -235,17 +235,16 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
             Command::Run(RunFlags { build, guest, scenario, console, json, raw, includes, injector })
         }
         "test" => Command::Test(TestFlags { build, guest, runner_args }),
-        "bench" => match bench_target.as_deref() {
-            Some("boot") => Command::Bench(BenchFlags { build, guest, target: BenchTarget::Boot, runs: runs.max(1) }),
-            Some("scenarios") => {
-                Command::Bench(BenchFlags { build, guest, target: BenchTarget::Scenarios, runs: runs.max(1) })
-            }
-            Some("inject") => {
-                Command::Bench(BenchFlags { build, guest, target: BenchTarget::Inject, runs: runs.max(1) })
-            }
-            Some(other) => bail!("unknown benchmark {other:?}: expected `boot`, `scenarios` or `inject`"),
-            None => bail!("`bench` needs a benchmark: `cargo xtask bench boot`, `scenarios` or `inject`"),
-        },
+        "bench" => {
+            let target = match bench_target.as_deref() {
+                Some("boot") => BenchTarget::Boot,
+                Some("scenarios") => BenchTarget::Scenarios,
+                Some("inject") => BenchTarget::Inject,
+                Some(other) => bail!("unknown benchmark {other:?}: expected `boot`, `scenarios` or `inject`"),
+                None => bail!("`bench` needs a benchmark: `cargo xtask bench boot`, `scenarios` or `inject`"),
+            };
+            Command::Bench(BenchFlags { build, guest, target, runs: runs.max(1) })
+        }
         other => bail!("unknown command {other:?}"),
     })
 }

@@ -56,9 +56,6 @@ fn exit_code_of(e: &anyhow::Error) -> i32 {
     if let Some(failure) = e.downcast_ref::<kevent_bench::Failure>() {
         return failure.exit_code();
     }
-    if e.downcast_ref::<kevent_bench::scenario::ScenarioError>().is_some() {
-        return exit_code::BENCH_ERROR;
-    }
     if e.downcast_ref::<prereq::Missing>().is_some() {
         return exit_code::MISSING_PREREQUISITE;
     }
