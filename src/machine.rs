@@ -375,22 +375,14 @@ impl Machine {
         let device = &sensor.device;
         if !guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.is_ready())? {
             let detail = "kevent_thermal.ko has not bound the ivshmem-doorbell device (1af4:1110) with one MSI-X \
-                          vector per CPU, or was unbound"
-                .to_owned();
-            return Err(guest.fail(Failure::SensorNotReady {
-                waited: bound,
-                detail,
-                console_tail: guest.console_tail(),
-            }));
+                          vector per CPU, or was unbound";
+            return Err(guest.sensor_not_ready(bound, detail.to_owned()));
         }
         let (serves, cpus) = (device.guest_cpus(), device.cpus());
         if serves != cpus {
-            let detail = format!("its driver serves {serves} of the device's {cpus} CPUs");
-            return Err(guest.fail(Failure::SensorNotReady {
-                waited: bound,
-                detail,
-                console_tail: guest.console_tail(),
-            }));
+            return Err(
+                guest.sensor_not_ready(bound, format!("its driver serves {serves} of the device's {cpus} CPUs"))
+            );
         }
         // What the guest lost before this driver took the device is not ours to report.
         for cpu in 0..cpus {
@@ -444,9 +436,7 @@ impl Machine {
         if guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, settled)? {
             if !device.is_acked(published) {
                 let detail = format!("the driver let go of the device while injection {} was pending", published.seq);
-                let failure =
-                    Failure::SensorNotReady { waited: Duration::ZERO, detail, console_tail: guest.console_tail() };
-                return Err(guest.fail(failure));
+                return Err(guest.sensor_not_ready(Duration::ZERO, detail));
             }
             let cpu = published.cpu;
             let dropped = device.status(cpu).events_dropped;
@@ -723,6 +713,11 @@ impl Guest {
 
     fn exchange(&mut self, outcome: Outcome) -> Exchange {
         Exchange { outcome, datagrams: std::mem::take(&mut self.captured), arrived: std::mem::take(&mut self.arrived) }
+    }
+
+    fn sensor_not_ready(&mut self, waited: Duration, detail: String) -> Failure {
+        let console_tail = self.console_tail();
+        self.fail(Failure::SensorNotReady { waited, detail, console_tail })
     }
 
     /// A run-ending failure found while the guest was otherwise waited for:

@@ -70,7 +70,6 @@ pub fn run(
     let mut any_background = false;
     for (index, step) in scenario.steps.iter().enumerate() {
         any_background |= matches!(step.action, Action::Exec { background: true, .. });
-        let command = command_of(&step.action);
         let started = std::time::Instant::now();
         let mut record = StepRecord {
             index,
@@ -82,15 +81,14 @@ pub fn run(
             elapsed: Duration::ZERO,
             host_timing: None,
         };
-        match (&step.action, scenario.injector) {
-            (&Action::Inject { cpu, package, value, .. }, Injector::Device) => {
-                let register = if package { Register::Package } else { Register::Core };
-                let injection = Injection { cpu, register, value };
+        let injection = Injection::of(&step.action);
+        match injection {
+            Some(injection) if scenario.injector == Injector::Device => {
                 match step.host_timed {
                     Some(interval) => fire_on_schedule(&mut machine, injection, step.repeat, interval, &mut record)?,
                     None => {
                         for _ in 0..step.repeat {
-                            let published = machine.fire(cpu, register, value)?;
+                            let published = machine.fire(injection.cpu, injection.register, injection.value)?;
                             let refused = machine.wait_acked(published)?;
                             record.note(refused.map_or(Outcome::Done, |errno| injection.refused(errno)));
                         }
@@ -100,10 +98,16 @@ pub fn run(
                 record.datagrams.extend(machine.fence(bound)?.datagrams);
             }
             _ => {
+                let command = command_of(&step.action);
                 for _ in 0..step.repeat {
                     let exchange = machine.request(command.clone(), bound)?;
                     record.datagrams.extend(exchange.datagrams);
-                    record.note(in_common_words(&step.action, exchange.outcome));
+                    // A failed debugfs injection reads like a refused device entry.
+                    let outcome = match (injection, exchange.outcome) {
+                        (Some(injection), Outcome::Error { errno, .. }) => injection.refused(errno as u32),
+                        (_, outcome) => outcome,
+                    };
+                    record.note(outcome);
                 }
             }
         }
@@ -146,6 +150,16 @@ struct Injection {
 }
 
 impl Injection {
+    fn of(action: &Action) -> Option<Injection> {
+        match *action {
+            Action::Inject { cpu, package, value, .. } => {
+                let register = if package { Register::Package } else { Register::Core };
+                Some(Injection { cpu, register, value })
+            }
+            _ => None,
+        }
+    }
+
     /// The outcome of an injection the module did not take, in the same
     /// words whichever injector carried it, so snapshots do not tell them apart.
     fn refused(&self, errno: u32) -> Outcome {
@@ -157,17 +171,6 @@ impl Injection {
             errno: errno as i32,
             message: format!("kevent_thermal did not take {register} image {:#x} for CPU {}", self.value, self.cpu),
         }
-    }
-}
-
-/// A failed debugfs injection reads like a refused device entry.
-fn in_common_words(action: &Action, outcome: Outcome) -> Outcome {
-    match (action, outcome) {
-        (&Action::Inject { cpu, package, value, .. }, Outcome::Error { errno, .. }) => {
-            let register = if package { Register::Package } else { Register::Core };
-            Injection { cpu, register, value }.refused(errno as u32)
-        }
-        (_, outcome) => outcome,
     }
 }
 
@@ -215,13 +218,12 @@ fn fire_on_schedule(
     }
     record.host_timing = Some(HostTiming { interval, fired_in: start.elapsed(), max_lateness });
     let Some(last) = last else { return Ok(()) };
-    let refused_last = machine.wait_acked(last)?;
+    machine.wait_acked(last)?;
     let status = machine.sensor().expect("fired through it").status(cpu);
     // A rebound driver starts counting again.
     let rejected = status.rejected.saturating_sub(rejected_before);
     for _ in 0..rejected {
-        let errno = refused_last.unwrap_or(status.rejected_errno);
-        record.note(injection.refused(errno));
+        record.note(injection.refused(status.rejected_errno));
     }
     if rejected == 0 {
         record.note(Outcome::Done);

@@ -196,14 +196,14 @@ impl SensorDevice {
     pub fn space(&mut self, cpu: u32) -> u32 {
         let mut in_flight = 0;
         for c in 0..self.cpus {
-            let acked = self.status(c).acked_seq;
+            let acked = self.load_u64(abi::cpu_offset(c) + abi::cpu::ACKED_SEQ);
             let pending = &mut self.in_flight[c as usize];
             while pending.front().is_some_and(|seq| *seq <= acked) {
                 pending.pop_front();
             }
             in_flight += pending.len();
         }
-        let untaken = self.heads[cpu as usize].wrapping_sub(self.status(cpu).tail);
+        let untaken = self.heads[cpu as usize].wrapping_sub(self.load_u32(abi::cpu_offset(cpu) + abi::cpu::TAIL));
         let ring = abi::RING_ENTRIES.saturating_sub(untaken);
         ring.min(abi::MAX_IN_FLIGHT.saturating_sub(in_flight) as u32)
     }
@@ -272,11 +272,6 @@ impl SensorDevice {
     /// Raw access for tests of the guest's defences against a broken host.
     pub fn store_u32_for_test(&self, offset: usize, value: u32) {
         self.memory().store(value, offset, Ordering::Release).expect("in the region");
-    }
-
-    /// The guest's side of the setup, for a stand-in guest in tests.
-    pub fn shared_memory(&self) -> &File {
-        &self.shared_memory
     }
 }
 
