@@ -266,6 +266,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     })?;
 
     let mut params = BTreeMap::new();
+    let mut tjmax = DEFAULT_TJMAX;
     for (module, values) in raw.params {
         let mut converted = BTreeMap::new();
         for (key, value) in values {
@@ -281,14 +282,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                     ))
                 }
             };
+            // Temperatures become readouts through TjMax: a TjMax the module
+            // would refuse must not silently turn into the default.
+            if module == "kevent_thermal" && key == "tjmax" {
+                tjmax = text.parse().ok().filter(|t| (1..=255).contains(t)).ok_or_else(|| {
+                    error(span, format!("params.kevent_thermal.tjmax = {text}: expected 1 to 255 (°C)"))
+                })?;
+            }
             converted.insert(key, text);
         }
         params.insert(module, converted);
     }
-    let tjmax = match params.get("kevent_thermal").and_then(|p| p.get("tjmax")) {
-        Some(t) => t.parse().unwrap_or(DEFAULT_TJMAX),
-        None => DEFAULT_TJMAX,
-    };
 
     let injector = match raw.injector {
         None => Injector::default(),
@@ -556,6 +560,22 @@ sleep_ms = 5
         assert!(err.message.contains("so -27 to 100"), "{err}");
         let err = parse_str("description = \"x\"\n[machine]\ncpus = 9\n[[step]]\nsleep_ms = 1\n").unwrap_err();
         assert_eq!(err.line, 3);
+    }
+
+    #[test]
+    fn tjmax_sets_the_readout_scale_and_a_bad_one_is_refused() {
+        let s = parse_str(
+            "description = \"x\"\n[params]\nkevent_thermal.tjmax = 90\n[[step]]\ninject = { cpu = 0, temperature = 85 }\n",
+        )
+        .unwrap();
+        // 85 °C is 5 below a TjMax of 90.
+        assert!(matches!(s.steps[0].action, Action::Inject { value, .. } if value == VALID | (5 << READOUT_SHIFT)));
+        for bad in ["\"hot\"", "0", "256", "-3"] {
+            let text = format!("description = \"x\"\n[params]\nkevent_thermal.tjmax = {bad}\n[[step]]\nsleep_ms = 1\n");
+            let err = parse_str(&text).unwrap_err();
+            assert_eq!((err.line, err.column), (3, 24), "{bad}: {err}");
+            assert!(err.message.contains("expected 1 to 255"), "{bad}: {err}");
+        }
     }
 
     #[test]
