@@ -101,9 +101,19 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     };
     let transcript = runner::run(&scenario, &config, &mut print_step)?;
     for r in &transcript.background {
-        println!("── background {}: exit code {} (signal {})", r.program, r.exit_code, r.signal);
-        println!("stdout:\n{}", String::from_utf8_lossy(&r.stdout));
-        println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
+        let (stdout, stderr) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+        if flags.json {
+            // One JSON object per line, background programs included.
+            let line = serde_json::json!({
+                "background": { "program": r.program, "exit_code": r.exit_code, "signal": r.signal,
+                                "stdout": stdout, "stderr": stderr },
+            });
+            println!("{line}");
+        } else {
+            println!("── background {}: exit code {} (signal {})", r.program, r.exit_code, r.signal);
+            println!("stdout:\n{stdout}");
+            println!("stderr:\n{stderr}");
+        }
     }
     let totals = transcript.snapshot().totals;
     eprintln!(
