@@ -3,10 +3,12 @@
 //! Decoding never fails: a datagram that does not parse is kept as a
 //! `Malformed` event with its bytes, so nothing captured is ever lost.
 
+use std::fmt::Write;
+
 use kevent_wire::Datagram;
 use serde::Serialize;
 
-pub const NETLINK_KOBJECT_UEVENT: u32 = 15;
+pub const NETLINK_KOBJECT_UEVENT: u32 = libc::NETLINK_KOBJECT_UEVENT as u32;
 
 /// kmessage types by bit of the group mask (the seed's KMSG_*).
 pub const KMSG_GROUPS: &[&str] = &["general", "storage", "power", "fs", "hotplug"];
@@ -42,7 +44,9 @@ pub fn escape(bytes: &[u8]) -> String {
             0 => out.push_str("\\0"),
             b'\\' => out.push_str("\\\\"),
             0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
         }
     }
     out
@@ -116,10 +120,15 @@ impl Normaliser {
                 let first = *self.first_seqnum.get_or_insert(seqnum);
                 *entry = format!("SEQNUM=+{}", seqnum.wrapping_sub(first));
             } else if let Some(modalias) = entry.strip_prefix("MODALIAS=") {
-                if let Some(prefix) = modalias.strip_suffix('\n').unwrap_or(modalias).split(',').next() {
-                    if prefix.starts_with("cpu:type:") {
-                        *entry = format!("MODALIAS={prefix},{MODALIAS_PLACEHOLDER}\\n");
-                    }
+                // The kernel's value ends with a newline: shown as `\n`, and
+                // only if it is there, so the snapshot sees it go.
+                let (value, newline) = match modalias.strip_suffix('\n') {
+                    Some(value) => (value, "\\n"),
+                    None => (modalias, ""),
+                };
+                let prefix = value.split_once(',').map_or(value, |(prefix, _)| prefix);
+                if prefix.starts_with("cpu:type:") {
+                    *entry = format!("MODALIAS={prefix},{MODALIAS_PLACEHOLDER}{newline}");
                 }
             }
         }
@@ -243,6 +252,17 @@ SUBSYSTEM=cpu\0KEVENT_SIGNAL=high\0MODALIAS=cpu:type:x86,ven0002fam000Fmod006B:f
         n.normalise(&mut second);
         let Event::Uevent { env, .. } = second else { panic!() };
         assert_eq!(env.last().unwrap(), "SEQNUM=+3");
+        // A MODALIAS without the kernel's newline keeps none in the snapshot.
+        let bare = String::from_utf8_lossy(bytes).replace(",0001\n\0", ",0001\0");
+        let mut third = decode(&datagram(15, 1, bare.as_bytes()));
+        n.normalise(&mut third);
+        let Event::Uevent { env, .. } = third else { panic!() };
+        assert_eq!(env[4], "MODALIAS=cpu:type:x86,[CPU model and features]");
+    }
+
+    #[test]
+    fn escaping_shows_newlines_nuls_backslashes_and_other_bytes() {
+        assert_eq!(escape(b"Cpu: 1\n\0a\\b\x01\xff~"), "Cpu: 1\\n\\0a\\\\b\\x01\\xff~");
     }
 
     #[test]
