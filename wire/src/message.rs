@@ -475,6 +475,51 @@ mod tests {
         }
     }
 
+    /// Both sides share this crate, so a layout change would round-trip
+    /// regardless: these bytes are written out from the documented layout
+    /// (`u32` LE length, kind byte, fields LE, `u32` length or count first).
+    #[test]
+    fn encodings_are_pinned_to_the_documented_layout() {
+        let datagram = GuestMessage::Datagram(Datagram {
+            protocol: 31,
+            groups: 4,
+            portid: 0x1122_3344,
+            monotonic_ns: 0x0102_0304_0506_0708,
+            bytes: b"ab".to_vec(),
+        });
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            27, 0, 0, 0,                // frame length: kind + 26 bytes of fields
+            0x03,                       // kind: Datagram
+            31, 0, 0, 0,                // protocol
+            4, 0, 0, 0,                 // groups
+            0x44, 0x33, 0x22, 0x11,     // portid
+            8, 7, 6, 5, 4, 3, 2, 1,     // monotonic_ns
+            2, 0, 0, 0, b'a', b'b',     // bytes
+        ];
+        assert_eq!(datagram.encode(), expected);
+        assert_eq!(GuestMessage::decode(expected[4], &expected[5..]).unwrap(), datagram);
+
+        let request = HostMessage::Request {
+            id: 0x0a0b_0c0d,
+            command: Command::Exec { program: "/x".into(), args: vec!["a".into(), "".into()], background: true },
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            26, 0, 0, 0,                // frame length: kind + 25 bytes of fields
+            0x82,                       // kind: Request
+            0x0d, 0x0c, 0x0b, 0x0a,     // id
+            4,                          // command: Exec
+            2, 0, 0, 0, b'/', b'x',     // program
+            1,                          // background
+            2, 0, 0, 0,                 // args: count
+            1, 0, 0, 0, b'a',           // args[0]
+            0, 0, 0, 0,                 // args[1], empty
+        ];
+        assert_eq!(request.encode(), expected);
+        assert_eq!(HostMessage::decode(expected[4], &expected[5..]).unwrap(), request);
+    }
+
     #[test]
     fn an_unknown_command_or_outcome_is_named() {
         let mut e = Encoder::new(HOST_REQUEST);
