@@ -179,10 +179,9 @@ impl GuestMessage {
                     .str(&h.clocksource)
                     .u64(h.agent_started_ns)
                     .u64(h.greeted_ns)
-                    .u32(h.modules.len() as u32);
-                for m in &h.modules {
-                    e.str(&m.name).str(&m.params).u64(m.load_ns);
-                }
+                    .list(&h.modules, |e, m| {
+                        e.str(&m.name).str(&m.params).u64(m.load_ns);
+                    });
                 e.finish()
             }
             GuestMessage::Fatal { message } => {
@@ -215,10 +214,7 @@ impl GuestMessage {
                         encode_exec(&mut e, r);
                     }
                     Outcome::Background(results) => {
-                        e.u8(OUTCOME_BACKGROUND).u32(results.len() as u32);
-                        for r in results {
-                            encode_exec(&mut e, r);
-                        }
+                        e.u8(OUTCOME_BACKGROUND).list(results, encode_exec);
                     }
                     Outcome::Error { errno, message } => {
                         e.u8(OUTCOME_ERROR).i32(*errno).str(message);
@@ -244,14 +240,12 @@ impl GuestMessage {
                 let clocksource = d.str("clocksource")?;
                 let agent_started_ns = d.u64("agent_started_ns")?;
                 let greeted_ns = d.u64("greeted_ns")?;
-                let count = d.u32("modules")?;
-                let mut modules = Vec::new();
-                for _ in 0..count {
+                let modules = d.list("modules", |d| {
                     let name = d.str("modules.name")?;
                     let params = d.str("modules.params")?;
                     let load_ns = d.u64("modules.load_ns")?;
-                    modules.push(ModuleLoad { name, params, load_ns });
-                }
+                    Ok(ModuleLoad { name, params, load_ns })
+                })?;
                 d.end()?;
                 Ok(GuestMessage::Hello(Hello {
                     protocol_version,
@@ -294,14 +288,7 @@ impl GuestMessage {
                     OUTCOME_DONE => Outcome::Done,
                     OUTCOME_DATA => Outcome::Data(d.bytes("data")?),
                     OUTCOME_EXEC => Outcome::Exec(decode_exec(&mut d)?),
-                    OUTCOME_BACKGROUND => {
-                        let count = d.u32("results")?;
-                        let mut results = Vec::new();
-                        for _ in 0..count {
-                            results.push(decode_exec(&mut d)?);
-                        }
-                        Outcome::Background(results)
-                    }
+                    OUTCOME_BACKGROUND => Outcome::Background(d.list("results", decode_exec)?),
                     OUTCOME_ERROR => Outcome::Error { errno: d.i32("errno")?, message: d.str("message")? },
                     other => return Err(d.bad_value("outcome", other.into())),
                 };
@@ -334,10 +321,9 @@ impl HostMessage {
                         e.u8(COMMAND_SLEEP).u64(*ns);
                     }
                     Command::Exec { program, args, background } => {
-                        e.u8(COMMAND_EXEC).str(program).bool(*background).u32(args.len() as u32);
-                        for arg in args {
+                        e.u8(COMMAND_EXEC).str(program).bool(*background).list(args, |e, arg| {
                             e.str(arg);
-                        }
+                        });
                     }
                     Command::FinishBackground => {
                         e.u8(COMMAND_FINISH_BACKGROUND);
@@ -370,11 +356,7 @@ impl HostMessage {
                     COMMAND_EXEC => {
                         let program = d.str("program")?;
                         let background = d.bool("background")?;
-                        let count = d.u32("args")?;
-                        let mut args = Vec::new();
-                        for _ in 0..count {
-                            args.push(d.str("args")?);
-                        }
+                        let args = d.list("args", |d| d.str("args"))?;
                         Command::Exec { program, args, background }
                     }
                     COMMAND_FINISH_BACKGROUND => Command::FinishBackground,
