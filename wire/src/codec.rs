@@ -75,8 +75,14 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(kind: u8) -> Self {
-        // Room for the length prefix, filled in by `finish`.
-        let mut buf = Vec::with_capacity(64);
+        Encoder::with_capacity(kind, 59)
+    }
+
+    /// An encoder whose buffer holds `fields_len` bytes of fields without
+    /// growing: for a caller that knows the size of the frame.
+    pub fn with_capacity(kind: u8, fields_len: usize) -> Self {
+        // Room for the length prefix, filled in by `finish`, and the kind.
+        let mut buf = Vec::with_capacity(5 + fields_len);
         buf.extend_from_slice(&[0; 4]);
         buf.push(kind);
         Encoder { buf }

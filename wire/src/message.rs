@@ -39,6 +39,30 @@ pub struct Datagram {
     pub bytes: Vec<u8>,
 }
 
+/// A [`Datagram`]'s fields, borrowed: the agent encodes what it received
+/// straight from its receive buffer, without an owned copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramRef<'a> {
+    pub protocol: u32,
+    pub groups: u32,
+    pub portid: u32,
+    pub monotonic_ns: u64,
+    pub bytes: &'a [u8],
+}
+
+impl DatagramRef<'_> {
+    /// protocol, groups, portid, monotonic_ns and the length of bytes.
+    const FIXED_FIELDS_LEN: usize = 4 + 4 + 4 + 8 + 4;
+
+    /// The complete [`GuestMessage::Datagram`] frame, in a buffer of its
+    /// exact size. [`GuestMessage::encode`] encodes datagrams through this.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(GUEST_DATAGRAM, Self::FIXED_FIELDS_LEN + self.bytes.len());
+        e.u32(self.protocol).u32(self.groups).u32(self.portid).u64(self.monotonic_ns).bytes(self.bytes);
+        e.finish()
+    }
+}
+
 /// How a program run by the agent ended, and what it printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecResult {
@@ -189,11 +213,14 @@ impl GuestMessage {
                 e.str(message);
                 e.finish()
             }
-            GuestMessage::Datagram(g) => {
-                let mut e = Encoder::new(GUEST_DATAGRAM);
-                e.u32(g.protocol).u32(g.groups).u32(g.portid).u64(g.monotonic_ns).bytes(&g.bytes);
-                e.finish()
+            GuestMessage::Datagram(g) => DatagramRef {
+                protocol: g.protocol,
+                groups: g.groups,
+                portid: g.portid,
+                monotonic_ns: g.monotonic_ns,
+                bytes: &g.bytes,
             }
+            .encode(),
             GuestMessage::Overrun { protocol, occurrences } => {
                 let mut e = Encoder::new(GUEST_OVERRUN);
                 e.u32(*protocol).u32(*occurrences);
@@ -500,6 +527,17 @@ mod tests {
         ];
         assert_eq!(request.encode(), expected);
         assert_eq!(HostMessage::decode(expected[4], &expected[5..]).unwrap(), request);
+    }
+
+    #[test]
+    fn a_borrowed_datagram_encodes_as_the_owned_one_without_spare_room() {
+        let bytes = b"add@/devices/virtual/thermal\0ACTION=add\0".to_vec();
+        let owned = Datagram { protocol: 15, groups: 1, portid: 0, monotonic_ns: 123, bytes: bytes.clone() };
+        let borrowed = DatagramRef { protocol: 15, groups: 1, portid: 0, monotonic_ns: 123, bytes: &bytes };
+        let frame = borrowed.encode();
+        assert_eq!(frame, GuestMessage::Datagram(owned).encode());
+        assert_eq!(frame.len(), 4 + 1 + DatagramRef::FIXED_FIELDS_LEN + bytes.len());
+        assert_eq!(frame.capacity(), frame.len(), "sized once, never grown");
     }
 
     #[test]
