@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 
-use kevent_wire::{Datagram, GuestMessage, Outcome};
+use kevent_wire::{DatagramRef, GuestMessage, Outcome};
 
 use crate::sys;
 use crate::HostChannel;
@@ -111,14 +111,16 @@ impl Listener {
             if msg.msg_flags & libc::MSG_TRUNC != 0 {
                 return Err(io::Error::other(format!("a datagram of protocol {} exceeded {n} bytes", self.protocol)));
             }
-            let datagram = Datagram {
+            // Encoded straight from the receive buffer: one allocation per datagram.
+            let frame = DatagramRef {
                 protocol: self.protocol,
                 groups: from.nl_groups,
                 portid: from.nl_pid,
                 monotonic_ns: sys::monotonic_ns(),
-                bytes: buffer[..n].to_vec(),
-            };
-            channel.send(&GuestMessage::Datagram(datagram))?;
+                bytes: &buffer[..n],
+            }
+            .encode();
+            channel.send_frame(&frame)?;
         }
     }
 }

@@ -34,9 +34,13 @@ pub(crate) struct HostChannel {
 
 impl HostChannel {
     pub(crate) fn send(&self, message: &GuestMessage) -> io::Result<()> {
-        let frame = message.encode();
+        self.send_frame(&message.encode())
+    }
+
+    /// Sends a frame encoded already, length prefix included.
+    pub(crate) fn send_frame(&self, frame: &[u8]) -> io::Result<()> {
         let mut port = self.port.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        write_frame(&mut *port, &frame)
+        write_frame(&mut *port, frame)
     }
 }
 
