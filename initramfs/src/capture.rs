@@ -9,7 +9,7 @@
 //! before its reply.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 
@@ -181,13 +181,15 @@ fn capture_loop(
     channel: &HostChannel,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; 64 << 10];
-    let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd.as_raw_fd()).chain([wake.as_raw_fd()]).collect();
+    // Built once: poll fills in `revents` on every wake-up.
+    let mut fds: Vec<libc::pollfd> =
+        listeners.iter().map(|l| l.fd.as_raw_fd()).chain([wake.as_raw_fd()]).map(sys::readable).collect();
     loop {
-        let ready = sys::poll_readable(&fds)?;
-        for (listener, _) in listeners.iter_mut().zip(&ready).filter(|(_, r)| **r) {
+        sys::poll(&mut fds)?;
+        for (listener, _) in listeners.iter_mut().zip(&fds).filter(|(_, p)| p.revents != 0) {
             listener.drain(channel, &mut buffer)?;
         }
-        if ready.last() == Some(&true) {
+        if fds.last().is_some_and(|p| p.revents != 0) {
             sys::drain_pipe(wake.as_raw_fd())?;
             while let Ok((id, outcome)) = pending.try_recv() {
                 for listener in &mut listeners {

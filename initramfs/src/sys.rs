@@ -140,15 +140,18 @@ pub fn drain_pipe(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Blocks until at least one fd is readable; returns which are.
-pub fn poll_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
-    let mut pollfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+/// A pollfd asking whether `fd` is readable.
+pub fn readable(fd: RawFd) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+/// Blocks until at least one of `fds` has an event; fills in each `revents`.
+pub fn poll(fds: &mut [libc::pollfd]) -> io::Result<()> {
     loop {
-        // SAFETY: pollfds is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n >= 0 {
-            return Ok(pollfds.iter().map(|p| p.revents != 0).collect());
+            return Ok(());
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
