@@ -8,6 +8,7 @@
 //! only once its datagrams are queued, so an injection's events always come
 //! before its reply.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -128,7 +129,8 @@ impl Listener {
 /// Handle for the command side: replies are sent through the capture thread.
 pub struct Capture {
     replies: Sender<(u32, Outcome)>,
-    wake: OwnedFd,
+    /// Write end of the capture thread's wake-up pipe.
+    wake: File,
 }
 
 /// Bound capture sockets: the kernel queues every message for them from
@@ -154,6 +156,7 @@ impl Capture {
     pub fn start(channel: HostChannel, sockets: Sockets) -> Result<Capture, String> {
         let listeners = sockets.0;
         let (read_end, write_end) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (read_end, write_end) = (File::from(read_end), File::from(write_end));
         let (replies, pending) = mpsc::channel();
         thread::Builder::new()
             .name("capture".into())
@@ -170,13 +173,13 @@ impl Capture {
     /// already queued in the capture sockets.
     pub fn reply(&self, id: u32, outcome: Outcome) -> io::Result<()> {
         self.replies.send((id, outcome)).map_err(|_| io::Error::other("the capture thread has stopped"))?;
-        sys::write_all(self.wake.as_raw_fd(), &[1])
+        sys::wake(&self.wake)
     }
 }
 
 fn capture_loop(
     mut listeners: Vec<Listener>,
-    wake: OwnedFd,
+    wake: File,
     pending: Receiver<(u32, Outcome)>,
     channel: &HostChannel,
 ) -> io::Result<()> {
@@ -190,7 +193,7 @@ fn capture_loop(
             listener.drain(channel, &mut buffer)?;
         }
         if fds.last().is_some_and(|p| p.revents != 0) {
-            sys::drain_pipe(wake.as_raw_fd())?;
+            sys::drain_pipe(&wake)?;
             while let Ok((id, outcome)) = pending.try_recv() {
                 for listener in &mut listeners {
                     listener.drain(channel, &mut buffer)?;
