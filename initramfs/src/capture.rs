@@ -19,7 +19,6 @@ use kevent_wire::{DatagramRef, GuestMessage, Outcome};
 use crate::sys;
 use crate::HostChannel;
 
-pub const NETLINK_KOBJECT_UEVENT: u32 = 15;
 /// Where the kmessage module says which unit it registered.
 const KMESSAGE_UNIT_PARAM: &str = "/sys/module/kmessage/parameters/unit";
 /// All five kmessage groups, 2004 style: `1 << type`.
@@ -145,8 +144,10 @@ impl Sockets {
             let unit: u32 = unit.trim().parse().map_err(|_| format!("{KMESSAGE_UNIT_PARAM}: {unit:?}"))?;
             listeners.push(Listener::open(unit, KMESSAGE_GROUPS).map_err(|e| format!("kmessage unit {unit}: {e}"))?);
         }
-        listeners
-            .push(Listener::open(NETLINK_KOBJECT_UEVENT, UEVENT_GROUPS).map_err(|e| format!("uevent socket: {e}"))?);
+        listeners.push(
+            Listener::open(libc::NETLINK_KOBJECT_UEVENT as u32, UEVENT_GROUPS)
+                .map_err(|e| format!("uevent socket: {e}"))?,
+        );
         Ok(Sockets(listeners))
     }
 }
