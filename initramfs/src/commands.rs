@@ -102,6 +102,14 @@ impl Background {
         Ok(())
     }
 
+    /// Kills every program still running, at once: no wait, no results.
+    pub fn kill(&mut self) {
+        for p in &mut self.running {
+            // Nothing to do on an error: the restart ends it all the same.
+            let _ = p.child.kill();
+        }
+    }
+
     /// Asks every program still running to stop (SIGTERM, then SIGKILL after
     /// a grace period) and reports them all, in start order.
     pub fn finish(&mut self) -> Vec<ExecResult> {

@@ -195,7 +195,11 @@ fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), String>
         };
         match HostMessage::decode(kind, &body).map_err(|e| format!("bad message from host: {e}"))? {
             HostMessage::Shutdown => {
-                background.finish();
+                // The restart that follows ends every process; killing the
+                // background programs first leaves none running on while the
+                // machine goes down, without the grace period `finish` gives
+                // them for results nobody would read.
+                background.kill();
                 return Ok(());
             }
             HostMessage::Request { id, command } => {
