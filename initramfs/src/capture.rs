@@ -8,17 +8,17 @@
 //! only once its datagrams are queued, so an injection's events always come
 //! before its reply.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 
-use kevent_wire::{Datagram, GuestMessage, Outcome};
+use kevent_wire::{DatagramRef, GuestMessage, Outcome};
 
 use crate::sys;
 use crate::HostChannel;
 
-pub const NETLINK_KOBJECT_UEVENT: u32 = 15;
 /// Where the kmessage module says which unit it registered.
 const KMESSAGE_UNIT_PARAM: &str = "/sys/module/kmessage/parameters/unit";
 /// All five kmessage groups, 2004 style: `1 << type`.
@@ -111,14 +111,16 @@ impl Listener {
             if msg.msg_flags & libc::MSG_TRUNC != 0 {
                 return Err(io::Error::other(format!("a datagram of protocol {} exceeded {n} bytes", self.protocol)));
             }
-            let datagram = Datagram {
+            // Encoded straight from the receive buffer: one allocation per datagram.
+            let frame = DatagramRef {
                 protocol: self.protocol,
                 groups: from.nl_groups,
                 portid: from.nl_pid,
                 monotonic_ns: sys::monotonic_ns(),
-                bytes: buffer[..n].to_vec(),
-            };
-            channel.send(&GuestMessage::Datagram(datagram))?;
+                bytes: &buffer[..n],
+            }
+            .encode();
+            channel.send_frame(&frame)?;
         }
     }
 }
@@ -126,7 +128,8 @@ impl Listener {
 /// Handle for the command side: replies are sent through the capture thread.
 pub struct Capture {
     replies: Sender<(u32, Outcome)>,
-    wake: OwnedFd,
+    /// Write end of the capture thread's wake-up pipe.
+    wake: File,
 }
 
 /// Bound capture sockets: the kernel queues every message for them from
@@ -141,8 +144,10 @@ impl Sockets {
             let unit: u32 = unit.trim().parse().map_err(|_| format!("{KMESSAGE_UNIT_PARAM}: {unit:?}"))?;
             listeners.push(Listener::open(unit, KMESSAGE_GROUPS).map_err(|e| format!("kmessage unit {unit}: {e}"))?);
         }
-        listeners
-            .push(Listener::open(NETLINK_KOBJECT_UEVENT, UEVENT_GROUPS).map_err(|e| format!("uevent socket: {e}"))?);
+        listeners.push(
+            Listener::open(libc::NETLINK_KOBJECT_UEVENT as u32, UEVENT_GROUPS)
+                .map_err(|e| format!("uevent socket: {e}"))?,
+        );
         Ok(Sockets(listeners))
     }
 }
@@ -152,6 +157,7 @@ impl Capture {
     pub fn start(channel: HostChannel, sockets: Sockets) -> Result<Capture, String> {
         let listeners = sockets.0;
         let (read_end, write_end) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (read_end, write_end) = (File::from(read_end), File::from(write_end));
         let (replies, pending) = mpsc::channel();
         thread::Builder::new()
             .name("capture".into())
@@ -168,25 +174,27 @@ impl Capture {
     /// already queued in the capture sockets.
     pub fn reply(&self, id: u32, outcome: Outcome) -> io::Result<()> {
         self.replies.send((id, outcome)).map_err(|_| io::Error::other("the capture thread has stopped"))?;
-        sys::write_all(self.wake.as_raw_fd(), &[1])
+        sys::wake(&self.wake)
     }
 }
 
 fn capture_loop(
     mut listeners: Vec<Listener>,
-    wake: OwnedFd,
+    wake: File,
     pending: Receiver<(u32, Outcome)>,
     channel: &HostChannel,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; 64 << 10];
-    let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd.as_raw_fd()).chain([wake.as_raw_fd()]).collect();
+    // Built once: poll fills in `revents` on every wake-up.
+    let mut fds: Vec<libc::pollfd> =
+        listeners.iter().map(|l| l.fd.as_raw_fd()).chain([wake.as_raw_fd()]).map(sys::readable).collect();
     loop {
-        let ready = sys::poll_readable(&fds)?;
-        for (listener, _) in listeners.iter_mut().zip(&ready).filter(|(_, r)| **r) {
+        sys::poll(&mut fds)?;
+        for (listener, _) in listeners.iter_mut().zip(&fds).filter(|(_, p)| p.revents != 0) {
             listener.drain(channel, &mut buffer)?;
         }
-        if ready.last() == Some(&true) {
-            sys::drain_pipe(wake.as_raw_fd())?;
+        if fds.last().is_some_and(|p| p.revents != 0) {
+            sys::drain_pipe(&wake)?;
             while let Ok((id, outcome)) = pending.try_recv() {
                 for listener in &mut listeners {
                     listener.drain(channel, &mut buffer)?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kevent_wire::{Command, ExecResult, Outcome};
 
 /// The debugfs trigger of the events module: `core|package <cpu> <hex>`.
-pub const TRIGGER: &str = "/sys/kernel/debug/kevent_thermal/trigger";
+const TRIGGER: &str = "/sys/kernel/debug/kevent_thermal/trigger";
 /// How long a background program gets to exit after SIGTERM.
 const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 
@@ -102,9 +102,17 @@ impl Background {
         Ok(())
     }
 
+    /// Kills every program still running, at once: no wait, no results.
+    pub fn kill(&mut self) {
+        for p in &mut self.running {
+            // Nothing to do on an error: the restart ends it all the same.
+            let _ = p.child.kill();
+        }
+    }
+
     /// Asks every program still running to stop (SIGTERM, then SIGKILL after
     /// a grace period) and reports them all, in start order.
-    pub fn finish(&mut self) -> Vec<ExecResult> {
+    fn finish(&mut self) -> Vec<ExecResult> {
         for p in &mut self.running {
             if matches!(p.child.try_wait(), Ok(None)) {
                 // SAFETY: kill(2) takes no pointers; the pid is our child's.

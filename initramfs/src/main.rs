@@ -34,9 +34,13 @@ pub(crate) struct HostChannel {
 
 impl HostChannel {
     pub(crate) fn send(&self, message: &GuestMessage) -> io::Result<()> {
-        let frame = message.encode();
+        self.send_frame(&message.encode())
+    }
+
+    /// Sends a frame encoded already, length prefix included.
+    pub(crate) fn send_frame(&self, frame: &[u8]) -> io::Result<()> {
         let mut port = self.port.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        write_frame(&mut *port, &frame)
+        write_frame(&mut *port, frame)
     }
 }
 
@@ -191,7 +195,11 @@ fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), String>
         };
         match HostMessage::decode(kind, &body).map_err(|e| format!("bad message from host: {e}"))? {
             HostMessage::Shutdown => {
-                background.finish();
+                // The restart that follows ends every process; killing the
+                // background programs first leaves none running on while the
+                // machine goes down, without the grace period `finish` gives
+                // them for results nobody would read.
+                background.kill();
                 return Ok(());
             }
             HostMessage::Request { id, command } => {

@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -99,60 +99,63 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-pub fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        // SAFETY: data is a valid buffer of data.len() bytes.
-        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // A full wake-up pipe already holds a wake-up: nothing is lost.
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(());
-            }
-            return Err(e);
-        }
-        data = &data[n as usize..];
+/// Wakes whoever polls the read end of `pipe` (non-blocking) with one byte.
+/// A full pipe holds a wake-up already: nothing is lost.
+pub fn wake(mut pipe: &File) -> io::Result<()> {
+    match pipe.write_all(&[1]) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        other => other,
     }
-    Ok(())
 }
 
-/// Empties a non-blocking pipe.
-pub fn drain_pipe(fd: RawFd) -> io::Result<()> {
+/// Empties a non-blocking pipe of its wake-ups.
+pub fn drain_pipe(mut pipe: &File) -> io::Result<()> {
     let mut buf = [0u8; 256];
     loop {
-        // SAFETY: buf is a valid writable buffer of its length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n > 0 {
-            continue;
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(()),
-            _ => return Err(e),
+        match pipe.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
 }
 
-/// Blocks until at least one fd is readable; returns which are.
-pub fn poll_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
-    let mut pollfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+/// A pollfd asking whether `fd` is readable.
+pub fn readable(fd: RawFd) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+/// Blocks until at least one of `fds` has an event; fills in each `revents`.
+pub fn poll(fds: &mut [libc::pollfd]) -> io::Result<()> {
     loop {
-        // SAFETY: pollfds is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n >= 0 {
-            return Ok(pollfds.iter().map(|p| p.revents != 0).collect());
+            return Ok(());
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_ups_beyond_a_full_pipe_are_not_errors_and_drain_empties_it() {
+        let (read_end, write_end) = pipe().unwrap();
+        let (read_end, write_end) = (File::from(read_end), File::from(write_end));
+        // A pipe holds 64 KiB by default: the later wake-ups find it full.
+        for _ in 0..(128 << 10) {
+            wake(&write_end).unwrap();
+        }
+        drain_pipe(&read_end).unwrap();
+        let err = (&read_end).read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 }

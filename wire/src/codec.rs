@@ -75,8 +75,14 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(kind: u8) -> Self {
-        // Room for the length prefix, filled in by `finish`.
-        let mut buf = Vec::with_capacity(64);
+        Encoder::with_capacity(kind, 59)
+    }
+
+    /// An encoder whose buffer holds `fields_len` bytes of fields without
+    /// growing: for a caller that knows the size of the frame.
+    pub fn with_capacity(kind: u8, fields_len: usize) -> Self {
+        // Room for the length prefix, filled in by `finish`, and the kind.
+        let mut buf = Vec::with_capacity(5 + fields_len);
         buf.extend_from_slice(&[0; 4]);
         buf.push(kind);
         Encoder { buf }
@@ -116,6 +122,16 @@ impl Encoder {
 
     pub fn str(&mut self, v: &str) -> &mut Self {
         self.bytes(v.as_bytes())
+    }
+
+    /// A list: a `u32` count, then each item as `item` encodes it.
+    pub fn list<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Self, &T)) -> &mut Self {
+        let count = u32::try_from(items.len()).expect("list longer than 4 Gi items");
+        self.u32(count);
+        for i in items {
+            item(self, i);
+        }
+        self
     }
 
     /// The complete frame, length prefix included.
@@ -179,6 +195,23 @@ impl<'a> Decoder<'a> {
 
     pub fn str(&mut self, field: &'static str) -> Result<String, WireError> {
         String::from_utf8(self.bytes(field)?).map_err(|_| WireError::NotUtf8 { message: self.message, field })
+    }
+
+    /// A list: a `u32` count, read as `field`, then each item as `item`
+    /// decodes it.
+    pub fn list<T>(
+        &mut self,
+        field: &'static str,
+        mut item: impl FnMut(&mut Self) -> Result<T, WireError>,
+    ) -> Result<Vec<T>, WireError> {
+        let count = self.u32(field)?;
+        // Not sized from `count`: it comes off the wire, and a short body
+        // fails on the first item it cannot hold.
+        let mut items = Vec::new();
+        for _ in 0..count {
+            items.push(item(self)?);
+        }
+        Ok(items)
     }
 
     pub fn bool(&mut self, field: &'static str) -> Result<bool, WireError> {
@@ -283,6 +316,26 @@ mod tests {
         let mut d = Decoder::new("Hello", &body);
         let err = d.str("kernel_release").unwrap_err().to_string();
         assert_eq!(err, "Hello: field `kernel_release` runs past the end of the frame (at byte 4)");
+    }
+
+    #[test]
+    fn lists_are_a_count_then_items_and_a_short_one_names_its_fields() {
+        let mut e = Encoder::new(1);
+        e.list(&["a", "bc"], |e, s| {
+            e.str(s);
+        });
+        let frame = e.finish();
+        assert_eq!(frame[5..], [2, 0, 0, 0, 1, 0, 0, 0, b'a', 2, 0, 0, 0, b'b', b'c']);
+        let mut d = Decoder::new("Test", &frame[5..]);
+        assert_eq!(d.list("items", |d| d.str("items.item")).unwrap(), ["a", "bc"]);
+        d.end().unwrap();
+
+        let mut d = Decoder::new("Test", &frame[5..frame.len() - 1]);
+        let err = d.list("items", |d| d.str("items.item")).unwrap_err().to_string();
+        assert_eq!(err, "Test: field `items.item` runs past the end of the frame (at byte 13)");
+        let mut d = Decoder::new("Test", &frame[5..7]);
+        let err = d.list("items", |d| d.str("items.item")).unwrap_err().to_string();
+        assert_eq!(err, "Test: field `items` runs past the end of the frame (at byte 0)");
     }
 
     #[test]

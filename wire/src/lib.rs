@@ -17,7 +17,7 @@ mod codec;
 mod message;
 
 pub use codec::{read_frame, write_frame, Decoder, Encoder, WireError, MAX_FRAME_LEN};
-pub use message::{Command, Datagram, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad, Outcome};
+pub use message::{Command, Datagram, DatagramRef, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad, Outcome};
 
 /// Version of this protocol; bump it whenever a message's layout changes.
 pub const PROTOCOL_VERSION: u16 = 2;

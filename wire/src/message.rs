@@ -39,6 +39,30 @@ pub struct Datagram {
     pub bytes: Vec<u8>,
 }
 
+/// A [`Datagram`]'s fields, borrowed: the agent encodes what it received
+/// straight from its receive buffer, without an owned copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramRef<'a> {
+    pub protocol: u32,
+    pub groups: u32,
+    pub portid: u32,
+    pub monotonic_ns: u64,
+    pub bytes: &'a [u8],
+}
+
+impl DatagramRef<'_> {
+    /// protocol, groups, portid, monotonic_ns and the length of bytes.
+    const FIXED_FIELDS_LEN: usize = 4 + 4 + 4 + 8 + 4;
+
+    /// The complete [`GuestMessage::Datagram`] frame, in a buffer of its
+    /// exact size. [`GuestMessage::encode`] encodes datagrams through this.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(GUEST_DATAGRAM, Self::FIXED_FIELDS_LEN + self.bytes.len());
+        e.u32(self.protocol).u32(self.groups).u32(self.portid).u64(self.monotonic_ns).bytes(self.bytes);
+        e.finish()
+    }
+}
+
 /// How a program run by the agent ended, and what it printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecResult {
@@ -179,10 +203,9 @@ impl GuestMessage {
                     .str(&h.clocksource)
                     .u64(h.agent_started_ns)
                     .u64(h.greeted_ns)
-                    .u32(h.modules.len() as u32);
-                for m in &h.modules {
-                    e.str(&m.name).str(&m.params).u64(m.load_ns);
-                }
+                    .list(&h.modules, |e, m| {
+                        e.str(&m.name).str(&m.params).u64(m.load_ns);
+                    });
                 e.finish()
             }
             GuestMessage::Fatal { message } => {
@@ -190,11 +213,14 @@ impl GuestMessage {
                 e.str(message);
                 e.finish()
             }
-            GuestMessage::Datagram(g) => {
-                let mut e = Encoder::new(GUEST_DATAGRAM);
-                e.u32(g.protocol).u32(g.groups).u32(g.portid).u64(g.monotonic_ns).bytes(&g.bytes);
-                e.finish()
+            GuestMessage::Datagram(g) => DatagramRef {
+                protocol: g.protocol,
+                groups: g.groups,
+                portid: g.portid,
+                monotonic_ns: g.monotonic_ns,
+                bytes: &g.bytes,
             }
+            .encode(),
             GuestMessage::Overrun { protocol, occurrences } => {
                 let mut e = Encoder::new(GUEST_OVERRUN);
                 e.u32(*protocol).u32(*occurrences);
@@ -215,10 +241,7 @@ impl GuestMessage {
                         encode_exec(&mut e, r);
                     }
                     Outcome::Background(results) => {
-                        e.u8(OUTCOME_BACKGROUND).u32(results.len() as u32);
-                        for r in results {
-                            encode_exec(&mut e, r);
-                        }
+                        e.u8(OUTCOME_BACKGROUND).list(results, encode_exec);
                     }
                     Outcome::Error { errno, message } => {
                         e.u8(OUTCOME_ERROR).i32(*errno).str(message);
@@ -244,14 +267,12 @@ impl GuestMessage {
                 let clocksource = d.str("clocksource")?;
                 let agent_started_ns = d.u64("agent_started_ns")?;
                 let greeted_ns = d.u64("greeted_ns")?;
-                let count = d.u32("modules")?;
-                let mut modules = Vec::new();
-                for _ in 0..count {
+                let modules = d.list("modules", |d| {
                     let name = d.str("modules.name")?;
                     let params = d.str("modules.params")?;
                     let load_ns = d.u64("modules.load_ns")?;
-                    modules.push(ModuleLoad { name, params, load_ns });
-                }
+                    Ok(ModuleLoad { name, params, load_ns })
+                })?;
                 d.end()?;
                 Ok(GuestMessage::Hello(Hello {
                     protocol_version,
@@ -294,14 +315,7 @@ impl GuestMessage {
                     OUTCOME_DONE => Outcome::Done,
                     OUTCOME_DATA => Outcome::Data(d.bytes("data")?),
                     OUTCOME_EXEC => Outcome::Exec(decode_exec(&mut d)?),
-                    OUTCOME_BACKGROUND => {
-                        let count = d.u32("results")?;
-                        let mut results = Vec::new();
-                        for _ in 0..count {
-                            results.push(decode_exec(&mut d)?);
-                        }
-                        Outcome::Background(results)
-                    }
+                    OUTCOME_BACKGROUND => Outcome::Background(d.list("results", decode_exec)?),
                     OUTCOME_ERROR => Outcome::Error { errno: d.i32("errno")?, message: d.str("message")? },
                     other => return Err(d.bad_value("outcome", other.into())),
                 };
@@ -334,10 +348,9 @@ impl HostMessage {
                         e.u8(COMMAND_SLEEP).u64(*ns);
                     }
                     Command::Exec { program, args, background } => {
-                        e.u8(COMMAND_EXEC).str(program).bool(*background).u32(args.len() as u32);
-                        for arg in args {
+                        e.u8(COMMAND_EXEC).str(program).bool(*background).list(args, |e, arg| {
                             e.str(arg);
-                        }
+                        });
                     }
                     Command::FinishBackground => {
                         e.u8(COMMAND_FINISH_BACKGROUND);
@@ -370,11 +383,7 @@ impl HostMessage {
                     COMMAND_EXEC => {
                         let program = d.str("program")?;
                         let background = d.bool("background")?;
-                        let count = d.u32("args")?;
-                        let mut args = Vec::new();
-                        for _ in 0..count {
-                            args.push(d.str("args")?);
-                        }
+                        let args = d.list("args", |d| d.str("args"))?;
                         Command::Exec { program, args, background }
                     }
                     COMMAND_FINISH_BACKGROUND => Command::FinishBackground,
@@ -473,6 +482,62 @@ mod tests {
             let (kind, body) = read_frame(&mut &frame[..]).unwrap().unwrap();
             assert_eq!(&HostMessage::decode(kind, &body).unwrap(), m);
         }
+    }
+
+    /// Both sides share this crate, so a layout change would round-trip
+    /// regardless: these bytes are written out from the documented layout
+    /// (`u32` LE length, kind byte, fields LE, `u32` length or count first).
+    #[test]
+    fn encodings_are_pinned_to_the_documented_layout() {
+        let datagram = GuestMessage::Datagram(Datagram {
+            protocol: 31,
+            groups: 4,
+            portid: 0x1122_3344,
+            monotonic_ns: 0x0102_0304_0506_0708,
+            bytes: b"ab".to_vec(),
+        });
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            27, 0, 0, 0,                // frame length: kind + 26 bytes of fields
+            0x03,                       // kind: Datagram
+            31, 0, 0, 0,                // protocol
+            4, 0, 0, 0,                 // groups
+            0x44, 0x33, 0x22, 0x11,     // portid
+            8, 7, 6, 5, 4, 3, 2, 1,     // monotonic_ns
+            2, 0, 0, 0, b'a', b'b',     // bytes
+        ];
+        assert_eq!(datagram.encode(), expected);
+        assert_eq!(GuestMessage::decode(expected[4], &expected[5..]).unwrap(), datagram);
+
+        let request = HostMessage::Request {
+            id: 0x0a0b_0c0d,
+            command: Command::Exec { program: "/x".into(), args: vec!["a".into(), "".into()], background: true },
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            26, 0, 0, 0,                // frame length: kind + 25 bytes of fields
+            0x82,                       // kind: Request
+            0x0d, 0x0c, 0x0b, 0x0a,     // id
+            4,                          // command: Exec
+            2, 0, 0, 0, b'/', b'x',     // program
+            1,                          // background
+            2, 0, 0, 0,                 // args: count
+            1, 0, 0, 0, b'a',           // args[0]
+            0, 0, 0, 0,                 // args[1], empty
+        ];
+        assert_eq!(request.encode(), expected);
+        assert_eq!(HostMessage::decode(expected[4], &expected[5..]).unwrap(), request);
+    }
+
+    #[test]
+    fn a_borrowed_datagram_encodes_as_the_owned_one_without_spare_room() {
+        let bytes = b"add@/devices/virtual/thermal\0ACTION=add\0".to_vec();
+        let owned = Datagram { protocol: 15, groups: 1, portid: 0, monotonic_ns: 123, bytes: bytes.clone() };
+        let borrowed = DatagramRef { protocol: 15, groups: 1, portid: 0, monotonic_ns: 123, bytes: &bytes };
+        let frame = borrowed.encode();
+        assert_eq!(frame, GuestMessage::Datagram(owned).encode());
+        assert_eq!(frame.len(), 4 + 1 + DatagramRef::FIXED_FIELDS_LEN + bytes.len());
+        assert_eq!(frame.capacity(), frame.len(), "sized once, never grown");
     }
 
     #[test]
