@@ -20,8 +20,6 @@ use kevent_wire::{read_frame, write_frame, GuestMessage, Hello, HostMessage, Mod
 /// Modules to load, one file name per line, in order (written by xtask).
 const MODULE_LIST: &str = "/etc/kevent-bench/modules";
 const MODULE_DIR: &str = "/lib/modules";
-/// Kernel command-line key for module parameters: `kevent_bench.param=MODULE.KEY=VALUE`.
-const PARAM_KEY: &str = "kevent_bench.param=";
 /// virtio-console registers ports while the kernel boots, but the sysfs entry
 /// can trail PID 1's start by a little: wait this long at most.
 const PORT_WAIT: Duration = Duration::from_secs(5);
@@ -115,7 +113,7 @@ fn module_params(cmdline: &str, module: &str) -> String {
     let module = normalise(module);
     cmdline
         .split_ascii_whitespace()
-        .filter_map(|word| word.strip_prefix(PARAM_KEY))
+        .filter_map(|word| word.strip_prefix(kevent_wire::MODULE_PARAM_KEY))
         .filter_map(|assignment| assignment.split_once('.'))
         .filter(|(target, _)| normalise(target) == module)
         .map(|(_, param)| param)
