@@ -49,7 +49,7 @@ static struct kt_pkg_reg *kt_pkgs;	/* nr_cpu_ids slots */
 static DEFINE_RAW_SPINLOCK(kt_regs_lock);
 
 /* Find or claim the package slot of @cpu; kt_regs_lock held. */
-static int kt_pkg_lookup(unsigned int cpu)
+static struct kt_pkg_reg *kt_pkg_lookup(unsigned int cpu)
 {
 	int id = topology_physical_package_id(cpu);
 	unsigned int i;
@@ -59,12 +59,33 @@ static int kt_pkg_lookup(unsigned int cpu)
 			kt_pkgs[i].used = true;
 			kt_pkgs[i].id = id;
 			kt_pkgs[i].status = KT_PKG_RESET;
-			return i;
+			return &kt_pkgs[i];
 		}
 		if (kt_pkgs[i].id == id)
-			return i;
+			return &kt_pkgs[i];
 	}
-	return -ENOSPC;
+	return NULL;
+}
+
+/*
+ * The image of @reg as @cpu sees it; kt_regs_lock held.  NULL if @reg is
+ * unknown or no package slot is left.
+ */
+static u64 *kt_reg_img(unsigned int cpu, enum kt_reg reg)
+{
+	struct kt_pkg_reg *pkg;
+
+	switch (reg) {
+	case KT_REG_THERM_STATUS:
+		return per_cpu_ptr(&kt_therm_status, cpu);
+	case KT_REG_PKG_THERM_STATUS:
+		pkg = kt_pkg_lookup(cpu);
+		return pkg ? &pkg->status : NULL;
+	case KT_REG_TEMPERATURE_TARGET:
+		return per_cpu_ptr(&kt_temperature_target, cpu);
+	default:
+		return NULL;
+	}
 }
 
 /**
@@ -78,11 +99,13 @@ static int kt_pkg_lookup(unsigned int cpu)
  */
 int kt_regs_pkg_slot(unsigned int cpu)
 {
+	struct kt_pkg_reg *pkg;
 	unsigned long flags;
 	int slot;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	slot = kt_pkg_lookup(cpu);
+	pkg = kt_pkg_lookup(cpu);
+	slot = pkg ? pkg - kt_pkgs : -ENOSPC;
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
 	return slot;
 }
@@ -98,23 +121,14 @@ u64 kt_regs_read(unsigned int cpu, enum kt_reg reg)
 {
 	unsigned long flags;
 	u64 val = 0;
-	int slot;
+	u64 *img;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	switch (reg) {
-	case KT_REG_THERM_STATUS:
-		val = per_cpu(kt_therm_status, cpu);
-		break;
-	case KT_REG_PKG_THERM_STATUS:
-		slot = kt_pkg_lookup(cpu);
-		val = slot < 0 ? KT_PKG_RESET : kt_pkgs[slot].status;
-		break;
-	case KT_REG_TEMPERATURE_TARGET:
-		val = per_cpu(kt_temperature_target, cpu);
-		break;
-	default:
-		break;
-	}
+	img = kt_reg_img(cpu, reg);
+	if (img)
+		val = *img;
+	else if (reg == KT_REG_PKG_THERM_STATUS)
+		val = KT_PKG_RESET;	/* no slot left */
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
 	return val;
 }
@@ -184,18 +198,11 @@ int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val)
 		return ret;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	if (reg == KT_REG_THERM_STATUS) {
-		img = per_cpu_ptr(&kt_therm_status, cpu);
-	} else {
-		ret = kt_pkg_lookup(cpu);
-		img = ret < 0 ? NULL : &kt_pkgs[ret].status;
-	}
-	if (img) {
+	img = kt_reg_img(cpu, reg);
+	if (img)
 		*img = kt_hw_next(*img, val, mask);
-		ret = 0;
-	}
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
-	return ret;
+	return img ? 0 : -ENOSPC;
 }
 
 /**
@@ -214,23 +221,15 @@ int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val)
  */
 int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val)
 {
-	u64 mask = kt_reg_mask(reg);
 	unsigned long flags;
-	u64 *img = NULL;
 	int ret = -EINVAL;
-	int slot;
+	u64 *img;
 
-	if (!mask || (val & ~mask))
+	if (kt_regs_hw_check(reg, val))
 		return -EINVAL;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	if (reg == KT_REG_THERM_STATUS) {
-		img = per_cpu_ptr(&kt_therm_status, cpu);
-	} else {
-		slot = kt_pkg_lookup(cpu);
-		if (slot >= 0)
-			img = &kt_pkgs[slot].status;
-	}
+	img = kt_reg_img(cpu, reg);
 	if (img && !((*img ^ val) & KT_STATUS_MASK)) {
 		*img &= ~(KT_LOG_MASK & ~val);
 		ret = 0;
