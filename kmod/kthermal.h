@@ -154,8 +154,8 @@ extern unsigned int kt_tjmax;
 /* kthermal_regs.c */
 int kt_regs_init(void);
 void kt_regs_exit(void);
-int kt_regs_pkg_slot(unsigned int cpu);
 u64 kt_regs_read(unsigned int cpu, enum kt_reg reg);
+u64 kt_regs_pkg_sample(unsigned int cpu, u64 *prev);
 int kt_regs_hw_check(enum kt_reg reg, u64 val);
 int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val);
 int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val);

@@ -49,7 +49,6 @@
 #include <linux/ratelimit.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
-#include <linux/spinlock.h>
 #include <linux/time64.h>
 #include <linux/timekeeping.h>
 #include <linux/topology.h>
@@ -84,14 +83,6 @@ DEFINE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
 static struct workqueue_struct *kt_wq;
 static atomic_t kt_uevent_pending;
 static atomic64_t kt_stat_done_direct;
-
-/*
- * Package status bits at the last handled interrupt, per package slot of
- * the register file.  Reading the package register and updating this
- * happen under one lock, so two CPUs of a package see each change once.
- */
-static u64 *kt_pkg_seen;
-static DEFINE_RAW_SPINLOCK(kt_pkg_seen_lock);
 
 /* The seed's printk lines, at most 10 per 5 s for all CPUs together. */
 static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
@@ -292,7 +283,7 @@ void kt_thermal_interrupt(kt_done_fn done, u64 token)
 	u64 core, pkg, pkg_prev, changed, now;
 	unsigned long flags;
 	unsigned int rl;
-	int slot, i;
+	int i;
 
 	WARN_ON_ONCE(!in_hardirq());
 	local_irq_save(flags);
@@ -314,16 +305,7 @@ void kt_thermal_interrupt(kt_done_fn done, u64 token)
 	ctx.pkg = topology_physical_package_id(ctx.cpu);
 	core = kt_regs_read(ctx.cpu, KT_REG_THERM_STATUS);
 
-	raw_spin_lock(&kt_pkg_seen_lock);
-	pkg = kt_regs_read(ctx.cpu, KT_REG_PKG_THERM_STATUS);
-	slot = kt_regs_pkg_slot(ctx.cpu);
-	if (slot >= 0) {
-		pkg_prev = kt_pkg_seen[slot];
-		kt_pkg_seen[slot] = pkg & KT_STATUS_MASK;
-	} else {
-		pkg_prev = pkg;
-	}
-	raw_spin_unlock(&kt_pkg_seen_lock);
+	pkg = kt_regs_pkg_sample(ctx.cpu, &pkg_prev);
 
 	kt_emit(&ctx, KT_EV_PROCHOT, core & KT_STATUS_PROCHOT);
 
@@ -425,25 +407,20 @@ long kt_uevents_pending(void)
 }
 
 /**
- * kt_irq_init() - allocate the handler's package state and workqueue
+ * kt_irq_init() - allocate the handler's workqueue
  *
  * Return: 0 or -ENOMEM.
  */
 int kt_irq_init(void)
 {
-	kt_pkg_seen = kcalloc(nr_cpu_ids, sizeof(*kt_pkg_seen), GFP_KERNEL);
-	if (!kt_pkg_seen)
-		return -ENOMEM;
 	kt_wq = alloc_ordered_workqueue("kevent_thermal", 0);
-	if (!kt_wq) {
-		kfree(kt_pkg_seen);
+	if (!kt_wq)
 		return -ENOMEM;
-	}
 	return 0;
 }
 
 /**
- * kt_irq_exit() - send the pending uevents and free the handler's state
+ * kt_irq_exit() - send the pending uevents and destroy the workqueue
  *
  * The handler must not run any more (irq_work synced).
  *
@@ -453,5 +430,4 @@ void kt_irq_exit(void)
 {
 	flush_workqueue(kt_wq);
 	destroy_workqueue(kt_wq);
-	kfree(kt_pkg_seen);
 }

@@ -18,8 +18,9 @@
  *
  * Packages are keyed by topology_physical_package_id(), which need not be
  * dense: a slot is claimed on first use of a package id, at most one per
- * possible CPU.  All images are protected by one raw spinlock, taken from
- * any context.
+ * possible CPU.  A slot also keeps the package status bits the thermal
+ * interrupt handler last saw (kt_regs_pkg_sample()).  All images are
+ * protected by one raw spinlock, taken from any context.
  */
 
 #include <linux/cpumask.h>
@@ -36,11 +37,13 @@
  * @used: slot claimed
  * @id: topology_physical_package_id() of the package
  * @status: register image
+ * @seen: status bits of @status at the last kt_regs_pkg_sample()
  */
 struct kt_pkg_reg {
 	bool used;
 	int id;
 	u64 status;
+	u64 seen;
 };
 
 static DEFINE_PER_CPU(u64, kt_therm_status);
@@ -59,6 +62,7 @@ static struct kt_pkg_reg *kt_pkg_lookup(unsigned int cpu)
 			kt_pkgs[i].used = true;
 			kt_pkgs[i].id = id;
 			kt_pkgs[i].status = KT_PKG_RESET;
+			kt_pkgs[i].seen = 0;
 			return &kt_pkgs[i];
 		}
 		if (kt_pkgs[i].id == id)
@@ -89,25 +93,35 @@ static u64 *kt_reg_img(unsigned int cpu, enum kt_reg reg)
 }
 
 /**
- * kt_regs_pkg_slot() - index of the package register of a CPU
- * @cpu: CPU number
+ * kt_regs_pkg_sample() - read the package register for the interrupt handler
+ * @cpu: CPU whose package register is read
+ * @prev: set to the status bits stored by the previous sample of the
+ *	  package (0 before the first one)
  *
- * Slots are claimed in order and never released; the index is stable and
- * below nr_cpu_ids.
+ * Reading the image and storing its status bits for the next sample happen
+ * under one lock, so two CPUs of a package see each change once.  With no
+ * package slot left, the reset image is returned and *@prev is set to it:
+ * no change is reported.
  *
- * Return: slot index, or -ENOSPC if more packages than possible CPUs exist.
+ * Return: the current IA32_PACKAGE_THERM_STATUS image of @cpu's package.
  */
-int kt_regs_pkg_slot(unsigned int cpu)
+u64 kt_regs_pkg_sample(unsigned int cpu, u64 *prev)
 {
 	struct kt_pkg_reg *pkg;
 	unsigned long flags;
-	int slot;
+	u64 val = KT_PKG_RESET;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
 	pkg = kt_pkg_lookup(cpu);
-	slot = pkg ? pkg - kt_pkgs : -ENOSPC;
+	if (pkg) {
+		val = pkg->status;
+		*prev = pkg->seen;
+		pkg->seen = val & KT_STATUS_MASK;
+	} else {
+		*prev = val;
+	}
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
-	return slot;
+	return val;
 }
 
 /**
