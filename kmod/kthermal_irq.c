@@ -43,8 +43,8 @@
 #include <linux/cpu.h>
 #include <linux/device.h>
 #include <linux/hardirq.h>
-#include <linux/irqflags.h>
 #include <linux/kobject.h>
+#include <linux/lockdep.h>
 #include <linux/printk.h>
 #include <linux/ratelimit.h>
 #include <linux/slab.h>
@@ -281,12 +281,15 @@ void kt_thermal_interrupt(kt_done_fn done, u64 token)
 {
 	struct kt_irq_ctx ctx = { .nr = 0 };
 	u64 core, pkg, pkg_prev, changed, now;
-	unsigned long flags;
 	unsigned int rl;
 	int i;
 
+	/*
+	 * Interrupts are off: both callers are hard IRQ handlers, an
+	 * IRQ_WORK_INIT_HARD irq_work and an IRQF_NO_THREAD device handler.
+	 */
 	WARN_ON_ONCE(!in_hardirq());
-	local_irq_save(flags);
+	lockdep_assert_irqs_disabled();
 
 	ctx.cpu = smp_processor_id();
 	ctx.st = this_cpu_ptr(&kt_cpu_state);
@@ -331,7 +334,6 @@ out:
 	}
 	if (!ctx.nr && done)
 		kt_queue_done(done, ctx.cpu, token);
-	local_irq_restore(flags);
 }
 
 /**
