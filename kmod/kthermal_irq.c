@@ -182,7 +182,22 @@ static void kt_done_workfn(struct work_struct *work)
 	kfree(w);
 }
 
-static void kt_queue_done(kt_done_fn done, unsigned int cpu, u64 token)
+/**
+ * kt_thermal_defer_done() - complete an interrupt that was not handled
+ * @done: completion, called as @done(@cpu, @token)
+ * @cpu: first argument of @done
+ * @token: second argument of @done
+ *
+ * For a device entry that is refused before kt_thermal_interrupt(): its
+ * completion queues behind everything already queued, so completions stay
+ * in the order of the entries.  kt_thermal_interrupt() completes an
+ * interrupt that queued no uevent the same way.  Callable from any context,
+ * hard IRQ included.  If no work item can be allocated, @done is called
+ * at once (counted, see kt_done_direct()).
+ *
+ * Return: nothing.
+ */
+void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token)
 {
 	struct kt_done_work *w;
 
@@ -333,25 +348,7 @@ out:
 		queue_work(kt_wq, &ctx.works[i]->work);
 	}
 	if (!ctx.nr && done)
-		kt_queue_done(done, ctx.cpu, token);
-}
-
-/**
- * kt_thermal_defer_done() - complete an interrupt that was not handled
- * @done: completion, called as @done(@cpu, @token)
- * @cpu: first argument of @done
- * @token: second argument of @done
- *
- * For a device entry that is refused before kt_thermal_interrupt(): its
- * completion queues behind everything already queued, so completions stay
- * in the order of the entries.  Callable from any context, hard IRQ
- * included; same fallback as kt_thermal_interrupt() if allocation fails.
- *
- * Return: nothing.
- */
-void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token)
-{
-	kt_queue_done(done, cpu, token);
+		kt_thermal_defer_done(done, ctx.cpu, token);
 }
 
 /**
