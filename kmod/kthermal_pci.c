@@ -238,11 +238,12 @@ static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot)
 		return;
 	}
 
-	if (reg != KS_REG_THERM_STATUS && reg != KS_REG_PKG_THERM_STATUS) {
-		kt_pci_reject(v, seq, -EINVAL, KT_VS_BAD_ENTRY);
-		return;
-	}
-	/* -EINVAL from kt_regs_hw_check(), or -ENOSPC: no package slot. */
+	/*
+	 * -EINVAL from kt_regs_hw_check(): reg is neither KS_REG_THERM_STATUS
+	 * nor KS_REG_PKG_THERM_STATUS (KT_REG_TEMPERATURE_TARGET has no
+	 * hardware state either), or value sets bits it refuses.  -ENOSPC: no
+	 * package slot.
+	 */
 	ret = kt_regs_hw_set(v->cpu, reg, value);
 	if (ret) {
 		kt_pci_reject(v, seq, ret, KT_VS_BAD_ENTRY);
