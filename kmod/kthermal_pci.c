@@ -96,11 +96,8 @@ static const char * const kt_vec_stat_names[KT_VS_NR] = {
 	[KT_VS_RING_CORRUPT]	= "ring_corrupt",
 };
 
-struct kt_pci_dev;
-
 /**
  * struct kt_vec - one MSI-X vector: the thermal interrupt of one CPU
- * @kd: its device
  * @ring: the CPU's ring and ack words in BAR2
  * @cpu: the CPU the vector is pinned to, also the ring's index
  * @irq: Linux IRQ number of the vector
@@ -113,7 +110,6 @@ struct kt_pci_dev;
  * @name: IRQ name, one line per CPU in /proc/interrupts
  */
 struct kt_vec {
-	struct kt_pci_dev *kd;
 	struct ks_cpu *ring;
 	unsigned int cpu;
 	int irq;
@@ -539,7 +535,6 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	for (i = 0; i < KS_MAX_CPUS; i++) {
 		struct kt_vec *v = &kd->vecs[i];
 
-		v->kd = kd;
 		v->ring = &kd->region->cpus[i];
 		v->cpu = i;
 		v->tail = kt_pci_reset_ring(v->ring, i);
