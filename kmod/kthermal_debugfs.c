@@ -15,6 +15,7 @@
 #include <linux/kernel.h>
 #include <linux/kstrtox.h>
 #include <linux/mutex.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
@@ -295,25 +296,14 @@ static const struct file_operations kt_readme_fops = {
 	.llseek	= default_llseek,
 };
 
-static ssize_t kt_stats_read(struct file *file, char __user *ubuf,
-			     size_t count, loff_t *ppos)
+static int kt_stats_show(struct seq_file *m, void *unused)
 {
-	char buf[128];
-	int len;
-
-	len = scnprintf(buf, sizeof(buf),
-			"injections %llu\nfence_timeouts %llu\nuevents_pending %ld\n",
-			kt_injections(), kt_fence_timeouts(),
-			kt_uevents_pending());
-	return simple_read_from_buffer(ubuf, count, ppos, buf, len);
+	seq_printf(m, "injections %llu\nfence_timeouts %llu\nuevents_pending %ld\n",
+		   kt_injections(), kt_fence_timeouts(), kt_uevents_pending());
+	return 0;
 }
 
-static const struct file_operations kt_stats_fops = {
-	.owner	= THIS_MODULE,
-	.open	= simple_open,
-	.read	= kt_stats_read,
-	.llseek	= default_llseek,
-};
+DEFINE_SHOW_ATTRIBUTE(kt_stats);
 
 /* cpuN/therm_status, cpuN/pkg_therm_status, cpuN/temperature_target */
 
