@@ -191,7 +191,7 @@ void kt_pci_exit(void);
 /* kthermal_debugfs.c */
 struct dentry;
 
-int kt_debugfs_init(void);
+void kt_debugfs_init(void);
 void kt_debugfs_exit(void);
 struct dentry *kt_debugfs_root(void);
 
