@@ -194,6 +194,8 @@ struct dentry;
 void kt_debugfs_init(void);
 void kt_debugfs_exit(void);
 struct dentry *kt_debugfs_root(void);
+int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
+	       u64 *val);
 
 /* kthermal_sysfs.c */
 int kt_sysfs_init(void);

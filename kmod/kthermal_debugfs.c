@@ -113,8 +113,20 @@ static char *kt_token(char **s)
 	return t;
 }
 
-static int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
-		      u64 *val)
+/**
+ * kt_get_u64() - parse a debugfs write of one number
+ * @ubuf: the write's buffer
+ * @count: the write's length, below KT_LINE_MAX (64) bytes
+ * @base: as for kstrtou64(): 10, 16 (0x optional), or 0
+ * @val: the number
+ *
+ * The number may be surrounded by whitespace (a trailing newline, say).
+ *
+ * Return: 0, -EINVAL for an empty or too long write or not a number, or
+ * -EFAULT.
+ */
+int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
+	       u64 *val)
 {
 	char buf[KT_LINE_MAX], *line;
 	int ret;

@@ -37,13 +37,11 @@
 #include <linux/fs.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
-#include <linux/kstrtox.h>
 #include <linux/pci.h>
 #include <linux/seq_file.h>
 #include <linux/smp.h>
 #include <linux/spinlock.h>
 #include <linux/string.h>
-#include <linux/uaccess.h>
 
 #include "kevent_sensor.h"
 #include "kthermal.h"
@@ -307,15 +305,14 @@ static ssize_t kt_hold_acks_write(struct file *file, const char __user *ubuf,
 {
 	struct kt_pci_dev *kd = file->private_data;
 	unsigned long flags;
-	unsigned int hold, i;
-	char buf[16];
+	unsigned int i;
+	u64 hold;
+	int ret;
 
-	if (!count || count >= sizeof(buf))
-		return -EINVAL;
-	if (copy_from_user(buf, ubuf, count))
-		return -EFAULT;
-	buf[count] = '\0';
-	if (kstrtouint(strim(buf), 10, &hold) || hold > 1)
+	ret = kt_get_u64(ubuf, count, 10, &hold);
+	if (ret)
+		return ret;
+	if (hold > 1)
 		return -EINVAL;
 
 	raw_spin_lock_irqsave(&kd->ack_lock, flags);
