@@ -192,20 +192,15 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 		return -ENOMEM;
 	}
 	p = skb_put(skb, len);
-	memcpy(p, KMSG_FROM, strlen(KMSG_FROM));
-	p += strlen(KMSG_FROM);
-	memcpy(p, object, olen);
-	p += olen;
-	memcpy(p, KMSG_SIGNAL, strlen(KMSG_SIGNAL));
-	p += strlen(KMSG_SIGNAL);
-	memcpy(p, signal, slen);
-	p += slen;
-	*p++ = '\n';
+	/*
+	 * The hlen header bytes (olen and slen are the strings' lengths: the
+	 * checks above leave slen < PAGE_SIZE), then a NUL that ends the
+	 * datagram if there is no aux.
+	 */
+	snprintf(p, hlen + 1, KMSG_FROM "%s" KMSG_SIGNAL "%s\n", object, signal);
 	/* Writes alen characters and the NUL that ends the datagram. */
 	if (fmt)
-		vsnprintf(p, alen + 1, fmt, args);
-	else
-		*p = '\0';
+		vsnprintf(p + hlen, alen + 1, fmt, args);
 
 	/*
 	 * Broadcast synchronously, in the caller's context: messages from one
