@@ -57,8 +57,8 @@ MODULE_PARM_DESC(unit, "netlink unit (protocol number) to create; units used in 
 static struct sock *kmessage_sock;
 static struct dentry *kmessage_debugfs;
 
+/* Outcome counters; "sent" is the sum of kmessage_type_sent[]. */
 enum kmessage_stat {
-	KMSG_STAT_SENT,
 	KMSG_STAT_NO_LISTENER,
 	KMSG_STAT_UNDELIVERED,
 	KMSG_STAT_INVALID,
@@ -70,7 +70,6 @@ enum kmessage_stat {
 };
 
 static const char * const kmessage_stat_names[KMSG_STAT_NR] = {
-	[KMSG_STAT_SENT]			= "sent",
 	[KMSG_STAT_NO_LISTENER]			= "no_listener",
 	[KMSG_STAT_UNDELIVERED]			= "undelivered",
 	[KMSG_STAT_INVALID]			= "invalid",
@@ -221,7 +220,6 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 		kmessage_count(KMSG_STAT_UNDELIVERED);
 		return 0;
 	}
-	kmessage_count(KMSG_STAT_SENT);
 	atomic_long_inc(&kmessage_type_sent[type]);
 	return 0;
 }
@@ -266,14 +264,21 @@ static void kmessage_input(struct sk_buff *skb)
 
 static int kmessage_stats_show(struct seq_file *m, void *v)
 {
+	long type_sent[KMSG_NR_TYPES];
+	long sent = 0;
 	int i;
 
+	for (i = 0; i < KMSG_NR_TYPES; i++) {
+		type_sent[i] = atomic_long_read(&kmessage_type_sent[i]);
+		sent += type_sent[i];
+	}
+	seq_printf(m, "sent %ld\n", sent);
 	for (i = 0; i < KMSG_STAT_NR; i++)
 		seq_printf(m, "%s %ld\n", kmessage_stat_names[i],
 			   atomic_long_read(&kmessage_stats[i]));
 	for (i = 0; i < KMSG_NR_TYPES; i++)
 		seq_printf(m, "sent_%s %ld\n", kmessage_type_names[i],
-			   atomic_long_read(&kmessage_type_sent[i]));
+			   type_sent[i]);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(kmessage_stats);
