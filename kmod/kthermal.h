@@ -39,11 +39,6 @@
 #include <linux/percpu.h>
 #include <linux/types.h>
 
-/* MSR numbers, for documentation and the README. */
-#define KT_MSR_IA32_THERM_STATUS		0x19c
-#define KT_MSR_IA32_TEMPERATURE_TARGET		0x1a2
-#define KT_MSR_IA32_PACKAGE_THERM_STATUS	0x1b1
-
 /*
  * Bits of IA32_THERM_STATUS and IA32_PACKAGE_THERM_STATUS (Intel SDM vol. 4).
  * Status bits are read-only; the log bit above each status bit is R/WC0.
