@@ -57,8 +57,8 @@ MODULE_PARM_DESC(unit, "netlink unit (protocol number) to create; units used in 
 static struct sock *kmessage_sock;
 static struct dentry *kmessage_debugfs;
 
+/* Outcome counters; "sent" is the sum of kmessage_type_sent[]. */
 enum kmessage_stat {
-	KMSG_STAT_SENT,
 	KMSG_STAT_NO_LISTENER,
 	KMSG_STAT_UNDELIVERED,
 	KMSG_STAT_INVALID,
@@ -70,7 +70,6 @@ enum kmessage_stat {
 };
 
 static const char * const kmessage_stat_names[KMSG_STAT_NR] = {
-	[KMSG_STAT_SENT]			= "sent",
 	[KMSG_STAT_NO_LISTENER]			= "no_listener",
 	[KMSG_STAT_UNDELIVERED]			= "undelivered",
 	[KMSG_STAT_INVALID]			= "invalid",
@@ -192,20 +191,15 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 		return -ENOMEM;
 	}
 	p = skb_put(skb, len);
-	memcpy(p, KMSG_FROM, strlen(KMSG_FROM));
-	p += strlen(KMSG_FROM);
-	memcpy(p, object, olen);
-	p += olen;
-	memcpy(p, KMSG_SIGNAL, strlen(KMSG_SIGNAL));
-	p += strlen(KMSG_SIGNAL);
-	memcpy(p, signal, slen);
-	p += slen;
-	*p++ = '\n';
+	/*
+	 * The hlen header bytes (olen and slen are the strings' lengths: the
+	 * checks above leave slen < PAGE_SIZE), then a NUL that ends the
+	 * datagram if there is no aux.
+	 */
+	snprintf(p, hlen + 1, KMSG_FROM "%s" KMSG_SIGNAL "%s\n", object, signal);
 	/* Writes alen characters and the NUL that ends the datagram. */
 	if (fmt)
-		vsnprintf(p, alen + 1, fmt, args);
-	else
-		*p = '\0';
+		vsnprintf(p + hlen, alen + 1, fmt, args);
 
 	/*
 	 * Broadcast synchronously, in the caller's context: messages from one
@@ -226,7 +220,6 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 		kmessage_count(KMSG_STAT_UNDELIVERED);
 		return 0;
 	}
-	kmessage_count(KMSG_STAT_SENT);
 	atomic_long_inc(&kmessage_type_sent[type]);
 	return 0;
 }
@@ -271,14 +264,21 @@ static void kmessage_input(struct sk_buff *skb)
 
 static int kmessage_stats_show(struct seq_file *m, void *v)
 {
+	long type_sent[KMSG_NR_TYPES];
+	long sent = 0;
 	int i;
 
+	for (i = 0; i < KMSG_NR_TYPES; i++) {
+		type_sent[i] = atomic_long_read(&kmessage_type_sent[i]);
+		sent += type_sent[i];
+	}
+	seq_printf(m, "sent %ld\n", sent);
 	for (i = 0; i < KMSG_STAT_NR; i++)
 		seq_printf(m, "%s %ld\n", kmessage_stat_names[i],
 			   atomic_long_read(&kmessage_stats[i]));
 	for (i = 0; i < KMSG_NR_TYPES; i++)
 		seq_printf(m, "sent_%s %ld\n", kmessage_type_names[i],
-			   atomic_long_read(&kmessage_type_sent[i]));
+			   type_sent[i]);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(kmessage_stats);

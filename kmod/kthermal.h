@@ -39,11 +39,6 @@
 #include <linux/percpu.h>
 #include <linux/types.h>
 
-/* MSR numbers, for documentation and the README. */
-#define KT_MSR_IA32_THERM_STATUS		0x19c
-#define KT_MSR_IA32_TEMPERATURE_TARGET		0x1a2
-#define KT_MSR_IA32_PACKAGE_THERM_STATUS	0x1b1
-
 /*
  * Bits of IA32_THERM_STATUS and IA32_PACKAGE_THERM_STATUS (Intel SDM vol. 4).
  * Status bits are read-only; the log bit above each status bit is R/WC0.
@@ -154,8 +149,8 @@ extern unsigned int kt_tjmax;
 /* kthermal_regs.c */
 int kt_regs_init(void);
 void kt_regs_exit(void);
-int kt_regs_pkg_slot(unsigned int cpu);
 u64 kt_regs_read(unsigned int cpu, enum kt_reg reg);
+u64 kt_regs_pkg_sample(unsigned int cpu, u64 *prev);
 int kt_regs_hw_check(enum kt_reg reg, u64 val);
 int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val);
 int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val);
@@ -191,9 +186,11 @@ void kt_pci_exit(void);
 /* kthermal_debugfs.c */
 struct dentry;
 
-int kt_debugfs_init(void);
+void kt_debugfs_init(void);
 void kt_debugfs_exit(void);
 struct dentry *kt_debugfs_root(void);
+int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
+	       u64 *val);
 
 /* kthermal_sysfs.c */
 int kt_sysfs_init(void);

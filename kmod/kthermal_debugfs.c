@@ -15,7 +15,7 @@
 #include <linux/kernel.h>
 #include <linux/kstrtox.h>
 #include <linux/mutex.h>
-#include <linux/slab.h>
+#include <linux/seq_file.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
@@ -83,18 +83,6 @@ static u64 kt_stage_val[2] = {
 	[KT_REG_PKG_THERM_STATUS] = KT_PKG_RESET,
 };
 
-/**
- * struct kt_regfile - private data of a cpuN/ register file
- * @cpu: CPU
- * @reg: register
- */
-struct kt_regfile {
-	unsigned int cpu;
-	enum kt_reg reg;
-};
-
-static struct kt_regfile *kt_regfiles;	/* nr_cpu_ids * KT_REG_NR */
-
 /* Copy one line from userspace; *line: NUL-terminated, whitespace trimmed. */
 static int kt_get_line(char *buf, size_t size, const char __user *ubuf,
 		       size_t count, char **line)
@@ -125,8 +113,20 @@ static char *kt_token(char **s)
 	return t;
 }
 
-static int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
-		      u64 *val)
+/**
+ * kt_get_u64() - parse a debugfs write of one number
+ * @ubuf: the write's buffer
+ * @count: the write's length, below KT_LINE_MAX (64) bytes
+ * @base: as for kstrtou64(): 10, 16 (0x optional), or 0
+ * @val: the number
+ *
+ * The number may be surrounded by whitespace (a trailing newline, say).
+ *
+ * Return: 0, -EINVAL for an empty or too long write or not a number, or
+ * -EFAULT.
+ */
+int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
+	       u64 *val)
 {
 	char buf[KT_LINE_MAX], *line;
 	int ret;
@@ -295,50 +295,56 @@ static const struct file_operations kt_readme_fops = {
 	.llseek	= default_llseek,
 };
 
-static ssize_t kt_stats_read(struct file *file, char __user *ubuf,
-			     size_t count, loff_t *ppos)
+static int kt_stats_show(struct seq_file *m, void *unused)
 {
-	char buf[128];
-	int len;
-
-	len = scnprintf(buf, sizeof(buf),
-			"injections %llu\nfence_timeouts %llu\nuevents_pending %ld\n",
-			kt_injections(), kt_fence_timeouts(),
-			kt_uevents_pending());
-	return simple_read_from_buffer(ubuf, count, ppos, buf, len);
+	seq_printf(m, "injections %llu\nfence_timeouts %llu\nuevents_pending %ld\n",
+		   kt_injections(), kt_fence_timeouts(), kt_uevents_pending());
+	return 0;
 }
 
-static const struct file_operations kt_stats_fops = {
-	.owner	= THIS_MODULE,
-	.open	= simple_open,
-	.read	= kt_stats_read,
-	.llseek	= default_llseek,
-};
+DEFINE_SHOW_ATTRIBUTE(kt_stats);
 
-/* cpuN/therm_status, cpuN/pkg_therm_status, cpuN/temperature_target */
+/*
+ * cpuN/therm_status, cpuN/pkg_therm_status, cpuN/temperature_target;
+ * private_data is cpu * KT_REG_NR + the kt_reg
+ */
+
+static void *kt_regfile_data(unsigned int cpu, enum kt_reg reg)
+{
+	return (void *)(uintptr_t)(cpu * KT_REG_NR + reg);
+}
+
+static unsigned int kt_regfile_cpu(struct file *file)
+{
+	return (uintptr_t)file->private_data / KT_REG_NR;
+}
+
+static enum kt_reg kt_regfile_reg(struct file *file)
+{
+	return (uintptr_t)file->private_data % KT_REG_NR;
+}
 
 static ssize_t kt_reg_read(struct file *file, char __user *ubuf, size_t count,
 			   loff_t *ppos)
 {
-	struct kt_regfile *rf = file->private_data;
-
 	return kt_read_text(ubuf, count, ppos, "0x%llx\n",
-			    kt_regs_read(rf->cpu, rf->reg));
+			    kt_regs_read(kt_regfile_cpu(file),
+					 kt_regfile_reg(file)));
 }
 
 static ssize_t kt_reg_write(struct file *file, const char __user *ubuf,
 			    size_t count, loff_t *ppos)
 {
-	struct kt_regfile *rf = file->private_data;
+	unsigned int cpu = kt_regfile_cpu(file);
 	u64 val;
 	int ret;
 
 	ret = kt_get_u64(ubuf, count, 16, &val);
 	if (ret)
 		return ret;
-	if (!kt_cpu_valid(rf->cpu))
+	if (!kt_cpu_valid(cpu))
 		return -EINVAL;
-	ret = kt_regs_sw_write(rf->cpu, rf->reg, val);
+	ret = kt_regs_sw_write(cpu, kt_regfile_reg(file), val);
 	return ret ? ret : count;
 }
 
@@ -359,38 +365,30 @@ static const struct file_operations kt_reg_ro_fops = {
 
 static void kt_debugfs_cpu(unsigned int cpu)
 {
-	struct kt_regfile *rf = &kt_regfiles[cpu * KT_REG_NR];
 	struct dentry *dir;
 	char name[16];
-	int i;
 
-	for (i = 0; i < KT_REG_NR; i++) {
-		rf[i].cpu = cpu;
-		rf[i].reg = i;
-	}
 	snprintf(name, sizeof(name), "cpu%u", cpu);
 	dir = debugfs_create_dir(name, kt_dir);
 	debugfs_create_file("therm_status", 0600, dir,
-			    &rf[KT_REG_THERM_STATUS], &kt_reg_fops);
+			    kt_regfile_data(cpu, KT_REG_THERM_STATUS),
+			    &kt_reg_fops);
 	debugfs_create_file("pkg_therm_status", 0600, dir,
-			    &rf[KT_REG_PKG_THERM_STATUS], &kt_reg_fops);
+			    kt_regfile_data(cpu, KT_REG_PKG_THERM_STATUS),
+			    &kt_reg_fops);
 	debugfs_create_file("temperature_target", 0444, dir,
-			    &rf[KT_REG_TEMPERATURE_TARGET], &kt_reg_ro_fops);
+			    kt_regfile_data(cpu, KT_REG_TEMPERATURE_TARGET),
+			    &kt_reg_ro_fops);
 }
 
 /**
  * kt_debugfs_init() - create /sys/kernel/debug/kevent_thermal/
  *
- * Return: 0 or -ENOMEM.
+ * Return: nothing.
  */
-int kt_debugfs_init(void)
+void kt_debugfs_init(void)
 {
 	unsigned int cpu;
-
-	kt_regfiles = kcalloc(nr_cpu_ids * KT_REG_NR, sizeof(*kt_regfiles),
-			      GFP_KERNEL);
-	if (!kt_regfiles)
-		return -ENOMEM;
 
 	kt_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("README", 0444, kt_dir, NULL, &kt_readme_fops);
@@ -405,7 +403,6 @@ int kt_debugfs_init(void)
 	debugfs_create_file("trigger", 0200, kt_dir, NULL, &kt_trigger_fops);
 	for_each_possible_cpu(cpu)
 		kt_debugfs_cpu(cpu);
-	return 0;
 }
 
 /**
@@ -429,5 +426,4 @@ struct dentry *kt_debugfs_root(void)
 void kt_debugfs_exit(void)
 {
 	debugfs_remove_recursive(kt_dir);
-	kfree(kt_regfiles);
 }

@@ -43,13 +43,12 @@
 #include <linux/cpu.h>
 #include <linux/device.h>
 #include <linux/hardirq.h>
-#include <linux/irqflags.h>
 #include <linux/kobject.h>
+#include <linux/lockdep.h>
 #include <linux/printk.h>
 #include <linux/ratelimit.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
-#include <linux/spinlock.h>
 #include <linux/time64.h>
 #include <linux/timekeeping.h>
 #include <linux/topology.h>
@@ -84,14 +83,6 @@ DEFINE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
 static struct workqueue_struct *kt_wq;
 static atomic_t kt_uevent_pending;
 static atomic64_t kt_stat_done_direct;
-
-/*
- * Package status bits at the last handled interrupt, per package slot of
- * the register file.  Reading the package register and updating this
- * happen under one lock, so two CPUs of a package see each change once.
- */
-static u64 *kt_pkg_seen;
-static DEFINE_RAW_SPINLOCK(kt_pkg_seen_lock);
 
 /* The seed's printk lines, at most 10 per 5 s for all CPUs together. */
 static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
@@ -191,7 +182,22 @@ static void kt_done_workfn(struct work_struct *work)
 	kfree(w);
 }
 
-static void kt_queue_done(kt_done_fn done, unsigned int cpu, u64 token)
+/**
+ * kt_thermal_defer_done() - complete an interrupt that was not handled
+ * @done: completion, called as @done(@cpu, @token)
+ * @cpu: first argument of @done
+ * @token: second argument of @done
+ *
+ * For a device entry that is refused before kt_thermal_interrupt(): its
+ * completion queues behind everything already queued, so completions stay
+ * in the order of the entries.  kt_thermal_interrupt() completes an
+ * interrupt that queued no uevent the same way.  Callable from any context,
+ * hard IRQ included.  If no work item can be allocated, @done is called
+ * at once (counted, see kt_done_direct()).
+ *
+ * Return: nothing.
+ */
+void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token)
 {
 	struct kt_done_work *w;
 
@@ -290,12 +296,15 @@ void kt_thermal_interrupt(kt_done_fn done, u64 token)
 {
 	struct kt_irq_ctx ctx = { .nr = 0 };
 	u64 core, pkg, pkg_prev, changed, now;
-	unsigned long flags;
 	unsigned int rl;
-	int slot, i;
+	int i;
 
+	/*
+	 * Interrupts are off: both callers are hard IRQ handlers, an
+	 * IRQ_WORK_INIT_HARD irq_work and an IRQF_NO_THREAD device handler.
+	 */
 	WARN_ON_ONCE(!in_hardirq());
-	local_irq_save(flags);
+	lockdep_assert_irqs_disabled();
 
 	ctx.cpu = smp_processor_id();
 	ctx.st = this_cpu_ptr(&kt_cpu_state);
@@ -314,16 +323,7 @@ void kt_thermal_interrupt(kt_done_fn done, u64 token)
 	ctx.pkg = topology_physical_package_id(ctx.cpu);
 	core = kt_regs_read(ctx.cpu, KT_REG_THERM_STATUS);
 
-	raw_spin_lock(&kt_pkg_seen_lock);
-	pkg = kt_regs_read(ctx.cpu, KT_REG_PKG_THERM_STATUS);
-	slot = kt_regs_pkg_slot(ctx.cpu);
-	if (slot >= 0) {
-		pkg_prev = kt_pkg_seen[slot];
-		kt_pkg_seen[slot] = pkg & KT_STATUS_MASK;
-	} else {
-		pkg_prev = pkg;
-	}
-	raw_spin_unlock(&kt_pkg_seen_lock);
+	pkg = kt_regs_pkg_sample(ctx.cpu, &pkg_prev);
 
 	kt_emit(&ctx, KT_EV_PROCHOT, core & KT_STATUS_PROCHOT);
 
@@ -348,26 +348,7 @@ out:
 		queue_work(kt_wq, &ctx.works[i]->work);
 	}
 	if (!ctx.nr && done)
-		kt_queue_done(done, ctx.cpu, token);
-	local_irq_restore(flags);
-}
-
-/**
- * kt_thermal_defer_done() - complete an interrupt that was not handled
- * @done: completion, called as @done(@cpu, @token)
- * @cpu: first argument of @done
- * @token: second argument of @done
- *
- * For a device entry that is refused before kt_thermal_interrupt(): its
- * completion queues behind everything already queued, so completions stay
- * in the order of the entries.  Callable from any context, hard IRQ
- * included; same fallback as kt_thermal_interrupt() if allocation fails.
- *
- * Return: nothing.
- */
-void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token)
-{
-	kt_queue_done(done, cpu, token);
+		kt_thermal_defer_done(done, ctx.cpu, token);
 }
 
 /**
@@ -425,25 +406,20 @@ long kt_uevents_pending(void)
 }
 
 /**
- * kt_irq_init() - allocate the handler's package state and workqueue
+ * kt_irq_init() - allocate the handler's workqueue
  *
  * Return: 0 or -ENOMEM.
  */
 int kt_irq_init(void)
 {
-	kt_pkg_seen = kcalloc(nr_cpu_ids, sizeof(*kt_pkg_seen), GFP_KERNEL);
-	if (!kt_pkg_seen)
-		return -ENOMEM;
 	kt_wq = alloc_ordered_workqueue("kevent_thermal", 0);
-	if (!kt_wq) {
-		kfree(kt_pkg_seen);
+	if (!kt_wq)
 		return -ENOMEM;
-	}
 	return 0;
 }
 
 /**
- * kt_irq_exit() - send the pending uevents and free the handler's state
+ * kt_irq_exit() - send the pending uevents and destroy the workqueue
  *
  * The handler must not run any more (irq_work synced).
  *
@@ -453,5 +429,4 @@ void kt_irq_exit(void)
 {
 	flush_workqueue(kt_wq);
 	destroy_workqueue(kt_wq);
-	kfree(kt_pkg_seen);
 }

@@ -67,9 +67,7 @@ static int __init kt_init(void)
 	ret = kt_sysfs_init();
 	if (ret)
 		goto err_irq;
-	ret = kt_debugfs_init();
-	if (ret)
-		goto err_sysfs;
+	kt_debugfs_init();
 	ret = kt_pci_init();
 	if (ret)
 		goto err_debugfs;
@@ -78,7 +76,6 @@ static int __init kt_init(void)
 err_debugfs:
 	kt_debugfs_exit();
 	kt_inject_exit();
-err_sysfs:
 	kt_sysfs_exit();
 err_irq:
 	kt_irq_exit();

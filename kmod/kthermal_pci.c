@@ -37,13 +37,11 @@
 #include <linux/fs.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
-#include <linux/kstrtox.h>
 #include <linux/pci.h>
 #include <linux/seq_file.h>
 #include <linux/smp.h>
 #include <linux/spinlock.h>
 #include <linux/string.h>
-#include <linux/uaccess.h>
 
 #include "kevent_sensor.h"
 #include "kthermal.h"
@@ -96,11 +94,8 @@ static const char * const kt_vec_stat_names[KT_VS_NR] = {
 	[KT_VS_RING_CORRUPT]	= "ring_corrupt",
 };
 
-struct kt_pci_dev;
-
 /**
  * struct kt_vec - one MSI-X vector: the thermal interrupt of one CPU
- * @kd: its device
  * @ring: the CPU's ring and ack words in BAR2
  * @cpu: the CPU the vector is pinned to, also the ring's index
  * @irq: Linux IRQ number of the vector
@@ -113,7 +108,6 @@ struct kt_pci_dev;
  * @name: IRQ name, one line per CPU in /proc/interrupts
  */
 struct kt_vec {
-	struct kt_pci_dev *kd;
 	struct ks_cpu *ring;
 	unsigned int cpu;
 	int irq;
@@ -238,11 +232,12 @@ static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot)
 		return;
 	}
 
-	if (reg != KS_REG_THERM_STATUS && reg != KS_REG_PKG_THERM_STATUS) {
-		kt_pci_reject(v, seq, -EINVAL, KT_VS_BAD_ENTRY);
-		return;
-	}
-	/* -EINVAL from kt_regs_hw_check(), or -ENOSPC: no package slot. */
+	/*
+	 * -EINVAL from kt_regs_hw_check(): reg is neither KS_REG_THERM_STATUS
+	 * nor KS_REG_PKG_THERM_STATUS (KT_REG_TEMPERATURE_TARGET has no
+	 * hardware state either), or value sets bits it refuses.  -ENOSPC: no
+	 * package slot.
+	 */
 	ret = kt_regs_hw_set(v->cpu, reg, value);
 	if (ret) {
 		kt_pci_reject(v, seq, ret, KT_VS_BAD_ENTRY);
@@ -310,15 +305,14 @@ static ssize_t kt_hold_acks_write(struct file *file, const char __user *ubuf,
 {
 	struct kt_pci_dev *kd = file->private_data;
 	unsigned long flags;
-	unsigned int hold, i;
-	char buf[16];
+	unsigned int i;
+	u64 hold;
+	int ret;
 
-	if (!count || count >= sizeof(buf))
-		return -EINVAL;
-	if (copy_from_user(buf, ubuf, count))
-		return -EFAULT;
-	buf[count] = '\0';
-	if (kstrtouint(strim(buf), 10, &hold) || hold > 1)
+	ret = kt_get_u64(ubuf, count, 10, &hold);
+	if (ret)
+		return ret;
+	if (hold > 1)
 		return -EINVAL;
 
 	raw_spin_lock_irqsave(&kd->ack_lock, flags);
@@ -538,7 +532,6 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	for (i = 0; i < KS_MAX_CPUS; i++) {
 		struct kt_vec *v = &kd->vecs[i];
 
-		v->kd = kd;
 		v->ring = &kd->region->cpus[i];
 		v->cpu = i;
 		v->tail = kt_pci_reset_ring(v->ring, i);

@@ -18,8 +18,9 @@
  *
  * Packages are keyed by topology_physical_package_id(), which need not be
  * dense: a slot is claimed on first use of a package id, at most one per
- * possible CPU.  All images are protected by one raw spinlock, taken from
- * any context.
+ * possible CPU.  A slot also keeps the package status bits the thermal
+ * interrupt handler last saw (kt_regs_pkg_sample()).  All images are
+ * protected by one raw spinlock, taken from any context.
  */
 
 #include <linux/cpumask.h>
@@ -36,11 +37,13 @@
  * @used: slot claimed
  * @id: topology_physical_package_id() of the package
  * @status: register image
+ * @seen: status bits of @status at the last kt_regs_pkg_sample()
  */
 struct kt_pkg_reg {
 	bool used;
 	int id;
 	u64 status;
+	u64 seen;
 };
 
 static DEFINE_PER_CPU(u64, kt_therm_status);
@@ -49,7 +52,7 @@ static struct kt_pkg_reg *kt_pkgs;	/* nr_cpu_ids slots */
 static DEFINE_RAW_SPINLOCK(kt_regs_lock);
 
 /* Find or claim the package slot of @cpu; kt_regs_lock held. */
-static int kt_pkg_lookup(unsigned int cpu)
+static struct kt_pkg_reg *kt_pkg_lookup(unsigned int cpu)
 {
 	int id = topology_physical_package_id(cpu);
 	unsigned int i;
@@ -59,32 +62,66 @@ static int kt_pkg_lookup(unsigned int cpu)
 			kt_pkgs[i].used = true;
 			kt_pkgs[i].id = id;
 			kt_pkgs[i].status = KT_PKG_RESET;
-			return i;
+			kt_pkgs[i].seen = 0;
+			return &kt_pkgs[i];
 		}
 		if (kt_pkgs[i].id == id)
-			return i;
+			return &kt_pkgs[i];
 	}
-	return -ENOSPC;
+	return NULL;
+}
+
+/*
+ * The image of @reg as @cpu sees it; kt_regs_lock held.  NULL if @reg is
+ * unknown or no package slot is left.
+ */
+static u64 *kt_reg_img(unsigned int cpu, enum kt_reg reg)
+{
+	struct kt_pkg_reg *pkg;
+
+	switch (reg) {
+	case KT_REG_THERM_STATUS:
+		return per_cpu_ptr(&kt_therm_status, cpu);
+	case KT_REG_PKG_THERM_STATUS:
+		pkg = kt_pkg_lookup(cpu);
+		return pkg ? &pkg->status : NULL;
+	case KT_REG_TEMPERATURE_TARGET:
+		return per_cpu_ptr(&kt_temperature_target, cpu);
+	default:
+		return NULL;
+	}
 }
 
 /**
- * kt_regs_pkg_slot() - index of the package register of a CPU
- * @cpu: CPU number
+ * kt_regs_pkg_sample() - read the package register for the interrupt handler
+ * @cpu: CPU whose package register is read
+ * @prev: set to the status bits stored by the previous sample of the
+ *	  package (0 before the first one)
  *
- * Slots are claimed in order and never released; the index is stable and
- * below nr_cpu_ids.
+ * Reading the image and storing its status bits for the next sample happen
+ * under one lock, so two CPUs of a package see each change once.  With no
+ * package slot left, the reset image is returned and *@prev is set to it:
+ * no change is reported.
  *
- * Return: slot index, or -ENOSPC if more packages than possible CPUs exist.
+ * Return: the current IA32_PACKAGE_THERM_STATUS image of @cpu's package.
  */
-int kt_regs_pkg_slot(unsigned int cpu)
+u64 kt_regs_pkg_sample(unsigned int cpu, u64 *prev)
 {
+	struct kt_pkg_reg *pkg;
 	unsigned long flags;
-	int slot;
+	u64 val = KT_PKG_RESET;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	slot = kt_pkg_lookup(cpu);
+	pkg = kt_pkg_lookup(cpu);
+	if (pkg) {
+		val = pkg->status;
+		*prev = pkg->seen;
+		pkg->seen = val & KT_STATUS_MASK;
+	} else {
+		*prev = val;
+	}
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
-	return slot;
+	return val;
 }
 
 /**
@@ -98,23 +135,14 @@ u64 kt_regs_read(unsigned int cpu, enum kt_reg reg)
 {
 	unsigned long flags;
 	u64 val = 0;
-	int slot;
+	u64 *img;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	switch (reg) {
-	case KT_REG_THERM_STATUS:
-		val = per_cpu(kt_therm_status, cpu);
-		break;
-	case KT_REG_PKG_THERM_STATUS:
-		slot = kt_pkg_lookup(cpu);
-		val = slot < 0 ? KT_PKG_RESET : kt_pkgs[slot].status;
-		break;
-	case KT_REG_TEMPERATURE_TARGET:
-		val = per_cpu(kt_temperature_target, cpu);
-		break;
-	default:
-		break;
-	}
+	img = kt_reg_img(cpu, reg);
+	if (img)
+		val = *img;
+	else if (reg == KT_REG_PKG_THERM_STATUS)
+		val = KT_PKG_RESET;	/* no slot left */
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
 	return val;
 }
@@ -184,18 +212,11 @@ int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val)
 		return ret;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	if (reg == KT_REG_THERM_STATUS) {
-		img = per_cpu_ptr(&kt_therm_status, cpu);
-	} else {
-		ret = kt_pkg_lookup(cpu);
-		img = ret < 0 ? NULL : &kt_pkgs[ret].status;
-	}
-	if (img) {
+	img = kt_reg_img(cpu, reg);
+	if (img)
 		*img = kt_hw_next(*img, val, mask);
-		ret = 0;
-	}
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
-	return ret;
+	return img ? 0 : -ENOSPC;
 }
 
 /**
@@ -214,23 +235,15 @@ int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val)
  */
 int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val)
 {
-	u64 mask = kt_reg_mask(reg);
 	unsigned long flags;
-	u64 *img = NULL;
 	int ret = -EINVAL;
-	int slot;
+	u64 *img;
 
-	if (!mask || (val & ~mask))
+	if (kt_regs_hw_check(reg, val))
 		return -EINVAL;
 
 	raw_spin_lock_irqsave(&kt_regs_lock, flags);
-	if (reg == KT_REG_THERM_STATUS) {
-		img = per_cpu_ptr(&kt_therm_status, cpu);
-	} else {
-		slot = kt_pkg_lookup(cpu);
-		if (slot >= 0)
-			img = &kt_pkgs[slot].status;
-	}
+	img = kt_reg_img(cpu, reg);
 	if (img && !((*img ^ val) & KT_STATUS_MASK)) {
 		*img &= ~(KT_LOG_MASK & ~val);
 		ret = 0;
