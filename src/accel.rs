@@ -144,27 +144,23 @@ fn read_cached(cache: &Path, key: &str) -> Option<AccelDecision> {
 fn probe_kvm(guest: &GuestSpec) -> Result<Duration, String> {
     let args = [
         qemu::machine_args(),
-        qemu::accel_args(Accel::Kvm),
+        qemu::accel_args(Accel::Kvm, qemu::Clock::Real),
         qemu::topology_args(1, guest.memory_mib),
         qemu::boot_args(guest, None),
         vec!["-serial".into(), "none".into()],
     ]
     .concat();
     let start = Instant::now();
-    let mut child = qemu::command(&qemu::qemu_binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn QEMU: {e}"))?;
+    let mut child = crate::process::spawn(
+        qemu::command(&qemu::qemu_binary()).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()),
+    )
+    .map_err(|e| format!("spawn QEMU: {e}"))?;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(start.elapsed()),
             Ok(Some(status)) => return Err(format!("QEMU exited with {status}")),
             Ok(None) if start.elapsed() > KVM_PROBE_BOUND => {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill();
                 return Err(format!("the guest did not finish within {} s", KVM_PROBE_BOUND.as_secs()));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::qemu::GuestSpec;
+use crate::qemu::{Clock, GuestSpec};
 
 /// Environment variable naming the artifacts file to use.
 pub const ARTIFACTS_ENV: &str = "KEVENT_BENCH_ARTIFACTS";
@@ -85,9 +85,25 @@ impl Artifacts {
         Artifacts::load(&path)
     }
 
+    /// Each built module's name and the parameters it accepts, from the
+    /// `.ko` files themselves.
+    pub fn module_parameters(&self) -> anyhow::Result<BTreeMap<String, std::collections::BTreeSet<String>>> {
+        self.modules
+            .iter()
+            .map(|path| crate::modinfo::read(path).map(|m| (m.name, m.parameters)).map_err(anyhow::Error::from))
+            .collect()
+    }
+
     /// A guest with the agent, ready for [`crate::Machine::boot`].
     pub fn guest(&self, cpus: u32, memory_mib: u32, kernel_args: Vec<String>) -> GuestSpec {
-        GuestSpec { kernel: self.vmlinux.clone(), initramfs: self.initramfs.clone(), cpus, memory_mib, kernel_args }
+        GuestSpec {
+            kernel: self.vmlinux.clone(),
+            initramfs: self.initramfs.clone(),
+            cpus,
+            memory_mib,
+            clock: Clock::default(),
+            kernel_args,
+        }
     }
 
     /// The same kernel with the floor init.

@@ -45,6 +45,7 @@ const MARKERS: &[(&str, CrashKind)] = &[
     ("PANIC: double fault", CrashKind::Oops),
     ("int3: ", CrashKind::Oops),
     ("kernel BUG at", CrashKind::Bug),
+    ("Kernel BUG at", CrashKind::Bug),
     ("BUG kmalloc-", CrashKind::Bug),
     ("BUG:", CrashKind::Bug),
     ("UBSAN:", CrashKind::Bug),
@@ -76,6 +77,13 @@ pub fn crash_marker(line: &str) -> Option<CrashKind> {
     MARKERS.iter().find(|(marker, _)| message.starts_with(marker)).map(|&(_, kind)| kind)
 }
 
+/// The oops line of BUG()'s trap: `Oops: invalid opcode: ...` (6.12) or
+/// `invalid opcode: ...` (older kernels).
+fn is_bug_trap(line: &str) -> bool {
+    let message = message_of(line);
+    message.strip_prefix("Oops: ").unwrap_or(message).starts_with("invalid opcode:")
+}
+
 pub fn is_report_end(line: &str) -> bool {
     let message = message_of(line);
     END_MARKERS.iter().any(|m| message.starts_with(m))
@@ -95,17 +103,44 @@ pub const EXCERPT_LINES: usize = 80;
 
 /// Scans a console line by line; keeps the first report's excerpt and the
 /// most severe kind seen.
+///
+/// `Kernel panic - not syncing` lines are kept apart ([`Self::panic`]): any
+/// program can write that text to /dev/kmsg or the console, so only the
+/// machine going down after it makes it a panic, and the caller decides.
 #[derive(Debug, Default)]
 pub struct CrashDetector {
     report: Option<CrashReport>,
     collecting: bool,
+    panic: Option<CrashReport>,
+    /// Lines left in which an invalid-opcode oops belongs to the `kernel BUG
+    /// at` line before it: on x86, BUG() is an invalid opcode, and the trap
+    /// prints its oops line right after the BUG line.
+    bug_trap_window: u8,
 }
 
 impl CrashDetector {
     /// Feeds one line; returns the kind if this line starts a report.
     pub fn feed(&mut self, line: &str) -> Option<CrashKind> {
         let line = line.trim_end_matches(['\r', '\n']);
-        let kind = crash_marker(line);
+        let mut kind = crash_marker(line);
+        if kind == Some(CrashKind::Oops) && self.bug_trap_window > 0 && is_bug_trap(line) {
+            kind = Some(CrashKind::Bug);
+        }
+        self.bug_trap_window = self.bug_trap_window.saturating_sub(1);
+        if message_of(line).to_ascii_lowercase().starts_with("kernel bug at") {
+            self.bug_trap_window = 3;
+        }
+        if kind == Some(CrashKind::Panic) {
+            self.panic.get_or_insert_with(|| CrashReport { kind: CrashKind::Panic, excerpt: Vec::new() });
+        }
+        if let Some(panic) = self.panic.as_mut().filter(|p| p.excerpt.len() < EXCERPT_LINES) {
+            if kind == Some(CrashKind::Panic) || !panic.excerpt.is_empty() {
+                panic.excerpt.push(line.to_owned());
+            }
+        }
+        if kind == Some(CrashKind::Panic) {
+            return kind;
+        }
         match (&mut self.report, kind) {
             (None, Some(kind)) => {
                 self.report = Some(CrashReport { kind, excerpt: vec![line.to_owned()] });
@@ -127,8 +162,30 @@ impl CrashDetector {
         kind
     }
 
+    /// The first report other than a panic, with the most severe such kind.
     pub fn report(&self) -> Option<&CrashReport> {
         self.report.as_ref()
+    }
+
+    /// The panic lines seen, from the first `Kernel panic` line on: a panic
+    /// only if the machine then went down.
+    pub fn panic(&self) -> Option<&CrashReport> {
+        self.panic.as_ref()
+    }
+
+    /// The run's report once the machine has gone down: a panic (with the
+    /// excerpt of the report that led to it, if one did) wins.
+    pub fn report_after_exit(&self) -> Option<CrashReport> {
+        match (&self.report, &self.panic) {
+            (Some(report), Some(_)) => Some(CrashReport { kind: CrashKind::Panic, excerpt: report.excerpt.clone() }),
+            (None, Some(panic)) => Some(panic.clone()),
+            (report, None) => report.clone(),
+        }
+    }
+
+    /// Forgets panic lines the machine survived (user space wrote them).
+    pub fn retract_panic(&mut self) -> Option<CrashReport> {
+        self.panic.take()
     }
 
     /// Whether the first report's excerpt is complete.
@@ -175,6 +232,16 @@ mod tests {
     const SLEEP_IN_ATOMIC: &str = "\
 [    3.000000] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:585
 [    3.000100] in_atomic(): 1, irqs_disabled(): 1, non_block: 0, pid: 0, name: swapper/1";
+
+    /// BUG() in a module on 6.12 x86: "cut here", the BUG line, then the
+    /// trap's oops line (arch/x86/kernel/dumpstack.c prints "Oops: %s").
+    const MODULE_BUG: &str = "\
+[    2.100000] ------------[ cut here ]------------
+[    2.100100] kernel BUG at /build/kmod/kthermal_debugfs.c:42!
+[    2.100200] Oops: invalid opcode: 0000 [#1] SMP NOPTI
+[    2.100300] CPU: 0 UID: 0 PID: 1 Comm: kevent-agent Tainted: G           O       6.12.117 #1
+[    2.100400] RIP: 0010:kt_trigger_write+0x10/0x20 [kevent_thermal]
+[    2.100500] ---[ end trace 0000000000000000 ]---";
 
     const LOCKDEP: &str = "\
 [    4.000000] ======================================================
@@ -227,13 +294,44 @@ kevent-agent: fatal: something mentions BUG: in the middle
     }
 
     #[test]
-    fn a_panic_is_found_and_outranks_what_came_before() {
-        assert_eq!(detect(PANIC_REPORT).report().unwrap().kind, CrashKind::Panic);
+    fn a_panic_is_held_apart_until_the_machine_goes_down() {
+        let alone = detect(PANIC_REPORT);
+        assert!(alone.report().is_none(), "a panic line alone is not yet a report");
+        let panic = alone.panic().unwrap();
+        assert!(panic.excerpt[0].contains("Kernel panic - not syncing: No working init"), "{:?}", panic.excerpt);
+        assert!(panic.excerpt.last().unwrap().contains("---[ end Kernel panic"));
+        assert_eq!(alone.report_after_exit().unwrap().kind, CrashKind::Panic);
+
         let both = format!("{WARN_REPORT}\n{PANIC_REPORT}");
         let d = detect(&both);
-        let r = d.report().unwrap();
-        assert_eq!(r.kind, CrashKind::Panic, "the most severe kind wins");
+        assert_eq!(d.report().unwrap().kind, CrashKind::Warning, "the unconfirmed panic does not count yet");
+        let r = d.report_after_exit().unwrap();
+        assert_eq!(r.kind, CrashKind::Panic, "once the machine is down the panic wins");
         assert!(r.excerpt[0].contains("cut here"), "the excerpt starts at the first report");
+    }
+
+    #[test]
+    fn a_panic_line_the_machine_survived_is_retracted() {
+        // What a guest program writing to /dev/kmsg produces.
+        let mut d = detect("[    3.000000] Kernel panic - not syncing: written by user space");
+        assert!(d.retract_panic().is_some());
+        assert!(d.report_after_exit().is_none());
+        d.feed(NULL_DEREF_OOPS.lines().next().unwrap());
+        assert_eq!(d.report_after_exit().unwrap().kind, CrashKind::Oops);
+    }
+
+    #[test]
+    fn a_bug_is_a_bug_though_x86_reports_it_as_an_invalid_opcode_oops() {
+        let d = detect(MODULE_BUG);
+        let r = d.report().unwrap();
+        assert_eq!(r.kind, CrashKind::Bug);
+        assert!(r.excerpt[1].contains("kernel BUG at"), "{:?}", r.excerpt);
+        // An invalid opcode with no BUG line before it is an oops.
+        let oops = MODULE_BUG.replace("kernel BUG at /build/kmod/kthermal_debugfs.c:42!", "some other line");
+        assert_eq!(detect(&oops).report().unwrap().kind, CrashKind::Oops);
+        // A genuine oops after the BUG's report has ended still counts.
+        let later = format!("{MODULE_BUG}\n{NULL_DEREF_OOPS}");
+        assert_eq!(detect(&later).report().unwrap().kind, CrashKind::Oops);
     }
 
     #[test]

@@ -43,8 +43,6 @@ pub mod exit_code {
 /// The stages of a run, each with its own bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// QEMU spawned until it connects to the agent channel.
-    QemuStart,
     /// Until the agent's first console line: the kernel has booted to /init.
     KernelBoot,
     /// Until the agent's greeting: mounts, module loads, port found.
@@ -60,7 +58,6 @@ pub enum Stage {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Stage::QemuStart => "QEMU start",
             Stage::KernelBoot => "kernel boot",
             Stage::AgentGreeting => "agent greeting",
             Stage::Command => "agent command",

@@ -11,13 +11,19 @@ pub mod cpio;
 pub mod events;
 pub mod failure;
 pub mod machine;
+pub mod modinfo;
+pub mod process;
 pub mod qemu;
 pub mod runner;
 pub mod scenario;
 pub mod sensor;
+pub mod thermal;
+
+#[cfg(test)]
+mod kmod_source;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use artifacts::Artifacts;
 pub use failure::{exit_code, Failure, Stage};
 pub use machine::{run_floor, BootTimings, Exchange, Machine, MachineConfig, ShutdownReport, Timeouts};
-pub use qemu::GuestSpec;
+pub use qemu::{Clock, GuestSpec};

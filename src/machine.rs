@@ -13,8 +13,8 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,6 +25,7 @@ use kevent_wire::{read_frame, write_frame, Datagram, GuestMessage, Hello, HostMe
 use crate::accel::Accel;
 use crate::console::CrashDetector;
 use crate::failure::{Failure, Stage};
+use crate::process::{self, Child};
 use crate::qemu::{self, GuestSpec};
 use crate::sensor::{CpuStatus, Published, Register, SensorDevice};
 
@@ -181,23 +182,17 @@ struct Guest {
     next_request: u32,
 }
 
-/// A private directory for the agent socket, removed on drop.
-struct SocketDir(PathBuf);
+/// A private directory for the run's sockets, removed on drop; its name is
+/// not predictable, so nothing else can take the path first.
+struct SocketDir(tempfile::TempDir);
 
 impl SocketDir {
     fn create() -> std::io::Result<SocketDir> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("kevent-bench-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir(&dir)?;
-        Ok(SocketDir(dir))
+        tempfile::Builder::new().prefix("kevent-bench-").tempdir().map(SocketDir)
     }
-}
 
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -209,7 +204,7 @@ impl Machine {
     /// Starts QEMU and waits, stage by stage, for the agent's greeting.
     pub fn boot(config: &MachineConfig) -> Result<Machine, Failure> {
         let socket_dir = SocketDir::create().map_err(|e| host_error("create the agent socket directory", e))?;
-        let socket_path = socket_dir.0.join("agent.sock");
+        let socket_path = socket_dir.path().join("agent.sock");
         // Listening before QEMU starts: QEMU connects as a client at startup.
         let listener = UnixListener::bind(&socket_path).map_err(|e| host_error("bind the agent socket", e))?;
         fs::create_dir_all(&config.run_dir).map_err(|e| host_error("create the run directory", e))?;
@@ -220,7 +215,7 @@ impl Machine {
         let sensor_setup = if config.sensor {
             let device =
                 SensorDevice::new(config.guest.cpus).map_err(|e| host_error("set up the emulated sensor device", e))?;
-            let path = socket_dir.0.join("sensor.sock");
+            let path = socket_dir.path().join("sensor.sock");
             // QEMU reads the device's setup while it starts: listen first.
             let listener = UnixListener::bind(&path).map_err(|e| host_error("bind the sensor socket", e))?;
             Some((device, listener, path))
@@ -491,25 +486,22 @@ impl Guest {
         let qemu_binary = &config.qemu;
         let args = qemu::command_line(&config.guest, config.accel, socket_path, sensor_socket);
         let spawned = Instant::now();
-        let mut child = qemu::command(qemu_binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Failure::QemuStart {
-                message: format!(
-                    "cannot run {}: {e}; install it (Debian: apt-get install qemu-system-x86) or set {} to its path",
-                    qemu_binary.display(),
-                    qemu::QEMU_ENV
-                ),
-                qemu_stderr: String::new(),
-            })?;
+        let mut child = process::spawn(
+            qemu::command(qemu_binary).args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()),
+        )
+        .map_err(|e| Failure::QemuStart {
+            message: format!(
+                "cannot run {}: {e}; install it (Debian: apt-get install qemu-system-x86) or set {} to its path",
+                qemu_binary.display(),
+                qemu::QEMU_ENV
+            ),
+            qemu_stderr: String::new(),
+        })?;
         let (tx, events) = mpsc::channel();
         let console = Arc::new(Mutex::new(ConsoleState::default()));
         let qemu_stderr = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        let stdout = child.inner().stdout.take().expect("stdout is piped");
+        let stderr = child.inner().stderr.take().expect("stderr is piped");
         spawn_console_reader(stdout, log_file, config.stream_console, Arc::clone(&console), tx.clone());
         let stderr_collector = Some(spawn_stderr_collector(stderr, Arc::clone(&qemu_stderr)));
         Ok(Guest {
@@ -547,7 +539,11 @@ impl Guest {
                 });
             }
             if Instant::now() >= deadline {
-                return Err(self.timeout(Stage::QemuStart, bound));
+                self.kill();
+                return Err(Failure::QemuStart {
+                    message: format!("QEMU did not connect to {what} within {:.1} s", bound.as_secs_f64()),
+                    qemu_stderr: self.qemu_said(),
+                });
             }
         }
     }
@@ -611,7 +607,11 @@ impl Guest {
     /// ends the run into its failure.
     fn absorb(&mut self, stage: Stage, event: Event) -> Result<(), Failure> {
         match event {
-            Event::Crash => return Err(self.crash_after_grace()),
+            Event::Crash => {
+                if let Some(failure) = self.crash_after_grace() {
+                    return Err(failure);
+                }
+            }
             Event::ConsoleClosed => {
                 let status = wait_exit(&mut self.child, Duration::from_secs(2));
                 if let Some(failure) = self.crash_failure() {
@@ -663,30 +663,65 @@ impl Guest {
     }
 
     /// A report has started: let it finish printing (or the guest die), then
-    /// stop the guest and return the report.
-    fn crash_after_grace(&mut self) -> Failure {
+    /// stop the guest and return the report. A panic is one only if the
+    /// machine goes down after it (panic=-1 restarts at once, and QEMU
+    /// exits): a panic line the guest survives was written by user space,
+    /// and the run goes on.
+    fn crash_after_grace(&mut self) -> Option<Failure> {
         let deadline = Instant::now() + REPORT_GRACE;
-        while Instant::now() < deadline {
+        loop {
             {
                 let console = self.console.lock().unwrap();
-                if console.detector.excerpt_complete() || console.closed {
+                let panic_pending = console.detector.panic().is_some();
+                if console.closed || (console.detector.excerpt_complete() && !panic_pending) {
                     break;
                 }
             }
+            if Instant::now() >= deadline {
+                break;
+            }
             thread::sleep(Duration::from_millis(20));
         }
+        {
+            let mut console = self.console.lock().unwrap();
+            if !console.closed {
+                if let Some(claimed) = console.detector.retract_panic() {
+                    eprintln!(
+                        "warning: the guest console claimed a kernel panic but the kernel kept running (a guest \
+                         program wrote it?): {}",
+                        claimed.excerpt.first().map_or("", String::as_str)
+                    );
+                    // Nothing else was reported: the run goes on.
+                    console.detector.report()?;
+                }
+            }
+        }
         self.kill();
-        self.crash_failure().expect("a crash event comes with a report")
+        self.await_console_close();
+        self.crash_failure()
     }
 
+    /// The kernel report of the run, if any. Once QEMU has gone, a panic
+    /// line is confirmed by that and counts.
     fn crash_failure(&self) -> Option<Failure> {
         let console = self.console.lock().unwrap();
-        let report = console.detector.report()?;
-        Some(Failure::KernelCrash { kind: report.kind, excerpt: report.excerpt.clone() })
+        let report =
+            if console.closed { console.detector.report_after_exit() } else { console.detector.report().cloned() }?;
+        Some(Failure::KernelCrash { kind: report.kind, excerpt: report.excerpt })
+    }
+
+    /// After QEMU has been killed, its console reader reaches the end of
+    /// the stream soon; what it read last may complete a report.
+    fn await_console_close(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.console.lock().unwrap().closed && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn timeout(&mut self, stage: Stage, waited: Duration) -> Failure {
         self.kill();
+        self.await_console_close();
         if let Some(failure) = self.crash_failure() {
             return failure;
         }
@@ -724,20 +759,12 @@ impl Guest {
     /// the guest is stopped, and a kernel report wins over `failure`.
     fn fail(&mut self, failure: Failure) -> Failure {
         self.kill();
+        self.await_console_close();
         self.crash_failure().unwrap_or(failure)
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill();
-        }
+        self.child.kill();
     }
 }
 
@@ -748,14 +775,7 @@ fn console_tail(console: &Mutex<ConsoleState>) -> Vec<String> {
 }
 
 fn wait_exit(child: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + bound;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-            _ => return None,
-        }
-    }
+    child.wait_timeout(bound).ok().flatten()
 }
 
 fn spawn_console_reader(
@@ -858,17 +878,18 @@ fn spawn_agent_reader(mut stream: UnixStream, tx: Sender<Event>) {
 /// the boot benchmark compares against.
 pub fn run_floor(guest: &GuestSpec, accel: Accel, bound: Duration) -> Result<Duration, Failure> {
     let socket_dir = SocketDir::create().map_err(|e| host_error("create the agent socket directory", e))?;
-    let socket_path = socket_dir.0.join("agent.sock");
+    let socket_path = socket_dir.path().join("agent.sock");
     let listener = UnixListener::bind(&socket_path).map_err(|e| host_error("bind the agent socket", e))?;
     let args = qemu::command_line(guest, accel, &socket_path, None);
     let spawned = Instant::now();
-    let mut child = qemu::command(&qemu::qemu_binary())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Failure::QemuStart { message: format!("cannot run QEMU: {e}"), qemu_stderr: String::new() })?;
+    let mut child = process::spawn(
+        qemu::command(&qemu::qemu_binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .map_err(|e| Failure::QemuStart { message: format!("cannot run QEMU: {e}"), qemu_stderr: String::new() })?;
     // QEMU connects at startup and would block on a full socket otherwise;
     // the floor init never writes, so accepting is all there is to do.
     let _connection = listener.accept();
@@ -881,8 +902,7 @@ pub fn run_floor(guest: &GuestSpec, accel: Accel, bound: Duration) -> Result<Dur
             console_tail: Vec::new(),
         }),
         None => {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
             Err(Failure::Timeout { stage: Stage::Shutdown, waited: bound, console_tail: Vec::new() })
         }
     }

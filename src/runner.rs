@@ -63,7 +63,7 @@ pub fn run(
     if scenario.injector == Injector::Device && !config.sensor {
         return Err(Failure::Host { message: "the device injector needs a guest with the emulated sensor".into() });
     }
-    scenario.check_injector().map_err(|message| Failure::Host { message })?;
+    scenario.check_injector().map_err(|e| Failure::Host { message: e.to_string() })?;
     let mut machine = Machine::boot(config)?;
     let bound = config.timeouts.command;
     let mut steps = Vec::new();
@@ -84,7 +84,7 @@ pub fn run(
         let injection = Injection::of(&step.action);
         match injection {
             Some(injection) if scenario.injector == Injector::Device => {
-                match step.host_timed {
+                match step.device_interval {
                     Some(interval) => fire_on_schedule(&mut machine, injection, step.repeat, interval, &mut record)?,
                     None => {
                         for _ in 0..step.repeat {
@@ -188,7 +188,7 @@ impl StepRecord {
 }
 
 fn step_label(step: &Step) -> String {
-    match step.host_timed {
+    match step.device_interval {
         None => step.action.to_string(),
         Some(interval) if interval.is_zero() => format!("{}, host-timed back to back", step.action),
         Some(interval) => format!("{}, host-timed every {} µs", step.action, interval.as_micros()),
@@ -383,8 +383,8 @@ impl Transcript {
         let s = &self.scenario;
         Snapshot {
             scenario: s.name.clone(),
-            machine: format!("{} CPUs, {} MiB", s.cpus, s.memory_mib),
-            params: s.params.clone(),
+            machine: format!("{} CPUs, {} MiB, {} clock", s.machine.cpus, s.machine.memory_mib, s.machine.clock),
+            params: s.params_by_module(),
             steps,
             background: self.background.iter().map(snapshot_exec).collect(),
             totals,

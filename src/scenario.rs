@@ -1,42 +1,48 @@
 //! Scenarios: `scenarios/*.toml`, parsed strictly.
 //!
 //! Every error names the file, line and column and what was expected;
-//! unknown keys are errors, so a typo never silently does nothing.
+//! unknown keys are errors, so a typo never silently does nothing. Every
+//! value is bounded ([`limits`]) and every computation on one is checked,
+//! so no input can make the parser panic or a run go on without end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-/// IA32_THERM_STATUS / IA32_PACKAGE_THERM_STATUS bits by name (Intel SDM);
-/// each status bit's log bit is the next one up.
-pub const BITS: &[(&str, u32)] = &[
-    ("prochot", 0),
-    ("prochot_log", 1),
-    ("external_prochot", 2),
-    ("external_prochot_log", 3),
-    ("critical", 4),
-    ("critical_log", 5),
-    ("threshold1", 6),
-    ("threshold1_log", 7),
-    ("threshold2", 8),
-    ("threshold2_log", 9),
-    ("power_limit", 10),
-    ("power_limit_log", 11),
-];
-/// Digital readout, degrees below TjMax, bits 22:16.
-pub const READOUT_SHIFT: u32 = 16;
-pub const READOUT_MAX: u64 = 0x7f;
-/// Reading valid (core register only; reserved in the package register).
-pub const VALID: u64 = 1 << 31;
-pub const DEFAULT_TJMAX: u32 = 100;
-/// Host-timed steps: the longest interval, and the longest step, which
-/// stays inside the host's bound on a step.
-pub const MAX_INTERVAL_US: u64 = 1_000_000;
-pub const MAX_HOST_TIMED_US: u64 = 30_000_000;
+use crate::qemu::Clock;
+use crate::thermal;
+
+/// What a scenario may ask for: each bound keeps a run finite and inside
+/// the bounds the host puts on the guest (README, "Scenario limits").
+pub mod limits {
+    /// The bench kernel's NR_CPUS and the sensor device's rings.
+    pub const MAX_CPUS: u32 = crate::sensor::abi::MAX_CPUS;
+    pub const MIN_MEMORY_MIB: u32 = 64;
+    pub const MAX_MEMORY_MIB: u32 = 16384;
+    /// Repetitions of one step.
+    pub const MAX_REPEAT: u32 = 10_000;
+    /// Repetitions of all steps together: the run's length and the host's
+    /// memory for its transcript stay bounded.
+    pub const MAX_TOTAL_REPETITIONS: u64 = 100_000;
+    /// One sleep; the host's bound on an agent command is 60 s.
+    pub const MAX_SLEEP_MS: u64 = 30_000;
+    /// Firings of one device-timed step: one ring entry, whose uevents must
+    /// fit in the guest's queue (sensor::abi::MAX_REPEAT).
+    pub const MAX_TIMED_REPEAT: u32 = crate::sensor::abi::MAX_REPEAT;
+    /// Between two firings of a device-timed step.
+    pub const MAX_INTERVAL_US: u64 = 1_000_000;
+    /// All firings of a device-timed step, on the guest's clock.
+    pub const MAX_TIMED_STEP_US: u64 = 30_000_000;
+    /// Bytes of one `write` step's value.
+    pub const MAX_WRITE_BYTES: usize = 64 << 10;
+    /// Bytes of an `exec` step's program and arguments together.
+    pub const MAX_EXEC_BYTES: usize = 64 << 10;
+}
 
 /// How injections reach the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,17 +76,46 @@ impl fmt::Display for Injector {
     }
 }
 
+/// Where in the scenario file something was written (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The guest a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineSpec {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub clock: Clock,
+}
+
+impl Default for MachineSpec {
+    fn default() -> Self {
+        MachineSpec { cpus: 2, memory_mib: 256, clock: Clock::default() }
+    }
+}
+
+/// One module parameter, as the scenario gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    pub module: String,
+    pub key: String,
+    pub value: String,
+    pub at: Location,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
     pub name: String,
     pub path: PathBuf,
     pub description: String,
-    pub cpus: u32,
-    pub memory_mib: u32,
+    pub machine: MachineSpec,
     /// The scenario's injector; a command-line choice replaces it.
     pub injector: Injector,
-    /// Module parameters: module → (parameter → value), as given.
-    pub params: BTreeMap<String, BTreeMap<String, String>>,
+    /// Module parameters, in file order.
+    pub params: Vec<Param>,
     pub steps: Vec<Step>,
 }
 
@@ -89,9 +124,11 @@ pub struct Step {
     pub action: Action,
     /// How many times to do it; events of a repeated step are counted.
     pub repeat: u32,
-    /// Injections fired by the host's clock at this interval (zero: back
-    /// to back), without waiting for the guest between them.
-    pub host_timed: Option<std::time::Duration>,
+    /// Injections the sensor device fires itself, `repeat` times this far
+    /// apart on the guest's clock (zero: back to back), without the host
+    /// or the agent in between.
+    pub device_interval: Option<Duration>,
+    pub at: Location,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,21 +165,13 @@ impl fmt::Display for Action {
 }
 
 /// A scenario file that cannot be used, with where and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{}:{}: {message}", path.display(), at.line, at.column)]
 pub struct ScenarioError {
     pub path: PathBuf,
-    pub line: usize,
-    pub column: usize,
+    pub at: Location,
     pub message: String,
 }
-
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
-    }
-}
-
-impl std::error::Error for ScenarioError {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,7 +181,7 @@ struct RawScenario {
     #[serde(default)]
     machine: RawMachine,
     #[serde(default)]
-    params: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
+    params: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
     #[serde(default)]
     step: Vec<Spanned<RawStep>>,
 }
@@ -160,26 +189,27 @@ struct RawScenario {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMachine {
-    cpus: Option<Spanned<u32>>,
-    memory_mib: Option<Spanned<u32>>,
+    cpus: Option<Spanned<i64>>,
+    memory_mib: Option<Spanned<i64>>,
+    clock: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStep {
-    inject: Option<RawInject>,
-    sleep_ms: Option<u64>,
-    read: Option<String>,
-    write: Option<RawWrite>,
-    exec: Option<RawExec>,
-    repeat: Option<Spanned<u32>>,
-    interval_us: Option<Spanned<u64>>,
+    inject: Option<Spanned<RawInject>>,
+    sleep_ms: Option<Spanned<i64>>,
+    read: Option<Spanned<String>>,
+    write: Option<Spanned<RawWrite>>,
+    exec: Option<Spanned<RawExec>>,
+    repeat: Option<Spanned<i64>>,
+    interval_us: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInject {
-    cpu: Spanned<u32>,
+    cpu: Spanned<i64>,
     #[serde(default)]
     package: bool,
     #[serde(default)]
@@ -219,122 +249,165 @@ pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+    let bytes = std::fs::read(path).map_err(|e| ScenarioError {
         path: path.to_owned(),
-        line: 1,
-        column: 1,
+        at: Location { line: 1, column: 1 },
         message: format!("cannot read: {e}"),
     })?;
-    parse(path, &text)
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse(path, text),
+        Err(e) => {
+            // Located at the first byte that is not UTF-8.
+            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid up to here");
+            Err(ScenarioError {
+                path: path.to_owned(),
+                at: position(valid, valid.len()),
+                message: format!("byte {:#04x} is not UTF-8: a scenario is UTF-8 text", bytes[e.valid_up_to()]),
+            })
+        }
+    }
 }
 
-/// Line and column (1-based) of a byte offset.
-fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+/// Line and column (1-based, in characters) of a byte offset.
+fn position(text: &str, offset: usize) -> Location {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
-    (line, column)
+    let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
+    Location { line, column: before[line_start..].chars().count() + 1 }
+}
+
+/// Turns spans into located errors for one file.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(&self, span: &Range<usize>) -> Location {
+        position(self.text, span.start)
+    }
+
+    fn error(&self, span: &Range<usize>, message: impl Into<String>) -> ScenarioError {
+        ScenarioError { path: self.path.to_owned(), at: self.at(span), message: message.into() }
+    }
+
+    /// An integer of the file as `T`, within `range`, or an error naming
+    /// `what` and the range.
+    fn bounded<T>(
+        &self,
+        value: &Spanned<i64>,
+        what: &str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ScenarioError>
+    where
+        T: TryFrom<i64> + PartialOrd + fmt::Display + Copy,
+    {
+        let raw = *value.get_ref();
+        T::try_from(raw).ok().filter(|v| range.contains(v)).ok_or_else(|| {
+            self.error(&value.span(), format!("{what} = {raw}: expected {} to {}", range.start(), range.end()))
+        })
+    }
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    let error = |span: Range<usize>, message: String| {
-        let (line, column) = position(text, span.start);
-        ScenarioError { path: path.to_owned(), line, column, message }
-    };
+    let loc = Locator { path, text };
     let raw: RawScenario = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        error(span, e.message().trim_end().to_owned())
+        let span = e.span().unwrap_or(text.len()..text.len());
+        let message = e.message().trim_end();
+        let message = if message.is_empty() { "not valid TOML here" } else { message };
+        loc.error(&span, message)
     })?;
 
-    let cpus = raw.machine.cpus.map_or(Ok(2), |c| {
-        let span = c.span();
-        let cpus = c.into_inner();
-        if (1..=8).contains(&cpus) {
-            Ok(cpus)
-        } else {
-            Err(error(span, format!("cpus = {cpus}: expected 1 to 8 (the bench kernel's NR_CPUS)")))
-        }
-    })?;
-    let memory_mib = raw.machine.memory_mib.map_or(Ok(256), |m| {
-        let span = m.span();
-        let mib = m.into_inner();
-        if mib >= 64 {
-            Ok(mib)
-        } else {
-            Err(error(span, format!("memory_mib = {mib}: expected at least 64")))
-        }
-    })?;
+    let defaults = MachineSpec::default();
+    let cpus = match &raw.machine.cpus {
+        Some(c) => loc.bounded(c, "cpus", 1..=limits::MAX_CPUS)?,
+        None => defaults.cpus,
+    };
+    let memory_mib = match &raw.machine.memory_mib {
+        Some(m) => loc.bounded(m, "memory_mib", limits::MIN_MEMORY_MIB..=limits::MAX_MEMORY_MIB)?,
+        None => defaults.memory_mib,
+    };
+    let clock = match raw.machine.clock {
+        Some(name) => Clock::from_name(name.get_ref()).ok_or_else(|| {
+            loc.error(&name.span(), format!("clock = {:?}: expected {}", name.get_ref(), Clock::NAMES))
+        })?,
+        None => defaults.clock,
+    };
+    let machine = MachineSpec { cpus, memory_mib, clock };
 
-    let mut params = BTreeMap::new();
-    let mut tjmax = DEFAULT_TJMAX;
-    for (module, values) in raw.params {
-        let mut converted = BTreeMap::new();
-        for (key, value) in values {
-            let span = value.span();
-            let text = match value.into_inner() {
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Boolean(b) => if b { "1" } else { "0" }.to_owned(),
-                toml::Value::String(s) if !s.contains(char::is_whitespace) => s,
-                other => {
-                    return Err(error(
-                        span,
-                        format!("params.{module}.{key}: expected an integer, a boolean or a string without spaces, found {other}"),
-                    ))
-                }
-            };
-            // Temperatures become readouts through TjMax: a TjMax the module
-            // would refuse must not silently turn into the default.
-            if module == "kevent_thermal" && key == "tjmax" {
-                tjmax = text.parse().ok().filter(|t| (1..=255).contains(t)).ok_or_else(|| {
-                    error(span, format!("params.kevent_thermal.tjmax = {text}: expected 1 to 255 (°C)"))
-                })?;
-            }
-            converted.insert(key, text);
-        }
-        params.insert(module, converted);
-    }
+    let (params, tjmax) = parse_params(raw.params, &loc)?;
 
     let injector = match raw.injector {
         None => Injector::default(),
-        Some(name) => {
-            let span = name.span();
-            let name = name.into_inner();
-            Injector::from_name(&name)
-                .ok_or_else(|| error(span, format!("injector = {name:?}: expected {}", Injector::NAMES)))?
-        }
+        Some(name) => Injector::from_name(name.get_ref()).ok_or_else(|| {
+            loc.error(&name.span(), format!("injector = {:?}: expected {}", name.get_ref(), Injector::NAMES))
+        })?,
     };
 
     if raw.step.is_empty() {
-        return Err(error(0..0, "no [[step]]: a scenario needs at least one step".into()));
+        return Err(loc.error(&(0..0), "no [[step]]: a scenario needs at least one step"));
     }
     let mut steps = Vec::new();
+    let mut total_repetitions = 0u64;
     for step in raw.step {
         let span = step.span();
         let step = step.into_inner();
-        let repeat = match step.repeat {
-            Some(r) if *r.get_ref() == 0 => return Err(error(r.span(), "repeat = 0: expected at least 1".into())),
-            Some(r) => r.into_inner(),
+        let repeat = match &step.repeat {
+            Some(r) => loc.bounded(r, "repeat", 1..=limits::MAX_REPEAT)?,
             None => 1,
         };
+        total_repetitions += u64::from(repeat);
+        if total_repetitions > limits::MAX_TOTAL_REPETITIONS {
+            let at = step.repeat.as_ref().map_or(span.clone(), Spanned::span);
+            return Err(loc.error(
+                &at,
+                format!(
+                    "the steps so far repeat {total_repetitions} times in all: a scenario runs at most {} step \
+                     repetitions",
+                    limits::MAX_TOTAL_REPETITIONS
+                ),
+            ));
+        }
         let mut actions = Vec::new();
         if let Some(inject) = step.inject {
-            actions.push(inject_action(inject, cpus, tjmax, &error)?);
+            actions.push(inject_action(inject.into_inner(), cpus, tjmax, &loc)?);
         }
-        if let Some(ms) = step.sleep_ms {
-            actions.push(Action::Sleep { ms });
+        if let Some(ms) = &step.sleep_ms {
+            actions.push(Action::Sleep { ms: loc.bounded(ms, "sleep_ms", 0..=limits::MAX_SLEEP_MS)? });
         }
         if let Some(path) = step.read {
-            actions.push(Action::Read { path });
+            actions.push(Action::Read { path: path.into_inner() });
         }
         if let Some(w) = step.write {
+            let span = w.span();
+            let w = w.into_inner();
+            if w.value.len() > limits::MAX_WRITE_BYTES {
+                return Err(loc.error(
+                    &span,
+                    format!("write: the value is {} bytes, at most {}", w.value.len(), limits::MAX_WRITE_BYTES),
+                ));
+            }
             actions.push(Action::Write { path: w.path, value: w.value });
         }
         if let Some(e) = step.exec {
+            let span = e.span();
+            let e = e.into_inner();
+            let bytes = e.program.len() + e.args.iter().map(String::len).sum::<usize>();
+            if bytes > limits::MAX_EXEC_BYTES {
+                return Err(loc.error(
+                    &span,
+                    format!("exec: program and arguments are {bytes} bytes, at most {}", limits::MAX_EXEC_BYTES),
+                ));
+            }
             actions.push(Action::Exec { program: e.program, args: e.args, background: e.background });
         }
         if actions.len() != 1 {
-            return Err(error(
-                span,
+            return Err(loc.error(
+                &span,
                 format!(
                     "a step has exactly one of inject, sleep_ms, read, write, exec; this one has {}",
                     actions.len()
@@ -342,142 +415,324 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
             ));
         }
         let action = actions.remove(0);
-        let host_timed = match step.interval_us {
+        let device_interval = match &step.interval_us {
             None => None,
-            Some(interval) => {
-                let span = interval.span();
-                if !matches!(action, Action::Inject { .. }) {
-                    return Err(error(span, "interval_us times injections: this step does not inject".into()));
-                }
-                let interval_us = *interval.get_ref();
-                if interval_us > MAX_INTERVAL_US || interval_us.saturating_mul(u64::from(repeat)) > MAX_HOST_TIMED_US {
-                    return Err(error(
-                        span,
-                        format!(
-                            "interval_us = {interval_us} with repeat = {repeat}: at most {MAX_INTERVAL_US} µs apart and \
-                             {} s in all",
-                            MAX_HOST_TIMED_US / 1_000_000
-                        ),
-                    ));
-                }
-                if injector != Injector::Device {
-                    return Err(error(
-                        span,
-                        "interval_us: host-timed injections come from the emulated sensor; this scenario has injector = \"debugfs\"".into(),
-                    ));
-                }
-                Some(std::time::Duration::from_micros(interval.into_inner()))
-            }
+            Some(interval) => Some(device_interval(interval, &action, repeat, injector, &loc)?),
         };
-        steps.push(Step { action, repeat, host_timed });
+        steps.push(Step { action, repeat, device_interval, at: loc.at(&span) });
     }
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Scenario {
-        name,
-        path: path.to_owned(),
-        description: raw.description,
-        cpus,
-        memory_mib,
-        injector,
-        params,
-        steps,
-    })
+    Ok(Scenario { name, path: path.to_owned(), description: raw.description, machine, injector, params, steps })
 }
 
-fn inject_action(
-    inject: RawInject,
-    cpus: u32,
-    tjmax: u32,
-    error: &impl Fn(Range<usize>, String) -> ScenarioError,
-) -> Result<Action, ScenarioError> {
-    let cpu_span = inject.cpu.span();
-    let cpu = inject.cpu.into_inner();
-    if cpu >= cpus {
-        return Err(error(cpu_span, format!("cpu = {cpu}: the machine has CPUs 0 to {}", cpus - 1)));
+/// `interval_us` of a step: the sensor device fires the step's injection
+/// `repeat` times at that interval on the guest's clock.
+fn device_interval(
+    interval: &Spanned<i64>,
+    action: &Action,
+    repeat: u32,
+    injector: Injector,
+    loc: &Locator<'_>,
+) -> Result<Duration, ScenarioError> {
+    let span = interval.span();
+    if !matches!(action, Action::Inject { .. }) {
+        return Err(loc.error(&span, "interval_us times injections: this step does not inject"));
     }
+    if injector != Injector::Device {
+        return Err(loc.error(
+            &span,
+            "interval_us: the sensor device times these injections; this scenario has injector = \"debugfs\"",
+        ));
+    }
+    let interval_us: u64 = loc.bounded(interval, "interval_us", 0..=limits::MAX_INTERVAL_US)?;
+    if repeat > limits::MAX_TIMED_REPEAT {
+        return Err(loc.error(
+            &span,
+            format!(
+                "interval_us with repeat = {repeat}: the device fires at most {} injections of one step",
+                limits::MAX_TIMED_REPEAT
+            ),
+        ));
+    }
+    // interval × (repeat − 1): the first firing is at once.
+    let span_us = interval_us * u64::from(repeat - 1);
+    if span_us > limits::MAX_TIMED_STEP_US {
+        return Err(loc.error(
+            &span,
+            format!(
+                "interval_us = {interval_us} with repeat = {repeat} spans {} ms: at most {} s",
+                span_us / 1000,
+                limits::MAX_TIMED_STEP_US / 1_000_000
+            ),
+        ));
+    }
+    Ok(Duration::from_micros(interval_us))
+}
+
+/// Characters a module name or parameter name may have: the kernel's own
+/// (letters, digits, `_`, and `-` which it reads as `_` in module names).
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `value` stays one word of the kernel command line: no space,
+/// quote, control character or non-ASCII byte, any of which would split
+/// it, escape it or be mangled on the way to the module.
+fn is_command_line_word(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
+}
+
+/// `[params]`: module → parameter → value; also the TjMax the readout of
+/// temperatures is computed against.
+type RawParams = BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<toml::Value>>>;
+
+fn parse_params(raw: RawParams, loc: &Locator<'_>) -> Result<(Vec<Param>, u32), ScenarioError> {
+    let mut params = Vec::new();
+    let mut tjmax = thermal::DEFAULT_TJMAX;
+    for (module, values) in raw {
+        if !is_name(module.get_ref()) {
+            return Err(loc.error(
+                &module.span(),
+                format!("params: module name {:?} is not a module name (letters, digits, _ and -)", module.get_ref()),
+            ));
+        }
+        for (key, value) in values {
+            let (module, key_name) = (module.get_ref(), key.get_ref());
+            if !is_name(key_name) {
+                return Err(loc.error(
+                    &key.span(),
+                    format!("params.{module}: {key_name:?} is not a parameter name (letters, digits, _ and -)"),
+                ));
+            }
+            let span = value.span();
+            let text = match value.into_inner() {
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => if b { "1" } else { "0" }.to_owned(),
+                toml::Value::String(s) if !s.is_empty() && is_command_line_word(&s) => s,
+                toml::Value::String(s) => {
+                    return Err(loc.error(
+                        &span,
+                        format!(
+                            "params.{module}.{key_name} = {s:?}: a value goes on the kernel command line as one word: \
+                             printable ASCII without spaces or quotes, not empty"
+                        ),
+                    ))
+                }
+                other => {
+                    return Err(loc.error(
+                        &span,
+                        format!(
+                            "params.{module}.{key_name}: expected an integer, a boolean or a string, found a {}",
+                            other.type_str()
+                        ),
+                    ))
+                }
+            };
+            // Temperatures become readouts through TjMax: a TjMax the module
+            // would refuse must not silently turn into the default.
+            if module == "kevent_thermal" && key_name == "tjmax" {
+                tjmax = text.parse().ok().filter(|t| thermal::TJMAX_RANGE.contains(t)).ok_or_else(|| {
+                    loc.error(
+                        &span,
+                        format!(
+                            "params.kevent_thermal.tjmax = {text}: expected {} to {} (°C)",
+                            thermal::TJMAX_RANGE.start(),
+                            thermal::TJMAX_RANGE.end()
+                        ),
+                    )
+                })?;
+            }
+            params.push(Param { module: module.clone(), key: key_name.clone(), value: text, at: loc.at(&key.span()) });
+        }
+    }
+    Ok((params, tjmax))
+}
+
+fn inject_action(inject: RawInject, cpus: u32, tjmax: u32, loc: &Locator<'_>) -> Result<Action, ScenarioError> {
+    let cpu = loc.bounded(&inject.cpu, "cpu", 0..=cpus - 1).map_err(|mut e| {
+        e.message = format!("cpu = {}: the machine has CPUs 0 to {}", inject.cpu.get_ref(), cpus - 1);
+        e
+    })?;
     if let Some(raw) = inject.raw {
         let span = raw.span();
         if !inject.bits.is_empty() || inject.temperature.is_some() {
-            return Err(error(span, "raw replaces bits and temperature: give one or the other".into()));
+            return Err(loc.error(&span, "raw replaces bits and temperature: give one or the other"));
         }
         let text = raw.into_inner();
-        let value = u64::from_str_radix(text.trim_start_matches("0x").trim_start_matches("0X"), 16)
-            .map_err(|_| error(span, format!("raw = {text:?}: expected a hexadecimal register image")))?;
+        let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(&text);
+        let value = u64::from_str_radix(digits, 16)
+            .map_err(|_| loc.error(&span, format!("raw = {text:?}: expected a hexadecimal register image")))?;
         return Ok(Action::Inject { cpu, package: inject.package, value, label: format!("raw {text}") });
     }
     let mut value = 0u64;
     let mut names = Vec::new();
     for bit in inject.bits {
-        let span = bit.span();
-        let name = bit.into_inner();
-        let Some(&(_, n)) = BITS.iter().find(|(known, _)| *known == name) else {
-            let known: Vec<&str> = BITS.iter().map(|(k, _)| *k).collect();
-            return Err(error(span, format!("unknown bit {name:?}: expected one of {}", known.join(", "))));
+        let name = bit.get_ref();
+        let Some(n) = thermal::bit_named(name) else {
+            return Err(loc.error(
+                &bit.span(),
+                format!("unknown bit {name:?}: expected one of {}", thermal::bit_names().join(", ")),
+            ));
         };
         value |= 1 << n;
-        names.push(name);
+        names.push(name.clone());
     }
-    let temperature = match inject.temperature {
+    // With no temperature given, the reading is the reset one.
+    let (celsius, readout) = match inject.temperature {
         Some(t) => {
-            let span = t.span();
-            let celsius = t.into_inner();
-            let below = i64::from(tjmax) - celsius;
-            if !(0..=READOUT_MAX as i64).contains(&below) {
-                return Err(error(
-                    span,
+            let celsius = *t.get_ref();
+            let readout = thermal::readout_of(tjmax, celsius).ok_or_else(|| {
+                let (coolest, hottest) = thermal::temperature_range(tjmax);
+                loc.error(
+                    &t.span(),
                     format!(
-                        "temperature = {celsius}: the readout holds 0 to {READOUT_MAX} degrees below TjMax ({tjmax} °C), so {} to {tjmax}",
-                        i64::from(tjmax) - READOUT_MAX as i64
+                        "temperature = {celsius}: the readout holds 0 to {} degrees below TjMax ({tjmax} °C), so \
+                         {coolest} to {hottest}",
+                        thermal::READOUT_MAX
                     ),
-                ));
-            }
-            Some((celsius, below as u64))
+                )
+            })?;
+            (celsius, readout)
         }
-        None => None,
+        None => (i64::from(tjmax) - thermal::RESET_READOUT as i64, thermal::RESET_READOUT),
     };
-    // With no temperature given, the reading is the reset one: 50 below TjMax.
-    let (celsius, below) = temperature.unwrap_or((i64::from(tjmax) - 50, 50));
-    value |= below << READOUT_SHIFT;
+    value |= readout << thermal::READOUT_SHIFT;
     if !inject.package {
-        value |= VALID;
+        value |= thermal::VALID;
     }
     let bits = if names.is_empty() { "no status".to_owned() } else { names.join(" ") };
     Ok(Action::Inject { cpu, package: inject.package, value, label: format!("{bits}, {celsius} °C") })
 }
 
 impl Scenario {
-    /// Host-timed steps need the device injector; a command-line choice of
-    /// debugfs can contradict the file.
-    pub fn check_injector(&self) -> Result<(), String> {
-        match self.host_timed_step() {
-            Some(index) if self.injector != Injector::Device => Err(format!(
-                "{}: step {} is host-timed (interval_us), which needs the device injector, not {}",
-                self.path.display(),
-                index + 1,
-                self.injector
+    /// Device-timed steps need the device injector; a command-line choice
+    /// of debugfs can contradict the file.
+    pub fn check_injector(&self) -> Result<(), ScenarioError> {
+        match self.device_timed_step() {
+            Some(step) if self.injector != Injector::Device => Err(self.error_at(
+                step.at,
+                format!(
+                    "this step is timed by the sensor device (interval_us), which needs the device injector, not {}",
+                    self.injector
+                ),
             )),
             _ => Ok(()),
         }
     }
 
-    /// The index of the first host-timed step, if any.
-    pub fn host_timed_step(&self) -> Option<usize> {
-        self.steps.iter().position(|s| s.host_timed.is_some())
+    /// The first step the sensor device times, if any.
+    pub fn device_timed_step(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.device_interval.is_some())
+    }
+
+    /// Runs the scenario on `cpus` CPUs instead of its own: refused, at the
+    /// step, if a step injects at a CPU the machine would not have.
+    pub fn set_cpus(&mut self, cpus: u32) -> Result<(), String> {
+        if !(1..=limits::MAX_CPUS).contains(&cpus) {
+            return Err(format!("{cpus} CPUs: the bench kernel runs 1 to {}", limits::MAX_CPUS));
+        }
+        for step in &self.steps {
+            if let Action::Inject { cpu, .. } = step.action {
+                if cpu >= cpus {
+                    return Err(self
+                        .error_at(
+                            step.at,
+                            format!("this step injects at CPU {cpu}, which a {cpus}-CPU machine does not have"),
+                        )
+                        .to_string());
+                }
+            }
+        }
+        self.machine.cpus = cpus;
+        Ok(())
+    }
+
+    /// Checks every module parameter against what the built modules accept
+    /// (`known`: module → its parameters, from their `.modinfo`).
+    pub fn check_params(&self, known: &BTreeMap<String, BTreeSet<String>>) -> Result<(), ScenarioError> {
+        let normalise = |s: &str| s.replace('-', "_");
+        for param in &self.params {
+            let module = normalise(&param.module);
+            let Some(parameters) = known.get(&module) else {
+                let modules: Vec<&str> = known.keys().map(String::as_str).collect();
+                let hint = suggestion(&module, modules.iter().copied());
+                return Err(self.error_at(
+                    param.at,
+                    format!(
+                        "params: no module {:?} is loaded{hint}; the bench loads {}",
+                        param.module,
+                        modules.join(", ")
+                    ),
+                ));
+            };
+            if !parameters.contains(&param.key) {
+                let hint = suggestion(&param.key, parameters.iter().map(String::as_str));
+                let list: Vec<&str> = parameters.iter().map(String::as_str).collect();
+                return Err(self.error_at(
+                    param.at,
+                    format!(
+                        "params.{}: {} has no parameter {:?}{hint}; its parameters are {}",
+                        param.module,
+                        module,
+                        param.key,
+                        list.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Module parameters by module, for the snapshot.
+    pub fn params_by_module(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut by_module: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for p in &self.params {
+            by_module.entry(p.module.clone()).or_default().insert(p.key.clone(), p.value.clone());
+        }
+        by_module
+    }
+
+    fn error_at(&self, at: Location, message: String) -> ScenarioError {
+        ScenarioError { path: self.path.clone(), at, message }
     }
 
     /// The bench guest with this scenario's machine and module parameters.
     pub fn guest(&self, artifacts: &crate::Artifacts) -> crate::GuestSpec {
-        artifacts.guest(self.cpus, self.memory_mib, kernel_args(self))
+        let mut guest = artifacts.guest(self.machine.cpus, self.machine.memory_mib, kernel_args(self));
+        guest.clock = self.machine.clock;
+        guest
     }
+}
+
+/// `, did you mean "x"?` when one of `candidates` is a likely intent.
+fn suggestion<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    candidates
+        .map(|c| (edit_distance(wrong, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min()
+        .map(|(_, c)| format!(", did you mean {c:?}?"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// The kernel command-line words that give the modules their parameters.
 pub fn kernel_args(scenario: &Scenario) -> Vec<String> {
-    scenario
-        .params
-        .iter()
-        .flat_map(|(module, values)| values.iter().map(move |(k, v)| kevent_wire::module_param_arg(module, k, v)))
-        .collect()
+    scenario.params.iter().map(|p| kevent_wire::module_param_arg(&p.module, &p.key, &p.value)).collect()
 }
 
 #[cfg(test)]
@@ -487,6 +742,12 @@ mod tests {
     fn parse_str(text: &str) -> Result<Scenario, ScenarioError> {
         parse(Path::new("scenarios/t.toml"), text)
     }
+
+    fn err(text: &str) -> ScenarioError {
+        parse_str(text).unwrap_err()
+    }
+
+    const ONE_STEP: &str = "[[step]]\nsleep_ms = 1\n";
 
     #[test]
     fn a_scenario_parses_into_register_images() {
@@ -510,13 +771,14 @@ sleep_ms = 5
         )
         .unwrap();
         assert_eq!(s.name, "t");
-        assert_eq!(s.cpus, 4);
+        assert_eq!(s.machine, MachineSpec { cpus: 4, memory_mib: 256, clock: Clock::Real });
         assert_eq!(kernel_args(&s), ["kevent_bench.param=kevent_thermal.rate_limit_ms=0"]);
         // 95 °C is 5 below TjMax 100; the core register has the valid bit.
         assert_eq!(
             s.steps[0].action,
             Action::Inject { cpu: 1, package: false, value: 0x8005_0003, label: "prochot prochot_log, 95 °C".into() }
         );
+        assert_eq!(s.steps[0].at, Location { line: 7, column: 1 });
         // No valid bit in the package register; the reset reading is 50 below.
         assert_eq!(
             s.steps[1].action,
@@ -529,37 +791,83 @@ sleep_ms = 5
 
     #[test]
     fn errors_name_file_line_and_column() {
-        let err = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 1, bits = [\"prochot\", \"hot\"] }\n")
-            .unwrap_err();
+        let e = err("description = \"x\"\n[[step]]\ninject = { cpu = 1, bits = [\"prochot\", \"hot\"] }\n");
         // `"hot"` starts after `inject = { cpu = 1, bits = ["prochot", ` (39 characters).
-        assert_eq!((err.line, err.column), (3, 40), "{err}");
-        assert!(err.to_string().starts_with("scenarios/t.toml:3:40: unknown bit \"hot\": expected one of prochot,"));
+        assert_eq!((e.at.line, e.at.column), (3, 40), "{e}");
+        assert!(e.to_string().starts_with("scenarios/t.toml:3:40: unknown bit \"hot\": expected one of prochot,"));
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\nrepet = 2\n").unwrap_err();
-        assert_eq!(err.line, 4, "{err}");
-        assert!(err.message.contains("unknown field `repet`"), "{err}");
-        let err = parse_str("descripton = \"x\"\n").unwrap_err();
-        assert!(err.message.contains("unknown field `descripton`"), "{err}");
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 1\nrepet = 2\n");
+        assert_eq!(e.at.line, 4, "{e}");
+        assert!(e.message.contains("unknown field `repet`"), "{e}");
+        let e = err("descripton = \"x\"\n");
+        assert!(e.message.contains("unknown field `descripton`"), "{e}");
     }
 
     #[test]
-    fn malformed_toml_is_located() {
-        let err = parse_str("description = \"x\"\n[[step]\n").unwrap_err();
-        assert_eq!(err.line, 2, "{err}");
+    fn malformed_toml_is_located_and_explained() {
+        let e = err("description = \"x\"\n[[step]\n");
+        assert_eq!(e.at.line, 2, "{e}");
+        // A file cut off after `key =` still gets a message.
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms =");
+        assert_eq!(e.at.line, 3, "{e}");
+        assert!(!e.message.trim().is_empty(), "{e}");
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, b"description = \"x\"\n[[step]]\nread = \"/pr\xffoc\"\n").unwrap();
+        let e = load(&path).unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (3, 12), "{e}");
+        assert!(e.message.contains("0xff is not UTF-8"), "{e}");
     }
 
     #[test]
     fn out_of_range_values_are_refused_with_the_range() {
-        let err = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 2 }\n").unwrap_err();
-        assert_eq!(err.message, "cpu = 2: the machine has CPUs 0 to 1");
-        assert_eq!((err.line, err.column), (3, 18));
-        let err = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 0, temperature = 101 }\n").unwrap_err();
-        assert!(err.message.contains("so -27 to 100"), "{err}");
-        let err = parse_str("description = \"x\"\n[machine]\ncpus = 9\n[[step]]\nsleep_ms = 1\n").unwrap_err();
-        assert_eq!(err.line, 3);
+        let e = err("description = \"x\"\n[[step]]\ninject = { cpu = 2 }\n");
+        assert_eq!(e.message, "cpu = 2: the machine has CPUs 0 to 1");
+        assert_eq!((e.at.line, e.at.column), (3, 18));
+        let e = err("description = \"x\"\n[[step]]\ninject = { cpu = -1 }\n");
+        assert_eq!(e.message, "cpu = -1: the machine has CPUs 0 to 1");
+        let e = err("description = \"x\"\n[[step]]\ninject = { cpu = 0, temperature = 101 }\n");
+        assert!(e.message.contains("so -27 to 100"), "{e}");
+        let e = err(&format!("description = \"x\"\n[machine]\ncpus = 9\n{ONE_STEP}"));
+        assert_eq!((e.at.line, e.message.as_str()), (3, "cpus = 9: expected 1 to 8"));
+        let e = err(&format!("description = \"x\"\n[machine]\nmemory_mib = 32\n{ONE_STEP}"));
+        assert_eq!(e.message, "memory_mib = 32: expected 64 to 16384");
+    }
+
+    #[test]
+    fn extreme_numbers_are_errors_not_overflows() {
+        for (text, expected) in [
+            ("inject = { cpu = 0, temperature = -9223372036854775808 }", "temperature = -9223372036854775808"),
+            ("inject = { cpu = 0, temperature = 9223372036854775807 }", "temperature = 9223372036854775807"),
+            ("sleep_ms = 18446744073710", "sleep_ms = 18446744073710: expected 0 to 30000"),
+            ("sleep_ms = 61000", "sleep_ms = 61000: expected 0 to 30000"),
+            ("sleep_ms = -1", "sleep_ms = -1: expected 0 to 30000"),
+            ("sleep_ms = 1\nrepeat = 1000000000", "repeat = 1000000000: expected 1 to 10000"),
+            ("inject = { cpu = 9223372036854775807 }", "cpu = 9223372036854775807"),
+        ] {
+            let e = err(&format!("description = \"x\"\n[[step]]\n{text}\n"));
+            assert!(e.message.starts_with(expected), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_repetitions_of_a_scenario_are_bounded_in_all() {
+        let mut text = String::from("description = \"x\"\n");
+        for _ in 0..10 {
+            text.push_str("[[step]]\nsleep_ms = 0\nrepeat = 10000\n");
+        }
+        parse_str(&text).unwrap();
+        text.push_str("[[step]]\nsleep_ms = 0\nrepeat = 2\n");
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!(e.at.line, 34, "{e}");
+        assert!(e.message.contains("100002 times in all"), "{e}");
     }
 
     #[test]
@@ -569,66 +877,130 @@ sleep_ms = 5
         )
         .unwrap();
         // 85 °C is 5 below a TjMax of 90.
-        assert!(matches!(s.steps[0].action, Action::Inject { value, .. } if value == VALID | (5 << READOUT_SHIFT)));
+        let expected = thermal::VALID | (5 << thermal::READOUT_SHIFT);
+        assert!(matches!(s.steps[0].action, Action::Inject { value, .. } if value == expected));
         for bad in ["\"hot\"", "0", "256", "-3"] {
-            let text = format!("description = \"x\"\n[params]\nkevent_thermal.tjmax = {bad}\n[[step]]\nsleep_ms = 1\n");
-            let err = parse_str(&text).unwrap_err();
-            assert_eq!((err.line, err.column), (3, 24), "{bad}: {err}");
-            assert!(err.message.contains("expected 1 to 255"), "{bad}: {err}");
+            let e = err(&format!("description = \"x\"\n[params]\nkevent_thermal.tjmax = {bad}\n{ONE_STEP}"));
+            assert_eq!((e.at.line, e.at.column), (3, 24), "{bad}: {e}");
+            assert!(e.message.contains("expected 1 to 255"), "{bad}: {e}");
         }
     }
 
     #[test]
+    fn parameters_that_would_split_or_escape_the_command_line_are_refused() {
+        for (line, expected) in [
+            ("kevent_thermal.\"rate limit\" = 0", "\"rate limit\" is not a parameter name"),
+            ("\"kevent thermal\".rate_limit_ms = 0", "\"kevent thermal\" is not a module name"),
+            ("kevent_thermal.x = \"a b\"", "as one word"),
+            ("kevent_thermal.x = \"rdinit=/x \"", "as one word"),
+            ("kevent_thermal.x = \"a\\\"b\"", "as one word"),
+            ("kevent_thermal.x = \"\"", "not empty"),
+            ("kevent_thermal.x = \"\\u00e9\"", "as one word"),
+            ("kevent_thermal.x = 1.5", "found a float"),
+            ("kevent_thermal.x = [1]", "found a array"),
+        ] {
+            let e = err(&format!("description = \"x\"\n[params]\n{line}\n{ONE_STEP}"));
+            assert_eq!(e.at.line, 3, "{line}: {e}");
+            assert!(e.message.contains(expected), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_checked_against_the_modules_with_a_suggestion() {
+        let known: BTreeMap<String, BTreeSet<String>> = [
+            ("kmessage".to_owned(), BTreeSet::from(["unit".to_owned()])),
+            ("kevent_thermal".to_owned(), BTreeSet::from(["rate_limit_ms".to_owned(), "tjmax".to_owned()])),
+        ]
+        .into();
+        let check = |line: &str| {
+            parse_str(&format!("description = \"x\"\n[params]\n{line}\n{ONE_STEP}")).unwrap().check_params(&known)
+        };
+        check("kevent_thermal.rate_limit_ms = 0").unwrap();
+        check("kevent-thermal.tjmax = 90").unwrap();
+        let e = check("kevent_thermal.rate_limt_ms = 0").unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (3, 16), "{e}");
+        assert!(e.message.contains("no parameter \"rate_limt_ms\", did you mean \"rate_limit_ms\"?"), "{e}");
+        let e = check("kevent_thermel.rate_limit_ms = 0").unwrap_err();
+        assert!(e.message.contains("no module \"kevent_thermel\" is loaded, did you mean \"kevent_thermal\"?"), "{e}");
+        let e = check("kevent_thermal.zzz = 0").unwrap_err();
+        assert!(e.message.ends_with("no parameter \"zzz\"; its parameters are rate_limit_ms, tjmax"), "{e}");
+    }
+
+    #[test]
     fn a_step_has_exactly_one_action() {
-        let err = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\nread = \"/proc/uptime\"\n").unwrap_err();
-        assert!(err.message.contains("this one has 2"), "{err}");
-        let err = parse_str("description = \"x\"\n[[step]]\nrepeat = 2\n").unwrap_err();
-        assert!(err.message.contains("this one has 0"), "{err}");
-        let err = parse_str("description = \"x\"\n").unwrap_err();
-        assert!(err.message.contains("at least one step"), "{err}");
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 1\nread = \"/proc/uptime\"\n");
+        assert!(e.message.contains("this one has 2"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nrepeat = 2\n");
+        assert!(e.message.contains("this one has 0"), "{e}");
+        let e = err("description = \"x\"\n");
+        assert!(e.message.contains("at least one step"), "{e}");
     }
 
     #[test]
     fn the_injector_is_the_device_unless_the_scenario_says_debugfs() {
-        let s = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\n").unwrap();
+        let s = parse_str(&format!("description = \"x\"\n{ONE_STEP}")).unwrap();
         assert_eq!(s.injector, Injector::Device);
-        let s = parse_str("description = \"x\"\ninjector = \"debugfs\"\n[[step]]\nsleep_ms = 1\n").unwrap();
+        let s = parse_str(&format!("description = \"x\"\ninjector = \"debugfs\"\n{ONE_STEP}")).unwrap();
         assert_eq!(s.injector, Injector::Debugfs);
-        let err = parse_str("description = \"x\"\ninjector = \"msr\"\n[[step]]\nsleep_ms = 1\n").unwrap_err();
-        assert_eq!((err.line, err.column), (2, 12), "{err}");
-        assert_eq!(err.message, "injector = \"msr\": expected \"device\" or \"debugfs\"");
+        let e = err(&format!("description = \"x\"\ninjector = \"msr\"\n{ONE_STEP}"));
+        assert_eq!((e.at.line, e.at.column), (2, 12), "{e}");
+        assert_eq!(e.message, "injector = \"msr\": expected \"device\" or \"debugfs\"");
         // The names the error offers are the names that parse.
         let offered: Vec<String> = Injector::ALL.iter().map(|i| format!("{:?}", i.name())).collect();
         assert_eq!(offered.join(" or "), Injector::NAMES);
     }
 
     #[test]
-    fn host_timed_steps_inject_through_the_device() {
+    fn the_clock_is_real_unless_the_scenario_asks_for_the_virtual_one() {
+        let s = parse_str(&format!("description = \"x\"\n[machine]\nclock = \"virtual\"\n{ONE_STEP}")).unwrap();
+        assert_eq!(s.machine.clock, Clock::Virtual);
+        let e = err(&format!("description = \"x\"\n[machine]\nclock = \"wall\"\n{ONE_STEP}"));
+        assert_eq!(e.message, "clock = \"wall\": expected \"real\" or \"virtual\"");
+    }
+
+    #[test]
+    fn device_timed_steps_inject_through_the_device_within_bounds() {
         let s = parse_str(
             "description = \"x\"\n[[step]]\ninject = { cpu = 0, bits = [\"prochot\"] }\nrepeat = 50\ninterval_us = 250\n",
         )
         .unwrap();
-        assert_eq!(s.steps[0].host_timed, Some(std::time::Duration::from_micros(250)));
+        assert_eq!(s.steps[0].device_interval, Some(Duration::from_micros(250)));
         assert_eq!(s.steps[0].repeat, 50);
-        let err = parse_str("description = \"x\"\n[[step]]\nsleep_ms = 1\ninterval_us = 0\n").unwrap_err();
-        assert!(err.message.contains("this step does not inject"), "{err}");
-        assert_eq!(err.line, 4);
-        let err =
-            parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 0 }\nrepeat = 100\ninterval_us = 500000\n")
-                .unwrap_err();
-        assert_eq!(err.message, "interval_us = 500000 with repeat = 100: at most 1000000 µs apart and 30 s in all");
-        let err =
-            parse_str("description = \"x\"\ninjector = \"debugfs\"\n[[step]]\ninject = { cpu = 0 }\ninterval_us = 0\n")
-                .unwrap_err();
-        assert!(err.message.contains("injector = \"debugfs\""), "{err}");
-        // A command-line choice of debugfs contradicts a host-timed file.
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 1\ninterval_us = 0\n");
+        assert!(e.message.contains("this step does not inject"), "{e}");
+        assert_eq!(e.at.line, 4);
+        let e = err("description = \"x\"\n[[step]]\ninject = { cpu = 0 }\nrepeat = 100\ninterval_us = 500000\n");
+        assert_eq!(e.message, "interval_us = 500000 with repeat = 100 spans 49500 ms: at most 30 s");
+        let e = err("description = \"x\"\n[[step]]\ninject = { cpu = 0 }\nrepeat = 2000\ninterval_us = 0\n");
+        assert!(e.message.contains("at most 1024 injections of one step"), "{e}");
+        let e = err("description = \"x\"\ninjector = \"debugfs\"\n[[step]]\ninject = { cpu = 0 }\ninterval_us = 0\n");
+        assert!(e.message.contains("injector = \"debugfs\""), "{e}");
+        // A command-line choice of debugfs contradicts a device-timed file.
         let mut s = s;
-        assert_eq!(s.check_injector(), Ok(()));
+        s.check_injector().unwrap();
         s.injector = Injector::Debugfs;
-        assert_eq!(
-            s.check_injector().unwrap_err(),
-            "scenarios/t.toml: step 1 is host-timed (interval_us), which needs the device injector, not debugfs"
-        );
+        let e = s.check_injector().unwrap_err();
+        assert_eq!(e.at.line, 2);
+        assert!(e.message.contains("needs the device injector, not debugfs"), "{e}");
+    }
+
+    #[test]
+    fn a_command_line_cpu_count_is_refused_at_the_step_it_would_break() {
+        let mut s = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 1 }\n").unwrap();
+        let e = s.set_cpus(1).unwrap_err();
+        assert_eq!(e, "scenarios/t.toml:2:1: this step injects at CPU 1, which a 1-CPU machine does not have");
+        assert_eq!(s.machine.cpus, 2, "unchanged after a refusal");
+        s.set_cpus(4).unwrap();
+        assert_eq!(s.machine.cpus, 4);
+        assert!(s.set_cpus(9).unwrap_err().contains("1 to 8"));
+    }
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        assert_eq!(edit_distance("rate_limt_ms", "rate_limit_ms"), 1);
+        assert_eq!(edit_distance("kevent_thermel", "kevent_thermal"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("tjmax", "unit"), 5);
     }
 
     #[test]

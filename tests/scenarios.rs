@@ -141,9 +141,9 @@ fn main() {
     let mut trials = Vec::new();
     for path in scenario_files() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        // Host-timed steps exist only on the device path.
-        let host_timed = scenario::load(&path).is_ok_and(|s| s.host_timed_step().is_some());
-        let injectors: &[Injector] = if host_timed { &[Injector::Device] } else { &Injector::ALL };
+        // Steps the sensor device times exist only on the device path.
+        let device_timed = scenario::load(&path).is_ok_and(|s| s.device_timed_step().is_some());
+        let injectors: &[Injector] = if device_timed { &[Injector::Device] } else { &Injector::ALL };
         for &injector in injectors {
             let path = path.clone();
             trials.push(Trial::test(format!("scenario::{name}::{injector}"), move || check_scenario(&path, injector)));

@@ -59,6 +59,8 @@ unsafe impl ByteValued for Entry {}
 
 pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
 pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
+/// Firings of one device-timed entry.
+pub const MAX_REPEAT: u32 = 1024;
 /// No more entries than this wait for their acknowledgement, over all
 /// CPUs: each can queue up to 12 uevents in the guest, whose queue holds
 /// 16384 (KT_UEVENT_MAX_PENDING) before it drops.

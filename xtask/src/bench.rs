@@ -6,39 +6,35 @@
 
 use std::time::Duration;
 
-use kevent_bench::{run_floor, Machine, MachineConfig, Timeouts};
+use kevent_bench::{run_floor, GuestSpec, Machine, MachineConfig, Timeouts};
 
 use anyhow::bail;
 use kevent_bench::{runner, scenario};
 
-use crate::flags::{BenchFlags, BenchTarget};
+use crate::flags::{BenchFlags, BenchRuns, BenchSuite, BenchTarget};
 
 /// Median boot-to-greeting over the floor's median: the target.
 const TARGET_RATIO: f64 = 1.15;
 
 pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
-    match flags.target {
-        BenchTarget::Boot => boot(flags),
-        BenchTarget::Scenarios => scenarios(flags),
-        BenchTarget::Inject => crate::bench_inject::run(flags),
+    match &flags.target {
+        BenchTarget::Boot(runs) => boot(runs),
+        BenchTarget::Scenarios(suite) => scenarios(suite),
+        BenchTarget::Inject(runs) => crate::bench_inject::run(runs),
     }
 }
 
-fn boot(flags: &BenchFlags) -> anyhow::Result<()> {
-    let artifacts = crate::build::run(&flags.build)?;
-    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
-    let (cpus, memory) = (flags.guest.cpus, flags.guest.memory_mib);
-    let floor_guest = artifacts.floor_guest(cpus, memory);
+fn boot(flags: &BenchRuns) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build.resolve())?;
+    let guest = flags.guest.spec(&artifacts, Vec::new());
+    let decision = crate::boot::decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
+    let floor_guest = GuestSpec { initramfs: artifacts.floor_initramfs.clone(), ..guest.clone() };
     let timeouts = Timeouts::default();
     let (mut floor, mut greeting, mut exit) = (Vec::new(), Vec::new(), Vec::new());
     // Run 0 of each is untimed: page cache and QEMU's own start-up.
     for run in 0..=flags.runs {
         floor.push(run_floor(&floor_guest, decision.accel, timeouts.kernel_boot)?);
-        let config = MachineConfig::new(
-            artifacts.guest(cpus, memory, Vec::new()),
-            decision.accel,
-            crate::boot::run_dir(&artifacts, "bench"),
-        );
+        let config = MachineConfig::new(guest.clone(), decision.accel, crate::boot::run_dir(&artifacts, "bench"));
         let machine = Machine::boot(&config)?;
         let greeted = machine.timings.greeted;
         let report = machine.shutdown(timeouts.shutdown)?;
@@ -51,8 +47,8 @@ fn boot(flags: &BenchFlags) -> anyhow::Result<()> {
         exit.push(report.total);
     }
     println!(
-        "boot benchmark: {} runs, {cpus} vCPU(s), {}, {} kernel {}",
-        flags.runs, decision.accel, artifacts.profile, artifacts.kernel_release
+        "boot benchmark: {} runs, {} vCPU(s), {}, {} clock, {} kernel {}",
+        flags.runs, guest.cpus, decision.accel, guest.clock, artifacts.profile, artifacts.kernel_release
     );
     println!("{:<34}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
     let row = |name: &str, samples: &mut Vec<Duration>| {
@@ -90,9 +86,9 @@ fn median(sorted: &[Duration]) -> Duration {
 
 /// The starter suite, warm: each scenario alone (boot to exit), then the
 /// whole suite with one runner per host core, beside the boot floor.
-fn scenarios(flags: &BenchFlags) -> anyhow::Result<()> {
-    let artifacts = crate::build::run(&flags.build)?;
-    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+fn scenarios(flags: &BenchSuite) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build.resolve())?;
+    let decision = crate::boot::decide_accel(&artifacts, flags.accel, kevent_bench::Clock::Real)?;
     let project = crate::project::Project::locate()?;
     let files = scenario::files(&project.root.join("scenarios"))?;
     let suite = files.iter().map(|f| scenario::load(f)).collect::<Result<Vec<_>, _>>()?;

@@ -17,7 +17,7 @@ use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Command, Outcome};
 
 use crate::bench::percentile;
-use crate::flags::BenchFlags;
+use crate::flags::BenchRuns;
 
 /// PROCHOT on and off: each injection is a "high" or "normal", so each
 /// produces exactly one kmessage and one uevent.
@@ -74,17 +74,17 @@ fn device_acked(machine: &mut Machine, published: Published) -> anyhow::Result<(
     Ok(())
 }
 
-pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
-    let artifacts = crate::build::run(&flags.build)?;
-    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build.resolve())?;
     let cpus = flags.guest.cpus;
     let no_rate_limit = kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0");
-    let guest = artifacts.guest(cpus, flags.guest.memory_mib, vec![no_rate_limit]);
+    let guest = flags.guest.spec(&artifacts, vec![no_rate_limit]);
+    let decision = crate::boot::decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, "bench-inject");
     let config = MachineConfig::new(guest, decision.accel, run_dir.clone());
     let bound = config.timeouts.command;
     let mut machine = Machine::boot(&config)?;
-    let samples = flags.runs * 100;
+    let samples = flags.runs as usize * 100;
 
     for injector in [Injector::Device, Injector::Debugfs] {
         latency(&mut machine, injector, cpus, WARM_UP, bound)?;

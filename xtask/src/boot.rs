@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kevent_bench::{accel, AccelDecision, Artifacts, Machine, MachineConfig};
+use kevent_bench::{accel, Accel, AccelDecision, Artifacts, Clock, GuestSpec, Machine, MachineConfig};
 
-use crate::flags::{BootFlags, GuestFlags};
+use crate::flags::{AccelArg, BootFlags, GuestFlags};
 
 pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
-    let artifacts = crate::build::run(&flags.build)?;
-    let decision = decide_accel(&artifacts, &flags.guest);
-    let guest = artifacts.guest(flags.guest.cpus, flags.guest.memory_mib, flags.append.clone());
+    let artifacts = crate::build::run(&flags.build.resolve())?;
+    let guest = flags.guest.spec(&artifacts, flags.append.clone());
+    let decision = decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
     let mut config = MachineConfig::new(guest, decision.accel, run_dir(&artifacts, "boot"));
     config.stream_console = flags.console;
     eprintln!("console log: {}", config.run_dir.join("console.log").display());
@@ -49,11 +49,29 @@ pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves `--accel` and says what was picked and why.
-pub fn decide_accel(artifacts: &Artifacts, guest: &GuestFlags) -> AccelDecision {
-    let decision = accel::decide(guest.accel, &artifacts.floor_guest(1, guest.memory_mib), &artifacts.cache_dir);
+/// Resolves `--accel` for a guest on `clock` and says what was picked and
+/// why: the virtual clock counts TCG's instructions, so it is TCG's alone.
+pub fn decide_accel(artifacts: &Artifacts, choice: AccelArg, clock: Clock) -> anyhow::Result<AccelDecision> {
+    let decision = match (clock, choice) {
+        (Clock::Virtual, AccelArg::Kvm) => {
+            anyhow::bail!(
+                "--accel kvm: the virtual clock (QEMU -icount) exists only under TCG; use --clock real or --accel tcg"
+            )
+        }
+        (Clock::Virtual, _) => AccelDecision { accel: Accel::Tcg, reason: "the virtual clock runs under TCG".into() },
+        (Clock::Real, choice) => accel::decide(choice.into(), &artifacts.floor_guest(1, 256), &artifacts.cache_dir),
+    };
     eprintln!("accelerator: {} ({})", decision.accel, decision.reason);
-    decision
+    Ok(decision)
+}
+
+impl GuestFlags {
+    /// The bench guest these flags describe.
+    pub fn spec(&self, artifacts: &Artifacts, kernel_args: Vec<String>) -> GuestSpec {
+        let mut guest = artifacts.guest(self.cpus, self.memory_mib, kernel_args);
+        guest.clock = self.clock.into();
+        guest
+    }
 }
 
 /// A fresh directory for one run's console log.

@@ -1,60 +1,51 @@
-//! Command-line flags of `cargo xtask`.
+//! The command line of `cargo xtask`: every command takes exactly the flags
+//! it honours, and anything else is refused with the reason.
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context};
-use kevent_bench::scenario::Injector;
-use kevent_bench::AccelChoice;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kevent_bench::scenario::{limits, Injector};
+use kevent_bench::{AccelChoice, Clock};
 
-pub const USAGE: &str = "\
-usage: cargo xtask <command> [flags]
+const ENVIRONMENT: &str = "\
+Environment:
+  KEVENT_BENCH_CACHE          kernel sources and builds (default $XDG_CACHE_HOME/kevent-bench or ~/.cache/kevent-bench)
+  KEVENT_BENCH_QEMU           QEMU binary (default qemu-system-x86_64 on PATH)
+  KEVENT_BENCH_KERNEL_SRC     as --kernel-src
+  KEVENT_BENCH_KERNEL_PROFILE as --kernel-profile
 
-commands:
-  run SCENARIO.toml     build, boot, run the scenario, print every event live, then a summary
-  build                 build the kernel, the events modules, the agent and the initramfs
-  boot                  build, boot the guest, wait for the agent's greeting, print timings, shut down
-  test [-- ARGS]        build, then run every test (ARGS go to the test runner); without
-                        --kernel-profile, the guest tests run again on the debug kernel
-  bench boot            boot N times; print boot times beside the trivial-init floor
-  bench scenarios       run the starter suite warm: wall time, time per scenario, injection rate
-  bench inject          injection-to-host latency and sustained rate, sensor device beside debugfs
+Exit codes are listed in README.md.";
 
-build flags (every command):
-  --kernel-src DIR      build this kernel tree instead of Debian's linux-source-6.12
-                        (environment: KEVENT_BENCH_KERNEL_SRC)
-  --kernel-profile P    default | debug (lockdep, atomic-sleep checks; its own cache entry)
-                        (environment: KEVENT_BENCH_KERNEL_PROFILE)
+/// Builds a minimal kernel, its events modules and a static agent, boots them
+/// under QEMU, injects thermal interrupts and checks the netlink events.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, after_help = ENVIRONMENT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
 
-guest flags (boot, test, bench):
-  --accel A             auto | kvm | tcg (default auto: KVM only if a probe guest boots under it)
-  --cpus N              virtual CPUs, each in its own socket (default 2)
-  --memory MIB          guest memory in MiB (default 256)
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, boot, run a scenario's steps, print every event live, then a summary
+    Run(RunFlags),
+    /// Parse and check scenarios without booting: keys, values, limits, module parameters
+    Check(CheckFlags),
+    /// Build the kernel, the events modules, the agent and the initramfs
+    Build(BuildArgs),
+    /// Build, boot once, wait for the agent's greeting, print a timing breakdown, shut down
+    Boot(BootFlags),
+    /// Build, then run every test; without --kernel-profile, the guest tests run again on the debug kernel
+    Test(TestFlags),
+    /// Benchmarks, printed as tables with the floor measured in the same run
+    Bench(BenchFlags),
+}
 
-boot and run flags:
-  --console             stream the serial console to stderr
-
-boot flags:
-  --append ARG          add a kernel command-line argument (repeatable)
-
-run flags:
-  --injector I          device | debugfs: how injections reach the guest, replacing the
-                        scenario's own choice (default: the scenario's, else device)
-  --json                one JSON object per event instead of the udevadm-style text
-  --raw                 show each datagram's bytes as well
-  --include HOST[:GUEST]
-                        add a file to the initramfs (default GUEST = /bin/NAME); an ELF
-                        brings the shared libraries it needs (repeatable)
-
-bench flags:
-  --runs N              boots per configuration (default 10)
-
-environment:
-  KEVENT_BENCH_CACHE    kernel sources and builds (default $XDG_CACHE_HOME/kevent-bench or ~/.cache/kevent-bench)
-  KEVENT_BENCH_QEMU     QEMU binary (default qemu-system-x86_64 on PATH)";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KernelProfile {
+    /// tinyconfig and kernel-config/bench.config
     Default,
+    /// also kernel-config/debug.config: lockdep, atomic-sleep checks
     Debug,
 }
 
@@ -73,16 +64,20 @@ impl KernelProfile {
             KernelProfile::Debug => &["bench.config", "debug.config"],
         }
     }
-
-    fn parse(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "default" => Ok(KernelProfile::Default),
-            "debug" => Ok(KernelProfile::Debug),
-            other => bail!("unknown kernel profile {other:?}: expected default or debug"),
-        }
-    }
 }
 
+/// How the kernel is built, as given on the command line.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Build this kernel source tree instead of Debian's linux-source-6.12
+    #[arg(long, value_name = "DIR", env = "KEVENT_BENCH_KERNEL_SRC")]
+    kernel_src: Option<PathBuf>,
+    /// Kernel configuration profile, each in its own cache entry
+    #[arg(long, value_enum, value_name = "PROFILE", env = "KEVENT_BENCH_KERNEL_PROFILE")]
+    kernel_profile: Option<KernelProfile>,
+}
+
+/// How the kernel is built, resolved.
 #[derive(Debug, Clone)]
 pub struct BuildFlags {
     pub kernel_src: Option<PathBuf>,
@@ -91,217 +86,324 @@ pub struct BuildFlags {
     pub profile_chosen: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct GuestFlags {
-    pub accel: AccelChoice,
-    pub cpus: u32,
-    pub memory_mib: u32,
+impl BuildArgs {
+    pub fn resolve(&self) -> BuildFlags {
+        BuildFlags {
+            kernel_src: self.kernel_src.clone(),
+            profile: self.kernel_profile.unwrap_or(KernelProfile::Default),
+            profile_chosen: self.kernel_profile.is_some(),
+        }
+    }
 }
 
-#[derive(Debug, Clone)]
-pub struct BootFlags {
-    pub build: BuildFlags,
-    pub guest: GuestFlags,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum AccelArg {
+    /// KVM only if a probe guest really boots under it, else TCG
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl From<AccelArg> for AccelChoice {
+    fn from(a: AccelArg) -> AccelChoice {
+        match a {
+            AccelArg::Auto => AccelChoice::Auto,
+            AccelArg::Kvm => AccelChoice::Kvm,
+            AccelArg::Tcg => AccelChoice::Tcg,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClockArg {
+    /// Guest time is the host's wall time
+    Real,
+    /// Guest time counts the guest's instructions (QEMU -icount), whatever the host's load; TCG only
+    Virtual,
+}
+
+impl From<ClockArg> for Clock {
+    fn from(c: ClockArg) -> Clock {
+        match c {
+            ClockArg::Real => Clock::Real,
+            ClockArg::Virtual => Clock::Virtual,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InjectorArg {
+    /// The host's emulated sensor raises the CPU's MSI-X vector
+    Device,
+    /// The guest agent writes the module's debugfs trigger
+    Debugfs,
+}
+
+impl From<InjectorArg> for Injector {
+    fn from(i: InjectorArg) -> Injector {
+        match i {
+            InjectorArg::Device => Injector::Device,
+            InjectorArg::Debugfs => Injector::Debugfs,
+        }
+    }
+}
+
+fn cpus_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(limits::MAX_CPUS))
+}
+
+fn memory_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(i64::from(limits::MIN_MEMORY_MIB)..=i64::from(limits::MAX_MEMORY_MIB))
+}
+
+/// The guest machine of commands that have no scenario to define it.
+#[derive(Debug, Clone, Args)]
+pub struct GuestFlags {
+    /// Accelerator
+    #[arg(long, value_enum, default_value_t)]
+    pub accel: AccelArg,
+    /// Virtual CPUs, each its own socket
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = cpus_parser())]
+    pub cpus: u32,
+    /// Guest memory in MiB
+    #[arg(long = "memory", value_name = "MIB", default_value_t = 256, value_parser = memory_parser())]
+    pub memory_mib: u32,
+    /// What the guest's clock follows
+    #[arg(long, value_enum, default_value = "real")]
+    pub clock: ClockArg,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunFlags {
+    /// The scenario file
+    #[arg(value_name = "SCENARIO.toml")]
+    pub scenario: PathBuf,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Accelerator
+    #[arg(long, value_enum, default_value_t)]
+    pub accel: AccelArg,
+    /// Virtual CPUs, replacing the scenario's [machine] cpus
+    #[arg(long, value_name = "N", value_parser = cpus_parser())]
+    pub cpus: Option<u32>,
+    /// Guest memory in MiB, replacing the scenario's [machine] memory_mib
+    #[arg(long = "memory", value_name = "MIB", value_parser = memory_parser())]
+    pub memory_mib: Option<u32>,
+    /// The guest's clock, replacing the scenario's [machine] clock
+    #[arg(long, value_enum)]
+    pub clock: Option<ClockArg>,
+    /// How injections reach the guest, replacing the scenario's injector
+    #[arg(long, value_enum)]
+    pub injector: Option<InjectorArg>,
+    /// One JSON object per line: each event, each step's result, each background program's result
+    #[arg(long)]
+    pub json: bool,
+    /// Show each datagram's bytes as well
+    #[arg(long)]
+    pub raw: bool,
+    /// Add a file to the initramfs (default GUEST: /bin/NAME); an ELF brings its shared libraries
+    #[arg(long = "include", value_name = "HOST[:GUEST]")]
+    pub includes: Vec<String>,
+    /// Stream the serial console to stderr
+    #[arg(long)]
     pub console: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckFlags {
+    /// Scenario files
+    #[arg(value_name = "SCENARIO.toml", required = true)]
+    pub scenarios: Vec<PathBuf>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BootFlags {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    #[command(flatten)]
+    pub guest: GuestFlags,
+    /// Stream the serial console to stderr
+    #[arg(long)]
+    pub console: bool,
+    /// Add a kernel command-line argument (repeatable)
+    #[arg(long, value_name = "ARG")]
     pub append: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct RunFlags {
-    pub build: BuildFlags,
-    pub guest: GuestFlags,
-    pub scenario: PathBuf,
-    pub console: bool,
-    pub json: bool,
-    pub raw: bool,
-    pub includes: Vec<String>,
-    pub injector: Option<Injector>,
-}
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct TestFlags {
-    pub build: BuildFlags,
-    pub guest: GuestFlags,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Accelerator
+    #[arg(long, value_enum, default_value_t)]
+    pub accel: AccelArg,
+    /// Passed to the test runner (cargo-nextest, else cargo test), e.g. `-- --partition count:1/2` or `-- scenario::burst`
+    #[arg(last = true, value_name = "ARGS")]
     pub runner_args: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BenchTarget {
-    Boot,
-    Scenarios,
-    Inject,
-}
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchFlags {
-    pub build: BuildFlags,
-    pub guest: GuestFlags,
+    #[command(subcommand)]
     pub target: BenchTarget,
-    pub runs: usize,
 }
 
-#[derive(Debug)]
-pub enum Command {
-    Help,
-    Build(BuildFlags),
-    Boot(BootFlags),
-    Run(RunFlags),
-    Test(TestFlags),
-    Bench(BenchFlags),
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchTarget {
+    /// Boot N times; boot times beside the floor: the same kernel with an init that exits at once
+    Boot(BenchRuns),
+    /// The starter suite warm: time per scenario, the suite one after another and in parallel, the boot floor
+    Scenarios(BenchSuite),
+    /// In one guest: injection-to-host latency and sustained rate, sensor device beside debugfs
+    Inject(BenchRuns),
 }
 
-struct Args {
-    rest: std::vec::IntoIter<String>,
+#[derive(Debug, Clone, Args)]
+pub struct BenchRuns {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    #[command(flatten)]
+    pub guest: GuestFlags,
+    /// Boots (boot) or hundreds of timed injections (inject) per configuration
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub runs: u32,
 }
 
-impl Args {
-    fn value(&mut self, flag: &str) -> anyhow::Result<String> {
-        self.rest.next().ok_or_else(|| anyhow!("{flag} needs a value"))
-    }
-
-    fn number<T: std::str::FromStr>(&mut self, flag: &str) -> anyhow::Result<T>
-    where
-        T::Err: std::error::Error + Send + Sync + 'static,
-    {
-        let v = self.value(flag)?;
-        v.parse().with_context(|| format!("{flag} {v:?}"))
-    }
-}
-
-pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
-    let mut args = Args { rest: args.collect::<Vec<_>>().into_iter() };
-    let Some(command) = args.rest.next() else { return Ok(Command::Help) };
-    let profile_env = std::env::var("KEVENT_BENCH_KERNEL_PROFILE").ok();
-    let mut build = BuildFlags {
-        kernel_src: std::env::var_os("KEVENT_BENCH_KERNEL_SRC").map(PathBuf::from),
-        profile: match &profile_env {
-            Some(p) => KernelProfile::parse(p).context("KEVENT_BENCH_KERNEL_PROFILE")?,
-            None => KernelProfile::Default,
-        },
-        profile_chosen: profile_env.is_some(),
-    };
-    let mut guest = GuestFlags { accel: AccelChoice::Auto, cpus: 2, memory_mib: 256 };
-    let (mut console, mut append, mut runs, mut runner_args) = (false, Vec::new(), 10usize, Vec::new());
-    let mut bench_target = None;
-    let (mut scenario, mut json, mut raw, mut includes) = (None, false, false, Vec::new());
-    let mut injector = None;
-
-    let takes_guest = matches!(command.as_str(), "boot" | "test" | "bench" | "run");
-    while let Some(arg) = args.rest.next() {
-        match arg.as_str() {
-            "--kernel-src" => build.kernel_src = Some(args.value(&arg)?.into()),
-            "--kernel-profile" => {
-                build.profile = KernelProfile::parse(&args.value(&arg)?)?;
-                build.profile_chosen = true;
-            }
-            "--accel" if takes_guest => guest.accel = args.value(&arg)?.parse().map_err(|e: String| anyhow!(e))?,
-            "--cpus" if takes_guest => guest.cpus = args.number(&arg)?,
-            "--memory" if takes_guest => guest.memory_mib = args.number(&arg)?,
-            "--console" if command == "boot" || command == "run" => console = true,
-            "--json" if command == "run" => json = true,
-            "--raw" if command == "run" => raw = true,
-            "--include" if command == "run" => includes.push(args.value(&arg)?),
-            "--injector" if command == "run" => {
-                let name = args.value(&arg)?;
-                injector = Some(
-                    Injector::from_name(&name)
-                        .ok_or_else(|| anyhow!("--injector {name:?}: expected {}", Injector::NAMES))?,
-                );
-            }
-            "--append" if command == "boot" => append.push(args.value(&arg)?),
-            "--runs" if command == "bench" => runs = args.number(&arg)?,
-            "--" if command == "test" => runner_args.extend(args.rest.by_ref()),
-            "-h" | "--help" => return Ok(Command::Help),
-            target if command == "bench" && bench_target.is_none() && !target.starts_with('-') => {
-                bench_target = Some(target.to_owned())
-            }
-            path if command == "run" && scenario.is_none() && !path.starts_with('-') => scenario = Some(path.into()),
-            other => bail!("unknown argument {other:?} for `{command}`"),
-        }
-    }
-    if !(1..=8).contains(&guest.cpus) {
-        bail!("--cpus {}: the bench kernel supports 1 to 8 CPUs", guest.cpus);
-    }
-    if guest.memory_mib < 64 {
-        bail!("--memory {}: the guest needs at least 64 MiB", guest.memory_mib);
-    }
-    Ok(match command.as_str() {
-        "help" | "-h" | "--help" => Command::Help,
-        "build" => Command::Build(build),
-        "boot" => Command::Boot(BootFlags { build, guest, console, append }),
-        "run" => {
-            let scenario =
-                scenario.ok_or_else(|| anyhow!("`run` needs a scenario: cargo xtask run scenarios/NAME.toml"))?;
-            Command::Run(RunFlags { build, guest, scenario, console, json, raw, includes, injector })
-        }
-        "test" => Command::Test(TestFlags { build, guest, runner_args }),
-        "bench" => {
-            let target = match bench_target.as_deref() {
-                Some("boot") => BenchTarget::Boot,
-                Some("scenarios") => BenchTarget::Scenarios,
-                Some("inject") => BenchTarget::Inject,
-                Some(other) => bail!("unknown benchmark {other:?}: expected `boot`, `scenarios` or `inject`"),
-                None => bail!("`bench` needs a benchmark: `cargo xtask bench boot`, `scenarios` or `inject`"),
-            };
-            Command::Bench(BenchFlags { build, guest, target, runs: runs.max(1) })
-        }
-        other => bail!("unknown command {other:?}"),
-    })
+#[derive(Debug, Clone, Args)]
+pub struct BenchSuite {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Accelerator
+    #[arg(long, value_enum, default_value_t)]
+    pub accel: AccelArg,
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
-    fn parse_words(words: &str) -> anyhow::Result<Command> {
-        parse(words.split_whitespace().map(str::to_owned))
+    fn parse(words: &str) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(["cargo xtask"].into_iter().chain(words.split_whitespace())).map(|cli| cli.command)
+    }
+
+    fn error(words: &str) -> String {
+        parse(words).unwrap_err().to_string()
     }
 
     #[test]
-    fn boot_flags_are_read() {
-        let Command::Boot(b) = parse_words("boot --accel tcg --cpus 4 --console --append quiet").unwrap() else {
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn boot_flags_are_read_in_both_spellings() {
+        let Command::Boot(b) = parse("boot --accel tcg --cpus=4 --console --append quiet --clock virtual").unwrap()
+        else {
             panic!("not a boot command")
         };
-        assert_eq!(b.guest.accel, AccelChoice::Tcg);
-        assert_eq!(b.guest.cpus, 4);
+        assert_eq!((b.guest.accel, b.guest.cpus, b.guest.memory_mib), (AccelArg::Tcg, 4, 256));
+        assert_eq!(b.guest.clock, ClockArg::Virtual);
         assert!(b.console);
         assert_eq!(b.append, ["quiet"]);
     }
 
     #[test]
-    fn flags_of_other_commands_are_refused_by_name() {
-        let err = parse_words("build --console").unwrap_err().to_string();
-        assert_eq!(err, "unknown argument \"--console\" for `build`");
-        let err = parse_words("boot --cpus 9").unwrap_err().to_string();
-        assert!(err.contains("1 to 8 CPUs"), "{err}");
-        let err = parse_words("boot --accel hvf").unwrap_err().to_string();
-        assert!(err.contains("expected auto, kvm or tcg"), "{err}");
-        let err = parse_words("bench").unwrap_err().to_string();
-        assert!(err.contains("cargo xtask bench boot"), "{err}");
-        let err = parse_words("bench everything").unwrap_err().to_string();
-        assert!(err.contains("expected `boot`, `scenarios` or `inject`"), "{err}");
-        let err = parse_words("run s.toml --injector msr").unwrap_err().to_string();
-        assert_eq!(err, "--injector \"msr\": expected \"device\" or \"debugfs\"");
-        let err = parse_words("boot --injector debugfs").unwrap_err().to_string();
-        assert_eq!(err, "unknown argument \"--injector\" for `boot`");
+    fn bad_values_say_why() {
+        assert!(error("boot --cpus four").contains("invalid value 'four' for '--cpus <N>'"));
+        assert!(error("boot --cpus 9").contains("9 is not in 1..=8"));
+        assert!(error("boot --memory 32").contains("32 is not in 64..=16384"));
+        assert!(error("boot --accel hvf").contains("possible values: auto, kvm, tcg"));
+        assert!(error("run s.toml --injector msr").contains("possible values: device, debugfs"));
     }
 
     #[test]
-    fn run_takes_an_injector_that_replaces_the_scenarios() {
-        let Command::Run(r) = parse_words("run scenarios/a.toml --injector debugfs").unwrap() else { panic!() };
-        assert_eq!(r.injector, Some(Injector::Debugfs));
-        let Command::Run(r) = parse_words("run scenarios/a.toml").unwrap() else { panic!() };
-        assert_eq!(r.injector, None);
-        let Command::Bench(b) = parse_words("bench inject --runs 3").unwrap() else { panic!() };
-        assert_eq!((b.target, b.runs), (BenchTarget::Inject, 3));
+    fn typos_are_named_as_what_they_are_with_a_suggestion() {
+        let e = error("biuld");
+        assert!(
+            e.contains("unrecognized subcommand 'biuld'") && e.contains("similar subcommand exists: 'build'"),
+            "{e}"
+        );
+        let e = error("build --kernel-profil debug");
+        assert!(e.contains("unexpected argument '--kernel-profil'") && e.contains("--kernel-profile"), "{e}");
+    }
+
+    #[test]
+    fn flags_a_command_does_not_honour_are_refused() {
+        for words in [
+            "build --console",
+            "test --cpus 4",
+            "test --memory 512",
+            "bench scenarios --runs 3",
+            "boot --injector debugfs",
+            "check s.toml --cpus 2",
+        ] {
+            let e = error(words);
+            assert!(e.contains("unexpected argument"), "{words}: {e}");
+        }
+    }
+
+    #[test]
+    fn run_overrides_the_scenarios_machine_only_when_asked() {
+        let Command::Run(r) = parse("run scenarios/a.toml").unwrap() else { panic!() };
+        assert_eq!((r.cpus, r.memory_mib, r.clock, r.injector), (None, None, None, None));
+        let Command::Run(r) =
+            parse("run scenarios/a.toml --cpus 4 --memory=512 --clock virtual --injector debugfs").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((r.cpus, r.memory_mib), (Some(4), Some(512)));
+        assert_eq!((r.clock, r.injector), (Some(ClockArg::Virtual), Some(InjectorArg::Debugfs)));
     }
 
     #[test]
     fn test_passes_everything_after_the_separator_to_the_runner() {
-        let Command::Test(t) = parse_words("test --kernel-profile debug -- --partition count:1/2 boot").unwrap() else {
+        let Command::Test(t) = parse("test --kernel-profile debug -- --partition count:1/2 boot").unwrap() else {
             panic!("not a test command")
         };
-        assert_eq!(t.build.profile, KernelProfile::Debug);
+        assert_eq!(t.build.resolve().profile, KernelProfile::Debug);
+        assert!(t.build.resolve().profile_chosen);
         assert_eq!(t.runner_args, ["--partition", "count:1/2", "boot"]);
+        let Command::Bench(b) = parse("bench inject --runs 3").unwrap() else { panic!() };
+        assert!(matches!(b.target, BenchTarget::Inject(BenchRuns { runs: 3, .. })));
+    }
+
+    /// README's command table lists, for each command, exactly the flags
+    /// the command line takes.
+    #[test]
+    fn the_readme_command_table_agrees_with_the_command_line() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let cli = Cli::command();
+        let mut commands: Vec<(String, &clap::Command)> = Vec::new();
+        for sub in cli.get_subcommands() {
+            if sub.has_subcommands() {
+                commands.extend(sub.get_subcommands().map(|s| (format!("{} {}", sub.get_name(), s.get_name()), s)));
+            } else {
+                commands.push((sub.get_name().to_owned(), sub));
+            }
+        }
+        for (name, command) in commands {
+            let prefix = format!("| `cargo xtask {name}");
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&prefix) && l[prefix.len()..].starts_with([' ', '`']))
+                .unwrap_or_else(|| panic!("README's command table has no row for `cargo xtask {name}`"));
+            let usage = row.split('`').nth(1).unwrap();
+            let mut in_readme: Vec<&str> = usage
+                .split(|c: char| c.is_whitespace() || "[]|=".contains(c))
+                .filter(|w| w.starts_with("--") && *w != "--")
+                .collect();
+            in_readme.sort_unstable();
+            in_readme.dedup();
+            let mut defined: Vec<String> =
+                command.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")).collect();
+            defined.retain(|f| f != "--help" && f != "--version");
+            defined.sort_unstable();
+            assert_eq!(in_readme, defined, "README row of `cargo xtask {name}`: {row}");
+        }
     }
 }

@@ -6,6 +6,7 @@ mod agent;
 mod bench;
 mod bench_inject;
 mod boot;
+mod check;
 mod flags;
 mod fsutil;
 mod initramfs;
@@ -21,25 +22,28 @@ use std::process::ExitCode;
 
 use kevent_bench::exit_code;
 
+const _: () = assert!(exit_code::USAGE == 2, "clap reports a bad command line with exit code 2");
+
 fn main() -> ExitCode {
-    let command = match flags::parse(std::env::args().skip(1)) {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("error: {e}\n\n{}", flags::USAGE);
-            return ExitCode::from(exit_code::USAGE as u8);
-        }
-    };
+    // clap exits 2 (exit_code::USAGE) on a bad command line, 0 for --help.
+    let command = <flags::Cli as clap::Parser>::parse().command;
+    if let Err(e) = kevent_bench::process::exit_on_signals() {
+        eprintln!("warning: cannot handle SIGINT and SIGTERM ({e}): an interrupted run may leave its guest behind");
+    }
     let result = match command {
-        flags::Command::Help => {
-            println!("{}", flags::USAGE);
-            Ok(())
-        }
-        flags::Command::Build(build) => build::run(&build).map(|_| ()),
+        flags::Command::Build(build) => build::run(&build.resolve()).map(|_| ()),
+        flags::Command::Check(check) => check::run(&check),
         flags::Command::Boot(boot) => boot::run(&boot),
         flags::Command::Run(run) => run::run(&run),
         flags::Command::Test(test) => test::run(&test),
         flags::Command::Bench(bench) => bench::run(&bench),
     };
+    if let Some(signal) = kevent_bench::process::interrupted() {
+        // Whatever the command was doing ended because its children were
+        // stopped; its own error would only describe that.
+        eprintln!("interrupted by {signal}: every guest and build it started was stopped");
+        return ExitCode::from(kevent_bench::process::exit_code_of(signal) as u8);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
 use kevent_bench::events;
 use kevent_bench::runner::{self, StepRecord};
+use kevent_bench::scenario::Injector;
 use kevent_bench::{scenario, MachineConfig};
 use kevent_wire::Outcome;
 
@@ -18,12 +19,10 @@ use crate::flags::RunFlags;
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
     let mut scenario = scenario::load(&flags.scenario)?;
-    if let Some(injector) = flags.injector {
-        scenario.injector = injector;
-    }
-    scenario.check_injector().map_err(anyhow::Error::msg)?;
-    let artifacts = crate::build::run(&flags.build)?;
-    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+    apply_overrides(&mut scenario, flags)?;
+    let artifacts = crate::build::run(&flags.build.resolve())?;
+    scenario.check_params(&artifacts.module_parameters()?)?;
+    let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
     let mut guest = scenario.guest(&artifacts);
     if !flags.includes.is_empty() {
@@ -126,6 +125,31 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         decision.accel,
         transcript.hello.kernel_release
     );
+    Ok(())
+}
+
+/// The command line's choices replace the scenario's own, each said out
+/// loud; one that cannot apply (a CPU a step injects at would be gone) is
+/// refused before anything is built.
+fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyhow::Result<()> {
+    let said = scenario.machine;
+    if let Some(cpus) = flags.cpus {
+        scenario.set_cpus(cpus).map_err(|e| anyhow::anyhow!("--cpus {cpus}: {e}"))?;
+        eprintln!("machine: {cpus} CPUs (--cpus; the scenario says {})", said.cpus);
+    }
+    if let Some(memory) = flags.memory_mib {
+        scenario.machine.memory_mib = memory;
+        eprintln!("machine: {memory} MiB (--memory; the scenario says {})", said.memory_mib);
+    }
+    if let Some(clock) = flags.clock {
+        scenario.machine.clock = clock.into();
+        eprintln!("machine: {} clock (--clock; the scenario says {})", scenario.machine.clock, said.clock);
+    }
+    if let Some(injector) = flags.injector {
+        eprintln!("injector: {} (--injector; the scenario says {})", Injector::from(injector), scenario.injector);
+        scenario.injector = injector.into();
+    }
+    scenario.check_injector()?;
     Ok(())
 }
 

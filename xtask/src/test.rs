@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::Context;
 use kevent_bench::accel::which;
 
-use crate::flags::{KernelProfile, TestFlags};
+use crate::flags::{BuildFlags, KernelProfile, TestFlags};
 
 /// The test runner failed; carries its exit code.
 #[derive(Debug)]
@@ -29,22 +29,20 @@ const GUEST_TESTS: &[&str] = &["boot", "events", "exec", "sensor", "scenarios"];
 /// the default kernel, then the guest tests on the debug kernel (lockdep,
 /// sleeping-in-atomic checks), where any report on the console fails them.
 pub fn run(flags: &TestFlags) -> anyhow::Result<()> {
-    if flags.build.profile_chosen {
-        return run_profile(flags, None);
+    let build = flags.build.resolve();
+    if build.profile_chosen {
+        return run_profile(flags, &build, None);
     }
-    run_profile(flags, None)?;
-    let debug = TestFlags {
-        build: crate::flags::BuildFlags { profile: KernelProfile::Debug, ..flags.build.clone() },
-        ..flags.clone()
-    };
+    run_profile(flags, &build, None)?;
+    let debug = BuildFlags { profile: KernelProfile::Debug, ..build };
     eprintln!("running the guest tests again on the debug kernel");
-    run_profile(&debug, Some(GUEST_TESTS))
+    run_profile(flags, &debug, Some(GUEST_TESTS))
 }
 
 /// Runs the workspace's tests, or only the test binaries named in `only`.
-fn run_profile(flags: &TestFlags, only: Option<&[&str]>) -> anyhow::Result<()> {
-    let artifacts = crate::build::run(&flags.build)?;
-    let decision = crate::boot::decide_accel(&artifacts, &flags.guest);
+fn run_profile(flags: &TestFlags, build: &BuildFlags, only: Option<&[&str]>) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(build)?;
+    let decision = crate::boot::decide_accel(&artifacts, flags.accel, kevent_bench::Clock::Real)?;
     let project = crate::project::Project::locate()?;
     let artifacts_file = project.out.join(&artifacts.profile).join("artifacts");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -66,7 +64,8 @@ fn run_profile(flags: &TestFlags, only: Option<&[&str]>) -> anyhow::Result<()> {
     cmd.args(&flags.runner_args)
         .env(kevent_bench::artifacts::ARTIFACTS_ENV, &artifacts_file)
         .env(kevent_bench::accel::ACCEL_ENV, decision.accel.to_string());
-    let status = cmd.status().context("run the test runner")?;
+    let status =
+        kevent_bench::process::spawn(&mut cmd).and_then(|mut runner| runner.wait()).context("run the test runner")?;
     if !status.success() {
         return Err(TestsFailed(status.code().unwrap_or(1)).into());
     }
