@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use kevent_bench::console::CrashKind;
 use kevent_bench::cpio::Archive;
+use kevent_bench::qemu::{Origin, Qemu};
 use kevent_bench::{exit_code, Failure, Machine, Stage};
 
 #[test]
@@ -100,16 +101,19 @@ fn a_guest_that_hangs_times_out_naming_the_stage() {
 }
 
 #[test]
-fn a_missing_qemu_is_a_start_failure_that_says_what_to_do() {
+fn a_missing_qemu_is_a_start_failure_that_names_the_binary_and_where_it_came_from() {
     let artifacts = common::artifacts();
     let mut config = common::config("no-qemu", artifacts.guest(1, 256, Vec::new()));
-    config.qemu = "/nonexistent/qemu-system-x86_64".into();
+    config.qemu = Qemu { binary: "/nonexistent/qemu-system-x86_64".into(), origin: Origin::Variable };
     let failure = Machine::boot(&config).err().expect("the boot must fail");
     assert!(matches!(failure, Failure::QemuStart { .. }), "{failure}");
     assert_eq!(failure.exit_code(), exit_code::QEMU_START);
     let text = failure.to_string();
-    assert!(text.contains("cannot run /nonexistent/qemu-system-x86_64"), "{text}");
-    assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
+    assert!(
+        text.contains("cannot run /nonexistent/qemu-system-x86_64 (named by KEVENT_BENCH_QEMU): No such file"),
+        "{text}"
+    );
+    assert!(!text.contains("apt-get"), "the user named this binary; another package is no answer: {text}");
 }
 
 #[test]

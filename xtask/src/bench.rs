@@ -38,7 +38,7 @@ fn boot(flags: &BenchFlags) -> anyhow::Result<()> {
             artifacts.guest(cpus, memory, Vec::new()),
             decision.accel,
             crate::boot::run_dir(&artifacts, "bench"),
-        );
+        )?;
         let machine = Machine::boot(&config)?;
         let greeted = machine.timings.greeted;
         let report = machine.shutdown(timeouts.shutdown)?;
@@ -101,7 +101,7 @@ fn scenarios(flags: &BenchFlags) -> anyhow::Result<()> {
     }
     let run_one = |s: &scenario::Scenario| -> anyhow::Result<(Duration, runner::Transcript)> {
         let run_dir = crate::boot::run_dir(&artifacts, &format!("bench-{}", s.name));
-        let config = MachineConfig::new(s.guest(&artifacts), decision.accel, run_dir);
+        let config = MachineConfig::new(s.guest(&artifacts), decision.accel, run_dir)?;
         let started = std::time::Instant::now();
         let transcript = runner::run(s, &config, &mut |_| {})?;
         let _ = std::fs::remove_dir_all(&config.run_dir);

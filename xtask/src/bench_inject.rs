@@ -81,7 +81,7 @@ pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
     let no_rate_limit = kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0");
     let guest = artifacts.guest(cpus, flags.guest.memory_mib, vec![no_rate_limit]);
     let run_dir = crate::boot::run_dir(&artifacts, "bench-inject");
-    let config = MachineConfig::new(guest, decision.accel, run_dir.clone());
+    let config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     let bound = config.timeouts.command;
     let mut machine = Machine::boot(&config)?;
     let samples = flags.runs * 100;

@@ -11,7 +11,7 @@ pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build)?;
     let decision = decide_accel(&artifacts, &flags.guest);
     let guest = artifacts.guest(flags.guest.cpus, flags.guest.memory_mib, flags.append.clone());
-    let mut config = MachineConfig::new(guest, decision.accel, run_dir(&artifacts, "boot"));
+    let mut config = MachineConfig::new(guest, decision.accel, run_dir(&artifacts, "boot"))?;
     config.stream_console = flags.console;
     eprintln!("console log: {}", config.run_dir.join("console.log").display());
     let machine = Machine::boot(&config)?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kevent_bench::accel::which;
+use kevent_bench::qemu::{self, QemuNotFound};
 
 /// Where the Debian kernel source tarball lands.
 pub const DEBIAN_SOURCE_DIR: &str = "/usr/src";
@@ -24,6 +25,8 @@ enum Probe {
     Program(PathBuf),
     AnyFile(&'static [&'static str]),
     DebianKernelSource,
+    /// [`qemu::resolve`]: the variable, PATH, or the private QEMU.
+    Qemu,
 }
 
 impl Requirement {
@@ -40,6 +43,7 @@ impl Requirement {
             Probe::Program(p) => which(p).is_some(),
             Probe::AnyFile(paths) => paths.iter().any(|p| Path::new(p).exists()),
             Probe::DebianKernelSource => debian_source_tarball().is_some(),
+            Probe::Qemu => qemu::resolve().is_ok(),
         }
     }
 }
@@ -62,7 +66,7 @@ pub fn debian_source_tarball() -> Option<PathBuf> {
 /// What building the guest needs (and running it: QEMU).
 pub fn for_build(kernel_src: Option<&Path>) -> Vec<Requirement> {
     let mut reqs = vec![
-        Requirement::program("QEMU (qemu-system-x86_64)", kevent_bench::qemu::qemu_binary(), "qemu-system-x86"),
+        Requirement { what: "QEMU (qemu-system-x86_64)", package: "qemu-system-x86", probe: Probe::Qemu },
         Requirement::program("gcc", "gcc", "gcc"),
         Requirement::program("make", "make", "make"),
         Requirement::program("flex", "flex", "flex"),
@@ -123,6 +127,13 @@ pub fn install_command(missing: &[Requirement], as_root: bool) -> String {
 
 /// Checks every requirement; installs the missing ones where it may.
 pub fn ensure(requirements: &[Requirement]) -> anyhow::Result<()> {
+    if requirements.iter().any(|r| matches!(r.probe, Probe::Qemu)) {
+        // The user chose that binary: a wrong value is theirs to fix, and
+        // installing a package would not be what they asked for.
+        if let Err(e @ QemuNotFound::Variable { .. }) = qemu::resolve() {
+            return Err(e.into());
+        }
+    }
     let missing: Vec<Requirement> = requirements.iter().filter(|r| !r.present()).cloned().collect();
     if missing.is_empty() {
         return Ok(());
