@@ -3,6 +3,7 @@
 //! nothing itself; this crate is where building lives.
 
 mod agent;
+mod apt;
 mod bench;
 mod bench_inject;
 mod boot;
@@ -101,7 +102,7 @@ mod tests {
     fn a_qemu_variable_naming_nothing_exits_as_a_missing_qemu_not_a_missing_package() {
         let named = kevent_bench::qemu::QemuNotFound::Variable { value: "/nonexistent".into(), why: "gone".into() };
         assert_eq!(exit_code_of(&anyhow::Error::from(named)), exit_code::QEMU_START);
-        let missing = prereq::Missing { missing: Vec::new(), why_not_installed: String::new() };
+        let missing = prereq::Missing { missing: Vec::new(), why_not_installed: String::new(), remedies: Vec::new() };
         assert_eq!(exit_code_of(&anyhow::Error::from(missing)), exit_code::MISSING_PREREQUISITE);
     }
 }

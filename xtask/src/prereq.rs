@@ -1,22 +1,27 @@
-//! Prerequisites: found, installed with apt-get (as root on Debian/Ubuntu),
-//! or named with the exact command that installs them.
+//! Prerequisites: found, installed with apt-get (as root on Debian/Ubuntu)
+//! when that takes nothing away, or named with the exact command that
+//! installs them. apt-get never removes or downgrades a package here: an
+//! install that would is refused and printed instead.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kevent_bench::accel::which;
 use kevent_bench::qemu::{self, QemuNotFound};
 
+use crate::apt;
+
 /// Where the Debian kernel source tarball lands.
 pub const DEBIAN_SOURCE_DIR: &str = "/usr/src";
 pub const DEBIAN_SOURCE_PACKAGE: &str = "linux-source-6.12";
+/// The Debian package the bench's QEMU comes from.
+pub const QEMU_PACKAGE: &str = "qemu-system-x86";
 
 /// One thing the build or a run needs, and the Debian package that provides it.
 #[derive(Debug, Clone)]
 pub struct Requirement {
-    pub what: &'static str,
-    pub package: &'static str,
+    pub what: String,
+    pub package: String,
     probe: Probe,
 }
 
@@ -30,12 +35,20 @@ enum Probe {
 }
 
 impl Requirement {
-    fn program(what: &'static str, program: impl Into<PathBuf>, package: &'static str) -> Self {
-        Requirement { what, package, probe: Probe::Program(program.into()) }
+    fn program(what: &str, program: impl Into<PathBuf>, package: &str) -> Self {
+        Requirement { what: what.into(), package: package.into(), probe: Probe::Program(program.into()) }
     }
 
-    fn file(what: &'static str, paths: &'static [&'static str], package: &'static str) -> Self {
-        Requirement { what, package, probe: Probe::AnyFile(paths) }
+    fn file(what: &str, paths: &'static [&'static str], package: &str) -> Self {
+        Requirement { what: what.into(), package: package.into(), probe: Probe::AnyFile(paths) }
+    }
+
+    pub fn qemu() -> Self {
+        Requirement { what: "QEMU (qemu-system-x86_64)".into(), package: QEMU_PACKAGE.into(), probe: Probe::Qemu }
+    }
+
+    fn is_qemu(&self) -> bool {
+        matches!(self.probe, Probe::Qemu)
     }
 
     fn present(&self) -> bool {
@@ -66,7 +79,7 @@ pub fn debian_source_tarball() -> Option<PathBuf> {
 /// What building the guest needs (and running it: QEMU).
 pub fn for_build(kernel_src: Option<&Path>) -> Vec<Requirement> {
     let mut reqs = vec![
-        Requirement { what: "QEMU (qemu-system-x86_64)", package: "qemu-system-x86", probe: Probe::Qemu },
+        Requirement::qemu(),
         Requirement::program("gcc", "gcc", "gcc"),
         Requirement::program("make", "make", "make"),
         Requirement::program("flex", "flex", "flex"),
@@ -84,8 +97,8 @@ pub fn for_build(kernel_src: Option<&Path>) -> Vec<Requirement> {
     ];
     if kernel_src.is_none() {
         reqs.push(Requirement {
-            what: "kernel source (Debian's linux-source-6.12 tarball)",
-            package: DEBIAN_SOURCE_PACKAGE,
+            what: "kernel source (Debian's linux-source-6.12 tarball)".into(),
+            package: DEBIAN_SOURCE_PACKAGE.into(),
             probe: Probe::DebianKernelSource,
         });
     }
@@ -97,6 +110,28 @@ pub fn for_build(kernel_src: Option<&Path>) -> Vec<Requirement> {
 pub struct Missing {
     pub missing: Vec<Requirement>,
     pub why_not_installed: String,
+    /// What the user can run instead, the usual way first.
+    pub remedies: Vec<Remedy>,
+}
+
+/// One command that provides what is missing, and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remedy {
+    pub what: String,
+    pub command: String,
+}
+
+impl Remedy {
+    /// apt-get install, with `--no-remove` unless apt would take something
+    /// away, which the user then accepts by running it.
+    pub fn install(packages: &[&str], no_remove: bool, sudo: bool) -> Remedy {
+        let what = if no_remove {
+            format!("install {} with", packages.join(" "))
+        } else {
+            format!("to install {} anyway, accepting that, run", packages.join(" "))
+        };
+        Remedy { what, command: apt::command(packages, sudo, no_remove) }
+    }
 }
 
 impl fmt::Display for Missing {
@@ -105,29 +140,26 @@ impl fmt::Display for Missing {
         for r in &self.missing {
             writeln!(f, "  - {} (Debian package {})", r.what, r.package)?;
         }
-        writeln!(f, "{}", self.why_not_installed)?;
-        write!(f, "install them with:\n  {}", install_command(&self.missing, false))
+        write!(f, "{}", self.why_not_installed)?;
+        for remedy in &self.remedies {
+            write!(f, "\n{}:\n  {}", remedy.what, remedy.command)?;
+        }
+        Ok(())
     }
 }
 
 impl std::error::Error for Missing {}
 
-fn packages(missing: &[Requirement]) -> Vec<&'static str> {
-    let mut packages: Vec<&'static str> = missing.iter().map(|r| r.package).collect();
+fn packages(missing: &[Requirement]) -> Vec<&str> {
+    let mut packages: Vec<&str> = missing.iter().map(|r| r.package.as_str()).collect();
     packages.sort_unstable();
     packages.dedup();
     packages
 }
 
-/// The exact command a user runs; as root, without sudo.
-pub fn install_command(missing: &[Requirement], as_root: bool) -> String {
-    let sudo = if as_root { "" } else { "sudo " };
-    format!("{sudo}apt-get install -y --no-install-recommends {}", packages(missing).join(" "))
-}
-
 /// Checks every requirement; installs the missing ones where it may.
 pub fn ensure(requirements: &[Requirement]) -> anyhow::Result<()> {
-    if requirements.iter().any(|r| matches!(r.probe, Probe::Qemu)) {
+    if requirements.iter().any(Requirement::is_qemu) {
         // The user chose that binary: a wrong value is theirs to fix, and
         // installing a package would not be what they asked for.
         if let Err(e @ QemuNotFound::Variable { .. }) = qemu::resolve() {
@@ -138,26 +170,63 @@ pub fn ensure(requirements: &[Requirement]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let host = Host::detect();
-    if let Some(why_not) = host.why_not_install() {
-        return Err(Missing { missing, why_not_installed: why_not }.into());
+    Installer { host: Host::detect(), updated: false }.provide(missing).map_err(Into::into)
+}
+
+struct Installer {
+    host: Host,
+    updated: bool,
+}
+
+impl Installer {
+    fn update_once(&mut self) {
+        if !std::mem::replace(&mut self.updated, true) {
+            // Stale lists still serve a simulation and most installs.
+            if let Err(e) = apt::update() {
+                eprintln!("warning: {e:#}");
+            }
+        }
     }
-    eprintln!("installing missing prerequisites with apt-get: {}", packages(&missing).join(" "));
-    let apt = |args: &[&str]| Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status();
-    let update = apt(&["update", "-qq"]);
-    let mut install_args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install_args.extend(packages(&missing));
-    let installed = update.and_then(|_| apt(&install_args));
-    let still_missing: Vec<Requirement> = missing.into_iter().filter(|r| !r.present()).collect();
-    if still_missing.is_empty() {
-        return Ok(());
+
+    /// Installs `missing` if apt-get takes nothing away doing it.
+    fn provide(&mut self, missing: Vec<Requirement>) -> Result<(), Missing> {
+        let packages = packages(&missing);
+        let sudo = !self.host.is_root;
+        let refuse = |why: String, plan: Option<&apt::Plan>| {
+            let no_remove = !plan.is_some_and(apt::Plan::takes_away);
+            Missing {
+                missing: missing.clone(),
+                why_not_installed: why,
+                remedies: vec![Remedy::install(&packages, no_remove, sudo)],
+            }
+        };
+        if let Some(why) = self.host.why_not_install() {
+            // Simulated all the same where apt exists: the printed command
+            // then says whether it would take something away.
+            let plan = self.host.has_apt.then(|| apt::simulate(&packages).ok()).flatten();
+            let why = match plan.as_ref().and_then(apt::Plan::refusal) {
+                Some(refusal) => format!("{why}; and {refusal}"),
+                None => why,
+            };
+            return Err(refuse(why, plan.as_ref()));
+        }
+        self.update_once();
+        let plan = apt::simulate(&packages).map_err(|e| refuse(format!("not installing them: {e:#}"), None))?;
+        if let Some(refusal) = plan.refusal() {
+            return Err(refuse(format!("not installing them: {refusal}"), Some(&plan)));
+        }
+        eprintln!("installing missing prerequisites with apt-get: {}", packages.join(" "));
+        let installed = apt::install(&packages);
+        let still_missing: Vec<Requirement> = missing.iter().filter(|r| !r.present()).cloned().collect();
+        if still_missing.is_empty() {
+            return Ok(());
+        }
+        let why = match installed {
+            Err(e) => format!("{e:#}"),
+            Ok(()) => "apt-get reported success but they are still missing".to_owned(),
+        };
+        Err(Missing { missing: still_missing, ..refuse(why, None) })
     }
-    let why = match installed {
-        Ok(status) if !status.success() => format!("apt-get install failed ({status})"),
-        Err(e) => format!("apt-get could not run: {e}"),
-        Ok(_) => "apt-get reported success but they are still missing".to_owned(),
-    };
-    Err(Missing { missing: still_missing, why_not_installed: why }.into())
 }
 
 /// What the host allows: installing needs root and apt-get.
@@ -168,7 +237,7 @@ pub struct Host {
 }
 
 impl Host {
-    fn detect() -> Host {
+    pub fn detect() -> Host {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let is_root = unsafe { libc::geteuid() } == 0;
         Host { is_root, has_apt: which(Path::new("apt-get")).is_some() }
@@ -196,13 +265,14 @@ mod tests {
         let missing = vec![absent("flex", "flex"), absent("QEMU", "qemu-system-x86"), absent("bison", "flex")];
         assert!(missing.iter().all(|r| !r.present()));
         let host = Host { is_root: false, has_apt: true };
-        let err = Missing { missing, why_not_installed: host.why_not_install().unwrap() };
+        let remedies = vec![Remedy::install(&packages(&missing), true, true)];
+        let err = Missing { missing, why_not_installed: host.why_not_install().unwrap(), remedies };
         let text = err.to_string();
         assert!(text.contains("  - QEMU (Debian package qemu-system-x86)"), "{text}");
         assert!(text.contains("not running as root"), "{text}");
         assert!(
-            text.ends_with("sudo apt-get install -y --no-install-recommends flex qemu-system-x86"),
-            "packages sorted and deduplicated: {text}"
+            text.ends_with("sudo apt-get install -y --no-install-recommends --no-remove flex qemu-system-x86"),
+            "packages sorted and deduplicated, and nothing removed: {text}"
         );
     }
 
