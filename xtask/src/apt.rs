@@ -3,6 +3,7 @@
 //! anything, and the real one runs with `--no-remove` as well.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -170,6 +171,77 @@ pub fn command(packages: &[&str], sudo: bool, no_remove: bool) -> String {
     format!("{sudo}apt-get install -y --no-install-recommends{no_remove} {}", packages.join(" "))
 }
 
+/// Downloads `name=version` packages into `dir` without installing them.
+pub fn download(specs: &[String], dir: &Path, as_root: bool) -> anyhow::Result<()> {
+    let mut cmd = apt_get();
+    cmd.current_dir(dir).args(["download", "-qq"]);
+    if as_root {
+        // apt drops to the `_apt` user to download, who cannot write to
+        // root's cache: root downloads itself instead of warning about it.
+        cmd.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    let status = cmd.args(specs).status().context("run apt-get download")?;
+    if !status.success() {
+        bail!("`apt-get download {}` in {} failed ({status})", specs.join(" "), dir.display());
+    }
+    Ok(())
+}
+
+/// The candidate version of each package, from `apt-cache policy`.
+pub fn candidates(packages: &[&str]) -> anyhow::Result<BTreeMap<String, String>> {
+    let out = Command::new("apt-cache")
+        .env("LC_ALL", "C")
+        .arg("policy")
+        .args(packages)
+        .output()
+        .context("run apt-cache policy")?;
+    if !out.status.success() {
+        bail!("`apt-cache policy {}` failed ({})", packages.join(" "), out.status);
+    }
+    Ok(parse_candidates(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `name:` at the start of a line, then `  Candidate: VERSION` (`(none)`
+/// when nothing is installable: left out).
+fn parse_candidates(text: &str) -> BTreeMap<String, String> {
+    let mut candidates = BTreeMap::new();
+    let mut package = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_suffix(':').filter(|_| !line.starts_with(' ')) {
+            package = Some(name.to_owned());
+        } else if let (Some(name), Some(version)) = (&package, line.trim().strip_prefix("Candidate: ")) {
+            if version != "(none)" {
+                candidates.insert(name.clone(), version.to_owned());
+            }
+        }
+    }
+    candidates
+}
+
+/// Which of `packages` dpkg has installed (any architecture).
+pub fn installed(packages: &[&str]) -> anyhow::Result<Vec<String>> {
+    // dpkg-query exits 1 when one of them is unknown, and still lists the others.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${db:Status-Abbrev}\\n"])
+        .args(packages)
+        .output()
+        .context("run dpkg-query")?;
+    Ok(parse_installed(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `libfdt1 ii ` per line; the second letter of the status is the state.
+fn parse_installed(text: &str) -> Vec<String> {
+    let mut installed: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let (name, status) = line.split_once(' ')?;
+            (status.as_bytes().get(1) == Some(&b'i')).then(|| name.to_owned())
+        })
+        .collect();
+    installed.dedup();
+    installed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +253,7 @@ mod tests {
     /// qemu-utils 1:10.0.2+ds-2+deb13u1~bpo12+1 .deb (its control file as
     /// shipped) in place of the QEMU 7.2 packages. See testdata/apt/README.md.
     fn fixture(name: &str, succeeded: bool) -> Plan {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/apt");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/apt");
         let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap();
         Plan::parse(&read("stdout"), &read("stderr"), succeeded)
     }
@@ -229,6 +301,25 @@ mod tests {
         let plan = Plan::parse(stdout, "", true);
         assert_eq!(plan.removed, [("qemu-utils".to_owned(), Some("1:10.0.2".to_owned())), ("foo".to_owned(), None)]);
         assert_eq!(plan.refusal().unwrap(), "apt-get would remove qemu-utils 1:10.0.2, foo");
+    }
+
+    #[test]
+    fn candidates_are_read_per_package_and_none_is_left_out() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/apt/policy.stdout"))
+            .unwrap()
+            + "qemu-utils:\n  Installed: (none)\n  Candidate: (none)\n  Version table:\n";
+        let candidates = parse_candidates(&text);
+        assert_eq!(candidates["qemu-system-x86"], "1:7.2+dfsg-7+deb12u18+b3");
+        assert_eq!(candidates["qemu-system-data"], "1:7.2+dfsg-7+deb12u18");
+        assert_eq!(candidates["seabios"], "1.16.2-1");
+        assert_eq!(candidates["ipxe-qemu"], "1.0.0+git-20190125.36a4c85-5.1");
+        assert_eq!(candidates.len(), 5, "{candidates:?}");
+    }
+
+    #[test]
+    fn installed_means_the_state_letter_is_i() {
+        let text = "libc6 ii \nlibfdt1 un \nqemu-utils rc \nlibglib2.0-0 ii \nlibglib2.0-0 ii \n";
+        assert_eq!(parse_installed(text), ["libc6", "libglib2.0-0"]);
     }
 
     #[test]

@@ -18,6 +18,9 @@ commands:
   bench boot            boot N times; print boot times beside the trivial-init floor
   bench scenarios       run the starter suite warm: wall time, time per scenario, injection rate
   bench inject          injection-to-host latency and sustained rate, sensor device beside debugfs
+  qemu [--private]      print the QEMU binary the bench runs (installing or extracting one if there is
+                        none); --private: the bench's private copy of Debian's QEMU 7.2, extracted
+                        into the cache if it is not yet, whatever else is installed
 
 build flags (every command):
   --kernel-src DIR      build this kernel tree instead of Debian's linux-source-6.12
@@ -49,8 +52,10 @@ bench flags:
   --runs N              boots per configuration (default 10)
 
 environment:
-  KEVENT_BENCH_CACHE    kernel sources and builds (default $XDG_CACHE_HOME/kevent-bench or ~/.cache/kevent-bench)
-  KEVENT_BENCH_QEMU     QEMU binary (default qemu-system-x86_64 on PATH)";
+  KEVENT_BENCH_CACHE    kernel sources and builds, the private QEMU
+                        (default $XDG_CACHE_HOME/kevent-bench or ~/.cache/kevent-bench)
+  KEVENT_BENCH_QEMU     QEMU binary (default qemu-system-x86_64 on PATH, else the private QEMU);
+                        KEVENT_BENCH_QEMU=$(cargo xtask qemu --private) runs the private one";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelProfile {
@@ -140,6 +145,11 @@ pub struct BenchFlags {
     pub runs: usize,
 }
 
+#[derive(Debug, Clone)]
+pub struct QemuFlags {
+    pub private: bool,
+}
+
 #[derive(Debug)]
 pub enum Command {
     Help,
@@ -148,6 +158,7 @@ pub enum Command {
     Run(RunFlags),
     Test(TestFlags),
     Bench(BenchFlags),
+    Qemu(QemuFlags),
 }
 
 struct Args {
@@ -185,6 +196,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
     let mut bench_target = None;
     let (mut scenario, mut json, mut raw, mut includes) = (None, false, false, Vec::new());
     let mut injector = None;
+    let mut private = false;
 
     let takes_guest = matches!(command.as_str(), "boot" | "test" | "bench" | "run");
     while let Some(arg) = args.rest.next() {
@@ -210,6 +222,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
             }
             "--append" if command == "boot" => append.push(args.value(&arg)?),
             "--runs" if command == "bench" => runs = args.number(&arg)?,
+            "--private" if command == "qemu" => private = true,
             "--" if command == "test" => runner_args.extend(args.rest.by_ref()),
             "-h" | "--help" => return Ok(Command::Help),
             target if command == "bench" && bench_target.is_none() && !target.starts_with('-') => {
@@ -245,6 +258,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Command> {
             };
             Command::Bench(BenchFlags { build, guest, target, runs: runs.max(1) })
         }
+        "qemu" => Command::Qemu(QemuFlags { private }),
         other => bail!("unknown command {other:?}"),
     })
 }

@@ -13,8 +13,10 @@ mod initramfs;
 mod kernel;
 mod kmod;
 mod prereq;
+mod private_qemu;
 mod process;
 mod project;
+mod qemu;
 mod run;
 mod test;
 
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         flags::Command::Run(run) => run::run(&run),
         flags::Command::Test(test) => test::run(&test),
         flags::Command::Bench(bench) => bench::run(&bench),
+        flags::Command::Qemu(qemu) => qemu::run(&qemu),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,9 @@
 //! Prerequisites: found, installed with apt-get (as root on Debian/Ubuntu)
 //! when that takes nothing away, or named with the exact command that
 //! installs them. apt-get never removes or downgrades a package here: an
-//! install that would is refused and printed instead.
+//! install that would is refused and printed instead. QEMU has one more
+//! way, for hosts where installing it would remove something: Debian's
+//! packages extracted into the cache (`private_qemu`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use kevent_bench::accel::which;
 use kevent_bench::qemu::{self, QemuNotFound};
 
-use crate::apt;
+use crate::{apt, private_qemu};
 
 /// Where the Debian kernel source tarball lands.
 pub const DEBIAN_SOURCE_DIR: &str = "/usr/src";
@@ -32,6 +34,8 @@ enum Probe {
     DebianKernelSource,
     /// [`qemu::resolve`]: the variable, PATH, or the private QEMU.
     Qemu,
+    /// The package itself, as dpkg knows it.
+    Package,
 }
 
 impl Requirement {
@@ -47,6 +51,15 @@ impl Requirement {
         Requirement { what: "QEMU (qemu-system-x86_64)".into(), package: QEMU_PACKAGE.into(), probe: Probe::Qemu }
     }
 
+    /// A shared library the private QEMU runs with.
+    pub fn library(package: &str) -> Self {
+        Requirement {
+            what: format!("{package} (a shared library of the private QEMU)"),
+            package: package.into(),
+            probe: Probe::Package,
+        }
+    }
+
     fn is_qemu(&self) -> bool {
         matches!(self.probe, Probe::Qemu)
     }
@@ -57,6 +70,7 @@ impl Requirement {
             Probe::AnyFile(paths) => paths.iter().any(|p| Path::new(p).exists()),
             Probe::DebianKernelSource => debian_source_tarball().is_some(),
             Probe::Qemu => qemu::resolve().is_ok(),
+            Probe::Package => apt::installed(&[&self.package]).is_ok_and(|i| !i.is_empty()),
         }
     }
 }
@@ -132,6 +146,15 @@ impl Remedy {
         };
         Remedy { what, command: apt::command(packages, sudo, no_remove) }
     }
+
+    pub fn private_qemu() -> Remedy {
+        Remedy {
+            what: format!(
+                "or, installing nothing system-wide, extract Debian's {QEMU_PACKAGE} 7.2 into the bench's cache with"
+            ),
+            command: "cargo xtask qemu --private".into(),
+        }
+    }
 }
 
 impl fmt::Display for Missing {
@@ -150,6 +173,17 @@ impl fmt::Display for Missing {
 
 impl std::error::Error for Missing {}
 
+impl Missing {
+    fn merge(problems: Vec<Missing>) -> Option<Missing> {
+        problems.into_iter().reduce(|mut all, next| {
+            all.missing.extend(next.missing);
+            all.why_not_installed = format!("{}\n{}", all.why_not_installed, next.why_not_installed);
+            all.remedies.extend(next.remedies);
+            all
+        })
+    }
+}
+
 fn packages(missing: &[Requirement]) -> Vec<&str> {
     let mut packages: Vec<&str> = missing.iter().map(|r| r.package.as_str()).collect();
     packages.sort_unstable();
@@ -166,11 +200,20 @@ pub fn ensure(requirements: &[Requirement]) -> anyhow::Result<()> {
             return Err(e.into());
         }
     }
-    let missing: Vec<Requirement> = requirements.iter().filter(|r| !r.present()).cloned().collect();
-    if missing.is_empty() {
-        return Ok(());
+    let (qemu, others): (Vec<Requirement>, Vec<Requirement>) =
+        requirements.iter().filter(|r| !r.present()).cloned().partition(Requirement::is_qemu);
+    let mut installer = Installer { host: Host::detect(), updated: false };
+    let mut problems = Vec::new();
+    if !others.is_empty() {
+        problems.extend(installer.provide(others).err());
     }
-    Installer { host: Host::detect(), updated: false }.provide(missing).map_err(Into::into)
+    if let Some(qemu) = qemu.into_iter().next() {
+        problems.extend(installer.provide_qemu(qemu).err());
+    }
+    match Missing::merge(problems) {
+        Some(missing) => Err(missing.into()),
+        None => Ok(()),
+    }
 }
 
 struct Installer {
@@ -227,6 +270,111 @@ impl Installer {
         };
         Err(Missing { missing: still_missing, ..refuse(why, None) })
     }
+
+    /// Debian's qemu-system-x86 if apt-get installs it without taking
+    /// anything away; else, as root, the private QEMU; else both commands.
+    fn provide_qemu(&mut self, requirement: Requirement) -> Result<(), Missing> {
+        let host = self.host;
+        let plan = if host.has_apt {
+            if host.is_root {
+                self.update_once();
+            }
+            Some(apt::simulate(&[QEMU_PACKAGE]).map_err(|e| format!("{e:#}")))
+        } else {
+            None
+        };
+        let refuse = |why: String, remedies: Vec<Remedy>| Missing {
+            missing: vec![requirement.clone()],
+            why_not_installed: why,
+            remedies,
+        };
+        let system = Remedy::install(&[QEMU_PACKAGE], true, !host.is_root);
+        match qemu_way(host, plan.as_ref().map(|p| p.as_ref().map_err(String::as_str))) {
+            QemuWay::Refuse { why, remedies } => Err(refuse(why, remedies)),
+            QemuWay::Install => {
+                eprintln!("installing QEMU with apt-get: {QEMU_PACKAGE}");
+                let installed = apt::install(&[QEMU_PACKAGE]);
+                match (installed, qemu::resolve()) {
+                    (_, Ok(_)) => Ok(()),
+                    (Err(e), Err(_)) => Err(refuse(format!("{e:#}"), vec![system, Remedy::private_qemu()])),
+                    (Ok(()), Err(e)) => Err(refuse(format!("installed {QEMU_PACKAGE}, yet {e}"), vec![system])),
+                }
+            }
+            QemuWay::Private { refusal, system } => {
+                let made = kevent_bench::cache::dir()
+                    .map_err(anyhow::Error::msg)
+                    .and_then(|cache| private_qemu::ensure(host, &cache));
+                let binary = match made {
+                    Ok(binary) => binary,
+                    Err(e) => {
+                        let why = format!("not installing {QEMU_PACKAGE}: {refusal}");
+                        return Err(match e.downcast::<Missing>() {
+                            Ok(mut libraries) => {
+                                libraries.why_not_installed = format!("{why}\n{}", libraries.why_not_installed);
+                                libraries.remedies.push(system);
+                                libraries
+                            }
+                            Err(e) => {
+                                refuse(format!("{why}\nand the private QEMU could not be made: {e:#}"), vec![system])
+                            }
+                        });
+                    }
+                };
+                eprintln!(
+                    "QEMU: Debian's {QEMU_PACKAGE} was not installed: {refusal}; the bench runs Debian's QEMU 7.2 \
+                     extracted, not installed, at {}",
+                    binary.display()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How the bench gets its QEMU when there is none.
+#[derive(Debug, PartialEq, Eq)]
+enum QemuWay {
+    Install,
+    /// apt-get would take something away (`refusal` says what and why);
+    /// `system` is the command that installs it all the same.
+    Private {
+        refusal: String,
+        system: Remedy,
+    },
+    Refuse {
+        why: String,
+        remedies: Vec<Remedy>,
+    },
+}
+
+/// `plan` is apt's simulation of installing qemu-system-x86, None without apt.
+fn qemu_way(host: Host, plan: Option<Result<&apt::Plan, &str>>) -> QemuWay {
+    let sudo = !host.is_root;
+    let Some(plan) = plan else {
+        let why = host.why_not_install().unwrap_or_default();
+        return QemuWay::Refuse { why, remedies: vec![Remedy::install(&[QEMU_PACKAGE], true, sudo)] };
+    };
+    let takes_away = plan.is_ok_and(apt::Plan::takes_away);
+    let refusal = match plan {
+        Ok(plan) => plan.refusal(),
+        Err(e) => Some(e.to_owned()),
+    };
+    let system = Remedy::install(&[QEMU_PACKAGE], !takes_away, sudo);
+    match (host.why_not_install(), refusal) {
+        (Some(why), refusal) => {
+            let why = match refusal {
+                Some(refusal) => format!("{why}; and {refusal}"),
+                None => why,
+            };
+            QemuWay::Refuse { why, remedies: vec![system, Remedy::private_qemu()] }
+        }
+        (None, None) => QemuWay::Install,
+        (None, Some(refusal)) if takes_away => QemuWay::Private { refusal, system },
+        // apt cannot install it at all; the private QEMU comes from apt too.
+        (None, Some(refusal)) => {
+            QemuWay::Refuse { why: format!("not installing {QEMU_PACKAGE}: {refusal}"), remedies: vec![system] }
+        }
+    }
 }
 
 /// What the host allows: installing needs root and apt-get.
@@ -274,6 +422,60 @@ mod tests {
             text.ends_with("sudo apt-get install -y --no-install-recommends --no-remove flex qemu-system-x86"),
             "packages sorted and deduplicated, and nothing removed: {text}"
         );
+    }
+
+    fn plan(fixture: &str, succeeded: bool) -> apt::Plan {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/apt");
+        let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{fixture}.{ext}"))).unwrap();
+        apt::Plan::parse(&read("stdout"), &read("stderr"), succeeded)
+    }
+
+    const ROOT: Host = Host { is_root: true, has_apt: true };
+    const USER: Host = Host { is_root: false, has_apt: true };
+    const BREAKS: &str = "apt-get would remove qemu-utils 1:10.0.2+ds-2+deb13u1~bpo12+1 \
+                          (qemu-utils:amd64 Breaks qemu-system-common:amd64 (< 1:8.0+dfsg-5~))";
+
+    #[test]
+    fn root_gets_the_private_qemu_where_the_package_would_remove_one() {
+        let breaks = plan("qemu-breaks", false);
+        let QemuWay::Private { refusal, system } = qemu_way(ROOT, Some(Ok(&breaks))) else { panic!() };
+        assert_eq!(refusal, BREAKS);
+        assert_eq!(system.command, "apt-get install -y --no-install-recommends qemu-system-x86");
+        assert_eq!(system.what, "to install qemu-system-x86 anyway, accepting that, run");
+    }
+
+    #[test]
+    fn a_user_is_told_both_ways_and_what_the_package_would_remove() {
+        let breaks = plan("qemu-breaks", false);
+        let QemuWay::Refuse { why, remedies } = qemu_way(USER, Some(Ok(&breaks))) else { panic!() };
+        assert_eq!(why, format!("not installing them: not running as root; and {BREAKS}"));
+        let commands: Vec<&str> = remedies.iter().map(|r| r.command.as_str()).collect();
+        assert_eq!(
+            commands,
+            ["sudo apt-get install -y --no-install-recommends qemu-system-x86", "cargo xtask qemu --private"]
+        );
+
+        let clean = apt::Plan { succeeded: true, ..apt::Plan::default() };
+        let QemuWay::Refuse { why, remedies } = qemu_way(USER, Some(Ok(&clean))) else { panic!() };
+        assert_eq!(why, "not installing them: not running as root");
+        assert_eq!(remedies[0].command, "sudo apt-get install -y --no-install-recommends --no-remove qemu-system-x86");
+        assert_eq!(remedies[1], Remedy::private_qemu());
+    }
+
+    #[test]
+    fn root_installs_the_package_only_when_apt_takes_nothing_away() {
+        let clean = apt::Plan { succeeded: true, ..apt::Plan::default() };
+        assert_eq!(qemu_way(ROOT, Some(Ok(&clean))), QemuWay::Install);
+        let unknown = plan("unknown", false);
+        let QemuWay::Refuse { why, remedies } = qemu_way(ROOT, Some(Ok(&unknown))) else { panic!() };
+        assert_eq!(
+            why,
+            "not installing qemu-system-x86: apt-get cannot install them: Unable to locate package no-such-package-kb"
+        );
+        assert_eq!(remedies.len(), 1, "the private QEMU comes from apt too: {remedies:?}");
+        let no_apt = Host { is_root: true, has_apt: false };
+        let QemuWay::Refuse { why, .. } = qemu_way(no_apt, None) else { panic!() };
+        assert!(why.contains("no apt-get"), "{why}");
     }
 
     #[test]
