@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::qemu::{self, GuestSpec};
+use crate::qemu::{self, GuestSpec, Qemu};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -90,12 +90,16 @@ fn decide_auto(probe_guest: &GuestSpec, cache_dir: &Path) -> AccelDecision {
     if let Err(e) = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         return AccelDecision { accel: Accel::Tcg, reason: format!("/dev/kvm: {e}") };
     }
-    let key = probe_key(probe_guest);
+    let qemu = match qemu::resolve() {
+        Ok(qemu) => qemu,
+        Err(e) => return AccelDecision { accel: Accel::Tcg, reason: format!("no KVM probe: {e}") },
+    };
+    let key = probe_key(&qemu, probe_guest);
     let cache = cache_file(cache_dir, &probe_guest.kernel);
     if let Some(decision) = cache.as_deref().and_then(|c| read_cached(c, &key)) {
         return decision;
     }
-    let decision = match probe_kvm(probe_guest) {
+    let decision = match probe_kvm(&qemu, probe_guest) {
         Ok(elapsed) => AccelDecision {
             accel: Accel::Kvm,
             reason: format!("KVM booted a probe guest in {:.2} s", elapsed.as_secs_f64()),
@@ -118,11 +122,10 @@ fn cache_file(cache_dir: &Path, kernel: &Path) -> Option<PathBuf> {
 }
 
 /// The verdict holds for one host boot, one QEMU binary and one kernel.
-fn probe_key(guest: &GuestSpec) -> String {
+fn probe_key(qemu: &Qemu, guest: &GuestSpec) -> String {
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let stamp = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).map(|t| format!("{t:?}")).unwrap_or_default();
-    let qemu = which(&qemu::qemu_binary()).unwrap_or_default();
-    format!("{} {} {} {}", boot_id.trim(), qemu.display(), stamp(&qemu), stamp(&guest.kernel))
+    format!("{} {} {} {}", boot_id.trim(), qemu.binary.display(), stamp(&qemu.binary), stamp(&guest.kernel))
 }
 
 fn read_cached(cache: &Path, key: &str) -> Option<AccelDecision> {
@@ -141,7 +144,7 @@ fn read_cached(cache: &Path, key: &str) -> Option<AccelDecision> {
 }
 
 /// Boots the floor guest under KVM; Ok if it came back cleanly in time.
-fn probe_kvm(guest: &GuestSpec) -> Result<Duration, String> {
+fn probe_kvm(qemu: &Qemu, guest: &GuestSpec) -> Result<Duration, String> {
     let args = [
         qemu::machine_args(),
         qemu::accel_args(Accel::Kvm, qemu::Clock::Real),
@@ -152,7 +155,7 @@ fn probe_kvm(guest: &GuestSpec) -> Result<Duration, String> {
     .concat();
     let start = Instant::now();
     let mut child = crate::process::spawn(
-        qemu::command(&qemu::qemu_binary()).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()),
+        qemu::command(&qemu.binary).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()),
     )
     .map_err(|e| format!("spawn QEMU: {e}"))?;
     loop {

@@ -6,6 +6,7 @@
 
 pub mod accel;
 pub mod artifacts;
+pub mod cache;
 pub mod console;
 pub mod cpio;
 pub mod events;
@@ -26,4 +27,4 @@ pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use artifacts::Artifacts;
 pub use failure::{exit_code, Failure, Stage};
 pub use machine::{run_floor, BootTimings, Exchange, Machine, MachineConfig, ShutdownReport, Timeouts};
-pub use qemu::{Clock, GuestSpec};
+pub use qemu::{Clock, GuestSpec, Qemu};

@@ -62,8 +62,8 @@ impl Default for Timeouts {
 /// Everything needed to start one guest.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
-    /// QEMU's binary: [`qemu::qemu_binary`] unless a caller knows better.
-    pub qemu: PathBuf,
+    /// QEMU's binary: [`qemu::resolve`] unless a caller knows better.
+    pub qemu: qemu::Qemu,
     pub guest: GuestSpec,
     pub accel: Accel,
     /// Where `console.log` of this run is written.
@@ -77,17 +77,17 @@ pub struct MachineConfig {
 
 impl MachineConfig {
     /// `guest` under `accel`, logging to `run_dir`: QEMU from
-    /// [`qemu::qemu_binary`], default bounds, console not streamed.
-    pub fn new(guest: GuestSpec, accel: Accel, run_dir: PathBuf) -> Self {
-        MachineConfig {
-            qemu: qemu::qemu_binary(),
+    /// [`qemu::resolve`], default bounds, console not streamed.
+    pub fn new(guest: GuestSpec, accel: Accel, run_dir: PathBuf) -> Result<Self, Failure> {
+        Ok(MachineConfig {
+            qemu: qemu::resolve()?,
             guest,
             accel,
             run_dir,
             stream_console: false,
             sensor: true,
             timeouts: Timeouts::default(),
-        }
+        })
     }
 }
 
@@ -483,20 +483,16 @@ impl Guest {
         sensor_socket: Option<&Path>,
         log_file: File,
     ) -> Result<Guest, Failure> {
-        let qemu_binary = &config.qemu;
         let args = qemu::command_line(&config.guest, config.accel, socket_path, sensor_socket);
         let spawned = Instant::now();
         let mut child = process::spawn(
-            qemu::command(qemu_binary).args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()),
+            qemu::command(&config.qemu.binary)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
         )
-        .map_err(|e| Failure::QemuStart {
-            message: format!(
-                "cannot run {}: {e}; install it (Debian: apt-get install qemu-system-x86) or set {} to its path",
-                qemu_binary.display(),
-                qemu::QEMU_ENV
-            ),
-            qemu_stderr: String::new(),
-        })?;
+        .map_err(|e| Failure::QemuStart { message: format!("cannot run {}: {e}", config.qemu), qemu_stderr: String::new() })?;
         let (tx, events) = mpsc::channel();
         let console = Arc::new(Mutex::new(ConsoleState::default()));
         let qemu_stderr = Arc::new(Mutex::new(String::new()));
@@ -880,16 +876,13 @@ pub fn run_floor(guest: &GuestSpec, accel: Accel, bound: Duration) -> Result<Dur
     let socket_dir = SocketDir::create().map_err(|e| host_error("create the agent socket directory", e))?;
     let socket_path = socket_dir.path().join("agent.sock");
     let listener = UnixListener::bind(&socket_path).map_err(|e| host_error("bind the agent socket", e))?;
+    let qemu = qemu::resolve()?;
     let args = qemu::command_line(guest, accel, &socket_path, None);
     let spawned = Instant::now();
     let mut child = process::spawn(
-        qemu::command(&qemu::qemu_binary())
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+        qemu::command(&qemu.binary).args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()),
     )
-    .map_err(|e| Failure::QemuStart { message: format!("cannot run QEMU: {e}"), qemu_stderr: String::new() })?;
+    .map_err(|e| Failure::QemuStart { message: format!("cannot run {qemu}: {e}"), qemu_stderr: String::new() })?;
     // QEMU connects at startup and would block on a full socket otherwise;
     // the floor init never writes, so accepting is all there is to do.
     let _connection = listener.accept();

@@ -1,6 +1,7 @@
 //! QEMU's command line, built from small pure functions.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::accel::Accel;
@@ -8,6 +9,10 @@ use crate::accel::Accel;
 /// Name of QEMU's binary, looked up on PATH unless `KEVENT_BENCH_QEMU` names one.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 pub const QEMU_ENV: &str = "KEVENT_BENCH_QEMU";
+/// The private QEMU's directory under the cache: one prefix per Debian
+/// version of qemu-system-x86, and [`PRIVATE_CURRENT`] naming the one in use.
+pub const PRIVATE_DIR: &str = "qemu";
+pub const PRIVATE_CURRENT: &str = "current";
 
 /// Kernel arguments every boot gets. `panic=-1` restarts at once on a panic
 /// and `-no-reboot` turns that restart into QEMU's exit. TCG's `max` CPU does
@@ -75,9 +80,170 @@ pub const VIRTUAL_CLOCK_SHIFT: u32 = 6;
 /// APIC timer is declared not functional, and shutdown hangs.
 const VIRTUAL_TSC_KHZ: u64 = 1_000_000;
 
-/// The QEMU binary to run: `KEVENT_BENCH_QEMU`, else `qemu-system-x86_64` on PATH.
-pub fn qemu_binary() -> PathBuf {
-    std::env::var_os(QEMU_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(QEMU_BINARY))
+
+/// Where the QEMU in use came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Variable,
+    Path,
+    Private,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Variable => write!(f, "named by {QEMU_ENV}"),
+            Origin::Path => write!(f, "{QEMU_BINARY} on PATH"),
+            Origin::Private => f.write_str("the bench's private QEMU: Debian's packages extracted into the cache"),
+        }
+    }
+}
+
+/// The QEMU binary every guest of this process runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qemu {
+    pub binary: PathBuf,
+    pub origin: Origin,
+}
+
+impl fmt::Display for Qemu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.binary.display(), self.origin)
+    }
+}
+
+/// No QEMU to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QemuNotFound {
+    /// The variable is set but names no executable file. The user chose
+    /// this binary: installing another would not be what they asked for.
+    Variable { value: OsString, why: String },
+    /// Not set, not on PATH, and no private QEMU in the cache (or no cache).
+    Nowhere { private: Result<PathBuf, String> },
+}
+
+impl fmt::Display for QemuNotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QemuNotFound::Variable { value, why } => write!(
+                f,
+                "{QEMU_ENV}={} does not name an executable file: {why}; point it at a QEMU binary or unset it",
+                Path::new(value).display()
+            ),
+            QemuNotFound::Nowhere { private } => {
+                write!(f, "no QEMU: {QEMU_ENV} is not set, {QEMU_BINARY} is not on PATH, and ")?;
+                match private {
+                    Ok(dir) => write!(f, "there is no private QEMU in {}", dir.display())?,
+                    Err(why) => write!(f, "there is no cache directory for a private QEMU ({why})")?,
+                }
+                f.write_str(" (`cargo xtask build` installs Debian's qemu-system-x86, or extracts it there)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for QemuNotFound {}
+
+impl From<QemuNotFound> for crate::Failure {
+    fn from(e: QemuNotFound) -> Self {
+        crate::Failure::QemuStart { message: e.to_string(), qemu_stderr: String::new() }
+    }
+}
+
+/// The QEMU to run, the first of: `KEVENT_BENCH_QEMU`, `qemu-system-x86_64`
+/// on PATH, the private QEMU in the cache. xtask, the tests and every boot
+/// resolve it here, so they all run the same binary.
+pub fn resolve() -> Result<Qemu, QemuNotFound> {
+    resolve_from(std::env::var_os(QEMU_ENV), std::env::var_os("PATH"), crate::cache::dir())
+}
+
+fn resolve_from(
+    variable: Option<OsString>,
+    path: Option<OsString>,
+    cache: Result<PathBuf, String>,
+) -> Result<Qemu, QemuNotFound> {
+    // Empty counts as unset, as for the cache variable.
+    if let Some(value) = variable.filter(|v| !v.is_empty()) {
+        return match find_executable(&value, path.as_deref()) {
+            Ok(binary) => Ok(Qemu { binary, origin: Origin::Variable }),
+            Err(why) => Err(QemuNotFound::Variable { value, why }),
+        };
+    }
+    if let Ok(binary) = find_executable(OsStr::new(QEMU_BINARY), path.as_deref()) {
+        return Ok(Qemu { binary, origin: Origin::Path });
+    }
+    let private = cache.map(|cache| cache.join(PRIVATE_DIR));
+    if let Some(binary) = private.as_deref().ok().and_then(private_qemu) {
+        return Ok(Qemu { binary, origin: Origin::Private });
+    }
+    Err(QemuNotFound::Nowhere { private })
+}
+
+/// A path as it is, a bare name on `path`; Err says why not.
+fn find_executable(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, String> {
+    let program = Path::new(program);
+    if program.components().count() > 1 {
+        return executable(program).map(|()| program.to_owned());
+    }
+    let path = path.ok_or("PATH is not set")?;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate).is_ok())
+        .ok_or_else(|| format!("no executable {} on PATH", program.display()))
+}
+
+fn executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err("not executable".into());
+    }
+    Ok(())
+}
+
+/// The binary of the private QEMU in `private_dir` (`<cache>/qemu`), if one
+/// was extracted completely: `current` is written only after the prefix is
+/// in place.
+pub fn private_qemu(private_dir: &Path) -> Option<PathBuf> {
+    let current = std::fs::read_to_string(private_dir.join(PRIVATE_CURRENT)).ok()?;
+    let key = current.trim();
+    if key.is_empty() || Path::new(key).components().count() != 1 {
+        return None;
+    }
+    let binary = private_binary(&private_dir.join(key));
+    executable(&binary).ok().map(|()| binary)
+}
+
+/// Where `dpkg-deb -x` puts qemu-system-x86_64 under a prefix. QEMU finds
+/// its firmware and modules relative to its binary (`../share/qemu`,
+/// `../share/seabios`, `../lib/x86_64-linux-gnu/qemu`), so a prefix laid out
+/// as Debian installs it needs no `-L`.
+pub fn private_binary(prefix: &Path) -> PathBuf {
+    prefix.join("usr/bin").join(QEMU_BINARY)
+}
+
+/// The first line of `binary -version`, e.g.
+/// `QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`.
+pub fn version(binary: &Path) -> Result<String, String> {
+    let out = std::process::Command::new(binary)
+        .arg("-version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("run {} -version: {e}", binary.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().next() {
+        Some(line) if out.status.success() => Ok(line.to_owned()),
+        _ => Err(format!(
+            "{} -version failed ({}): {}",
+            binary.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
 }
 
 /// A command for QEMU that dies with the thread that starts it: a host
@@ -278,6 +444,97 @@ mod tests {
 
     fn joined(args: &[OsString]) -> String {
         args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    /// A scratch directory with an executable `qemu-system-x86_64` in `bin/`
+    /// and a private QEMU under `cache/qemu/7.2-test/`, named by `current`.
+    struct Layout {
+        root: PathBuf,
+    }
+
+    impl Layout {
+        fn new(name: &str) -> Layout {
+            use std::os::unix::fs::PermissionsExt;
+
+            let root = std::env::temp_dir().join(format!("kevent-qemu-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            let private = private_binary(&root.join("cache/qemu/7.2-test"));
+            for binary in [root.join("bin").join(QEMU_BINARY), private] {
+                std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+                std::fs::write(&binary, "#!/bin/sh\n").unwrap();
+                std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            std::fs::write(root.join("cache/qemu/current"), "7.2-test\n").unwrap();
+            Layout { root }
+        }
+
+        fn path(&self) -> Option<OsString> {
+            Some(std::env::join_paths([self.root.join("empty"), self.root.join("bin")]).unwrap())
+        }
+
+        fn cache(&self) -> Result<PathBuf, String> {
+            Ok(self.root.join("cache"))
+        }
+    }
+
+    impl Drop for Layout {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    #[test]
+    fn a_variable_naming_nothing_is_an_error_naming_the_variable_not_a_package() {
+        let layout = Layout::new("variable");
+        let err = resolve_from(Some("/nonexistent".into()), layout.path(), layout.cache()).unwrap_err();
+        assert!(matches!(err, QemuNotFound::Variable { .. }), "PATH's QEMU must not stand in for the named one");
+        let text = err.to_string();
+        assert!(text.starts_with("KEVENT_BENCH_QEMU=/nonexistent does not name an executable file: "), "{text}");
+        assert!(text.contains("No such file or directory"), "{text}");
+        assert!(!text.contains("apt-get") && !text.contains("install"), "{text}");
+        assert!(matches!(crate::Failure::from(err).exit_code(), crate::exit_code::QEMU_START));
+
+        let dir = layout.root.join("bin");
+        let err = resolve_from(Some(dir.clone().into()), layout.path(), layout.cache()).unwrap_err();
+        assert!(err.to_string().ends_with(": not a regular file; point it at a QEMU binary or unset it"), "{err}");
+        let err = resolve_from(Some("qemu-nowhere".into()), layout.path(), layout.cache()).unwrap_err();
+        assert!(err.to_string().contains("no executable qemu-nowhere on PATH"), "{err}");
+    }
+
+    #[test]
+    fn the_variable_then_path_then_the_private_qemu() {
+        let layout = Layout::new("order");
+        let on_path = layout.root.join("bin").join(QEMU_BINARY);
+        let private = private_binary(&layout.root.join("cache/qemu/7.2-test"));
+
+        let named = resolve_from(Some(private.clone().into()), layout.path(), layout.cache()).unwrap();
+        assert_eq!(named, Qemu { binary: private.clone(), origin: Origin::Variable });
+        let found = resolve_from(None, layout.path(), layout.cache()).unwrap();
+        assert_eq!(found, Qemu { binary: on_path.clone(), origin: Origin::Path });
+        let empty_is_unset = resolve_from(Some("".into()), layout.path(), layout.cache()).unwrap();
+        assert_eq!(empty_is_unset.origin, Origin::Path);
+
+        std::fs::remove_file(&on_path).unwrap();
+        let fallback = resolve_from(None, layout.path(), layout.cache()).unwrap();
+        assert_eq!(fallback, Qemu { binary: private, origin: Origin::Private });
+    }
+
+    #[test]
+    fn a_file_that_is_not_executable_is_not_qemu_and_nothing_anywhere_names_the_private_directory() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let layout = Layout::new("nowhere");
+        let on_path = layout.root.join("bin").join(QEMU_BINARY);
+        std::fs::set_permissions(&on_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // A prefix left half-extracted is never named by `current`.
+        std::fs::remove_file(layout.root.join("cache/qemu/current")).unwrap();
+        let err = resolve_from(None, layout.path(), layout.cache()).unwrap_err();
+        let text = err.to_string();
+        let expected = format!("there is no private QEMU in {}", layout.root.join("cache/qemu").display());
+        assert!(text.starts_with("no QEMU: KEVENT_BENCH_QEMU is not set, qemu-system-x86_64 is not on PATH"), "{text}");
+        assert!(text.contains(&expected), "{text}");
+        let err = resolve_from(None, None, Err("HOME is not set".into())).unwrap_err();
+        assert!(err.to_string().contains("no cache directory for a private QEMU (HOME is not set)"), "{err}");
     }
 
     #[test]

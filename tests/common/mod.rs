@@ -20,7 +20,7 @@ pub fn run_dir(artifacts: &Artifacts, test: &str) -> PathBuf {
 }
 
 pub fn config(test: &str, guest: GuestSpec) -> MachineConfig {
-    MachineConfig::new(guest, Accel::from_env(), run_dir(&artifacts(), test))
+    MachineConfig::new(guest, Accel::from_env(), run_dir(&artifacts(), test)).unwrap_or_else(|f| panic!("{f}"))
 }
 
 /// Compiles `tests/guest/<name>.c` into a static binary for the guest.

@@ -34,7 +34,7 @@ fn boot(flags: &BenchRuns) -> anyhow::Result<()> {
     // Run 0 of each is untimed: page cache and QEMU's own start-up.
     for run in 0..=flags.runs {
         floor.push(run_floor(&floor_guest, decision.accel, timeouts.kernel_boot)?);
-        let config = MachineConfig::new(guest.clone(), decision.accel, crate::boot::run_dir(&artifacts, "bench"));
+        let config = MachineConfig::new(guest.clone(), decision.accel, crate::boot::run_dir(&artifacts, "bench"))?;
         let machine = Machine::boot(&config)?;
         let greeted = machine.timings.greeted;
         let report = machine.shutdown(timeouts.shutdown)?;
@@ -97,7 +97,7 @@ fn scenarios(flags: &BenchSuite) -> anyhow::Result<()> {
     }
     let run_one = |s: &scenario::Scenario| -> anyhow::Result<(Duration, runner::Transcript)> {
         let run_dir = crate::boot::run_dir(&artifacts, &format!("bench-{}", s.name));
-        let config = MachineConfig::new(s.guest(&artifacts), decision.accel, run_dir);
+        let config = MachineConfig::new(s.guest(&artifacts), decision.accel, run_dir)?;
         let started = std::time::Instant::now();
         let transcript = runner::run(s, &config, &mut |_| {})?;
         let _ = std::fs::remove_dir_all(&config.run_dir);

@@ -81,7 +81,7 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     let guest = flags.guest.spec(&artifacts, vec![no_rate_limit]);
     let decision = crate::boot::decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, "bench-inject");
-    let config = MachineConfig::new(guest, decision.accel, run_dir.clone());
+    let config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     let bound = config.timeouts.command;
     let mut machine = Machine::boot(&config)?;
     let samples = flags.runs as usize * 100;

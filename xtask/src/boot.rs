@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kevent_bench::{accel, Accel, AccelDecision, Artifacts, Clock, GuestSpec, Machine, MachineConfig};
+use kevent_bench::{accel, qemu, Accel, AccelDecision, Artifacts, Clock, GuestSpec, Machine, MachineConfig};
 
 use crate::flags::{AccelArg, BootFlags, GuestFlags};
 
@@ -11,8 +11,9 @@ pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build.resolve())?;
     let guest = flags.guest.spec(&artifacts, flags.append.clone());
     let decision = decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
-    let mut config = MachineConfig::new(guest, decision.accel, run_dir(&artifacts, "boot"));
+    let mut config = MachineConfig::new(guest, decision.accel, run_dir(&artifacts, "boot"))?;
     config.stream_console = flags.console;
+    let qemu_version = qemu::version(&config.qemu.binary).map_err(anyhow::Error::msg)?;
     eprintln!("console log: {}", config.run_dir.join("console.log").display());
     let machine = Machine::boot(&config)?;
     let (hello, timings) = (machine.hello.clone(), machine.timings);
@@ -25,6 +26,8 @@ pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
         hello.kernel_release, hello.cpus_online, hello.clocksource
     );
     println!("accelerator   {} ({})", decision.accel, decision.reason);
+    println!("qemu          {}", config.qemu);
+    println!("              {qemu_version}");
     for module in &hello.modules {
         let params = if module.params.is_empty() { String::new() } else { format!(" {}", module.params) };
         println!("module        {}{params} loaded in {:.1} ms", module.name, guest_ms(module.load_ns));

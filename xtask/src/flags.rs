@@ -9,8 +9,10 @@ use kevent_bench::{AccelChoice, Clock};
 
 const ENVIRONMENT: &str = "\
 Environment:
-  KEVENT_BENCH_CACHE          kernel sources and builds (default $XDG_CACHE_HOME/kevent-bench or ~/.cache/kevent-bench)
-  KEVENT_BENCH_QEMU           QEMU binary (default qemu-system-x86_64 on PATH)
+  KEVENT_BENCH_CACHE          kernel sources and builds, the private QEMU
+                              (default $XDG_CACHE_HOME/kevent-bench or ~/.cache/kevent-bench)
+  KEVENT_BENCH_QEMU           QEMU binary (default qemu-system-x86_64 on PATH, else the private QEMU);
+                              KEVENT_BENCH_QEMU=$(cargo xtask qemu --private) runs the private one
   KEVENT_BENCH_KERNEL_SRC     as --kernel-src
   KEVENT_BENCH_KERNEL_PROFILE as --kernel-profile
 
@@ -39,6 +41,15 @@ pub enum Command {
     Test(TestFlags),
     /// Benchmarks, printed as tables with the floor measured in the same run
     Bench(BenchFlags),
+    /// Print the QEMU binary the bench runs, installing or extracting one if there is none
+    Qemu(QemuFlags),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QemuFlags {
+    /// The bench's private copy of Debian's QEMU 7.2, extracted into the cache if it is not yet, whatever else is installed
+    #[arg(long)]
+    pub private: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

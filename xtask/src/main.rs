@@ -3,6 +3,7 @@
 //! nothing itself; this crate is where building lives.
 
 mod agent;
+mod apt;
 mod bench;
 mod bench_inject;
 mod boot;
@@ -13,8 +14,10 @@ mod initramfs;
 mod kernel;
 mod kmod;
 mod prereq;
+mod private_qemu;
 mod process;
 mod project;
+mod qemu;
 mod run;
 mod test;
 
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         flags::Command::Run(run) => run::run(&run),
         flags::Command::Test(test) => test::run(&test),
         flags::Command::Bench(bench) => bench::run(&bench),
+        flags::Command::Qemu(qemu) => qemu::run(&qemu),
     };
     if let Some(signal) = kevent_bench::process::interrupted() {
         // Whatever the command was doing ended because its children were
@@ -62,6 +66,10 @@ fn exit_code_of(e: &anyhow::Error) -> i32 {
     }
     if e.downcast_ref::<prereq::Missing>().is_some() {
         return exit_code::MISSING_PREREQUISITE;
+    }
+    // Like a boot's QemuStart: the binary to run is missing.
+    if e.downcast_ref::<kevent_bench::qemu::QemuNotFound>().is_some() {
+        return exit_code::QEMU_START;
     }
     if let Some(test::TestsFailed(code)) = e.downcast_ref::<test::TestsFailed>() {
         return *code;
@@ -90,5 +98,18 @@ mod build {
             started.elapsed().as_secs_f64()
         );
         Ok(artifacts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_qemu_variable_naming_nothing_exits_as_a_missing_qemu_not_a_missing_package() {
+        let named = kevent_bench::qemu::QemuNotFound::Variable { value: "/nonexistent".into(), why: "gone".into() };
+        assert_eq!(exit_code_of(&anyhow::Error::from(named)), exit_code::QEMU_START);
+        let missing = prereq::Missing { missing: Vec::new(), why_not_installed: String::new(), remedies: Vec::new() };
+        assert_eq!(exit_code_of(&anyhow::Error::from(missing)), exit_code::MISSING_PREREQUISITE);
     }
 }

@@ -16,10 +16,7 @@ pub struct Project {
 impl Project {
     pub fn locate() -> anyhow::Result<Project> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent directory")?.to_owned();
-        let cache = match std::env::var_os("KEVENT_BENCH_CACHE") {
-            Some(dir) => PathBuf::from(dir),
-            None => default_cache_dir()?,
-        };
+        let cache = kevent_bench::cache::dir().map_err(anyhow::Error::msg)?;
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
         Ok(Project { out: target.join("kevent-bench"), root, cache })
     }
@@ -31,12 +28,4 @@ impl Project {
     pub fn kmod_dir(&self) -> PathBuf {
         self.root.join("kmod")
     }
-}
-
-fn default_cache_dir() -> anyhow::Result<PathBuf> {
-    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(xdg).join("kevent-bench"));
-    }
-    let home = std::env::var_os("HOME").context("neither KEVENT_BENCH_CACHE, XDG_CACHE_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache").join("kevent-bench"))
 }

@@ -28,7 +28,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     if !flags.includes.is_empty() {
         guest.initramfs = initramfs_with(&artifacts.initramfs, &flags.includes, &run_dir)?;
     }
-    let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone());
+    let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
     eprintln!("injector: {}", scenario.injector);

@@ -9,6 +9,7 @@ use anyhow::Context;
 use kevent_bench::accel::which;
 
 use crate::flags::{BuildFlags, KernelProfile, TestFlags};
+use crate::prereq::Host;
 
 /// The test runner failed; carries its exit code.
 #[derive(Debug)]
@@ -44,6 +45,7 @@ fn run_profile(flags: &TestFlags, build: &BuildFlags, only: Option<&[&str]>) -> 
     let artifacts = crate::build::run(build)?;
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, kevent_bench::Clock::Real)?;
     let project = crate::project::Project::locate()?;
+    provide_private_qemu(&project)?;
     let artifacts_file = project.out.join(&artifacts.profile).join("artifacts");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -69,6 +71,18 @@ fn run_profile(flags: &TestFlags, build: &BuildFlags, only: Option<&[&str]>) -> 
     if !status.success() {
         return Err(TestsFailed(status.code().unwrap_or(1)).into());
     }
+    Ok(())
+}
+
+/// The private QEMU has a guest test of its own, which CI must run: where
+/// the system's QEMU is in use the private one is extracted for it alone.
+fn provide_private_qemu(project: &crate::project::Project) -> anyhow::Result<()> {
+    let host = Host::detect();
+    if !host.has_apt {
+        eprintln!("no apt-get on this host: no private QEMU, so its guest test is skipped");
+        return Ok(());
+    }
+    crate::private_qemu::ensure(host, &project.cache).context("the private QEMU, for its guest test")?;
     Ok(())
 }
 
