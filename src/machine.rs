@@ -492,7 +492,10 @@ impl Guest {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
         )
-        .map_err(|e| Failure::QemuStart { message: format!("cannot run {}: {e}", config.qemu), qemu_stderr: String::new() })?;
+        .map_err(|e| Failure::QemuStart {
+            message: format!("cannot run {}: {e}", config.qemu),
+            qemu_stderr: String::new(),
+        })?;
         let (tx, events) = mpsc::channel();
         let console = Arc::new(Mutex::new(ConsoleState::default()));
         let qemu_stderr = Arc::new(Mutex::new(String::new()));

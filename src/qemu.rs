@@ -80,7 +80,6 @@ pub const VIRTUAL_CLOCK_SHIFT: u32 = 6;
 /// APIC timer is declared not functional, and shutdown hangs.
 const VIRTUAL_TSC_KHZ: u64 = 1_000_000;
 
-
 /// Where the QEMU in use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
