@@ -89,6 +89,18 @@ pub fn is_report_end(line: &str) -> bool {
     END_MARKERS.iter().any(|m| message.starts_with(m))
 }
 
+/// An input the kernel said it ignored: a module parameter the module does
+/// not have, or a command-line word no part of the kernel knows. The bench
+/// refuses to run on with an input silently dropped.
+pub fn ignored_input(line: &str) -> Option<&str> {
+    let message = message_of(line);
+    let module_parameter = message
+        .split_once(": unknown parameter '")
+        .is_some_and(|(module, rest)| !module.contains(' ') && rest.ends_with("' ignored"));
+    let command_line = message.starts_with("Unknown kernel command line parameters \"");
+    (module_parameter || command_line).then_some(message)
+}
+
 /// A kernel report found on the console.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrashReport {
@@ -346,6 +358,19 @@ kevent-agent: fatal: something mentions BUG: in the middle
             assert_eq!(crash_marker(line), None, "{line}");
         }
         assert!(detect(ORDINARY_BOOT).report().is_none());
+    }
+
+    #[test]
+    fn inputs_the_kernel_ignored_are_found() {
+        // kernel/params.c and init/main.c, as 6.12 prints them.
+        let module = "[    0.912000] kevent_thermal: unknown parameter 'rate_limt_ms' ignored";
+        assert_eq!(ignored_input(module), Some("kevent_thermal: unknown parameter 'rate_limt_ms' ignored"));
+        let cmdline = "[    0.104682] Unknown kernel command line parameters \"lapic_timer_period=4000000\", will be passed to user space.";
+        assert!(ignored_input(cmdline).unwrap().contains("lapic_timer_period=4000000"));
+        for line in ORDINARY_BOOT.lines() {
+            assert_eq!(ignored_input(line), None, "{line}");
+        }
+        assert_eq!(ignored_input("a program said: unknown parameter 'x' ignored by it"), None);
     }
 
     #[test]

@@ -71,17 +71,75 @@ impl fmt::Display for Stage {
 /// see: the console excerpt that matters, or QEMU's own words.
 #[derive(Debug)]
 pub enum Failure {
-    QemuStart { message: String, qemu_stderr: String },
-    KernelCrash { kind: CrashKind, excerpt: Vec<String> },
-    Timeout { stage: Stage, waited: Duration, console_tail: Vec<String> },
-    QemuExited { stage: Stage, status: String, qemu_stderr: String, console_tail: Vec<String> },
-    AgentFatal { message: String, console_tail: Vec<String> },
-    Protocol { message: String },
-    EventsLost { protocol: u32, occurrences: u32, captured: usize },
-    SensorNotReady { waited: Duration, detail: String, console_tail: Vec<String> },
-    GuestDropped { cpu: u32, lost: u64, captured: usize },
-    SensorNoAck { cpu: u32, seq: u64, waited: Duration, detail: String, console_tail: Vec<String> },
-    Host { message: String },
+    QemuStart {
+        message: String,
+        qemu_stderr: String,
+    },
+    KernelCrash {
+        kind: CrashKind,
+        excerpt: Vec<String>,
+    },
+    Timeout {
+        stage: Stage,
+        waited: Duration,
+        console_tail: Vec<String>,
+    },
+    QemuExited {
+        stage: Stage,
+        status: String,
+        qemu_stderr: String,
+        console_tail: Vec<String>,
+    },
+    AgentFatal {
+        message: String,
+        console_tail: Vec<String>,
+    },
+    Protocol {
+        message: String,
+    },
+    EventsLost {
+        protocol: u32,
+        occurrences: u32,
+        captured: usize,
+    },
+    SensorNotReady {
+        waited: Duration,
+        detail: String,
+        console_tail: Vec<String>,
+    },
+    GuestDropped {
+        cpu: u32,
+        lost: u64,
+        captured: usize,
+    },
+    SensorNoAck {
+        cpu: u32,
+        seq: u64,
+        waited: Duration,
+        detail: String,
+        console_tail: Vec<String>,
+    },
+    Host {
+        message: String,
+    },
+    /// The guest kernel said it ignored an input of the run (a module
+    /// parameter, a command-line word): the run would not be what was asked.
+    IgnoredInput {
+        line: String,
+    },
+    /// A failure in the middle of a scenario, with the step it happened in.
+    AtStep(Box<StepFailure>),
+}
+
+/// The step a scenario failed in, and what the step had received by then.
+#[derive(Debug)]
+pub struct StepFailure {
+    /// 1-based, as the run's output numbers steps.
+    pub step: usize,
+    pub label: String,
+    /// Datagrams of this step that reached the host before the failure.
+    pub captured: Vec<kevent_wire::Datagram>,
+    pub failure: Failure,
 }
 
 impl Failure {
@@ -102,7 +160,8 @@ impl Failure {
             Failure::SensorNotReady { .. } => exit_code::SENSOR_NOT_READY,
             Failure::GuestDropped { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNoAck { .. } => exit_code::SENSOR_NO_ACK,
-            Failure::Host { .. } => exit_code::BENCH_ERROR,
+            Failure::Host { .. } | Failure::IgnoredInput { .. } => exit_code::BENCH_ERROR,
+            Failure::AtStep(at) => at.failure.exit_code(),
         }
     }
 }
@@ -169,6 +228,18 @@ impl fmt::Display for Failure {
                 write_lines(f, "last console lines", console_tail)
             }
             Failure::Host { message } => f.write_str(message),
+            Failure::IgnoredInput { line } => write!(
+                f,
+                "the guest kernel ignored an input of this run, so the run stopped: {line}\n(check the scenario's \
+                 [params] and any --append against what the kernel and the modules accept)"
+            ),
+            Failure::AtStep(at) => {
+                write!(f, "step {} ({}): {}", at.step, at.label, at.failure)?;
+                if !at.captured.is_empty() {
+                    write!(f, "\n({} datagram(s) of this step reached the host before it failed)", at.captured.len())?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -123,6 +123,8 @@ enum Event {
     AgentError(WireError),
     /// The guest rang the host's sensor vector: an acknowledgement.
     SensorAck,
+    /// The kernel said on the console that it ignored an input.
+    IgnoredInput(String),
 }
 
 /// Console lines kept in memory for excerpts; console.log has them all.
@@ -313,6 +315,13 @@ impl Machine {
             _ => None,
         })?;
         Ok(guest.exchange(outcome))
+    }
+
+    /// The datagrams received and not yet handed out: after a failure,
+    /// what the failed request had brought in.
+    pub fn take_captured(&mut self) -> Vec<Datagram> {
+        self.guest.arrived.clear();
+        std::mem::take(&mut self.guest.captured)
     }
 
     /// QEMU's process id.
@@ -656,6 +665,9 @@ impl Guest {
                 self.kill();
                 return Err(Failure::Protocol { message: format!("a reply to request {id}, which is not pending") });
             }
+            Event::IgnoredInput(line) => {
+                return Err(self.fail(Failure::IgnoredInput { line }));
+            }
             Event::AgentStarted(_) | Event::AgentClosed | Event::SensorAck => {}
         }
         Ok(())
@@ -802,6 +814,9 @@ fn spawn_console_reader(
                 eprintln!("{line}");
             }
             let started = line.starts_with(kevent_wire::AGENT_STARTED_MARKER);
+            if let Some(ignored) = crate::console::ignored_input(line) {
+                let _ = tx.send(Event::IgnoredInput(ignored.to_owned()));
+            }
             let crash = {
                 let mut console = console.lock().unwrap();
                 if console.recent.len() == CONSOLE_MEMORY {

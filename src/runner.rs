@@ -8,7 +8,7 @@ use kevent_wire::{Command, Datagram, ExecResult, Hello, Outcome};
 use serde::Serialize;
 
 use crate::events::{self, Event, Normaliser};
-use crate::failure::Failure;
+use crate::failure::{Failure, StepFailure};
 use crate::machine::{Machine, MachineConfig};
 use crate::scenario::{Action, Injector, Scenario, Step};
 use crate::sensor::{Published, Register};
@@ -70,7 +70,6 @@ pub fn run(
     let mut any_background = false;
     for (index, step) in scenario.steps.iter().enumerate() {
         any_background |= matches!(step.action, Action::Exec { background: true, .. });
-        let started = std::time::Instant::now();
         let mut record = StepRecord {
             index,
             label: step_label(step),
@@ -81,40 +80,18 @@ pub fn run(
             elapsed: Duration::ZERO,
             host_timing: None,
         };
-        let injection = Injection::of(&step.action);
-        match injection {
-            Some(injection) if scenario.injector == Injector::Device => {
-                match step.device_interval {
-                    Some(interval) => fire_on_schedule(&mut machine, injection, step.repeat, interval, &mut record)?,
-                    None => {
-                        for _ in 0..step.repeat {
-                            let published = machine.fire(injection.cpu, injection.register, injection.value)?;
-                            let refused = machine.wait_acked(published)?;
-                            record.note(refused.map_or(Outcome::Done, |errno| injection.refused(errno)));
-                        }
-                    }
-                }
-                // Acknowledged means broadcast; the fence brings it to the host.
-                record.datagrams.extend(machine.fence(bound)?.datagrams);
-            }
-            _ => {
-                let command = command_of(&step.action);
-                for _ in 0..step.repeat {
-                    let exchange = machine.request(command.clone(), bound)?;
-                    record.datagrams.extend(exchange.datagrams);
-                    // A failed debugfs injection reads like a refused device entry.
-                    let outcome = match (injection, exchange.outcome) {
-                        (Some(injection), Outcome::Error { errno, .. }) => injection.refused(errno as u32),
-                        (_, outcome) => outcome,
-                    };
-                    record.note(outcome);
-                }
-            }
+        let started = std::time::Instant::now();
+        if let Err(failure) = run_step(&mut machine, scenario.injector, step, bound, &mut record) {
+            // What the step had received is the most useful part of a failure.
+            record.datagrams.extend(machine.take_captured());
+            return Err(Failure::AtStep(Box::new(StepFailure {
+                step: index + 1,
+                label: record.label,
+                captured: record.datagrams,
+                failure,
+            })));
         }
         record.elapsed = started.elapsed();
-        if let Some(crash) = machine.crash() {
-            return Err(crash);
-        }
         observe(&record);
         steps.push(record);
     }
@@ -129,6 +106,51 @@ pub fn run(
     let hello = machine.hello.clone();
     machine.shutdown(config.timeouts.shutdown)?;
     Ok(Transcript { scenario: scenario.clone(), hello, steps, background })
+}
+
+/// One step, all its repetitions; a kernel report on the console by its
+/// end fails it.
+fn run_step(
+    machine: &mut Machine,
+    injector: Injector,
+    step: &Step,
+    bound: Duration,
+    record: &mut StepRecord,
+) -> Result<(), Failure> {
+    let injection = Injection::of(&step.action);
+    match injection {
+        Some(injection) if injector == Injector::Device => {
+            match step.device_interval {
+                Some(interval) => fire_on_schedule(machine, injection, step.repeat, interval, record)?,
+                None => {
+                    for _ in 0..step.repeat {
+                        let published = machine.fire(injection.cpu, injection.register, injection.value)?;
+                        let refused = machine.wait_acked(published)?;
+                        record.note(refused.map_or(Outcome::Done, |errno| injection.refused(errno)));
+                    }
+                }
+            }
+            // Acknowledged means broadcast; the fence brings it to the host.
+            record.datagrams.extend(machine.fence(bound)?.datagrams);
+        }
+        _ => {
+            let command = command_of(&step.action);
+            for _ in 0..step.repeat {
+                let exchange = machine.request(command.clone(), bound)?;
+                record.datagrams.extend(exchange.datagrams);
+                // A failed debugfs injection reads like a refused device entry.
+                let outcome = match (injection, exchange.outcome) {
+                    (Some(injection), Outcome::Error { errno, .. }) => injection.refused(errno as u32),
+                    (_, outcome) => outcome,
+                };
+                record.note(outcome);
+            }
+        }
+    }
+    match machine.crash() {
+        Some(crash) => Err(crash),
+        None => Ok(()),
+    }
 }
 
 /// How a host-timed step's injections were fired.

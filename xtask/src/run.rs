@@ -4,14 +4,14 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
 use kevent_bench::events;
 use kevent_bench::runner::{self, StepRecord};
 use kevent_bench::scenario::Injector;
-use kevent_bench::{scenario, MachineConfig};
+use kevent_bench::{scenario, Failure, MachineConfig};
 use kevent_wire::Outcome;
 
 use crate::flags::RunFlags;
@@ -98,7 +98,25 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             }
         }
     };
-    let transcript = runner::run(&scenario, &config, &mut print_step)?;
+    let transcript = match runner::run(&scenario, &config, &mut print_step) {
+        Ok(transcript) => transcript,
+        Err(Failure::AtStep(at)) => {
+            // Nothing captured is lost: the failed step's events so far.
+            let partial = StepRecord {
+                index: at.step - 1,
+                label: format!("{} (failed)", at.label),
+                repeat: 1,
+                outcome: Outcome::Done,
+                failures: 0,
+                datagrams: at.captured.clone(),
+                elapsed: Duration::ZERO,
+                host_timing: None,
+            };
+            print_step(&partial);
+            return Err(Failure::AtStep(at).into());
+        }
+        Err(failure) => return Err(failure.into()),
+    };
     for r in &transcript.background {
         let (stdout, stderr) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
         if flags.json {
