@@ -21,6 +21,7 @@ pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
         BenchTarget::Boot(runs) => boot(runs),
         BenchTarget::Scenarios(suite) => scenarios(suite),
         BenchTarget::Inject(runs) => crate::bench_inject::run(runs),
+        BenchTarget::Determinism(determinism) => crate::bench_determinism::run(determinism),
     }
 }
 

@@ -270,6 +270,23 @@ pub enum BenchTarget {
     Scenarios(BenchSuite),
     /// In one guest: injection-to-host latency and sustained rate, sensor device beside debugfs
     Inject(BenchRuns),
+    /// Each scenario N times with every host core busy: how many different snapshots came out
+    Determinism(BenchDeterminism),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchDeterminism {
+    /// Scenario files (default: every starter scenario)
+    #[arg(value_name = "SCENARIO.toml")]
+    pub scenarios: Vec<PathBuf>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Runs of each scenario
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub runs: u32,
+    /// Leave the host's cores idle instead of keeping them busy
+    #[arg(long)]
+    pub no_load: bool,
 }
 
 #[derive(Debug, Clone, Args)]

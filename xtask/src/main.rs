@@ -5,6 +5,7 @@
 mod agent;
 mod apt;
 mod bench;
+mod bench_determinism;
 mod bench_inject;
 mod boot;
 mod check;
