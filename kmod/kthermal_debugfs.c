@@ -69,9 +69,10 @@ static const char kt_readme[] =
 "             cpuN_bad_entry, cpuN_ring_corrupt for each served CPU,\n"
 "             then acks, acks_held, done_direct\n"
 "\n"
-"Errors: -EINVAL for anything invalid (not a number, CPU out of range or\n"
-"offline, reserved bits, a status bit changed by software, unknown\n"
-"trigger word); nothing is changed then.\n";
+"Errors: -EINVAL for anything invalid (an empty write, a NUL byte\n"
+"anywhere in the write, not a number, CPU out of range or offline,\n"
+"reserved bits, a status bit changed by software, unknown trigger word);\n"
+"nothing is changed then.\n";
 
 static struct dentry *kt_dir;
 
@@ -83,7 +84,11 @@ static u64 kt_stage_val[2] = {
 	[KT_REG_PKG_THERM_STATUS] = KT_PKG_RESET,
 };
 
-/* Copy one line from userspace; *line: NUL-terminated, whitespace trimmed. */
+/*
+ * Copy one line from userspace; *line: NUL-terminated, whitespace trimmed.
+ * The write is its @count bytes: a NUL among them is refused, or parsing the
+ * string would act on the part before it and silently drop the rest.
+ */
 static int kt_get_line(char *buf, size_t size, const char __user *ubuf,
 		       size_t count, char **line)
 {
@@ -91,6 +96,8 @@ static int kt_get_line(char *buf, size_t size, const char __user *ubuf,
 		return -EINVAL;
 	if (copy_from_user(buf, ubuf, count))
 		return -EFAULT;
+	if (memchr(buf, '\0', count))
+		return -EINVAL;
 	buf[count] = '\0';
 	*line = strim(buf);
 	return 0;
@@ -122,8 +129,8 @@ static char *kt_token(char **s)
  *
  * The number may be surrounded by whitespace (a trailing newline, say).
  *
- * Return: 0, -EINVAL for an empty or too long write or not a number, or
- * -EFAULT.
+ * Return: 0, -EINVAL for an empty or too long write, a write with a NUL
+ * byte anywhere, or not a number, or -EFAULT.
  */
 int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
 	       u64 *val)
