@@ -41,6 +41,11 @@ static const char kt_readme[] =
 "                    \"core <cpu> <hex>\" or \"package <cpu> <hex>\": the\n"
 "                    same without staging (staged values are unchanged)\n"
 "  stats             injections, fence_timeouts, uevents_pending\n"
+"  rate_limit_edges  rate-limit decisions within the module parameter\n"
+"                    rate_limit_edge_ms of the window's edge, the latest 64:\n"
+"                    \"cpu N interrupt I margin_ns M within_burst 0|1\" each\n"
+"                    (M = time since the last handled interrupt minus the\n"
+"                    window, negative: limited), then \"overflow K\"\n"
 "\n"
 "A hardware state sets status bits 0 PROCHOT, 2 PROCHOT#/FORCEPR#,\n"
 "4 critical temperature, 6 threshold #1, 8 threshold #2, 10 power limit,\n"
@@ -311,6 +316,9 @@ static int kt_stats_show(struct seq_file *m, void *unused)
 
 DEFINE_SHOW_ATTRIBUTE(kt_stats);
 
+/* kt_rate_limit_edges_show() is with the handler that records them. */
+DEFINE_SHOW_ATTRIBUTE(kt_rate_limit_edges);
+
 /*
  * cpuN/therm_status, cpuN/pkg_therm_status, cpuN/temperature_target;
  * private_data is cpu * KT_REG_NR + the kt_reg
@@ -400,6 +408,8 @@ void kt_debugfs_init(void)
 	kt_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("README", 0444, kt_dir, NULL, &kt_readme_fops);
 	debugfs_create_file("stats", 0444, kt_dir, NULL, &kt_stats_fops);
+	debugfs_create_file("rate_limit_edges", 0444, kt_dir, NULL,
+			    &kt_rate_limit_edges_fops);
 	debugfs_create_file("cpu", 0600, kt_dir, NULL, &kt_cpu_fops);
 	debugfs_create_file("therm_status", 0600, kt_dir,
 			    (void *)(uintptr_t)KT_REG_THERM_STATUS,

@@ -244,7 +244,7 @@ static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot)
 		return;
 	}
 
-	kt_thermal_interrupt(kt_pci_ack, seq);
+	kt_thermal_interrupt(kt_pci_ack, seq, 0);
 }
 
 /*
