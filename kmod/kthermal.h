@@ -18,7 +18,8 @@
  *                      wait for the fence.
  *   kthermal_pci.c     the sensor device the host emulates: ivshmem-doorbell
  *                      (include/kevent_sensor.h), MSI-X vector i is CPU i's
- *                      thermal interrupt, a ring of register images per CPU.
+ *                      thermal interrupt, a ring of register images per CPU,
+ *                      timed entries fired from a per-vector hrtimer.
  *   kthermal_debugfs.c the debugfs files.
  *   kthermal_sysfs.c   the per-CPU counter attributes.
  *
