@@ -172,7 +172,7 @@ typedef void (*kt_done_fn)(unsigned int cpu, u64 token);
 
 int kt_irq_init(void);
 void kt_irq_exit(void);
-void kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst);
+u64 kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst);
 void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token);
 void kt_irq_flush(void);
 long kt_uevents_pending(void);

@@ -381,9 +381,10 @@ int kt_rate_limit_edges_show(struct seq_file *m, void *unused)
  * allocated: then it is called before this function returns, possibly
  * ahead of earlier interrupts' uevents (counted, see kt_done_direct()).
  *
- * Return: nothing.
+ * Return: the time (CLOCK_MONOTONIC, ns) the rate limit was decided at, so
+ * that a caller can pace later interrupts from the time this one had.
  */
-void kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst)
+u64 kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst)
 {
 	struct kt_irq_ctx ctx = { .nr = 0 };
 	u64 core, pkg, pkg_prev, changed, now;
@@ -448,6 +449,7 @@ out:
 	}
 	if (!ctx.nr && done)
 		kt_thermal_defer_done(done, ctx.cpu, token);
+	return now;
 }
 
 /**

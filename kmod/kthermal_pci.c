@@ -132,7 +132,8 @@ static const char * const kt_vec_stat_names[KT_VS_NR] = {
 
 /**
  * struct kt_burst - the entry a vector is firing
- * @t0: guest time the entry was taken, CLOCK_MONOTONIC
+ * @t0: guest time (CLOCK_MONOTONIC) of firing 0, as its rate-limit decision
+ *	saw it; set once firing 0 is made
  * @seq: the entry's seq, its ack and (repeat > 1) its burst id
  * @value: the image each firing gives the register file
  * @reg: the register
@@ -294,6 +295,7 @@ static void kt_pci_fire(struct kt_vec *v, unsigned int *budget)
 {
 	struct kt_burst *b = &v->burst;
 	bool last;
+	u64 now;
 
 	while (kt_pci_firing(v) && *budget) {
 		if (b->fired && ktime_before(ktime_get(), kt_pci_due(b)))
@@ -314,8 +316,15 @@ static void kt_pci_fire(struct kt_vec *v, unsigned int *budget)
 		(*budget)--;
 		kt_vec_inc(v, KT_VS_FIRINGS);
 		last = !kt_pci_firing(v);
-		kt_thermal_interrupt(last ? kt_pci_ack : NULL, b->seq,
-				     b->repeat > 1 ? b->seq : 0);
+		now = kt_thermal_interrupt(last ? kt_pci_ack : NULL, b->seq,
+					   b->repeat > 1 ? b->seq : 0);
+		/*
+		 * Paced from firing 0's own clock reading, not from when the
+		 * entry was taken: the handler then sees firing k at least
+		 * k intervals after firing 0, never a moment less.
+		 */
+		if (b->fired == 1)
+			b->t0 = ns_to_ktime(now);
 	}
 }
 
@@ -365,7 +374,6 @@ static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot,
 	}
 
 	v->burst = (struct kt_burst) {
-		.t0 = ktime_get(),
 		.seq = seq,
 		.value = value,
 		.reg = reg,

@@ -27,8 +27,9 @@
  * reported, as every injection must be.
  *
  * Timed entries (version 2): an entry fires its image repeat times, on the
- * guest's clock.  The handler takes the entry at guest time t0
- * (CLOCK_MONOTONIC) and fires firing 0 at once, firing k at
+ * guest's clock.  The handler fires firing 0 as soon as it takes the entry,
+ * at guest time t0 (CLOCK_MONOTONIC, as the thermal interrupt handler of
+ * firing 0 reads it for its rate limit), and firing k at
  * t0 + k * interval_ns, from a timer of the vector's CPU that runs in hard
  * IRQ there; each firing is what a single entry gets: the image goes to
  * the register file and the thermal interrupt handler runs.  Interval 0
