@@ -57,8 +57,8 @@
 #include <linux/ratelimit.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
-#include <linux/spinlock.h>
 #include <linux/smp.h>
+#include <linux/spinlock.h>
 #include <linux/time64.h>
 #include <linux/timekeeping.h>
 #include <linux/topology.h>

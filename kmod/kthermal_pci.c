@@ -156,8 +156,8 @@ struct kt_burst {
  * @ring: the CPU's ring and ack words in BAR2
  * @cpu: the CPU the vector is pinned to, also the ring's index
  * @irq: Linux IRQ number of the vector
- * @lock: the consumer side: everything below up to @stat, @stat itself
- *	  and @timer's arming; raw, taken in hard IRQ by the device handler
+ * @lock: the consumer side: @tail, @last_seq, @burst, @stopped, @stat and
+ *	  the arming of @timer; raw, taken in hard IRQ by the device handler
  *	  and the timer
  * @tail: entries consumed
  * @last_seq: highest seq accepted on the ring
