@@ -18,18 +18,22 @@
  *                      wait for the fence.
  *   kthermal_pci.c     the sensor device the host emulates: ivshmem-doorbell
  *                      (include/kevent_sensor.h), MSI-X vector i is CPU i's
- *                      thermal interrupt, a ring of register images per CPU.
+ *                      thermal interrupt, a ring of register images per CPU,
+ *                      timed entries fired from a per-vector hrtimer.
  *   kthermal_debugfs.c the debugfs files.
  *   kthermal_sysfs.c   the per-CPU counter attributes.
  *
  * Both interrupt sources do the same, in hard IRQ on the target CPU:
  *
  *	kt_regs_hw_set(smp_processor_id(), reg, image);
- *	kt_thermal_interrupt(done, token);
+ *	kt_thermal_interrupt(done, token, burst);
  *
  * and learn from done(cpu, token), called from the ordered workqueue in the
  * order the interrupts were handled, that every message the interrupt
  * caused has been broadcast: the injection's fence, the device's ack.
+ * burst is nonzero only for the firings of one timed device entry: the
+ * rate-limit edge records tell the host which decisions fell between two
+ * firings that the guest's clock alone spaced.
  */
 #ifndef _KTHERMAL_H
 #define _KTHERMAL_H
@@ -128,6 +132,7 @@ enum kt_counter {
  * struct kt_cpu_state - handler state of one CPU
  * @cnt: counters (any context may increment)
  * @last_handled_ns: time of the last handled (not rate-limited) interrupt
+ * @last_burst: burst id of the last handled interrupt, 0 for none
  * @handled: an interrupt has been handled on this CPU
  * @seen_core: core status bits at the last handled interrupt
  *
@@ -136,6 +141,7 @@ enum kt_counter {
 struct kt_cpu_state {
 	atomic_long_t cnt[KT_CNT_NR];
 	u64 last_handled_ns;
+	u64 last_burst;
 	bool handled;
 	u64 seen_core;
 };
@@ -144,6 +150,7 @@ DECLARE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
 
 /* Module parameters (kthermal_main.c). */
 extern unsigned int kt_rate_limit_ms;
+extern unsigned int kt_rate_limit_edge_ms;
 extern unsigned int kt_tjmax;
 
 /* kthermal_regs.c */
@@ -165,12 +172,14 @@ typedef void (*kt_done_fn)(unsigned int cpu, u64 token);
 
 int kt_irq_init(void);
 void kt_irq_exit(void);
-void kt_thermal_interrupt(kt_done_fn done, u64 token);
+u64 kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst);
 void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token);
 void kt_irq_flush(void);
 long kt_uevents_pending(void);
 long kt_messages_lost(unsigned int cpu);
 u64 kt_done_direct(void);
+struct seq_file;
+int kt_rate_limit_edges_show(struct seq_file *m, void *unused);
 
 /* kthermal_inject.c */
 void kt_inject_init(void);

@@ -41,6 +41,11 @@ static const char kt_readme[] =
 "                    \"core <cpu> <hex>\" or \"package <cpu> <hex>\": the\n"
 "                    same without staging (staged values are unchanged)\n"
 "  stats             injections, fence_timeouts, uevents_pending\n"
+"  rate_limit_edges  rate-limit decisions within the module parameter\n"
+"                    rate_limit_edge_ms of the window's edge, the latest 64:\n"
+"                    \"cpu N interrupt I margin_ns M within_burst 0|1\" each\n"
+"                    (M = time since the last handled interrupt minus the\n"
+"                    window, negative: limited), then \"overflow K\"\n"
 "\n"
 "A hardware state sets status bits 0 PROCHOT, 2 PROCHOT#/FORCEPR#,\n"
 "4 critical temperature, 6 threshold #1, 8 threshold #2, 10 power limit,\n"
@@ -65,13 +70,14 @@ static const char kt_readme[] =
 "  hold_acks  \"1\": acks are recorded, neither published nor rung;\n"
 "             \"0\": publish the latest held acks and ring; read \"%u\\n\"\n"
 "  stats      \"name value\" lines: cpuN_interrupts, cpuN_entries,\n"
-"             cpuN_rejected, cpuN_bad_seq, cpuN_misdelivered,\n"
-"             cpuN_bad_entry, cpuN_ring_corrupt for each served CPU,\n"
-"             then acks, acks_held, done_direct\n"
+"             cpuN_firings, cpuN_rejected, cpuN_bad_seq,\n"
+"             cpuN_misdelivered, cpuN_bad_entry, cpuN_ring_corrupt for\n"
+"             each served CPU, then acks, acks_held, done_direct\n"
 "\n"
-"Errors: -EINVAL for anything invalid (not a number, CPU out of range or\n"
-"offline, reserved bits, a status bit changed by software, unknown\n"
-"trigger word); nothing is changed then.\n";
+"Errors: -EINVAL for anything invalid (an empty write, a NUL byte\n"
+"anywhere in the write, not a number, CPU out of range or offline,\n"
+"reserved bits, a status bit changed by software, unknown trigger word);\n"
+"nothing is changed then.\n";
 
 static struct dentry *kt_dir;
 
@@ -83,7 +89,11 @@ static u64 kt_stage_val[2] = {
 	[KT_REG_PKG_THERM_STATUS] = KT_PKG_RESET,
 };
 
-/* Copy one line from userspace; *line: NUL-terminated, whitespace trimmed. */
+/*
+ * Copy one line from userspace; *line: NUL-terminated, whitespace trimmed.
+ * The write is its @count bytes: a NUL among them is refused, or parsing the
+ * string would act on the part before it and silently drop the rest.
+ */
 static int kt_get_line(char *buf, size_t size, const char __user *ubuf,
 		       size_t count, char **line)
 {
@@ -91,6 +101,8 @@ static int kt_get_line(char *buf, size_t size, const char __user *ubuf,
 		return -EINVAL;
 	if (copy_from_user(buf, ubuf, count))
 		return -EFAULT;
+	if (memchr(buf, '\0', count))
+		return -EINVAL;
 	buf[count] = '\0';
 	*line = strim(buf);
 	return 0;
@@ -122,8 +134,8 @@ static char *kt_token(char **s)
  *
  * The number may be surrounded by whitespace (a trailing newline, say).
  *
- * Return: 0, -EINVAL for an empty or too long write or not a number, or
- * -EFAULT.
+ * Return: 0, -EINVAL for an empty or too long write, a write with a NUL
+ * byte anywhere, or not a number, or -EFAULT.
  */
 int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
 	       u64 *val)
@@ -304,6 +316,9 @@ static int kt_stats_show(struct seq_file *m, void *unused)
 
 DEFINE_SHOW_ATTRIBUTE(kt_stats);
 
+/* kt_rate_limit_edges_show() is with the handler that records them. */
+DEFINE_SHOW_ATTRIBUTE(kt_rate_limit_edges);
+
 /*
  * cpuN/therm_status, cpuN/pkg_therm_status, cpuN/temperature_target;
  * private_data is cpu * KT_REG_NR + the kt_reg
@@ -393,6 +408,8 @@ void kt_debugfs_init(void)
 	kt_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("README", 0444, kt_dir, NULL, &kt_readme_fops);
 	debugfs_create_file("stats", 0444, kt_dir, NULL, &kt_stats_fops);
+	debugfs_create_file("rate_limit_edges", 0444, kt_dir, NULL,
+			    &kt_rate_limit_edges_fops);
 	debugfs_create_file("cpu", 0600, kt_dir, NULL, &kt_cpu_fops);
 	debugfs_create_file("therm_status", 0600, kt_dir,
 			    (void *)(uintptr_t)KT_REG_THERM_STATUS,

@@ -96,7 +96,7 @@ static void kt_irq_work_fn(struct irq_work *work)
 	u64 fence = __this_cpu_read(kt_irq_fence);
 
 	__this_cpu_write(kt_irq_fence, 0);
-	kt_thermal_interrupt(kt_inject_done, fence);
+	kt_thermal_interrupt(kt_inject_done, fence, 0);
 }
 
 /* On the target CPU, IRQs off: the hardware changes, then interrupts. */

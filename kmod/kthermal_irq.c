@@ -37,6 +37,14 @@
  * Known flaw kept on purpose (Pavel Machek's review of 2004): with the rate
  * limit on, the "normal" that follows a "high" within rate_limit_ms is
  * swallowed, and userspace believes the CPU is still hot.
+ *
+ * Rate-limit edges: a decision taken close to the window's edge depends on
+ * how the guest's clock ran between the two interrupts.  Under a real
+ * clock, host load stretches that, so such an outcome may differ from run
+ * to run; the host cannot see which ones did.  Decisions within
+ * rate_limit_edge_ms of the edge are therefore recorded (kt_edge_record())
+ * with their margin and the CPU's interrupt number, for debugfs
+ * rate_limit_edges.
  */
 
 #include <linux/atomic.h>
@@ -47,8 +55,10 @@
 #include <linux/lockdep.h>
 #include <linux/printk.h>
 #include <linux/ratelimit.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
+#include <linux/spinlock.h>
 #include <linux/time64.h>
 #include <linux/timekeeping.h>
 #include <linux/topology.h>
@@ -62,6 +72,9 @@
 
 /* Bound on uevents queued and not yet sent. */
 #define KT_UEVENT_MAX_PENDING	16384
+
+/* Rate-limit edge records kept, the latest ones. */
+#define KT_EDGE_RECORDS		64
 
 const struct kt_event_desc kt_events[KT_EV_NR] = {
 	[KT_EV_PROCHOT]		= { KT_OBJ "temperature", KT_STATUS_PROCHOT, false },
@@ -83,6 +96,27 @@ DEFINE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
 static struct workqueue_struct *kt_wq;
 static atomic_t kt_uevent_pending;
 static atomic64_t kt_stat_done_direct;
+
+/**
+ * struct kt_edge - a rate-limit decision close to the window's edge
+ * @interrupt: the CPU's "interrupts" counter for this interrupt
+ * @margin_ns: time since the last handled interrupt minus the window;
+ *	       negative: rate-limited
+ * @cpu: the CPU that took the interrupt
+ * @within_burst: this and the last handled interrupt on @cpu were firings
+ *		  of the same timed device entry
+ */
+struct kt_edge {
+	long interrupt;
+	s64 margin_ns;
+	unsigned int cpu;
+	bool within_burst;
+};
+
+/* A ring: record n is in slot n % KT_EDGE_RECORDS; raw, from hard IRQ. */
+static DEFINE_RAW_SPINLOCK(kt_edge_lock);
+static struct kt_edge kt_edges[KT_EDGE_RECORDS];
+static u64 kt_edges_made;	/* under kt_edge_lock */
 
 /* The seed's printk lines, at most 10 per 5 s for all CPUs together. */
 static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
@@ -274,12 +308,69 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 	ctx->works[ctx->nr++] = w;
 }
 
+static void kt_edge_record(int cpu, long interrupt, s64 margin_ns,
+			   bool within_burst)
+{
+	s64 edge = (s64)READ_ONCE(kt_rate_limit_edge_ms) * NSEC_PER_MSEC;
+	struct kt_edge *e;
+	unsigned long flags;
+
+	if (margin_ns <= -edge || margin_ns >= edge)
+		return;
+	raw_spin_lock_irqsave(&kt_edge_lock, flags);
+	e = &kt_edges[kt_edges_made++ % KT_EDGE_RECORDS];
+	e->cpu = cpu;
+	e->interrupt = interrupt;
+	e->margin_ns = margin_ns;
+	e->within_burst = within_burst;
+	raw_spin_unlock_irqrestore(&kt_edge_lock, flags);
+}
+
+/**
+ * kt_rate_limit_edges_show() - debugfs rate_limit_edges
+ * @m: the seq_file
+ * @unused: nothing
+ *
+ * The records still in the ring, oldest first, then how many were
+ * overwritten.  Reading does not consume.
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int kt_rate_limit_edges_show(struct seq_file *m, void *unused)
+{
+	struct kt_edge *copy;
+	unsigned long flags;
+	u64 made, first, n;
+
+	copy = kmalloc_array(KT_EDGE_RECORDS, sizeof(*copy), GFP_KERNEL);
+	if (!copy)
+		return -ENOMEM;
+	/* Printing under a lock that hard IRQs spin on would stall them. */
+	raw_spin_lock_irqsave(&kt_edge_lock, flags);
+	made = kt_edges_made;
+	memcpy(copy, kt_edges, sizeof(kt_edges));
+	raw_spin_unlock_irqrestore(&kt_edge_lock, flags);
+
+	first = made > KT_EDGE_RECORDS ? made - KT_EDGE_RECORDS : 0;
+	for (n = first; n < made; n++) {
+		const struct kt_edge *e = &copy[n % KT_EDGE_RECORDS];
+
+		seq_printf(m, "cpu %u interrupt %ld margin_ns %lld within_burst %d\n",
+			   e->cpu, e->interrupt, e->margin_ns, e->within_burst);
+	}
+	seq_printf(m, "overflow %llu\n", first);
+	kfree(copy);
+	return 0;
+}
+
 /**
  * kt_thermal_interrupt() - the thermal interrupt handler of this CPU
  * @done: called as @done(cpu, @token) from the ordered workqueue once every
  *	  kmessage and uevent of this interrupt, and of every interrupt
  *	  handled before it, has been broadcast; NULL for none
  * @token: argument of @done
+ * @burst: the same nonzero value for every firing of one timed device entry
+ *	   (its seq), 0 for an interrupt that is no such firing
  *
  * Must run in hard IRQ on the CPU that took the interrupt; it reads the
  * register images of that CPU and of its package.  Callers: the irq_work
@@ -290,13 +381,16 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
  * allocated: then it is called before this function returns, possibly
  * ahead of earlier interrupts' uevents (counted, see kt_done_direct()).
  *
- * Return: nothing.
+ * Return: the time (CLOCK_MONOTONIC, ns) the rate limit was decided at, so
+ * that a caller can pace later interrupts from the time this one had.
  */
-void kt_thermal_interrupt(kt_done_fn done, u64 token)
+u64 kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst)
 {
 	struct kt_irq_ctx ctx = { .nr = 0 };
 	u64 core, pkg, pkg_prev, changed, now;
 	unsigned int rl;
+	long interrupt;
+	s64 margin;
 	int i;
 
 	/*
@@ -308,17 +402,23 @@ void kt_thermal_interrupt(kt_done_fn done, u64 token)
 
 	ctx.cpu = smp_processor_id();
 	ctx.st = this_cpu_ptr(&kt_cpu_state);
-	atomic_long_inc(&ctx.st->cnt[KT_CNT_INTERRUPTS]);
+	interrupt = atomic_long_inc_return(&ctx.st->cnt[KT_CNT_INTERRUPTS]);
 
 	rl = READ_ONCE(kt_rate_limit_ms);
 	now = ktime_get_ns();
-	if (rl && ctx.st->handled &&
-	    now - ctx.st->last_handled_ns < (u64)rl * NSEC_PER_MSEC) {
-		atomic_long_inc(&ctx.st->cnt[KT_CNT_RATE_LIMITED]);
-		goto out;
+	if (rl && ctx.st->handled) {
+		margin = (s64)(now - ctx.st->last_handled_ns) -
+			 (s64)rl * NSEC_PER_MSEC;
+		kt_edge_record(ctx.cpu, interrupt, margin,
+			       burst && burst == ctx.st->last_burst);
+		if (margin < 0) {
+			atomic_long_inc(&ctx.st->cnt[KT_CNT_RATE_LIMITED]);
+			goto out;
+		}
 	}
 	ctx.st->handled = true;
 	ctx.st->last_handled_ns = now;
+	ctx.st->last_burst = burst;
 
 	ctx.pkg = topology_physical_package_id(ctx.cpu);
 	core = kt_regs_read(ctx.cpu, KT_REG_THERM_STATUS);
@@ -349,6 +449,7 @@ out:
 	}
 	if (!ctx.nr && done)
 		kt_thermal_defer_done(done, ctx.cpu, token);
+	return now;
 }
 
 /**

@@ -24,6 +24,7 @@
 #define KT_TJMAX_MAX		255U		/* 8-bit field */
 
 unsigned int kt_rate_limit_ms = 5000;
+unsigned int kt_rate_limit_edge_ms;
 unsigned int kt_tjmax = 100;
 
 static int kt_rate_limit_set(const char *val, const struct kernel_param *kp)
@@ -39,6 +40,12 @@ static const struct kernel_param_ops kt_rate_limit_ops = {
 module_param_cb(rate_limit_ms, &kt_rate_limit_ops, &kt_rate_limit_ms, 0644);
 MODULE_PARM_DESC(rate_limit_ms,
 		 "per-CPU: ignore thermal interrupts within this many ms of the last handled one, 0 = off, at most 3600000 (default 5000, as 2.6.8)");
+
+/* The same range: an edge wider than any window is still meaningful. */
+module_param_cb(rate_limit_edge_ms, &kt_rate_limit_ops, &kt_rate_limit_edge_ms,
+		0644);
+MODULE_PARM_DESC(rate_limit_edge_ms,
+		 "record rate-limit decisions this close (ms) to the window's edge in debugfs rate_limit_edges, 0 = none, at most 3600000 (default 0)");
 
 static int kt_tjmax_set(const char *val, const struct kernel_param *kp)
 {

@@ -15,6 +15,17 @@
  *   ordered workqueue, once the entry's messages are out: kt_pci_ack()
  *   stores the entry's seq in acked_seq and rings the host's doorbell
  *
+ * A timed entry (repeat > 1) fires its image repeat times on the guest's
+ * clock: firing 0 when it is taken, the others from the vector's hrtimer,
+ * pinned to CPU i and run in hard IRQ there, so that every firing is the
+ * same hard-IRQ call on the same CPU as a plain entry, and its time owes
+ * nothing to when the host's writes arrive.  The ring waits meanwhile: the
+ * device handler does nothing while a timed entry is firing, and the timer
+ * takes the following entries once the last firing is out.  Only the last
+ * firing carries the ack.  The timer also goes on with a run that ran out
+ * of budget, so that no run stays in hard IRQ for more than
+ * KT_PCI_BUDGET interrupts.
+ *
  * Completions run in the order the entries were handled, so one number per
  * ring, acked_seq, says "every message of every entry up to this one has
  * been broadcast".  A refused entry is completed the same way, in order,
@@ -35,6 +46,7 @@
 #include <linux/debugfs.h>
 #include <linux/errno.h>
 #include <linux/fs.h>
+#include <linux/hrtimer.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/pci.h>
@@ -42,12 +54,20 @@
 #include <linux/smp.h>
 #include <linux/spinlock.h>
 #include <linux/string.h>
+#include <linux/time64.h>
+#include <linux/timekeeping.h>
 
 #include "kevent_sensor.h"
 #include "kthermal.h"
 
 static_assert(sizeof(struct ks_header) == 64);
-static_assert(sizeof(struct ks_entry) == 32);
+static_assert(sizeof(struct ks_entry) == KS_ENTRY_SIZE);
+static_assert(offsetof(struct ks_entry, seq) == KS_ENTRY_SEQ);
+static_assert(offsetof(struct ks_entry, cpu) == KS_ENTRY_CPU);
+static_assert(offsetof(struct ks_entry, reg) == KS_ENTRY_REG);
+static_assert(offsetof(struct ks_entry, value) == KS_ENTRY_VALUE);
+static_assert(offsetof(struct ks_entry, repeat) == KS_ENTRY_REPEAT);
+static_assert(offsetof(struct ks_entry, interval_ns) == KS_ENTRY_INTERVAL_NS);
 static_assert(sizeof(struct ks_cpu) == KS_CPU_SIZE);
 static_assert(offsetof(struct ks_header, ready) == KS_HEADER_READY);
 static_assert(offsetof(struct ks_header, guest_cpus) == KS_HEADER_GUEST_CPUS);
@@ -72,10 +92,25 @@ static_assert(KS_REG_PKG_THERM_STATUS == KT_REG_PKG_THERM_STATUS);
 
 #define KT_PCI_DOORBELL_ACK	((KS_HOST_PEER << 16) | KS_ACK_VECTOR)
 
+/*
+ * Interrupts (firings) plus refused entries in one run, the device
+ * handler's or the timer's: as many as a full ring of plain entries.
+ */
+#define KT_PCI_BUDGET		KS_RING_ENTRIES
+
+/*
+ * A run that used up its budget with work left is continued by the timer
+ * this much later.  Continuing at once would not end the hard IRQ at all:
+ * hrtimer_interrupt() runs a timer whose expiry has passed again in the
+ * same interrupt.
+ */
+#define KT_PCI_YIELD_NS		(50 * NSEC_PER_USEC)
+
 /* Per-vector counters, in the order of the stats file. */
 enum kt_vec_stat {
 	KT_VS_INTERRUPTS,
 	KT_VS_ENTRIES,
+	KT_VS_FIRINGS,
 	KT_VS_REJECTED,
 	KT_VS_BAD_SEQ,
 	KT_VS_MISDELIVERED,
@@ -87,6 +122,7 @@ enum kt_vec_stat {
 static const char * const kt_vec_stat_names[KT_VS_NR] = {
 	[KT_VS_INTERRUPTS]	= "interrupts",
 	[KT_VS_ENTRIES]		= "entries",
+	[KT_VS_FIRINGS]		= "firings",
 	[KT_VS_REJECTED]	= "rejected",
 	[KT_VS_BAD_SEQ]		= "bad_seq",
 	[KT_VS_MISDELIVERED]	= "misdelivered",
@@ -95,24 +131,55 @@ static const char * const kt_vec_stat_names[KT_VS_NR] = {
 };
 
 /**
+ * struct kt_burst - the entry a vector is firing
+ * @t0: guest time (CLOCK_MONOTONIC) of firing 0, as its rate-limit decision
+ *	saw it; set once firing 0 is made
+ * @seq: the entry's seq, its ack and (repeat > 1) its burst id
+ * @value: the image each firing gives the register file
+ * @reg: the register
+ * @repeat: firings in all
+ * @fired: firings done; the entry is finished when it reaches @repeat
+ * @interval_ns: guest time between two firings
+ */
+struct kt_burst {
+	ktime_t t0;
+	u64 seq;
+	u64 value;
+	enum kt_reg reg;
+	u32 repeat;
+	u32 fired;
+	u32 interval_ns;
+};
+
+/**
  * struct kt_vec - one MSI-X vector: the thermal interrupt of one CPU
  * @ring: the CPU's ring and ack words in BAR2
  * @cpu: the CPU the vector is pinned to, also the ring's index
  * @irq: Linux IRQ number of the vector
- * @tail: entries consumed (handler only)
- * @last_seq: highest seq accepted on the ring (handler only)
+ * @lock: the consumer side: @tail, @last_seq, @burst, @stopped, @stat and
+ *	  the arming of @timer; raw, taken in hard IRQ by the device handler
+ *	  and the timer
+ * @tail: entries consumed
+ * @last_seq: highest seq accepted on the ring
+ * @burst: the entry being fired
+ * @stopped: remove has begun: nothing is consumed or armed any more
+ * @timer: fires @burst's later firings and continues a run out of budget;
+ *	   pinned to @cpu, hard IRQ
  * @ack_seq: highest seq acknowledged (under the device's ack_lock)
  * @ack_held: @ack_seq is held back by hold_acks (under ack_lock)
- * @stat: counters; written by the handler only, which never runs on two
- *	  CPUs at once for one vector
+ * @stat: counters (read locklessly by the stats file)
  * @name: IRQ name, one line per CPU in /proc/interrupts
  */
 struct kt_vec {
 	struct ks_cpu *ring;
 	unsigned int cpu;
 	int irq;
+	raw_spinlock_t lock;
 	u32 tail;
 	u64 last_seq;
+	struct kt_burst burst;
+	bool stopped;
+	struct hrtimer timer;
 	u64 ack_seq;
 	bool ack_held;
 	u64 stat[KT_VS_NR];
@@ -209,12 +276,68 @@ static void kt_pci_reject(struct kt_vec *v, u64 seq, int err,
 	kt_thermal_defer_done(kt_pci_ack, v->cpu, seq);
 }
 
-static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot)
+/* v->lock held, as in every function down to kt_pci_irq(). */
+static bool kt_pci_firing(const struct kt_vec *v)
+{
+	return v->burst.fired < v->burst.repeat;
+}
+
+static ktime_t kt_pci_due(const struct kt_burst *b)
+{
+	return ktime_add_ns(b->t0, (u64)b->fired * b->interval_ns);
+}
+
+/*
+ * Fire what is due of the entry, in order, each firing as a plain entry
+ * would: overdue firings (a late timer) all go now, none is skipped.
+ */
+static void kt_pci_fire(struct kt_vec *v, unsigned int *budget)
+{
+	struct kt_burst *b = &v->burst;
+	bool last;
+	u64 now;
+
+	while (kt_pci_firing(v) && *budget) {
+		if (b->fired && ktime_before(ktime_get(), kt_pci_due(b)))
+			return;
+		/* Only hotplug moves the timer (unsupported): refuse the rest. */
+		if (smp_processor_id() != v->cpu) {
+			b->fired = b->repeat;
+			kt_pci_reject(v, b->seq, -EXDEV, KT_VS_MISDELIVERED);
+			return;
+		}
+		/*
+		 * Firing 0's image went in when the entry was checked; the
+		 * package slot it claimed stays, so later ones cannot fail.
+		 */
+		if (b->fired)
+			WARN_ON_ONCE(kt_regs_hw_set(v->cpu, b->reg, b->value));
+		b->fired++;
+		(*budget)--;
+		kt_vec_inc(v, KT_VS_FIRINGS);
+		last = !kt_pci_firing(v);
+		now = kt_thermal_interrupt(last ? kt_pci_ack : NULL, b->seq,
+					   b->repeat > 1 ? b->seq : 0);
+		/*
+		 * Paced from firing 0's own clock reading, not from when the
+		 * entry was taken: the handler then sees firing k at least
+		 * k intervals after firing 0, never a moment less.
+		 */
+		if (b->fired == 1)
+			b->t0 = ns_to_ktime(now);
+	}
+}
+
+/* Check the entry at the tail; if it is good, it is v->burst from now on. */
+static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot,
+			 unsigned int *budget)
 {
 	u64 seq = READ_ONCE(slot->seq);
 	u32 cpu = READ_ONCE(slot->cpu);
 	u32 reg = READ_ONCE(slot->reg);
 	u64 value = READ_ONCE(slot->value);
+	u32 repeat = READ_ONCE(slot->repeat);
+	u32 interval_ns = READ_ONCE(slot->interval_ns);
 	int ret;
 
 	kt_vec_inc(v, KT_VS_ENTRIES);
@@ -222,14 +345,20 @@ static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot)
 	/* acked_seq must only grow, or the host would lose track. */
 	if (!seq || seq <= v->last_seq) {
 		kt_pci_reject(v, seq, -EINVAL, KT_VS_BAD_SEQ);
-		return;
+		goto refused;
 	}
 	v->last_seq = seq;
 
 	/* The handler reports on the CPU it runs on, not on entry.cpu. */
 	if (cpu != v->cpu || smp_processor_id() != v->cpu) {
 		kt_pci_reject(v, seq, -EXDEV, KT_VS_MISDELIVERED);
-		return;
+		goto refused;
+	}
+
+	if (!repeat || repeat > KS_MAX_REPEAT ||
+	    interval_ns > KS_MAX_INTERVAL_NS) {
+		kt_pci_reject(v, seq, -EINVAL, KT_VS_BAD_ENTRY);
+		goto refused;
 	}
 
 	/*
@@ -241,50 +370,111 @@ static void kt_pci_entry(struct kt_vec *v, const struct ks_entry *slot)
 	ret = kt_regs_hw_set(v->cpu, reg, value);
 	if (ret) {
 		kt_pci_reject(v, seq, ret, KT_VS_BAD_ENTRY);
-		return;
+		goto refused;
 	}
 
-	kt_thermal_interrupt(kt_pci_ack, seq);
+	v->burst = (struct kt_burst) {
+		.seq = seq,
+		.value = value,
+		.reg = reg,
+		.repeat = repeat,
+		.interval_ns = interval_ns,
+	};
+	return;
+
+refused:
+	(*budget)--;
+}
+
+/*
+ * Whether the ring has an entry to take; a ring whose indices cannot be
+ * trusted is resynchronised and counts as empty.
+ */
+static bool kt_pci_pending(struct kt_vec *v)
+{
+	struct ks_cpu *ring = v->ring;
+	/* Pairs with the host's release: entries up to head are written. */
+	u32 head = smp_load_acquire(&ring->head);
+
+	if (head - v->tail > KS_RING_ENTRIES) {
+		kt_vec_inc(v, KT_VS_RING_CORRUPT);
+		v->tail = head;
+		/* The host may reuse the slots once it sees tail. */
+		smp_store_release(&ring->tail, head);
+		return false;
+	}
+	return head != v->tail;
+}
+
+/*
+ * One run, in hard IRQ: fire what is due, then take entries while there
+ * is budget, firing each at once as far as it is due.  Returns whether
+ * the timer must go on at *@next: with the entry's next firing, or with
+ * a run that ran out of budget, after a short break.
+ */
+static bool kt_pci_run(struct kt_vec *v, ktime_t *next)
+{
+	unsigned int budget = KT_PCI_BUDGET;
+	bool more;
+
+	for (;;) {
+		kt_pci_fire(v, &budget);
+		more = kt_pci_firing(v) || kt_pci_pending(v);
+		if (!more || !budget || kt_pci_firing(v))
+			break;
+		kt_pci_entry(v, &v->ring->ring[v->tail % KS_RING_ENTRIES],
+			     &budget);
+		v->tail++;
+		/* The slot was copied: the host may overwrite it. */
+		smp_store_release(&v->ring->tail, v->tail);
+	}
+	if (!more)
+		return false;
+	*next = kt_pci_firing(v) ? kt_pci_due(&v->burst) : 0;
+	if (!budget)
+		*next = max(*next, ktime_add_ns(ktime_get(), KT_PCI_YIELD_NS));
+	return true;
 }
 
 /*
  * The budget bounds one run against a host that keeps the ring full.
- * Stopping with entries left loses nothing: the host rings after every
- * head update, and a ring that arrives while this handler runs is latched
- * by the local APIC and runs it again.
+ * Stopping with entries left loses nothing: the timer goes on with them,
+ * and a ring that arrives while this handler runs is latched by the local
+ * APIC and runs it again.
  */
 static irqreturn_t kt_pci_irq(int irq, void *data)
 {
 	struct kt_vec *v = data;
-	struct ks_cpu *ring = v->ring;
-	unsigned int budget = KS_RING_ENTRIES;
-	u32 head, tail = v->tail;
+	ktime_t next;
 
+	raw_spin_lock(&v->lock);
 	kt_vec_inc(v, KT_VS_INTERRUPTS);
-	WRITE_ONCE(ring->interrupts, v->stat[KT_VS_INTERRUPTS]);
-
-	while (budget) {
-		/* Pairs with the host's release: entries up to head are written. */
-		head = smp_load_acquire(&ring->head);
-		if (head == tail)
-			break;
-		if (head - tail > KS_RING_ENTRIES) {
-			/* Nothing in the ring can be trusted: resync. */
-			kt_vec_inc(v, KT_VS_RING_CORRUPT);
-			tail = head;
-			/* The host may reuse the slots once it sees tail. */
-			smp_store_release(&ring->tail, tail);
-			break;
-		}
-		for (; tail != head && budget; budget--) {
-			kt_pci_entry(v, &ring->ring[tail % KS_RING_ENTRIES]);
-			tail++;
-			/* The slot was copied: the host may overwrite it. */
-			smp_store_release(&ring->tail, tail);
-		}
-	}
-	v->tail = tail;
+	WRITE_ONCE(v->ring->interrupts, v->stat[KT_VS_INTERRUPTS]);
+	/*
+	 * An entry still firing holds the ring; its timer goes on with it.
+	 * Off its CPU (hotplug) the run only refuses entries, and a timer
+	 * armed there would stay there.
+	 */
+	if (!v->stopped && !kt_pci_firing(v) && kt_pci_run(v, &next) &&
+	    smp_processor_id() == v->cpu)
+		hrtimer_start(&v->timer, next, HRTIMER_MODE_ABS_PINNED_HARD);
+	raw_spin_unlock(&v->lock);
 	return IRQ_HANDLED;
+}
+
+static enum hrtimer_restart kt_pci_timer(struct hrtimer *timer)
+{
+	struct kt_vec *v = container_of(timer, struct kt_vec, timer);
+	enum hrtimer_restart restart = HRTIMER_NORESTART;
+	ktime_t next;
+
+	raw_spin_lock(&v->lock);
+	if (!v->stopped && kt_pci_run(v, &next)) {
+		hrtimer_set_expires(timer, next);
+		restart = HRTIMER_RESTART;
+	}
+	raw_spin_unlock(&v->lock);
+	return restart;
 }
 
 /* debugfs: device/hold_acks, device/stats */
@@ -451,8 +641,21 @@ static int kt_pci_request_vector(struct kt_pci_dev *kd, unsigned int i)
 /* The first @n vectors have handlers; acks still use BAR0 and BAR2. */
 static void kt_pci_free_vectors(struct kt_pci_dev *kd, unsigned int n)
 {
+	struct kt_vec *v;
 	unsigned int i;
 
+	/*
+	 * Stopped first, so that neither a handler nor the timer itself
+	 * arms the timer again once it is cancelled: no firing after this,
+	 * and an entry still firing is never acknowledged.
+	 */
+	for (i = 0; i < n; i++) {
+		v = &kd->vecs[i];
+		raw_spin_lock_irq(&v->lock);
+		v->stopped = true;
+		raw_spin_unlock_irq(&v->lock);
+		hrtimer_cancel(&v->timer);
+	}
 	for (i = 0; i < n; i++)
 		free_irq(kd->vecs[i].irq, &kd->vecs[i]);
 	pci_free_irq_vectors(kd->pdev);
@@ -535,6 +738,10 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		v->ring = &kd->region->cpus[i];
 		v->cpu = i;
 		v->tail = kt_pci_reset_ring(v->ring, i);
+		raw_spin_lock_init(&v->lock);
+		hrtimer_init(&v->timer, CLOCK_MONOTONIC,
+			     HRTIMER_MODE_ABS_PINNED_HARD);
+		v->timer.function = kt_pci_timer;
 	}
 	kd->nr_vecs = n;
 

@@ -27,7 +27,7 @@ use crate::console::CrashDetector;
 use crate::failure::{Failure, Stage};
 use crate::process::{self, Child};
 use crate::qemu::{self, GuestSpec};
-use crate::sensor::{CpuStatus, Published, Register, SensorDevice};
+use crate::sensor::{CpuStatus, Published, Register, SensorDevice, Timing};
 
 /// Bounds of each stage. The defaults hold for TCG on a loaded 2-core host
 /// with a debug kernel; a healthy boot takes about a second.
@@ -400,6 +400,18 @@ impl Machine {
     /// the guest. Waits (bounded) for the device to be ready and for ring
     /// space; QEMU raises MSI-X vector `cpu`.
     pub fn fire(&mut self, cpu: u32, register: Register, value: u64) -> Result<Published, Failure> {
+        self.fire_timed(cpu, register, value, Timing::ONCE)
+    }
+
+    /// [`Self::fire`], with the guest firing the image as `timing` says,
+    /// paced by its own clock; acknowledged after the last firing.
+    pub fn fire_timed(
+        &mut self,
+        cpu: u32,
+        register: Register,
+        value: u64,
+        timing: Timing,
+    ) -> Result<Published, Failure> {
         let cpus = self.sensor_mut()?.cpus();
         if cpu >= cpus {
             return Err(Failure::Host {
@@ -412,7 +424,7 @@ impl Machine {
         let bound = self.timeouts.sensor_ack;
         let Machine { guest, sensor, .. } = self;
         let device = &mut sensor.as_mut().expect("checked above").device;
-        if !guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.space(cpu) > 0)? {
+        if !guest.wait_until(Stage::Sensor, bound, SENSOR_TICK, |_| device.has_room(cpu, timing))? {
             let status = device.status(cpu);
             let failure = Failure::SensorNoAck {
                 cpu,
@@ -423,7 +435,7 @@ impl Machine {
             };
             return Err(guest.fail(failure));
         }
-        let published = device.publish(cpu, register, value).expect("space checked");
+        let published = device.publish(cpu, register, value, timing).expect("room checked");
         device.ring(cpu).map_err(|e| host_error("ring the sensor's vector", e))?;
         Ok(published)
     }

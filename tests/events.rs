@@ -1,6 +1,7 @@
 //! The events modules in a real guest, checked on the bytes the agent's
 //! netlink sockets received: the seed's payload, the group mask, the uevent,
-//! the rate limit, refused debugfs writes, and R/WC0 log bits.
+//! the rate limit, refused debugfs writes (a NUL or no byte among them
+//! included), and R/WC0 log bits.
 
 mod common;
 
@@ -115,6 +116,56 @@ fn every_kind_of_invalid_debugfs_write_is_refused_and_changes_nothing() {
     assert_eq!(state(&mut m), before, "a refused write changed nothing");
     let none = m.request(Command::Fence, BOUND).unwrap();
     assert!(none.datagrams.is_empty(), "no refused trigger raised an interrupt: {:?}", none.datagrams);
+    shut_down(m);
+}
+
+#[test]
+fn a_write_is_its_bytes_so_a_nul_anywhere_or_no_byte_at_all_is_refused() {
+    let mut m = boot("nul-debugfs", &[NO_RATE_LIMIT]);
+    let device = format!("{DEBUGFS}/device");
+    // Everything a wrongly accepted write could change: staged and live
+    // registers, the ack switch, and every counter an injection moves.
+    let state_files = [
+        format!("{DEBUGFS}/cpu"),
+        format!("{DEBUGFS}/therm_status"),
+        format!("{DEBUGFS}/pkg_therm_status"),
+        format!("{DEBUGFS}/cpu1/therm_status"),
+        format!("{DEBUGFS}/cpu1/pkg_therm_status"),
+        format!("{DEBUGFS}/stats"),
+        format!("{device}/hold_acks"),
+        format!("{device}/stats"),
+        "/sys/devices/system/cpu/cpu0/kevent_thermal/interrupts".to_owned(),
+        "/sys/devices/system/cpu/cpu1/kevent_thermal/interrupts".to_owned(),
+    ];
+    let state = |m: &mut Machine| state_files.iter().map(|f| read(m, f)).collect::<Vec<_>>();
+    let before = state(&mut m);
+    assert_eq!((before[0].as_str(), before[6].as_str()), ("0\n", "0\n"), "the defaults");
+    // The part before each NUL is valid on its own: read as a C string, the
+    // triggers would inject, cpu would stage CPU 1, hold_acks hold the acks.
+    let invalid = [
+        ("trigger", "core 1 0x80000001\0junk"),
+        ("trigger", "core 1 0x80000001\n\0"),
+        ("trigger", "core\0"),
+        ("cpu", "1\0junk"),
+        ("device/hold_acks", "1\0junk"),
+        ("therm_status", "0x80000001\0"),
+        ("cpu1/therm_status", "0x80320000\0"),
+        ("cpu1/pkg_therm_status", "\0"),
+    ];
+    // And a write of no bytes at all, to every writable file.
+    let empty = ["trigger", "cpu", "device/hold_acks", "therm_status", "pkg_therm_status", "cpu1/therm_status"];
+    let cases = invalid.into_iter().chain(empty.into_iter().map(|file| (file, "")));
+    for (file, data) in cases {
+        let outcome = write(&mut m, &format!("{DEBUGFS}/{file}"), data);
+        let Outcome::Error { errno, .. } = outcome else { panic!("{file} <- {data:?} was accepted") };
+        assert_eq!(errno, libc::EINVAL, "{file} <- {data:?}");
+    }
+    let none = m.request(Command::Fence, BOUND).unwrap();
+    assert!(none.datagrams.is_empty(), "no refused write raised an interrupt: {:?}", none.datagrams);
+    assert_eq!(state(&mut m), before, "a refused write changed nothing");
+    // The same bytes without the NUL are accepted: the NUL alone refused them.
+    assert_eq!(write(&mut m, &format!("{DEBUGFS}/cpu"), "1\n"), Outcome::Done);
+    assert_eq!(read(&mut m, &format!("{DEBUGFS}/cpu")), "1\n");
     shut_down(m);
 }
 

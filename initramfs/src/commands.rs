@@ -1,7 +1,7 @@
 //! The host's requests, carried out in the guest.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::process::{Child, Command as Process, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ pub fn execute(command: Command, background: &mut Background) -> Outcome {
             Ok(data) => Outcome::Data(data),
             Err(e) => error(e, &format!("read {path}")),
         },
-        Command::WriteFile { path, data } => match fs::write(&path, &data) {
+        Command::WriteFile { path, data } => match write_once(&path, &data) {
             Ok(()) => Outcome::Done,
             Err(e) => error(e, &format!("write {path}")),
         },
@@ -63,6 +63,17 @@ pub fn execute(command: Command, background: &mut Background) -> Outcome {
         Command::FinishBackground => Outcome::Background(background.finish()),
         Command::Fence => Outcome::Done,
     }
+}
+
+/// One write(2) of exactly `data`, an empty one included: the file sees the
+/// bytes as given (fs::write would not call write(2) at all for no data, and
+/// would retry a short write with the rest).
+fn write_once(path: &str, data: &[u8]) -> io::Result<()> {
+    let written = fs::File::create(path)?.write(data)?;
+    if written != data.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {written} of {} bytes", data.len())));
+    }
+    Ok(())
 }
 
 fn spawn(program: &str, args: &[String]) -> io::Result<Child> {

@@ -25,6 +25,28 @@
  * Each entry latches the image of its own interrupt, so interrupts raised
  * faster than the guest handles them (their MSIs coalesce) are each
  * reported, as every injection must be.
+ *
+ * Timed entries (version 2): an entry fires its image repeat times, on the
+ * guest's clock.  The handler fires firing 0 as soon as it takes the entry,
+ * at guest time t0 (CLOCK_MONOTONIC, as the thermal interrupt handler of
+ * firing 0 reads it for its rate limit), and firing k at
+ * t0 + k * interval_ns, from a timer of the vector's CPU that runs in hard
+ * IRQ there; each firing is what a single entry gets: the image goes to
+ * the register file and the thermal interrupt handler runs.  Interval 0
+ * fires them all at once.  A late timer fires the overdue firings in order,
+ * none skipped or merged.  The guest's pacing does not depend on when the
+ * host's writes arrive, so a virtual clock (QEMU -icount) makes it exact.
+ *   - The entry is acknowledged (acked_seq) once every message of its last
+ *     firing, and so of all before it, has been broadcast.
+ *   - Later entries of the ring wait until it has fired them all.
+ *   - tail moves past it as soon as it is taken: the slot is free.
+ *   - Refused (EINVAL) if repeat is 0 or above KS_MAX_REPEAT, or
+ *     interval_ns is above KS_MAX_INTERVAL_NS.
+ *   - One run of the handler fires or takes at most KS_RING_ENTRIES
+ *     (firings, and entries refused); the timer goes on with the rest
+ *     soon after, so hard-IRQ time stays bounded.
+ * A host keeps at most 1024 firings unacknowledged over all CPUs: each can
+ * queue up to 12 uevents, and the guest queues 16384 before it drops.
  */
 #ifndef _KEVENT_SENSOR_H
 #define _KEVENT_SENSOR_H
@@ -35,10 +57,12 @@
 #define KS_PCI_DEVICE		0x1110
 
 #define KS_MAGIC		0x314d524854564b45ULL	/* "EKVTHRM1" */
-#define KS_VERSION		1
+#define KS_VERSION		2
 #define KS_MAX_CPUS		8
 #define KS_RING_ENTRIES		256	/* power of two */
 #define KS_REGION_SIZE		0x20000	/* BAR2, power of two */
+#define KS_MAX_REPEAT		1024	/* ks_entry.repeat */
+#define KS_MAX_INTERVAL_NS	1000000000	/* ks_entry.interval_ns, 1 s */
 
 /* Doorbell of BAR0: (peer << 16) | vector. */
 #define KS_DOORBELL		12
@@ -88,15 +112,26 @@ struct ks_regs {
  * @cpu: target CPU, the ring's own
  * @reg: KS_REG_THERM_STATUS or KS_REG_PKG_THERM_STATUS
  * @value: register image, with the bits kt_regs_hw_check() allows
- * @reserved: zero
+ * @repeat: firings of the image, 1 to KS_MAX_REPEAT
+ * @interval_ns: guest time between firings, at most KS_MAX_INTERVAL_NS
  */
 struct ks_entry {
 	u64 seq;
 	u32 cpu;
 	u32 reg;
 	u64 value;
-	u64 reserved;
+	u32 repeat;
+	u32 interval_ns;
 };
+
+/* Offsets in struct ks_entry. */
+#define KS_ENTRY_SEQ		0
+#define KS_ENTRY_CPU		8
+#define KS_ENTRY_REG		12
+#define KS_ENTRY_VALUE		16
+#define KS_ENTRY_REPEAT		24
+#define KS_ENTRY_INTERVAL_NS	28
+#define KS_ENTRY_SIZE		32
 
 /**
  * struct ks_cpu - one CPU's ring and acknowledgements

@@ -9,11 +9,15 @@ pub const PCI_DEVICE: u16 = 0x1110;
 
 /// "EKVTHRM1" read as a little-endian u64.
 pub const MAGIC: u64 = 0x314d_5248_5456_4b45;
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const MAX_CPUS: u32 = 8;
 pub const RING_ENTRIES: u32 = 256;
 /// BAR2's size: QEMU takes it from the file, and PCI wants a power of two.
 pub const REGION_SIZE: usize = 0x20000;
+/// Most firings of one entry.
+pub const MAX_REPEAT: u32 = 1024;
+/// Longest guest time between two firings of one entry: 1 s.
+pub const MAX_INTERVAL_NS: u32 = 1_000_000_000;
 
 pub const HOST_PEER: u16 = 0;
 pub const ACK_VECTOR: u16 = 0;
@@ -40,7 +44,9 @@ pub struct Header {
     pub reserved: [u32; 9],
 }
 
-/// One injection, as the host publishes it.
+/// One injection, as the host publishes it: the guest fires `value`
+/// `repeat` times, the first at once, then `interval_ns` apart on its own
+/// clock.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Entry {
@@ -48,7 +54,19 @@ pub struct Entry {
     pub cpu: u32,
     pub reg: u32,
     pub value: u64,
-    pub reserved: u64,
+    pub repeat: u32,
+    pub interval_ns: u32,
+}
+
+/// Offsets in [`Entry`].
+pub mod entry {
+    pub const SEQ: usize = 0;
+    pub const CPU: usize = 8;
+    pub const REG: usize = 12;
+    pub const VALUE: usize = 16;
+    pub const REPEAT: usize = 24;
+    pub const INTERVAL_NS: usize = 28;
+    pub const SIZE: usize = 32;
 }
 
 // SAFETY: both are #[repr(C)] with only integer fields and no padding (the
@@ -59,11 +77,9 @@ unsafe impl ByteValued for Entry {}
 
 pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
 pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
-/// Firings of one device-timed entry.
-pub const MAX_REPEAT: u32 = 1024;
-/// No more entries than this wait for their acknowledgement, over all
-/// CPUs: each can queue up to 12 uevents in the guest, whose queue holds
-/// 16384 (KT_UEVENT_MAX_PENDING) before it drops.
+/// No more firings than this wait for their entries' acknowledgement, over
+/// all CPUs: each can queue up to 12 uevents in the guest, whose queue
+/// holds 16384 (KT_UEVENT_MAX_PENDING) before it drops.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Where CPU `cpu`'s IA32_THERM_STATUS (or its package's) image lives.
@@ -149,6 +165,8 @@ mod tests {
             ("KS_MAX_CPUS", u64::from(MAX_CPUS)),
             ("KS_RING_ENTRIES", u64::from(RING_ENTRIES)),
             ("KS_REGION_SIZE", REGION_SIZE as u64),
+            ("KS_MAX_REPEAT", u64::from(MAX_REPEAT)),
+            ("KS_MAX_INTERVAL_NS", u64::from(MAX_INTERVAL_NS)),
             ("KS_HOST_PEER", u64::from(HOST_PEER)),
             ("KS_ACK_VECTOR", u64::from(ACK_VECTOR)),
             ("KS_REG_THERM_STATUS", u64::from(REG_THERM_STATUS)),
@@ -167,26 +185,47 @@ mod tests {
             ("KS_CPU_REJECTED_SEQ", cpu::REJECTED_SEQ as u64),
             ("KS_CPU_EVENTS_DROPPED", cpu::EVENTS_DROPPED as u64),
             ("KS_CPU_RING", cpu::RING as u64),
+            ("KS_ENTRY_SEQ", entry::SEQ as u64),
+            ("KS_ENTRY_CPU", entry::CPU as u64),
+            ("KS_ENTRY_REG", entry::REG as u64),
+            ("KS_ENTRY_VALUE", entry::VALUE as u64),
+            ("KS_ENTRY_REPEAT", entry::REPEAT as u64),
+            ("KS_ENTRY_INTERVAL_NS", entry::INTERVAL_NS as u64),
+            ("KS_ENTRY_SIZE", entry::SIZE as u64),
         ];
         // The driver static_asserts every offset against these defines.
         for (name, value) in expect {
             assert_eq!(c_integer(&c, name), value, "{name}");
         }
         assert_eq!(c["KS_CPU_SIZE"], "(128 + 32 * KS_RING_ENTRIES)");
+        // A define added to the header must be mirrored here too.
+        let mut checked: Vec<&str> = expect.iter().map(|(name, _)| *name).collect();
+        // KS_DOORBELL is a register of the guest's BAR0, which the host never maps.
+        checked.extend(["KS_CPU_SIZE", "KS_DOORBELL", "_KEVENT_SENSOR_H"]);
+        let unchecked: Vec<&String> = c.keys().filter(|name| !checked.contains(&name.as_str())).collect();
+        assert!(unchecked.is_empty(), "kevent_sensor.h defines {unchecked:?}, which abi.rs does not mirror");
         assert_eq!(&MAGIC.to_le_bytes(), b"EKVTHRM1");
     }
 
     #[test]
     fn the_in_flight_limit_cannot_overflow_the_guests_uevent_queue() {
-        // One interrupt reports at most the 12 kinds of event (kt_events[]).
+        // One interrupt (one firing) reports at most the 12 kinds of event (kt_events[]).
         let queue = c_integer(&c_defines_of("kthermal_irq.c"), "KT_UEVENT_MAX_PENDING");
-        assert!(12 * MAX_IN_FLIGHT as u64 <= queue, "{MAX_IN_FLIGHT} entries of 12 uevents exceed {queue}");
+        assert!(12 * MAX_IN_FLIGHT as u64 <= queue, "{MAX_IN_FLIGHT} firings of 12 uevents exceed {queue}");
+        // The longest entry still fits, alone.
+        assert!(MAX_REPEAT as usize <= MAX_IN_FLIGHT);
     }
 
     #[test]
     fn structs_have_the_c_sizes_and_no_padding() {
         assert_eq!(std::mem::size_of::<Header>(), 64);
-        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<Entry>(), entry::SIZE);
+        assert_eq!(std::mem::offset_of!(Entry, seq), entry::SEQ);
+        assert_eq!(std::mem::offset_of!(Entry, cpu), entry::CPU);
+        assert_eq!(std::mem::offset_of!(Entry, reg), entry::REG);
+        assert_eq!(std::mem::offset_of!(Entry, value), entry::VALUE);
+        assert_eq!(std::mem::offset_of!(Entry, repeat), entry::REPEAT);
+        assert_eq!(std::mem::offset_of!(Entry, interval_ns), entry::INTERVAL_NS);
         assert_eq!(std::mem::offset_of!(Header, ready), READY_OFFSET);
         assert_eq!(std::mem::offset_of!(Header, guest_cpus), GUEST_CPUS_OFFSET);
         assert_eq!(CPU_SIZE, cpu::RING + std::mem::size_of::<Entry>() * RING_ENTRIES as usize);

@@ -35,7 +35,45 @@ impl Register {
     }
 }
 
-/// The ring of a CPU has no free entry: the guest has not consumed them.
+/// How the guest fires a published entry's image: `repeat` times, the first
+/// when its handler takes the entry, the others `interval_ns` apart on the
+/// guest's own clock, so that their spacing owes nothing to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub repeat: u32,
+    pub interval_ns: u32,
+}
+
+impl Timing {
+    /// One firing: a plain injection.
+    pub const ONCE: Timing = Timing { repeat: 1, interval_ns: 0 };
+
+    /// The guest fires it: 1 to [`abi::MAX_REPEAT`] firings, at most
+    /// [`abi::MAX_INTERVAL_NS`] apart. It refuses any other with EINVAL.
+    pub fn is_valid(self) -> bool {
+        (1..=abi::MAX_REPEAT).contains(&self.repeat) && self.interval_ns <= abi::MAX_INTERVAL_NS
+    }
+
+    /// What the entry counts against [`abi::MAX_IN_FLIGHT`]: its firings.
+    /// A refused entry fires nothing, but its acknowledgement queues behind
+    /// the others like one firing's.
+    pub fn firings(self) -> usize {
+        if self.is_valid() {
+            self.repeat as usize
+        } else {
+            1
+        }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing::ONCE
+    }
+}
+
+/// No room for an entry on a CPU's ring: the guest has not consumed the
+/// ring's entries, or not acknowledged enough firings over all CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingFull {
     pub cpu: u32,
@@ -76,8 +114,9 @@ pub struct SensorDevice {
     /// Writing to vector i raises the guest's MSI-X vector i.
     guest_vectors: Vec<EventFd>,
     heads: Vec<u32>,
-    /// Per CPU, the published entries not yet acknowledged, oldest first.
-    in_flight: Vec<VecDeque<u64>>,
+    /// Per CPU, the published entries not yet acknowledged, oldest first:
+    /// seq and firings.
+    in_flight: Vec<VecDeque<(u64, usize)>>,
     next_seq: u64,
     /// QEMU's end of the setup socket, kept open while the device lives.
     connection: Option<UnixStream>,
@@ -188,42 +227,64 @@ impl SensorDevice {
         self.load_u64(abi::register_offset(cpu, register.abi()))
     }
 
-    /// Entries that can still be published on `cpu`'s ring. A slot is
-    /// free once the guest has taken its entry, but the host also keeps no
-    /// more than [`abi::MAX_IN_FLIGHT`] unacknowledged over all CPUs: the
-    /// guest's handler takes entries faster than its workqueue sends their
-    /// uevents, and that queue is bounded.
-    pub fn space(&mut self, cpu: u32) -> u32 {
+    /// Firings of unacknowledged entries over all CPUs, forgetting the
+    /// entries acknowledged since the last call.
+    fn firings_in_flight(&mut self) -> usize {
         let mut in_flight = 0;
         for c in 0..self.cpus {
             let acked = self.load_u64(abi::cpu_offset(c) + abi::cpu::ACKED_SEQ);
             let pending = &mut self.in_flight[c as usize];
-            while pending.front().is_some_and(|seq| *seq <= acked) {
+            while pending.front().is_some_and(|(seq, _)| *seq <= acked) {
                 pending.pop_front();
             }
-            in_flight += pending.len();
+            in_flight += pending.iter().map(|(_, firings)| firings).sum::<usize>();
         }
-        let untaken = self.heads[cpu as usize].wrapping_sub(self.load_u32(abi::cpu_offset(cpu) + abi::cpu::TAIL));
-        let ring = abi::RING_ENTRIES.saturating_sub(untaken);
-        ring.min(abi::MAX_IN_FLIGHT.saturating_sub(in_flight) as u32)
+        in_flight
     }
 
-    /// The oldest entry of `cpu` not yet acknowledged, as of the last [`Self::space`].
+    /// Slots of `cpu`'s ring the guest has taken the entries of.
+    fn free_slots(&self, cpu: u32) -> u32 {
+        let untaken = self.heads[cpu as usize].wrapping_sub(self.load_u32(abi::cpu_offset(cpu) + abi::cpu::TAIL));
+        abi::RING_ENTRIES.saturating_sub(untaken)
+    }
+
+    /// Entries of one firing that can still be published on `cpu`'s ring.
+    /// A slot is free once the guest has taken its entry, but the host
+    /// also keeps no more than [`abi::MAX_IN_FLIGHT`] firings unacknowledged
+    /// over all CPUs: the guest's handler fires faster than its workqueue
+    /// sends the uevents, and that queue is bounded.
+    pub fn space(&mut self, cpu: u32) -> u32 {
+        let firings = abi::MAX_IN_FLIGHT.saturating_sub(self.firings_in_flight());
+        self.free_slots(cpu).min(firings as u32)
+    }
+
+    /// Whether an entry fired with `timing` can be published on `cpu`'s
+    /// ring now (see [`Self::space`]). Every timing fits once the guest has
+    /// acknowledged everything.
+    pub fn has_room(&mut self, cpu: u32, timing: Timing) -> bool {
+        self.free_slots(cpu) > 0 && self.firings_in_flight() + timing.firings() <= abi::MAX_IN_FLIGHT
+    }
+
+    /// The oldest entry of `cpu` not yet acknowledged, as of the last
+    /// [`Self::space`] or [`Self::has_room`].
     pub fn oldest_unacked(&self, cpu: u32) -> Option<u64> {
-        self.in_flight[cpu as usize].front().copied()
+        self.in_flight[cpu as usize].front().map(|(seq, _)| *seq)
     }
 
     /// The hardware changes state: the new image becomes the live register
-    /// and is latched in the next entry of `cpu`'s ring, which is then
-    /// published. The interrupt is not raised yet: see [`Self::ring`].
-    pub fn publish(&mut self, cpu: u32, register: Register, value: u64) -> Result<Published, RingFull> {
+    /// and is latched in the next entry of `cpu`'s ring with its `timing`,
+    /// which is then published. The interrupt is not raised yet: see
+    /// [`Self::ring`]. A timing the guest refuses is published all the same
+    /// (for tests of the guest's checks).
+    pub fn publish(&mut self, cpu: u32, register: Register, value: u64, timing: Timing) -> Result<Published, RingFull> {
         self.check_cpu(cpu);
-        if self.space(cpu) == 0 {
+        if !self.has_room(cpu, timing) {
             return Err(RingFull { cpu });
         }
         let seq = self.next_seq;
         let index = self.heads[cpu as usize];
-        let entry = Entry { seq, cpu, reg: register.abi(), value, reserved: 0 };
+        let Timing { repeat, interval_ns } = timing;
+        let entry = Entry { seq, cpu, reg: register.abi(), value, repeat, interval_ns };
         let memory = self.memory();
         memory.store(value, abi::register_offset(cpu, register.abi()), Ordering::Relaxed).expect("in the region");
         memory.write_obj(entry, abi::entry_offset(cpu, index)).expect("in the region");
@@ -231,7 +292,7 @@ impl SensorDevice {
         let head = index.wrapping_add(1);
         memory.store(head, abi::cpu_offset(cpu) + abi::cpu::HEAD, Ordering::Release).expect("in the region");
         self.heads[cpu as usize] = head;
-        self.in_flight[cpu as usize].push_back(seq);
+        self.in_flight[cpu as usize].push_back((seq, timing.firings()));
         self.next_seq += 1;
         Ok(Published { cpu, seq })
     }
@@ -383,8 +444,8 @@ mod tests {
         assert!(device.is_ready());
         assert_eq!(device.guest_cpus(), 2);
 
-        let first = device.publish(1, Register::Core, 0x8005_0001).unwrap();
-        let second = device.publish(1, Register::Package, 0x0032_0400).unwrap();
+        let first = device.publish(1, Register::Core, 0x8005_0001, Timing::ONCE).unwrap();
+        let second = device.publish(1, Register::Package, 0x0032_0400, Timing::ONCE).unwrap();
         assert_eq!((first.seq, second.seq), (1, 2));
         assert_eq!(device.register(1, Register::Core), 0x8005_0001);
         assert_eq!(device.register(1, Register::Package), 0x0032_0400);
@@ -397,8 +458,8 @@ mod tests {
         assert_eq!(
             taken,
             [
-                Entry { seq: 1, cpu: 1, reg: abi::REG_THERM_STATUS, value: 0x8005_0001, reserved: 0 },
-                Entry { seq: 2, cpu: 1, reg: abi::REG_PKG_THERM_STATUS, value: 0x0032_0400, reserved: 0 },
+                Entry { seq: 1, cpu: 1, reg: abi::REG_THERM_STATUS, value: 0x8005_0001, repeat: 1, interval_ns: 0 },
+                Entry { seq: 2, cpu: 1, reg: abi::REG_PKG_THERM_STATUS, value: 0x0032_0400, repeat: 1, interval_ns: 0 },
             ],
             "each entry keeps its own image: two injections before one interrupt are not merged"
         );
@@ -414,14 +475,14 @@ mod tests {
         let mut device = SensorDevice::new(1).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         for _ in 0..abi::RING_ENTRIES {
-            device.publish(0, Register::Core, 0x8000_0000).unwrap();
+            device.publish(0, Register::Core, 0x8000_0000, Timing::ONCE).unwrap();
         }
         assert_eq!(device.space(0), 0);
-        assert_eq!(device.publish(0, Register::Core, 0x8000_0001), Err(RingFull { cpu: 0 }));
+        assert_eq!(device.publish(0, Register::Core, 0x8000_0001, Timing::ONCE), Err(RingFull { cpu: 0 }));
         assert_eq!(guest.handle(0).len(), abi::RING_ENTRIES as usize);
         assert_eq!(device.space(0), abi::RING_ENTRIES);
         // Free-running indices wrap onto the ring's first slot.
-        let next = device.publish(0, Register::Core, 0x8000_0001).unwrap();
+        let next = device.publish(0, Register::Core, 0x8000_0001, Timing::ONCE).unwrap();
         assert_eq!(next.seq, u64::from(abi::RING_ENTRIES) + 1);
         assert_eq!(guest.handle(0)[0].value, 0x8000_0001);
     }
@@ -433,7 +494,7 @@ mod tests {
         let (guest, _) = StandInGuest::connect(&mut device);
         let mut published = Vec::new();
         for k in 0..abi::MAX_IN_FLIGHT {
-            published.push(device.publish(k as u32 % cpus, Register::Core, 0x8000_0000).unwrap());
+            published.push(device.publish(k as u32 % cpus, Register::Core, 0x8000_0000, Timing::ONCE).unwrap());
         }
         // The guest takes every entry but has acknowledged none yet: every
         // ring has room, but the device as a whole has none.
@@ -452,11 +513,61 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_entry_counts_its_firings_not_itself_against_max_in_flight() {
+        let mut device = SensorDevice::new(2).unwrap();
+        let (guest, _) = StandInGuest::connect(&mut device);
+        let storm = Timing { repeat: 1000, interval_ns: 380_000 };
+        let timed = device.publish(1, Register::Core, 0x8000_0001, storm).unwrap();
+        let entry: Entry = guest.memory().read_obj(abi::entry_offset(1, 0)).unwrap();
+        assert_eq!(
+            entry,
+            Entry {
+                seq: 1,
+                cpu: 1,
+                reg: abi::REG_THERM_STATUS,
+                value: 0x8000_0001,
+                repeat: 1000,
+                interval_ns: 380_000
+            }
+        );
+        // One slot of CPU 1's ring, but 1000 of the 1024 firings, on any CPU.
+        assert_eq!((device.space(0), device.space(1)), (24, 24));
+        assert!(device.has_room(0, Timing { repeat: 24, interval_ns: 0 }));
+        assert!(!device.has_room(0, Timing { repeat: 25, interval_ns: 0 }));
+        // The guest takes the entry when it fires the first time, and
+        // acknowledges it after the last: the firings stay counted.
+        guest.memory().store(1u32, abi::cpu_offset(1) + abi::cpu::TAIL, Ordering::Release).unwrap();
+        assert_eq!(device.space(1), 24);
+        // A timing the guest refuses fires nothing: it counts as one.
+        let refused = device.publish(0, Register::Core, 0x8000_0001, Timing { repeat: 0, interval_ns: 0 }).unwrap();
+        assert_eq!(device.space(0), 23);
+        guest.memory().store(timed.seq, abi::cpu_offset(1) + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
+        assert_eq!(device.space(1), abi::RING_ENTRIES, "all of CPU 1's slots, 1023 firings");
+        assert_eq!(device.space(0), abi::RING_ENTRIES - 1, "the refused entry is not taken yet");
+        // The longest entry fits, but only with nothing else in flight.
+        let longest = Timing { repeat: abi::MAX_REPEAT, interval_ns: abi::MAX_INTERVAL_NS };
+        assert!(!device.has_room(1, longest));
+        guest.memory().store(refused.seq, abi::cpu_offset(0) + abi::cpu::ACKED_SEQ, Ordering::Release).unwrap();
+        assert!(device.has_room(1, longest));
+    }
+
+    #[test]
+    fn the_guest_fires_one_to_max_repeat_firings_at_most_max_interval_apart() {
+        let timing = |repeat, interval_ns| Timing { repeat, interval_ns };
+        assert_eq!(Timing::default(), timing(1, 0));
+        assert!(timing(1, 0).is_valid() && timing(abi::MAX_REPEAT, abi::MAX_INTERVAL_NS).is_valid());
+        assert!(!timing(0, 0).is_valid());
+        assert!(!timing(abi::MAX_REPEAT + 1, 0).is_valid());
+        assert!(!timing(2, abi::MAX_INTERVAL_NS + 1).is_valid());
+        assert_eq!((timing(500, 380_000).firings(), timing(0, 0).firings(), timing(2000, 0).firings()), (500, 1, 1));
+    }
+
+    #[test]
     fn a_refused_entry_is_reported_with_its_errno() {
         let mut device = SensorDevice::new(1).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
-        let good = device.publish(0, Register::Core, 0x8000_0001).unwrap();
-        let bad = device.publish(0, Register::Core, 0x4000_0000).unwrap();
+        let good = device.publish(0, Register::Core, 0x8000_0001, Timing::ONCE).unwrap();
+        let bad = device.publish(0, Register::Core, 0x4000_0000, Timing::ONCE).unwrap();
         guest.handle(0);
         assert!(device.is_acked(bad));
         assert_eq!(device.rejection(good), None);

@@ -13,4 +13,4 @@ pub mod abi;
 mod device;
 pub mod ivshmem;
 
-pub use device::{CpuStatus, Published, Register, RingFull, SensorDevice};
+pub use device::{CpuStatus, Published, Register, RingFull, SensorDevice, Timing};
