@@ -151,6 +151,7 @@ DECLARE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
 /* Module parameters (kthermal_main.c). */
 extern unsigned int kt_rate_limit_ms;
 extern unsigned int kt_rate_limit_edge_ms;
+extern unsigned int kt_rate_limit_burst_edge_ms;
 extern unsigned int kt_tjmax;
 
 /* kthermal_regs.c */

@@ -311,7 +311,9 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 static void kt_edge_record(int cpu, long interrupt, s64 margin_ns,
 			   bool within_burst)
 {
-	s64 edge = (s64)READ_ONCE(kt_rate_limit_edge_ms) * NSEC_PER_MSEC;
+	unsigned int edge_ms = within_burst ? READ_ONCE(kt_rate_limit_burst_edge_ms) :
+				READ_ONCE(kt_rate_limit_edge_ms);
+	s64 edge = (s64)edge_ms * NSEC_PER_MSEC;
 	struct kt_edge *e;
 	unsigned long flags;
 

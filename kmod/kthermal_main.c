@@ -25,6 +25,7 @@
 
 unsigned int kt_rate_limit_ms = 5000;
 unsigned int kt_rate_limit_edge_ms;
+unsigned int kt_rate_limit_burst_edge_ms;
 unsigned int kt_tjmax = 100;
 
 static int kt_rate_limit_set(const char *val, const struct kernel_param *kp)
@@ -46,6 +47,16 @@ module_param_cb(rate_limit_edge_ms, &kt_rate_limit_ops, &kt_rate_limit_edge_ms,
 		0644);
 MODULE_PARM_DESC(rate_limit_edge_ms,
 		 "record rate-limit decisions this close (ms) to the window's edge in debugfs rate_limit_edges, 0 = none, at most 3600000 (default 0)");
+
+/*
+ * Decisions between firings of one timed device entry have their own
+ * edge: their spacing is the guest's own, while any other decision's
+ * spacing includes whatever the host took between two injections.
+ */
+module_param_cb(rate_limit_burst_edge_ms, &kt_rate_limit_ops,
+		&kt_rate_limit_burst_edge_ms, 0644);
+MODULE_PARM_DESC(rate_limit_burst_edge_ms,
+		 "as rate_limit_edge_ms, for decisions between firings of one timed device entry (default 0)");
 
 static int kt_tjmax_set(const char *val, const struct kernel_param *kp)
 {

@@ -11,6 +11,7 @@ pub mod console;
 pub mod cpio;
 pub mod events;
 pub mod failure;
+pub mod load;
 pub mod machine;
 pub mod modinfo;
 pub mod process;

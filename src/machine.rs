@@ -444,7 +444,13 @@ impl Machine {
     /// handler ran and every message it caused has been broadcast. Returns
     /// the errno the guest refused the entry with, if it did.
     pub fn wait_acked(&mut self, published: Published) -> Result<Option<u32>, Failure> {
-        let bound = self.timeouts.sensor_ack;
+        self.wait_acked_after(published, Duration::ZERO)
+    }
+
+    /// [`Self::wait_acked`] for an entry whose firings span `span` of the
+    /// guest's time: the bound grows by that much.
+    pub fn wait_acked_after(&mut self, published: Published, span: Duration) -> Result<Option<u32>, Failure> {
+        let bound = self.timeouts.sensor_ack + span;
         let Machine { guest, sensor, .. } = self;
         let sensor = sensor.as_mut().ok_or_else(|| Failure::Host { message: "no sensor device".into() })?;
         let device = &sensor.device;

@@ -71,6 +71,29 @@ impl std::fmt::Display for Clock {
     }
 }
 
+impl Clock {
+    /// How close to a rate-limit window's edge a decision may fall before
+    /// its outcome could change from run to run, in ms: across injections,
+    /// and between firings of one timed device entry. The module records
+    /// closer decisions (`rate_limit_edge_ms`, `rate_limit_burst_edge_ms`)
+    /// and the run flags them.
+    ///
+    /// Real clock: host load delays what the guest does by up to tens of
+    /// milliseconds (firings of a timed entry were seen 13.5 ms late at
+    /// load 9 on 2 cores), and the host's turnaround between two steps
+    /// adds as much. Virtual clock: firings of one entry are exact (1 ms
+    /// covers a host-driven interrupt landing between them), but between
+    /// two steps the idle guest's clock jumps to its next timer while it
+    /// waits for the host, by any amount (0.4 s to 611 s were seen), so
+    /// every decision across steps is uncertain.
+    pub fn rate_limit_edges_ms(self) -> (u32, u32) {
+        match self {
+            Clock::Real => (100, 100),
+            Clock::Virtual => (3_600_000, 1),
+        }
+    }
+}
+
 /// Guest nanoseconds per instruction under the virtual clock: 2^6, a
 /// 15.6 MIPS guest. Smaller shifts make the guest's boot-time busy waits
 /// (APIC timer calibration, CPU bring-up) cost more wall time: on this

@@ -2,7 +2,7 @@
 //! what happened, events grouped under the step that caused them.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kevent_wire::{Command, Datagram, ExecResult, Hello, Outcome};
 use serde::Serialize;
@@ -11,7 +11,7 @@ use crate::events::{self, Event, Normaliser};
 use crate::failure::{Failure, StepFailure};
 use crate::machine::{Machine, MachineConfig};
 use crate::scenario::{Action, Injector, Scenario, Step};
-use crate::sensor::{Published, Register};
+use crate::sensor::{Register, Timing};
 
 /// What one step did.
 #[derive(Debug, Clone)]
@@ -26,8 +26,6 @@ pub struct StepRecord {
     pub datagrams: Vec<Datagram>,
     /// Host wall time of the step, all repetitions.
     pub elapsed: Duration,
-    /// For a host-timed step: how the host's clock kept up.
-    pub host_timing: Option<HostTiming>,
 }
 
 /// A whole run of a scenario.
@@ -38,6 +36,104 @@ pub struct Transcript {
     pub steps: Vec<StepRecord>,
     /// Programs run in the background, reported when the scenario ended.
     pub background: Vec<ExecResult>,
+    /// Rate-limit decisions the guest's clock leaves uncertain: the
+    /// snapshot could differ on another run.
+    pub timing_flags: Vec<TimingFlag>,
+    /// More such decisions, overwritten in the module's ring before they
+    /// were read: uncertain too, but no longer placed.
+    pub timing_flags_lost: u64,
+}
+
+/// A rate-limit decision close enough to its window's edge that host load
+/// (real clock) or the guest's clock jumping while it waited for the host
+/// (virtual clock) could have changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimingFlag {
+    /// 1-based.
+    pub step: usize,
+    pub cpu: u32,
+    pub margin_ns: i64,
+    pub within_burst: bool,
+}
+
+impl std::fmt::Display for TimingFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = if self.margin_ns < 0 { "rate-limited" } else { "handled" };
+        let margin = self.margin_ns.unsigned_abs() as f64 / 1e6;
+        let between =
+            if self.within_burst { "between firings of one timed entry" } else { "since an earlier step's interrupt" };
+        write!(
+            f,
+            "step {}: an interrupt on CPU {} was {outcome} {margin:.3} ms from the rate limit's edge ({between}); \
+             its outcome may differ on another run",
+            self.step, self.cpu
+        )
+    }
+}
+
+/// The interrupts each step raised on each CPU, in the numbering of the
+/// module's per-CPU `interrupts` counter, to place its records.
+#[derive(Debug, Default)]
+struct InterruptLedger {
+    /// Per CPU: (step, last interrupt number of the step).
+    ends: BTreeMap<u32, Vec<(usize, u64)>>,
+    counted: BTreeMap<u32, u64>,
+}
+
+impl InterruptLedger {
+    fn add(&mut self, step: usize, cpu: u32, interrupts: u64) {
+        if interrupts == 0 {
+            return;
+        }
+        let total = self.counted.entry(cpu).or_default();
+        *total += interrupts;
+        self.ends.entry(cpu).or_default().push((step, *total));
+    }
+
+    /// The step that raised `interrupt` on `cpu`; 0 for one no step raised
+    /// (which the module's numbering rules out).
+    fn step_of(&self, cpu: u32, interrupt: u64) -> usize {
+        self.ends.get(&cpu).and_then(|ends| ends.iter().find(|(_, end)| interrupt <= *end)).map_or(0, |(step, _)| *step)
+    }
+}
+
+const RATE_LIMIT_EDGES: &str = "/sys/kernel/debug/kevent_thermal/rate_limit_edges";
+
+/// Reads the module's records of decisions near the window's edge, and
+/// how many it could not keep.
+fn timing_flags(
+    machine: &mut Machine,
+    ledger: &InterruptLedger,
+    bound: Duration,
+) -> Result<(Vec<TimingFlag>, u64), Failure> {
+    let text = match machine.request(Command::ReadFile { path: RATE_LIMIT_EDGES.into() }, bound)?.outcome {
+        Outcome::Data(data) => String::from_utf8_lossy(&data).into_owned(),
+        other => return Err(Failure::Protocol { message: format!("read {RATE_LIMIT_EDGES}: {other:?}") }),
+    };
+    parse_edges(&text, ledger).map_err(|why| Failure::Host { message: format!("{RATE_LIMIT_EDGES}: {why}") })
+}
+
+fn parse_edges(text: &str, ledger: &InterruptLedger) -> Result<(Vec<TimingFlag>, u64), String> {
+    let mut flags = Vec::new();
+    let mut lost = 0;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["cpu", cpu, "interrupt", interrupt, "margin_ns", margin, "within_burst", burst] => {
+                let number = |s: &str| s.parse::<i64>().map_err(|_| format!("not a number in {line:?}"));
+                let (cpu, interrupt) = (number(cpu)? as u32, number(interrupt)? as u64);
+                flags.push(TimingFlag {
+                    step: ledger.step_of(cpu, interrupt),
+                    cpu,
+                    margin_ns: number(margin)?,
+                    within_burst: *burst == "1",
+                });
+            }
+            ["overflow", dropped] => lost = dropped.parse().map_err(|_| format!("not a number in {line:?}"))?,
+            _ => return Err(format!("unexpected line {line:?}")),
+        }
+    }
+    Ok((flags, lost))
 }
 
 fn command_of(action: &Action) -> Command {
@@ -68,6 +164,7 @@ pub fn run(
     let bound = config.timeouts.command;
     let mut steps = Vec::new();
     let mut any_background = false;
+    let mut ledger = InterruptLedger::default();
     for (index, step) in scenario.steps.iter().enumerate() {
         any_background |= matches!(step.action, Action::Exec { background: true, .. });
         let mut record = StepRecord {
@@ -78,7 +175,6 @@ pub fn run(
             failures: 0,
             datagrams: Vec::new(),
             elapsed: Duration::ZERO,
-            host_timing: None,
         };
         let started = std::time::Instant::now();
         if let Err(failure) = run_step(&mut machine, scenario.injector, step, bound, &mut record) {
@@ -92,6 +188,10 @@ pub fn run(
             })));
         }
         record.elapsed = started.elapsed();
+        if let Action::Inject { cpu, .. } = step.action {
+            // Every repetition or firing the guest took was one interrupt.
+            ledger.add(index + 1, cpu, u64::from(record.repeat - record.failures));
+        }
         observe(&record);
         steps.push(record);
     }
@@ -103,9 +203,10 @@ pub fn run(
     } else {
         Vec::new()
     };
+    let (timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
     let hello = machine.hello.clone();
     machine.shutdown(config.timeouts.shutdown)?;
-    Ok(Transcript { scenario: scenario.clone(), hello, steps, background })
+    Ok(Transcript { scenario: scenario.clone(), hello, steps, background, timing_flags, timing_flags_lost })
 }
 
 /// One step, all its repetitions; a kernel report on the console by its
@@ -121,7 +222,7 @@ fn run_step(
     match injection {
         Some(injection) if injector == Injector::Device => {
             match step.device_interval {
-                Some(interval) => fire_on_schedule(machine, injection, step.repeat, interval, record)?,
+                Some(interval) => fire_timed(machine, injection, step.repeat, interval, record)?,
                 None => {
                     for _ in 0..step.repeat {
                         let published = machine.fire(injection.cpu, injection.register, injection.value)?;
@@ -151,16 +252,6 @@ fn run_step(
         Some(crash) => Err(crash),
         None => Ok(()),
     }
-}
-
-/// How a host-timed step's injections were fired.
-#[derive(Debug, Clone, Copy)]
-pub struct HostTiming {
-    pub interval: Duration,
-    /// From the first injection to the last.
-    pub fired_in: Duration,
-    /// The latest injection's delay behind its due time (interval > 0).
-    pub max_lateness: Duration,
 }
 
 /// One injection on the sensor device.
@@ -212,15 +303,18 @@ impl StepRecord {
 fn step_label(step: &Step) -> String {
     match step.device_interval {
         None => step.action.to_string(),
-        Some(interval) if interval.is_zero() => format!("{}, host-timed back to back", step.action),
-        Some(interval) => format!("{}, host-timed every {} µs", step.action, interval.as_micros()),
+        Some(interval) if interval.is_zero() => format!("{}, fired by the device back to back", step.action),
+        Some(interval) => {
+            format!("{}, fired by the device every {} µs of guest time", step.action, interval.as_micros())
+        }
     }
 }
 
-/// Fires `repeat` injections from the host's clock, `interval` apart,
-/// waiting for the guest only when the ring is full; then waits for the
-/// last acknowledgement, which covers every earlier entry of the ring.
-fn fire_on_schedule(
+/// One entry the sensor device fires `repeat` times, `interval` apart on
+/// the guest's clock: the guest paces the firings itself, so where they
+/// fall in guest time does not depend on the host. The guest takes or
+/// refuses the entry whole.
+fn fire_timed(
     machine: &mut Machine,
     injection: Injection,
     repeat: u32,
@@ -228,42 +322,17 @@ fn fire_on_schedule(
     record: &mut StepRecord,
 ) -> Result<(), Failure> {
     let Injection { cpu, register, value } = injection;
-    let rejected_before = machine.sensor().map_or(0, |s| s.status(cpu).rejected);
-    let start = Instant::now();
-    let mut max_lateness = Duration::ZERO;
-    let mut last: Option<Published> = None;
-    for k in 0..repeat {
-        let due = start + interval * k;
-        sleep_until(due);
-        max_lateness = max_lateness.max(Instant::now() - due);
-        last = Some(machine.fire(cpu, register, value)?);
-    }
-    record.host_timing = Some(HostTiming { interval, fired_in: start.elapsed(), max_lateness });
-    let Some(last) = last else { return Ok(()) };
-    machine.wait_acked(last)?;
-    let status = machine.sensor().expect("fired through it").status(cpu);
-    // A rebound driver starts counting again.
-    let rejected = status.rejected.saturating_sub(rejected_before);
-    for _ in 0..rejected {
-        record.note(injection.refused(status.rejected_errno));
-    }
-    if rejected == 0 {
-        record.note(Outcome::Done);
+    let interval_ns = u32::try_from(interval.as_nanos()).expect("the scenario bounds interval_us to 1 s");
+    let published = machine.fire_timed(cpu, register, value, Timing { repeat, interval_ns })?;
+    let refused = machine.wait_acked_after(published, interval * (repeat - 1))?;
+    match refused {
+        Some(errno) => {
+            record.outcome = injection.refused(errno);
+            record.failures = repeat;
+        }
+        None => record.outcome = Outcome::Done,
     }
     Ok(())
-}
-
-/// Sleeps most of the way, then spins: thread::sleep alone overshoots by
-/// tens of microseconds, as much as the intervals being asked for.
-fn sleep_until(due: Instant) {
-    const SPIN: Duration = Duration::from_micros(200);
-    let now = Instant::now();
-    if due > now + SPIN {
-        std::thread::sleep(due - now - SPIN);
-    }
-    while Instant::now() < due {
-        std::hint::spin_loop();
-    }
 }
 
 /// Steps repeated this many times or more are snapshotted as counts.
@@ -416,6 +485,30 @@ impl Transcript {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn edge_records_are_placed_at_the_step_that_raised_their_interrupt() {
+        let mut ledger = InterruptLedger::default();
+        ledger.add(1, 0, 1);
+        ledger.add(2, 1, 500);
+        ledger.add(4, 0, 3);
+        ledger.add(5, 0, 0);
+        let text = "cpu 1 interrupt 2 margin_ns -199000000 within_burst 1\n\
+                    cpu 0 interrupt 3 margin_ns 4000000 within_burst 0\n\
+                    overflow 7\n";
+        let (flags, lost) = parse_edges(text, &ledger).unwrap();
+        assert_eq!(lost, 7);
+        assert_eq!(
+            flags,
+            [
+                TimingFlag { step: 2, cpu: 1, margin_ns: -199_000_000, within_burst: true },
+                TimingFlag { step: 4, cpu: 0, margin_ns: 4_000_000, within_burst: false },
+            ]
+        );
+        assert!(flags[1].to_string().starts_with("step 4: an interrupt on CPU 0 was handled 4.000 ms from"));
+        assert!(parse_edges("cpu x interrupt 1 margin_ns 0 within_burst 0\n", &ledger).is_err());
+        assert!(parse_edges("something else\n", &ledger).is_err());
+    }
+
     use std::path::Path;
 
     use super::*;
@@ -443,7 +536,6 @@ mod tests {
             failures: 0,
             datagrams: arrived,
             elapsed: Duration::ZERO,
-            host_timing: None,
         };
         let hello = Hello {
             protocol_version: kevent_wire::PROTOCOL_VERSION,
@@ -454,7 +546,14 @@ mod tests {
             greeted_ns: 0,
             modules: Vec::new(),
         };
-        let transcript = Transcript { scenario, hello, steps: vec![record], background: Vec::new() };
+        let transcript = Transcript {
+            scenario,
+            hello,
+            steps: vec![record],
+            background: Vec::new(),
+            timing_flags: Vec::new(),
+            timing_flags_lost: 0,
+        };
         let events = &transcript.snapshot().steps[0].events;
         let kinds: Vec<String> = events
             .iter()

@@ -696,9 +696,15 @@ impl Scenario {
         ScenarioError { path: self.path.clone(), at, message }
     }
 
-    /// The bench guest with this scenario's machine and module parameters.
+    /// The bench guest with this scenario's machine and module parameters,
+    /// and the module told which rate-limit decisions the clock leaves
+    /// uncertain (the run reports them).
     pub fn guest(&self, artifacts: &crate::Artifacts) -> crate::GuestSpec {
-        let mut guest = artifacts.guest(self.machine.cpus, self.machine.memory_mib, kernel_args(self));
+        let mut args = kernel_args(self);
+        let (across, within) = self.machine.clock.rate_limit_edges_ms();
+        args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_edge_ms", &across.to_string()));
+        args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_burst_edge_ms", &within.to_string()));
+        let mut guest = artifacts.guest(self.machine.cpus, self.machine.memory_mib, args);
         guest.clock = self.machine.clock;
         guest
     }

@@ -47,6 +47,20 @@ fn check_scenario(path: &Path, injector: Injector) -> Result<(), Failed> {
     let test = format!("scenario-{}-{injector}", scenario.name);
     let config = common::config(&test, scenario.guest(&common::artifacts()));
     let transcript = runner::run(&scenario, &config, &mut |_| {}).map_err(|f| f.to_string())?;
+    // An outcome another run could change is not one to accept.
+    if !transcript.timing_flags.is_empty() || transcript.timing_flags_lost > 0 {
+        let flags: Vec<String> = transcript.timing_flags.iter().map(|f| format!("  {f}")).collect();
+        return Err(format!(
+            "{}: on the {} clock, rate-limit decisions fell too close to the window's edge for a stable snapshot \
+             ({} more not kept):\n{}\nmove the steps away from the edge, or time them with the sensor device on the \
+             virtual clock",
+            path.display(),
+            scenario.machine.clock,
+            transcript.timing_flags_lost,
+            flags.join("\n")
+        )
+        .into());
+    }
     let snapshot = transcript.snapshot();
     let mut settings = insta_settings(&snapshots_dir());
     settings.set_description(scenario.description.trim());

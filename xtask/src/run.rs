@@ -39,26 +39,6 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         if !flags.json {
             let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
-            match record.host_timing {
-                Some(t) if t.interval.is_zero() => {
-                    let _ = writeln!(
-                        out,
-                        "fired {} injections back to back in {} µs",
-                        record.repeat,
-                        t.fired_in.as_micros()
-                    );
-                }
-                Some(t) => {
-                    let late = t.max_lateness.as_micros();
-                    let _ = writeln!(
-                        out,
-                        "fired {} injections in {} µs, the latest {late} µs behind schedule",
-                        record.repeat,
-                        t.fired_in.as_micros()
-                    );
-                }
-                None => {}
-            }
         }
         for datagram in &record.datagrams {
             let mut event = events::decode(datagram);
@@ -110,7 +90,6 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
                 failures: 0,
                 datagrams: at.captured.clone(),
                 elapsed: Duration::ZERO,
-                host_timing: None,
             };
             print_step(&partial);
             return Err(Failure::AtStep(at).into());
@@ -131,6 +110,16 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             println!("stdout:\n{stdout}");
             println!("stderr:\n{stderr}");
         }
+    }
+    for flag in &transcript.timing_flags {
+        eprintln!("warning: {flag}");
+    }
+    if transcript.timing_flags_lost > 0 {
+        eprintln!(
+            "warning: {} more rate-limit decision(s) near the window's edge were not kept by the module; some \
+             outcome may differ on another run",
+            transcript.timing_flags_lost
+        );
     }
     let totals = transcript.snapshot().totals;
     eprintln!(
