@@ -42,6 +42,9 @@ pub mod limits {
     pub const MAX_WRITE_BYTES: usize = 64 << 10;
     /// Bytes of an `exec` step's program and arguments together.
     pub const MAX_EXEC_BYTES: usize = 64 << 10;
+    /// Programs started in the background, all steps together: the agent
+    /// runs at most this many at once and reports them in one frame.
+    pub const MAX_BACKGROUND: u32 = kevent_wire::MAX_BACKGROUND_PROGRAMS as u32;
 }
 
 /// How injections reach the guest.
@@ -353,6 +356,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     }
     let mut steps = Vec::new();
     let mut total_repetitions = 0u64;
+    let mut background = 0u32;
     for step in raw.step {
         let span = step.span();
         let step = step.into_inner();
@@ -402,6 +406,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                     &span,
                     format!("exec: program and arguments are {bytes} bytes, at most {}", limits::MAX_EXEC_BYTES),
                 ));
+            }
+            if e.background {
+                background += repeat;
+                if background > limits::MAX_BACKGROUND {
+                    return Err(loc.error(
+                        &span,
+                        format!(
+                            "this would be background program {background}: at most {} run in the background",
+                            limits::MAX_BACKGROUND
+                        ),
+                    ));
+                }
             }
             actions.push(Action::Exec { program: e.program, args: e.args, background: e.background });
         }
@@ -861,6 +877,18 @@ sleep_ms = 5
             let e = err(&format!("description = \"x\"\n[[step]]\n{text}\n"));
             assert!(e.message.starts_with(expected), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn background_programs_are_bounded() {
+        let step = "[[step]]\nexec = { program = \"/bin/x\", background = true }\n";
+        parse_str(&format!("description = \"x\"\n{}", step.repeat(8))).unwrap();
+        let e = err(&format!("description = \"x\"\n{}", step.repeat(9)));
+        // The ninth step's exec (each step is two lines after the first).
+        assert_eq!((e.at.line, e.at.column), (19, 8), "{e}");
+        assert!(e.message.contains("background program 9: at most 8"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nexec = { program = \"/bin/x\", background = true }\nrepeat = 9\n");
+        assert!(e.message.contains("background program 9"), "{e}");
     }
 
     #[test]

@@ -52,3 +52,84 @@ exec = { program = "/bin/kmsg-listen-missing" }
     assert_eq!(*errno, libc::ENOENT, "{message}");
     assert!(message.contains("/bin/kmsg-listen-missing"), "{message}");
 }
+
+#[test]
+fn what_a_step_brings_back_is_bounded_and_a_larger_file_is_refused_by_name() {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "bounded-initramfs");
+    let flood = common::static_guest_program("flood", &dir);
+    let mut extra = kevent_bench::cpio::Archive::new();
+    extra.file("/bin/flood", 0o755, std::fs::read(flood).unwrap());
+    extra.file("/big", 0o644, vec![0; kevent_wire::MAX_READ_BYTES + 1]);
+    let initramfs_path = dir.join("initramfs.cpio");
+    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
+    let scenario = scenario::parse(
+        &dir.join("bounded.toml"),
+        &format!(
+            r#"
+description = "reads and outputs larger than a frame"
+[[step]]
+read = "/big"
+[[step]]
+exec = {{ program = "/bin/flood", args = ["{}"] }}
+"#,
+            3 * kevent_wire::MAX_OUTPUT_BYTES
+        ),
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&artifacts);
+    guest.initramfs = initramfs_path;
+    let transcript =
+        runner::run(&scenario, &common::config("bounded", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+
+    let kevent_wire::Outcome::Error { errno, message } = &transcript.steps[0].outcome else {
+        panic!("{:?}", transcript.steps[0].outcome)
+    };
+    assert_eq!(*errno, libc::EFBIG, "{message}");
+    assert!(message.contains("/big") && message.contains("1048576"), "{message}");
+
+    let kevent_wire::Outcome::Exec(result) = &transcript.steps[1].outcome else {
+        panic!("{:?}", transcript.steps[1].outcome)
+    };
+    assert_eq!(result.exit_code, 0, "the program wrote everything: nothing blocked it");
+    let (kept, marker) = result.stdout.split_at(kevent_wire::MAX_OUTPUT_BYTES);
+    assert!(kept.iter().all(|b| *b == b'x'));
+    let cut = 2 * kevent_wire::MAX_OUTPUT_BYTES;
+    assert_eq!(
+        String::from_utf8_lossy(marker),
+        format!("\n[kevent-agent: {cut} more bytes cut after the first {}]\n", kevent_wire::MAX_OUTPUT_BYTES)
+    );
+}
+
+#[test]
+fn a_panic_line_a_guest_program_writes_to_kmsg_does_not_fail_the_run() {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "kmsg-panic-initramfs");
+    let writer = common::static_guest_program("kmsg-write", &dir);
+    let mut extra = kevent_bench::cpio::Archive::new();
+    extra.file("/bin/kmsg-write", 0o755, std::fs::read(writer).unwrap());
+    let initramfs_path = dir.join("initramfs.cpio");
+    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
+    let scenario = scenario::parse(
+        &dir.join("kmsg-panic.toml"),
+        r#"
+description = "user space claims a panic"
+[[step]]
+exec = { program = "/bin/kmsg-write", args = ["Kernel panic - not syncing: written by a guest program"] }
+[[step]]
+read = "/proc/uptime"
+"#,
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&artifacts);
+    guest.initramfs = initramfs_path;
+    let config = common::config("kmsg-panic", guest);
+    let transcript = runner::run(&scenario, &config, &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    assert!(matches!(&transcript.steps[0].outcome, kevent_wire::Outcome::Exec(r) if r.exit_code == 0));
+    assert!(matches!(transcript.steps[1].outcome, kevent_wire::Outcome::Data(_)), "the guest went on");
+    let console = std::fs::read_to_string(config.run_dir.join("console.log")).unwrap();
+    assert!(
+        console.contains("Kernel panic - not syncing: written by a guest program"),
+        "the line did reach the console"
+    );
+}

@@ -6,7 +6,10 @@ use std::process::{Child, Command as Process, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use kevent_wire::{Command, ExecResult, Outcome};
+use kevent_wire::{
+    Command, ExecResult, Outcome, MAX_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_PROGRAMS, MAX_OUTPUT_BYTES,
+    MAX_READ_BYTES,
+};
 
 /// The debugfs trigger of the events module: `core|package <cpu> <hex>`.
 const TRIGGER: &str = "/sys/kernel/debug/kevent_thermal/trigger";
@@ -40,10 +43,7 @@ pub fn execute(command: Command, background: &mut Background) -> Outcome {
                 Err(e) => error(e, &format!("write \"{line}\" to {TRIGGER}")),
             }
         }
-        Command::ReadFile { path } => match fs::read(&path) {
-            Ok(data) => Outcome::Data(data),
-            Err(e) => error(e, &format!("read {path}")),
-        },
+        Command::ReadFile { path } => read_bounded(&path),
         Command::WriteFile { path, data } => match write_once(&path, &data) {
             Ok(()) => Outcome::Done,
             Err(e) => error(e, &format!("write {path}")),
@@ -76,14 +76,39 @@ fn write_once(path: &str, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The file's bytes, at most [`MAX_READ_BYTES`]: a larger file is refused
+/// (EFBIG), not cut or sent in a frame the host would refuse.
+fn read_bounded(path: &str) -> Outcome {
+    let mut data = Vec::new();
+    let read = fs::File::open(path).and_then(|f| f.take(MAX_READ_BYTES as u64 + 1).read_to_end(&mut data));
+    match read {
+        Err(e) => error(e, &format!("read {path}")),
+        Ok(n) if n > MAX_READ_BYTES => Outcome::Error {
+            errno: libc::EFBIG,
+            message: format!("read {path}: more than {MAX_READ_BYTES} bytes, the most a read step returns"),
+        },
+        Ok(_) => Outcome::Data(data),
+    }
+}
+
 fn spawn(program: &str, args: &[String]) -> io::Result<Child> {
     Process::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
 }
 
-fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+/// Reads a program's stream to its end and keeps the first `keep` bytes,
+/// then a line saying how much was cut: the program never blocks on a
+/// full pipe, and its result always fits in a frame.
+fn collect(pipe: impl Read + Send + 'static, keep: usize) -> JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut out = Vec::new();
-        let _ = pipe.read_to_end(&mut out);
+        let mut pipe = pipe;
+        let _ = (&mut pipe).take(keep as u64).read_to_end(&mut out);
+        let rest = io::copy(&mut pipe, &mut io::sink()).unwrap_or(0);
+        if rest > 0 {
+            out.extend_from_slice(
+                format!("\n[kevent-agent: {rest} more bytes cut after the first {keep}]\n").as_bytes(),
+            );
+        }
         out
     })
 }
@@ -100,15 +125,24 @@ fn result(program: &str, status: std::process::ExitStatus, stdout: Vec<u8>, stde
 }
 
 fn run(program: &str, args: &[String]) -> io::Result<ExecResult> {
-    let output = spawn(program, args)?.wait_with_output()?;
-    Ok(result(program, output.status, output.stdout, output.stderr))
+    let mut child = spawn(program, args)?;
+    let stdout = collect(child.stdout.take().expect("piped"), MAX_OUTPUT_BYTES);
+    let stderr = collect(child.stderr.take().expect("piped"), MAX_OUTPUT_BYTES);
+    let status = child.wait()?;
+    Ok(result(program, status, stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default()))
 }
 
 impl Background {
     fn start(&mut self, program: &str, args: &[String]) -> io::Result<()> {
+        if self.running.len() >= MAX_BACKGROUND_PROGRAMS {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("{MAX_BACKGROUND_PROGRAMS} programs run in the background already, the most at once"),
+            ));
+        }
         let mut child = spawn(program, args)?;
-        let stdout = collect(child.stdout.take().expect("piped"));
-        let stderr = collect(child.stderr.take().expect("piped"));
+        let stdout = collect(child.stdout.take().expect("piped"), MAX_BACKGROUND_OUTPUT_BYTES);
+        let stderr = collect(child.stderr.take().expect("piped"), MAX_BACKGROUND_OUTPUT_BYTES);
         self.running.push(BackgroundProgram { program: program.to_owned(), child, stdout, stderr });
         Ok(())
     }

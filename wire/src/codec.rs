@@ -5,6 +5,13 @@ use std::io::{self, Read, Write};
 /// file reads and program output are capped well below this.
 pub const MAX_FRAME_LEN: usize = 4 << 20;
 
+// Every reply the agent can send fits in a frame, with half of it left for
+// the other fields and the cut markers: one read, one program's two
+// streams, or every background program's two streams.
+const _: () = assert!(crate::MAX_READ_BYTES <= MAX_FRAME_LEN / 2);
+const _: () = assert!(2 * crate::MAX_OUTPUT_BYTES <= MAX_FRAME_LEN / 2);
+const _: () = assert!(2 * crate::MAX_BACKGROUND_PROGRAMS * crate::MAX_BACKGROUND_OUTPUT_BYTES <= MAX_FRAME_LEN / 2);
+
 /// Everything that can go wrong reading or decoding a frame.
 #[derive(Debug)]
 pub enum WireError {

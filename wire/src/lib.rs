@@ -29,6 +29,15 @@ pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
 /// as "the kernel has booted and started /init".
 pub const AGENT_STARTED_MARKER: &str = "kevent-agent: started";
 
+/// Most bytes a read step returns: the reply must fit in a frame.
+pub const MAX_READ_BYTES: usize = 1 << 20;
+/// Most bytes kept of a program's stdout, and of its stderr.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Programs running in the background at once, and the bytes kept of each
+/// one's stdout and stderr: all their results travel in one frame.
+pub const MAX_BACKGROUND_PROGRAMS: usize = 8;
+pub const MAX_BACKGROUND_OUTPUT_BYTES: usize = 128 << 10;
+
 /// Kernel command-line key that carries one module parameter to the agent,
 /// which loads the modules: `kevent_bench.param=MODULE.KEY=VALUE`.
 pub const MODULE_PARAM_KEY: &str = "kevent_bench.param=";
