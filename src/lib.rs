@@ -10,6 +10,7 @@ pub mod console;
 pub mod cpio;
 pub mod events;
 pub mod failure;
+pub mod fingerprint;
 pub mod machine;
 pub mod qemu;
 pub mod runner;
