@@ -6,6 +6,7 @@ mod agent;
 mod bench;
 mod bench_inject;
 mod boot;
+mod cache;
 mod flags;
 mod fsutil;
 mod initramfs;
