@@ -1,4 +1,5 @@
-//! The two initramfs archives and the artifacts file that describes them.
+//! The two initramfs archives, in the directory of the kernel their modules
+//! were built against, and the profile's artifacts file that points at them.
 
 use std::fs;
 use std::path::Path;
@@ -16,16 +17,18 @@ use crate::project::Project;
 /// What the agent reads to know which modules to load, in order.
 const MODULE_LIST: &str = "/etc/kevent-bench/modules";
 
+/// Writes the archives into `guest_dir` (locked by the caller), then the
+/// profile's artifacts file.
 pub fn assemble(
     project: &Project,
+    guest_dir: &Path,
     kernel: &Kernel,
     modules: &[Module],
     agent: &AgentBinaries,
 ) -> anyhow::Result<Artifacts> {
-    let dir = project.out.join(kernel.profile);
-    let initramfs = dir.join("initramfs.cpio");
+    let initramfs = guest_dir.join("initramfs.cpio");
     write_if_changed(&initramfs, &agent_archive(&agent.agent, modules)?.to_bytes())?;
-    let floor_initramfs = dir.join("floor.cpio");
+    let floor_initramfs = guest_dir.join("floor.cpio");
     write_if_changed(&floor_initramfs, &floor_archive(&agent.floor_init)?.to_bytes())?;
     let artifacts = Artifacts {
         profile: kernel.profile.to_owned(),
@@ -38,7 +41,7 @@ pub fn assemble(
         runs_dir: project.out.join("runs"),
         modules: modules.iter().map(|m| m.path.clone()).collect(),
     };
-    write_if_changed(&dir.join("artifacts"), artifacts.to_text().as_bytes())?;
+    write_if_changed(&project.artifacts_file(kernel.profile), artifacts.to_text().as_bytes())?;
     Ok(artifacts)
 }
 

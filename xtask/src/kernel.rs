@@ -5,7 +5,8 @@
 //! compiler's version. Debian's tarball never changes under a key, so an
 //! up-to-date build is reused without running make at all; a user's own
 //! tree (`--kernel-src`) may change at any time, so make runs over it every
-//! time and decides for itself.
+//! time and decides for itself. What is built against a kernel is keyed by
+//! what its build produced ([`identity`]), not by this key.
 //!
 //! The unpacked source and each build are entries of the shared cache, each
 //! made by one process at a time under its lock ([`crate::cache`]).
@@ -34,10 +35,12 @@ pub struct Kernel {
     pub tree: PathBuf,
     pub build_dir: PathBuf,
     pub vmlinux: PathBuf,
+    /// A tree the user named: it may change under the same build directory.
+    pub user_tree: bool,
     /// `uname -r` of the guest.
     pub release: String,
-    /// The cache key; everything built against this kernel is keyed on it too.
-    pub key: String,
+    /// What everything built against this kernel is keyed by ([`identity`]).
+    pub identity: String,
     /// Whether an existing build was used as is.
     pub reused: bool,
     /// Held shared until the build is over: no one rebuilds this kernel
@@ -104,16 +107,32 @@ pub fn build(project: &Project, flags: &BuildFlags) -> anyhow::Result<Kernel> {
         .with_context(|| format!("the kernel build left no {}", release_file.display()))?
         .trim()
         .to_owned();
+    let identity = identity(&build_dir)?;
     Ok(Kernel {
         profile,
         tree: source.tree().to_owned(),
+        user_tree,
         build_dir,
         vmlinux,
         release,
-        key,
+        identity,
         reused: matches!(outcome, Outcome::Reused { .. }),
         _lock: lock,
     })
+}
+
+/// What a module built against this kernel depends on: the build's place
+/// (a user's tree is keyed by its path, and Kbuild records its headers by
+/// path), its release (vermagic), its final .config and the exported symbols.
+pub fn identity(build_dir: &Path) -> anyhow::Result<String> {
+    let mut identity = Fingerprint::new();
+    identity.add(build_dir.as_os_str().as_encoded_bytes());
+    for name in ["include/config/kernel.release", ".config", "Module.symvers"] {
+        let path = build_dir.join(name);
+        let data = fs::read(&path).with_context(|| format!("read {} of the kernel build", path.display()))?;
+        identity.add(name.as_bytes()).add(&data);
+    }
+    Ok(identity.hex())
 }
 
 /// The cache is the first place a build writes to; where it cannot, say
@@ -419,6 +438,47 @@ CONFIG_CMDLINE=\"a#b\"
         assert!(rendered.contains("CONFIG_PVH=y\n"));
         assert!(rendered.contains("# CONFIG_INPUT is not set\n"));
         assert!(!rendered.contains("PVH direct"));
+    }
+
+    /// A kernel build directory with the three files its identity is made of.
+    fn fake_build(dir: &Path) {
+        fs::create_dir_all(dir.join("include/config")).unwrap();
+        fs::write(dir.join("include/config/kernel.release"), "6.12.117\n").unwrap();
+        fs::write(dir.join(".config"), "CONFIG_PVH=y\n").unwrap();
+        fs::write(dir.join("Module.symvers"), "0x00000000\tsystem_state\tvmlinux\tEXPORT_SYMBOL\t\n").unwrap();
+    }
+
+    #[test]
+    fn modules_are_built_in_a_directory_of_the_kernel_build_they_are_built_against() {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = Project { root: tmp.path().into(), cache: tmp.path().join("cache"), out: tmp.path().join("out") };
+        let build = tmp.path().join("cache/build/default-1");
+        fake_build(&build);
+        let guest_dir = || project.guest_dir("default", "6.12.117", &identity(&build).unwrap());
+        let first = guest_dir();
+        assert_eq!(guest_dir(), first, "the same build, the same directory");
+        let prefix = tmp.path().join("out/guest/default-6.12.117-");
+        assert!(first.to_str().unwrap().starts_with(prefix.to_str().unwrap()), "{}", first.display());
+
+        fs::write(build.join(".config"), "CONFIG_PVH=y\nCONFIG_BUG=y\n").unwrap();
+        let other_config = guest_dir();
+        assert_ne!(other_config, first);
+        fs::write(build.join(".config"), "CONFIG_PVH=y\n").unwrap();
+        assert_eq!(guest_dir(), first, "back to the first .config, back to its modules");
+
+        fs::write(build.join("Module.symvers"), "0x00000000\treset_devices\tvmlinux\tEXPORT_SYMBOL\t\n").unwrap();
+        let other_symbols = guest_dir();
+        assert_ne!(other_symbols, first);
+        assert_ne!(other_symbols, other_config);
+
+        let elsewhere = tmp.path().join("cache/build/default-2");
+        fake_build(&elsewhere);
+        fs::copy(build.join("Module.symvers"), elsewhere.join("Module.symvers")).unwrap();
+        assert_ne!(identity(&elsewhere).unwrap(), identity(&build).unwrap(), "no two kernel builds share one");
+
+        fs::remove_file(build.join("Module.symvers")).unwrap();
+        let err = identity(&build).unwrap_err().to_string();
+        assert_eq!(err, format!("read {} of the kernel build", build.join("Module.symvers").display()));
     }
 
     /// A tarball of `files` (name, size) under `top/`, of random bytes so

@@ -1,4 +1,6 @@
-//! The events modules: `kmod/` built with Kbuild against the guest kernel.
+//! The events modules: `kmod/` built with Kbuild against the guest kernel,
+//! in a directory of their own for each kernel (keyed by its identity), so
+//! that switching kernels neither rebuilds nor mixes builds.
 //!
 //! Kbuild writes objects next to the sources of an external module, so the
 //! sources are mirrored into the output directory first (unchanged files keep
@@ -21,25 +23,28 @@ pub struct Module {
     pub path: PathBuf,
 }
 
-pub fn build(project: &Project, kernel: &Kernel) -> anyhow::Result<Vec<Module>> {
+/// Builds into `build_dir`, which belongs to this kernel alone and is locked
+/// by the caller.
+pub fn build(project: &Project, kernel: &Kernel, build_dir: &Path) -> anyhow::Result<Vec<Module>> {
     let sources = source_files(&project.kmod_dir())?;
     if !sources.iter().any(|(rel, _)| rel == Path::new("Kbuild")) {
         bail!("{} has no Kbuild file", project.kmod_dir().display());
     }
-    let build_dir = project.out.join(format!("kmod-{}", kernel.profile));
     let mut key = Fingerprint::new();
-    key.add(kernel.key.as_bytes());
+    key.add(kernel.identity.as_bytes());
     for (rel, data) in &sources {
         key.add(rel.as_os_str().as_encoded_bytes()).add(data);
     }
     let key = key.hex();
     let stamp = build_dir.join(".kevent-bench.built");
-    if fs::read_to_string(&stamp).is_ok_and(|k| k == key) {
-        if let Ok(modules) = modules_in_order(&build_dir) {
+    // A user's tree may change a header without changing the identity (this
+    // kernel has no MODVERSIONS): make runs over the modules too and decides.
+    if !kernel.user_tree && fs::read_to_string(&stamp).is_ok_and(|k| k == key) {
+        if let Ok(modules) = modules_in_order(build_dir) {
             return Ok(modules);
         }
     }
-    mirror(&sources, &build_dir)?;
+    mirror(&sources, build_dir)?;
     let log = build_dir.join("make.log");
     let _ = fs::remove_file(&log);
     run_logged(
@@ -52,13 +57,13 @@ pub fn build(project: &Project, kernel: &Kernel) -> anyhow::Result<Vec<Module>> 
         &log,
     )?;
     // W=1 warnings do not fail make; they fail the bench build.
-    let warnings: Vec<String> =
-        fs::read_to_string(&log)?.lines().filter(|l| l.contains("warning:")).map(str::to_owned).collect();
+    let text = fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("warning:")).collect();
     if !warnings.is_empty() {
         bail!("the events module build (W=1) has warnings:\n{}", warnings.join("\n"));
     }
-    let modules = modules_in_order(&build_dir)?;
-    fs::write(&stamp, &key)?;
+    let modules = modules_in_order(build_dir)?;
+    fs::write(&stamp, &key).with_context(|| format!("write {}", stamp.display()))?;
     Ok(modules)
 }
 
@@ -94,10 +99,11 @@ fn mirror(sources: &[(PathBuf, Vec<u8>)], build_dir: &Path) -> anyhow::Result<()
     }
     // A source removed from kmod/ must not linger in the build.
     let mut present = Vec::new();
-    collect(build_dir, build_dir, &mut present)?;
+    collect(build_dir, build_dir, &mut present).with_context(|| format!("read {}", build_dir.display()))?;
     for (rel, _) in present {
         if !sources.iter().any(|(s, _)| *s == rel) {
-            fs::remove_file(build_dir.join(&rel))?;
+            let path = build_dir.join(&rel);
+            fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
         }
     }
     Ok(())

@@ -67,6 +67,7 @@ fn exit_code_of(e: &anyhow::Error) -> i32 {
 }
 
 mod build {
+    use crate::cache::EntryLock;
     use crate::{agent, flags, initramfs, kernel, kmod, prereq, project};
 
     /// Everything a guest needs, built or found up to date.
@@ -75,9 +76,14 @@ mod build {
         prereq::ensure(&prereq::for_build(flags.kernel_src.as_deref()))?;
         let project = project::Project::locate()?;
         let kernel = kernel::build(&project, flags)?;
-        let modules = kmod::build(&project, &kernel)?;
         let agent = agent::build(&project)?;
-        let artifacts = initramfs::assemble(&project, &kernel, &modules, &agent)?;
+        let guest_dir = project.guest_dir(kernel.profile, &kernel.release, &kernel.identity);
+        // Held to the end: another build of this checkout against the same
+        // kernel waits, then finds the modules and archives up to date.
+        let mut guest_lock = EntryLock::open(&guest_dir)?;
+        guest_lock.exclusive()?;
+        let modules = kmod::build(&project, &kernel, &guest_dir.join("kmod"))?;
+        let artifacts = initramfs::assemble(&project, &guest_dir, &kernel, &modules, &agent)?;
         eprintln!(
             "built {} kernel {} ({}), {} module(s), agent; in {:.1} s",
             kernel.profile,
