@@ -16,6 +16,7 @@ pub mod qemu;
 pub mod runner;
 pub mod scenario;
 pub mod sensor;
+pub mod sources;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use artifacts::Artifacts;

@@ -6,9 +6,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use kevent_bench::cpio::Archive;
+use kevent_bench::sources::Sources;
 pub use kevent_bench::Artifacts;
 
 use crate::agent::AgentBinaries;
+use crate::flags::BuildFlags;
 use crate::fsutil::write_if_changed;
 use crate::kernel::Kernel;
 use crate::kmod::Module;
@@ -18,13 +20,15 @@ use crate::project::Project;
 const MODULE_LIST: &str = "/etc/kevent-bench/modules";
 
 /// Writes the archives into `guest_dir` (locked by the caller), then the
-/// profile's artifacts file.
+/// profile's artifacts file, recording `sources` as what all of it was built from.
 pub fn assemble(
     project: &Project,
+    flags: &BuildFlags,
     guest_dir: &Path,
     kernel: &Kernel,
     modules: &[Module],
     agent: &AgentBinaries,
+    sources: Sources,
 ) -> anyhow::Result<Artifacts> {
     let initramfs = guest_dir.join("initramfs.cpio");
     write_if_changed(&initramfs, &agent_archive(&agent.agent, modules)?.to_bytes())?;
@@ -40,6 +44,9 @@ pub fn assemble(
         cache_dir: project.cache.clone(),
         runs_dir: project.out.join("runs"),
         modules: modules.iter().map(|m| m.path.clone()).collect(),
+        fragments: flags.profile.fragments().iter().map(|f| (*f).to_owned()).collect(),
+        sources,
+        rebuild: flags.rebuild_command(kernel.user_tree.then_some(kernel.tree.as_path())),
     };
     write_if_changed(&project.artifacts_file(kernel.profile), artifacts.to_text().as_bytes())?;
     Ok(artifacts)

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use kevent_bench::sources::kmod_files;
 
 use crate::fsutil::{write_if_changed, Fingerprint};
 use crate::kernel::Kernel;
@@ -79,30 +80,17 @@ fn make(kernel: &Kernel, build_dir: &Path) -> Command {
     cmd
 }
 
-/// Every source file under `kmod/` (relative path, contents), sorted.
+/// Every source file under `kmod/` (relative path, contents), sorted: those
+/// the guest tests check against the artifacts' record, no more, no less.
 fn source_files(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
-    let mut files = Vec::new();
-    collect(dir, dir, &mut files).with_context(|| format!("read {}", dir.display()))?;
-    files.sort();
-    Ok(files)
-}
-
-fn collect(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(root, &path, files)?;
-        } else if is_source(&path) {
-            let rel = path.strip_prefix(root).expect("under root").to_owned();
-            files.push((rel, fs::read(&path)?));
-        }
-    }
-    Ok(())
-}
-
-fn is_source(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name == "Kbuild" || name == "Makefile" || name.ends_with(".c") || name.ends_with(".h")
+    kmod_files(dir)?
+        .into_iter()
+        .map(|rel| {
+            let path = dir.join(&rel);
+            let data = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            Ok((rel, data))
+        })
+        .collect()
 }
 
 fn mirror(sources: &[(PathBuf, Vec<u8>)], build_dir: &Path) -> anyhow::Result<()> {
@@ -110,9 +98,7 @@ fn mirror(sources: &[(PathBuf, Vec<u8>)], build_dir: &Path) -> anyhow::Result<()
         write_if_changed(&build_dir.join(rel), data)?;
     }
     // A source removed from kmod/ must not linger in the build.
-    let mut present = Vec::new();
-    collect(build_dir, build_dir, &mut present).with_context(|| format!("read {}", build_dir.display()))?;
-    for (rel, _) in present {
+    for rel in kmod_files(build_dir)? {
         if !sources.iter().any(|(s, _)| *s == rel) {
             let path = build_dir.join(&rel);
             fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;

@@ -67,6 +67,9 @@ fn exit_code_of(e: &anyhow::Error) -> i32 {
 }
 
 mod build {
+    use anyhow::Context;
+    use kevent_bench::sources::Sources;
+
     use crate::cache::EntryLock;
     use crate::{agent, flags, initramfs, kernel, kmod, prereq, project};
 
@@ -75,6 +78,10 @@ mod build {
         let started = std::time::Instant::now();
         prereq::ensure(&prereq::for_build(flags.kernel_src.as_deref()))?;
         let project = project::Project::locate()?;
+        // Read before anything is built: a source that changes during the
+        // build leaves a record the tests refuse, never the reverse.
+        let fragments: Vec<String> = flags.profile.fragments().iter().map(|f| (*f).to_owned()).collect();
+        let sources = Sources::scan(&project.root, &fragments).context("record the guest's sources")?;
         let kernel = kernel::build(&project, flags)?;
         let agent = agent::build(&project)?;
         let guest_dir = project.guest_dir(kernel.profile, &kernel.release, &kernel.identity);
@@ -83,7 +90,7 @@ mod build {
         let mut guest_lock = EntryLock::open(&guest_dir)?;
         guest_lock.exclusive()?;
         let modules = kmod::build(&project, &kernel, &guest_dir.join("kmod"))?;
-        let artifacts = initramfs::assemble(&project, &guest_dir, &kernel, &modules, &agent)?;
+        let artifacts = initramfs::assemble(&project, flags, &guest_dir, &kernel, &modules, &agent, sources)?;
         eprintln!(
             "built {} kernel {} ({}), {} module(s), agent; in {:.1} s",
             kernel.profile,
