@@ -11,6 +11,7 @@ pub mod console;
 pub mod cpio;
 pub mod events;
 pub mod failure;
+pub mod fingerprint;
 pub mod load;
 pub mod machine;
 pub mod modinfo;
@@ -19,6 +20,7 @@ pub mod qemu;
 pub mod runner;
 pub mod scenario;
 pub mod sensor;
+pub mod sources;
 pub mod thermal;
 
 #[cfg(test)]

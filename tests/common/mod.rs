@@ -7,9 +7,11 @@ use std::process::Command;
 
 use kevent_bench::{Accel, Artifacts, GuestSpec, MachineConfig};
 
-/// The guest `cargo xtask build` made (`cargo xtask test` says which).
+/// The guest `cargo xtask build` made (`cargo xtask test` says which),
+/// refused if it was built from other sources than this checkout's; the
+/// error names the command that rebuilds it.
 pub fn artifacts() -> Artifacts {
-    Artifacts::from_env().unwrap_or_else(|e| panic!("{e:#}\nthe guest tests need `cargo xtask test`"))
+    Artifacts::from_env().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A per-test directory under the runs directory, emptied first.

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use anyhow::Context;
+
 use crate::process::run_logged;
 use crate::project::Project;
 
@@ -20,7 +22,7 @@ pub fn build(project: &Project) -> anyhow::Result<AgentBinaries> {
     // Its own target directory: different RUSTFLAGS would otherwise make every
     // host build and every agent build invalidate the other.
     let target_dir = project.out.join("agent-target");
-    std::fs::create_dir_all(&project.out)?;
+    std::fs::create_dir_all(&project.out).with_context(|| format!("create {}", project.out.display()))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run_logged(
         Command::new(cargo)

@@ -107,6 +107,34 @@ impl BuildArgs {
     }
 }
 
+impl BuildFlags {
+    /// The command that builds the same guest again, whatever the
+    /// environment is then: the flags are spelled out. `kernel_tree` is the
+    /// user's tree as the build resolved it, if there is one.
+    pub fn rebuild_command(&self, kernel_tree: Option<&std::path::Path>) -> String {
+        let mut command = "cargo xtask build".to_owned();
+        if let Some(tree) = kernel_tree {
+            command.push_str(" --kernel-src ");
+            command.push_str(&shell_word(&tree.to_string_lossy()));
+        }
+        if self.profile != KernelProfile::Default {
+            command.push_str(" --kernel-profile ");
+            command.push_str(self.profile.name());
+        }
+        command
+    }
+}
+
+/// `word` as a shell reads it back: quoted only if it must be.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum AccelArg {
     /// KVM only if a probe guest really boots under it, else TCG
@@ -386,6 +414,24 @@ mod tests {
         };
         assert_eq!((r.cpus, r.memory_mib), (Some(4), Some(512)));
         assert_eq!((r.clock, r.injector), (Some(ClockArg::Virtual), Some(InjectorArg::Debugfs)));
+    }
+
+    #[test]
+    fn the_rebuild_command_spells_out_the_profile_and_the_tree() {
+        let mut b = BuildFlags { kernel_src: None, profile: KernelProfile::Default, profile_chosen: false };
+        assert_eq!(b.rebuild_command(None), "cargo xtask build");
+        b.profile = KernelProfile::Debug;
+        assert_eq!(b.rebuild_command(None), "cargo xtask build --kernel-profile debug");
+        let tree = std::path::Path::new("/home/me/linux");
+        assert_eq!(
+            b.rebuild_command(Some(tree)),
+            "cargo xtask build --kernel-src /home/me/linux --kernel-profile debug"
+        );
+        let tree = std::path::Path::new("/home/me/it's linux");
+        assert_eq!(
+            b.rebuild_command(Some(tree)),
+            r"cargo xtask build --kernel-src '/home/me/it'\''s linux' --kernel-profile debug"
+        );
     }
 
     #[test]

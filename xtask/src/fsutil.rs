@@ -1,9 +1,12 @@
 //! Small file-system helpers that keep rebuilds incremental.
 
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::Context;
+pub use kevent_bench::fingerprint::Fingerprint;
 
 /// Writes `data` unless the file already holds exactly it, so that make and
 /// cargo see an unchanged timestamp. Returns whether it wrote.
@@ -11,36 +14,19 @@ pub fn write_if_changed(path: &Path, data: &[u8]) -> anyhow::Result<bool> {
     if fs::read(path).is_ok_and(|old| old == data) {
         return Ok(false);
     }
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    }
-    // Through a temporary name, so a reader never sees half a file.
-    let tmp = path.with_extension("tmp-write");
-    fs::write(&tmp, data).with_context(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    // Through a temporary file of its own, so that a reader never sees half a
+    // file and two builds writing the same file at once do not trip over one
+    // name; 0o666 because umask then applies as it does to any new file.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kevent-bench-")
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(parent)
+        .with_context(|| format!("create a temporary file in {}", parent.display()))?;
+    tmp.write_all(data).with_context(|| format!("write {}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("rename a temporary file to {}", path.display()))?;
     Ok(true)
-}
-
-/// FNV-1a, 64 bits: a cache key, not a security boundary.
-#[derive(Clone)]
-pub struct Fingerprint(u64);
-
-impl Fingerprint {
-    pub fn new() -> Self {
-        Fingerprint(0xcbf2_9ce4_8422_2325)
-    }
-
-    pub fn add(&mut self, bytes: &[u8]) -> &mut Self {
-        for &b in bytes.iter().chain(&[0xff]) {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self
-    }
-
-    pub fn hex(&self) -> String {
-        format!("{:016x}", self.0)
-    }
 }
 
 #[cfg(test)]
@@ -48,27 +34,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprints_separate_fields_and_follow_content() {
-        let key = |parts: &[&str]| {
-            let mut f = Fingerprint::new();
-            parts.iter().for_each(|p| {
-                f.add(p.as_bytes());
-            });
-            f.hex()
-        };
-        assert_eq!(key(&["ab", "c"]), key(&["ab", "c"]));
-        assert_ne!(key(&["ab", "c"]), key(&["a", "bc"]), "field boundaries count");
-        assert_ne!(key(&["CONFIG_BUG=y"]), key(&["CONFIG_BUG=n"]));
-    }
-
-    #[test]
     fn unchanged_content_is_not_rewritten() {
-        let dir = std::env::temp_dir().join(format!("kevent-fsutil-{}", std::process::id()));
-        let path = dir.join("f");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/f");
         assert!(write_if_changed(&path, b"one").unwrap());
         assert!(!write_if_changed(&path, b"one").unwrap());
         assert!(write_if_changed(&path, b"two").unwrap());
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        fs::remove_dir_all(&dir).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "readable like any new file, not a private temporary: {mode:o}");
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_file_all_succeed_and_leave_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("artifacts");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let path = &path;
+                s.spawn(move || {
+                    for round in 0..50 {
+                        write_if_changed(path, format!("writer {i} round {round}").as_bytes()).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(fs::read_to_string(&path).unwrap().ends_with("round 49"));
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["artifacts"]);
     }
 }

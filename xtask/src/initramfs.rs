@@ -1,13 +1,16 @@
-//! The two initramfs archives and the artifacts file that describes them.
+//! The two initramfs archives, in the directory of the kernel their modules
+//! were built against, and the profile's artifacts file that points at them.
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::Context;
 use kevent_bench::cpio::Archive;
+use kevent_bench::sources::Sources;
 pub use kevent_bench::Artifacts;
 
 use crate::agent::AgentBinaries;
+use crate::flags::BuildFlags;
 use crate::fsutil::write_if_changed;
 use crate::kernel::Kernel;
 use crate::kmod::Module;
@@ -16,16 +19,20 @@ use crate::project::Project;
 /// What the agent reads to know which modules to load, in order.
 const MODULE_LIST: &str = "/etc/kevent-bench/modules";
 
+/// Writes the archives into `guest_dir` (locked by the caller), then the
+/// profile's artifacts file, recording `sources` as what all of it was built from.
 pub fn assemble(
     project: &Project,
+    flags: &BuildFlags,
+    guest_dir: &Path,
     kernel: &Kernel,
     modules: &[Module],
     agent: &AgentBinaries,
+    sources: Sources,
 ) -> anyhow::Result<Artifacts> {
-    let dir = project.out.join(kernel.profile);
-    let initramfs = dir.join("initramfs.cpio");
+    let initramfs = guest_dir.join("initramfs.cpio");
     write_if_changed(&initramfs, &agent_archive(&agent.agent, modules)?.to_bytes())?;
-    let floor_initramfs = dir.join("floor.cpio");
+    let floor_initramfs = guest_dir.join("floor.cpio");
     write_if_changed(&floor_initramfs, &floor_archive(&agent.floor_init)?.to_bytes())?;
     let artifacts = Artifacts {
         profile: kernel.profile.to_owned(),
@@ -37,8 +44,11 @@ pub fn assemble(
         cache_dir: project.cache.clone(),
         runs_dir: project.out.join("runs"),
         modules: modules.iter().map(|m| m.path.clone()).collect(),
+        fragments: flags.profile.fragments().iter().map(|f| (*f).to_owned()).collect(),
+        sources,
+        rebuild: flags.rebuild_command(kernel.user_tree.then_some(kernel.tree.as_path())),
     };
-    write_if_changed(&dir.join("artifacts"), artifacts.to_text().as_bytes())?;
+    write_if_changed(&project.artifacts_file(kernel.profile), artifacts.to_text().as_bytes())?;
     Ok(artifacts)
 }
 

@@ -8,6 +8,7 @@ mod bench;
 mod bench_determinism;
 mod bench_inject;
 mod boot;
+mod cache;
 mod check;
 mod flags;
 mod fsutil;
@@ -79,6 +80,10 @@ fn exit_code_of(e: &anyhow::Error) -> i32 {
 }
 
 mod build {
+    use anyhow::Context;
+    use kevent_bench::sources::Sources;
+
+    use crate::cache::EntryLock;
     use crate::{agent, flags, initramfs, kernel, kmod, prereq, project};
 
     /// Everything a guest needs, built or found up to date.
@@ -86,10 +91,19 @@ mod build {
         let started = std::time::Instant::now();
         prereq::ensure(&prereq::for_build(flags.kernel_src.as_deref()))?;
         let project = project::Project::locate()?;
+        // Read before anything is built: a source that changes during the
+        // build leaves a record the tests refuse, never the reverse.
+        let fragments: Vec<String> = flags.profile.fragments().iter().map(|f| (*f).to_owned()).collect();
+        let sources = Sources::scan(&project.root, &fragments).context("record the guest's sources")?;
         let kernel = kernel::build(&project, flags)?;
-        let modules = kmod::build(&project, &kernel)?;
         let agent = agent::build(&project)?;
-        let artifacts = initramfs::assemble(&project, &kernel, &modules, &agent)?;
+        let guest_dir = project.guest_dir(kernel.profile, &kernel.release, &kernel.identity);
+        // Held to the end: another build of this checkout against the same
+        // kernel waits, then finds the modules and archives up to date.
+        let mut guest_lock = EntryLock::open(&guest_dir)?;
+        guest_lock.exclusive()?;
+        let modules = kmod::build(&project, &kernel, &guest_dir.join("kmod"))?;
+        let artifacts = initramfs::assemble(&project, flags, &guest_dir, &kernel, &modules, &agent, sources)?;
         eprintln!(
             "built {} kernel {} ({}), {} module(s), agent; in {:.1} s",
             kernel.profile,

@@ -28,4 +28,17 @@ impl Project {
     pub fn kmod_dir(&self) -> PathBuf {
         self.root.join("kmod")
     }
+
+    /// The latest build of a kernel profile, as the tests read it.
+    pub fn artifacts_file(&self, profile: &str) -> PathBuf {
+        self.out.join(profile).join("artifacts")
+    }
+
+    /// What this checkout builds against one kernel (modules, archives),
+    /// in a directory no other kernel shares.
+    pub fn guest_dir(&self, profile: &str, release: &str, kernel_identity: &str) -> PathBuf {
+        let release: String =
+            release.chars().map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' }).collect();
+        self.out.join("guest").join(format!("{profile}-{release}-{kernel_identity}"))
+    }
 }

@@ -46,7 +46,7 @@ fn run_profile(flags: &TestFlags, build: &BuildFlags, only: Option<&[&str]>) -> 
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, kevent_bench::Clock::Real)?;
     let project = crate::project::Project::locate()?;
     provide_private_qemu(&project)?;
-    let artifacts_file = project.out.join(&artifacts.profile).join("artifacts");
+    let artifacts_file = project.artifacts_file(&artifacts.profile);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&project.root);
