@@ -149,7 +149,7 @@ pub struct Machine {
     sensor: Option<Sensor>,
     timeouts: Timeouts,
     /// Dropped last: QEMU must be gone before its socket is removed.
-    _socket_dir: SocketDir,
+    socket_dir: SocketDir,
 }
 
 /// The emulated sensor device and the thread that watches its ack vector.
@@ -267,7 +267,7 @@ impl Machine {
         let timings = BootTimings { qemu_started, kernel_booted, greeted: guest.spawned.elapsed() };
         // The sensor's readiness is waited for at its first use: a run that
         // injects through debugfs does not depend on the guest's driver.
-        Ok(Machine { guest, hello, timings, console_log, sensor, timeouts: config.timeouts, _socket_dir: socket_dir })
+        Ok(Machine { guest, hello, timings, console_log, sensor, timeouts: config.timeouts, socket_dir })
     }
 
     /// Asks the agent to power off and waits for QEMU to exit; a kernel
@@ -322,6 +322,12 @@ impl Machine {
     pub fn take_captured(&mut self) -> Vec<Datagram> {
         self.guest.arrived.clear();
         std::mem::take(&mut self.guest.captured)
+    }
+
+    /// The private directory of this guest's sockets, removed when the
+    /// machine is dropped.
+    pub fn socket_dir(&self) -> &Path {
+        self.socket_dir.path()
     }
 
     /// QEMU's process id.

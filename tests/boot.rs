@@ -164,3 +164,51 @@ fn qemu_refusing_its_arguments_is_a_start_failure_with_its_words() {
     assert!(qemu_stderr.contains("/nonexistent/vmlinux"), "QEMU's own message is kept: {qemu_stderr}");
     assert_eq!(failure.exit_code(), exit_code::QEMU_START);
 }
+
+#[test]
+fn a_module_parameter_the_module_ignores_stops_the_run() {
+    // The host checks scenarios' parameters before boot; this one bypasses
+    // that check, as a parameter given some other way would.
+    let misspelt = kevent_wire::module_param_arg("kevent_thermal", "rate_limt_ms", "0");
+    let config = common::config("ignored-parameter", common::artifacts().guest(2, 256, vec![misspelt]));
+    let failure = Machine::boot(&config).err().expect("the boot must fail");
+    let Failure::IgnoredInput { line } = &failure else { panic!("expected an ignored input, got: {failure}") };
+    assert_eq!(line, "kevent_thermal: unknown parameter 'rate_limt_ms' ignored");
+    assert_eq!(failure.exit_code(), exit_code::BENCH_ERROR);
+}
+
+#[test]
+fn sigterm_stops_the_guest_removes_its_sockets_and_exits_143() {
+    use std::io::BufRead;
+
+    // The bench under test is this test binary, re-run as one test: it
+    // boots a guest and waits in a long agent command for the signal.
+    if std::env::var_os("KEVENT_SIGNAL_TEST_BENCH").is_some() {
+        kevent_bench::process::exit_on_signals().unwrap();
+        let config = common::config("signalled", common::artifacts().guest(2, 256, Vec::new()));
+        let mut machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{f}"));
+        println!("qemu {} sockets {}", machine.qemu_pid(), machine.socket_dir().display());
+        let waited = machine.request(kevent_wire::Command::Sleep { ns: 30_000_000_000 }, Duration::from_secs(60));
+        let signal = kevent_bench::process::interrupted().unwrap_or_else(|| panic!("not interrupted: {waited:?}"));
+        drop(machine);
+        std::process::exit(kevent_bench::process::exit_code_of(signal));
+    }
+    let mut bench = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sigterm_stops_the_guest_removes_its_sockets_and_exits_143", "--nocapture"])
+        .env("KEVENT_SIGNAL_TEST_BENCH", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(bench.stdout.take().unwrap()).lines();
+    let line = lines.map(Result::unwrap).find(|l| l.starts_with("qemu ")).expect("the bench booted its guest");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (qemu, sockets) = (words[1].to_owned(), std::path::PathBuf::from(words[3]));
+    assert!(sockets.join("agent.sock").exists());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(bench.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = bench.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status}");
+    assert!(!sockets.exists(), "{} was left behind", sockets.display());
+    let alive = std::fs::read_to_string(format!("/proc/{qemu}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')));
+    assert!(!alive, "QEMU {qemu} outlived the bench");
+}

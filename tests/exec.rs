@@ -133,3 +133,29 @@ read = "/proc/uptime"
         "the line did reach the console"
     );
 }
+
+#[test]
+fn a_users_event_loop_program_finds_what_it_needs_in_the_guest_kernel() {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "eventloop-initramfs");
+    let program = common::static_guest_program("eventloop", &dir);
+    let mut extra = kevent_bench::cpio::Archive::new();
+    extra.file("/bin/eventloop", 0o755, std::fs::read(program).unwrap()).dir("/tmp");
+    let initramfs_path = dir.join("initramfs.cpio");
+    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
+    let scenario = scenario::parse(
+        &dir.join("eventloop.toml"),
+        "description = \"an event loop\"\n[[step]]\nexec = { program = \"/bin/eventloop\" }\n",
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&artifacts);
+    guest.initramfs = initramfs_path;
+    let transcript =
+        runner::run(&scenario, &common::config("eventloop", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    let kevent_wire::Outcome::Exec(result) = &transcript.steps[0].outcome else {
+        panic!("{:?}", transcript.steps[0].outcome)
+    };
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(stdout, "epoll ok\neventfd ok\ntimerfd ok\nsignalfd ok\ninotify ok\naf_unix ok\n", "{result:?}");
+    assert_eq!(result.exit_code, 0);
+}
