@@ -280,7 +280,11 @@ fn a_timed_entry_fires_its_image_repeat_times_paced_by_the_guests_clock() {
     // gap between two consecutive firings, less 1 ms.
     let mut m = boot(&common::config_with_params(
         "sensor-timed",
-        &[("kevent_thermal", "rate_limit_ms", "1"), ("kevent_thermal", "rate_limit_edge_ms", "1000")],
+        &[
+            ("kevent_thermal", "rate_limit_ms", "1"),
+            ("kevent_thermal", "rate_limit_edge_ms", "1000"),
+            ("kevent_thermal", "rate_limit_burst_edge_ms", "1000"),
+        ],
     ));
     let (repeat, interval) = (6, 20 * MS);
     let before = read(&mut m, "/proc/interrupts");
@@ -418,6 +422,7 @@ fn rate_limit_edges_give_the_margins_the_interval_arithmetic_predicts() {
         &[
             ("kevent_thermal", "rate_limit_ms", &window.to_string()),
             ("kevent_thermal", "rate_limit_edge_ms", &edge.to_string()),
+            ("kevent_thermal", "rate_limit_burst_edge_ms", &edge.to_string()),
         ],
     ));
     assert_eq!(rate_limit_edges(&mut m), (vec![], 0));
@@ -459,6 +464,18 @@ fn rate_limit_edges_give_the_margins_the_interval_arithmetic_predicts() {
     assert!(second.margin_ns >= -150_000_000, "{edges:?}");
     // Reading does not consume.
     assert_eq!(rate_limit_edges(&mut m).0, edges);
+
+    // Decisions between firings of one entry have their own edge: with it
+    // at 0, the same entry again records only its first firing, decided
+    // against the previous entry's last (at least 850 ms before, so at
+    // most 150 ms inside the window).
+    write(&mut m, "/sys/module/kevent_thermal/parameters/rate_limit_burst_edge_ms", "0");
+    let timed = fire_timed(&mut m, 1, PROCHOT_95C, 4, interval * MS);
+    assert_eq!(acked(&mut m, timed), None);
+    let (after, _) = rate_limit_edges(&mut m);
+    let [.., first_firing] = after[..] else { unreachable!() };
+    assert_eq!(after.len(), edges.len() + 1, "{after:?}");
+    assert_eq!((first_firing.cpu, first_firing.interrupt, first_firing.within_burst), (1, 5, false), "{after:?}");
     shut_down(m);
 }
 
@@ -473,7 +490,11 @@ fn a_storm_paced_by_the_guest_fires_every_firing_and_flags_the_ones_near_the_edg
     // enough to record any such firing within LATE_NS.
     let mut m = boot(&common::config_with_params(
         "sensor-storm",
-        &[("kevent_thermal", "rate_limit_ms", "200"), ("kevent_thermal", "rate_limit_edge_ms", "100")],
+        &[
+            ("kevent_thermal", "rate_limit_ms", "200"),
+            ("kevent_thermal", "rate_limit_edge_ms", "100"),
+            ("kevent_thermal", "rate_limit_burst_edge_ms", "100"),
+        ],
     ));
     let (repeat, interval) = (500u64, 380_000i64);
     let mut limited = 0;
