@@ -58,6 +58,10 @@ const MARKERS: &[(&str, CrashKind)] = &[
     ("watchdog: BUG: soft lockup", CrashKind::Bug),
 ];
 
+/// What kernel_restart() and kernel_power_off() print: an orderly end,
+/// asked for by user space (kernel/reboot.c).
+const ORDERLY_RESTART: &[&str] = &["reboot: Restarting system", "reboot: Power down"];
+
 /// Lines that end a report; the excerpt stops after them.
 const END_MARKERS: &[&str] = &["---[ end trace", "---[ end Kernel panic"];
 
@@ -124,6 +128,8 @@ pub struct CrashDetector {
     report: Option<CrashReport>,
     collecting: bool,
     panic: Option<CrashReport>,
+    /// Panic lines the kernel outlived: a program wrote them.
+    survived_panic: Option<CrashReport>,
     /// Lines left in which an invalid-opcode oops belongs to the `kernel BUG
     /// at` line before it: on x86, BUG() is an invalid opcode, and the trap
     /// prints its oops line right after the BUG line.
@@ -144,6 +150,12 @@ impl CrashDetector {
         }
         if kind == Some(CrashKind::Panic) {
             self.panic.get_or_insert_with(|| CrashReport { kind: CrashKind::Panic, excerpt: Vec::new() });
+        }
+        // A panic restarts the machine with emergency_restart(), which says
+        // nothing; "Restarting system" is reboot(2)'s: the kernel was alive
+        // and user space asked. A panic line before it was not the kernel's.
+        if self.panic.is_some() && ORDERLY_RESTART.iter().any(|m| message_of(line).starts_with(m)) {
+            self.survived_panic = self.panic.take();
         }
         if let Some(panic) = self.panic.as_mut().filter(|p| p.excerpt.len() < EXCERPT_LINES) {
             if kind == Some(CrashKind::Panic) || !panic.excerpt.is_empty() {
@@ -197,7 +209,16 @@ impl CrashDetector {
 
     /// Forgets panic lines the machine survived (user space wrote them).
     pub fn retract_panic(&mut self) -> Option<CrashReport> {
-        self.panic.take()
+        let retracted = self.panic.take();
+        if retracted.is_some() {
+            self.survived_panic.clone_from(&retracted);
+        }
+        retracted
+    }
+
+    /// Panic lines the kernel outlived, if any: what a program wrote.
+    pub fn survived_panic(&self) -> Option<&CrashReport> {
+        self.survived_panic.as_ref()
     }
 
     /// Whether the first report's excerpt is complete.
@@ -320,6 +341,21 @@ kevent-agent: fatal: something mentions BUG: in the middle
         let r = d.report_after_exit().unwrap();
         assert_eq!(r.kind, CrashKind::Panic, "once the machine is down the panic wins");
         assert!(r.excerpt[0].contains("cut here"), "the excerpt starts at the first report");
+    }
+
+    #[test]
+    fn a_panic_line_before_an_orderly_restart_was_not_the_kernels() {
+        // The agent's reboot(2) at the end of a run whose program wrote a
+        // panic line to /dev/kmsg.
+        let d = detect(
+            "[    2.926066] Kernel panic - not syncing: written by a guest program\n\
+             [    2.987758] reboot: Restarting system\n\
+             [    2.988069] reboot: machine restart",
+        );
+        assert!(d.report_after_exit().is_none());
+        assert!(d.survived_panic().unwrap().excerpt[0].contains("written by a guest program"));
+        // A real panic's restart prints no such line.
+        assert_eq!(detect(PANIC_REPORT).report_after_exit().unwrap().kind, CrashKind::Panic);
     }
 
     #[test]

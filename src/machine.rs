@@ -281,6 +281,13 @@ impl Machine {
         if let Some(failure) = guest.crash_failure() {
             return Err(failure);
         }
+        if let Some(claimed) = guest.console.lock().unwrap().detector.survived_panic() {
+            eprintln!(
+                "warning: the guest console claimed a kernel panic but the kernel lived on to restart in order (a \
+                 guest program wrote it?): {}",
+                claimed.excerpt.first().map_or("", String::as_str)
+            );
+        }
         match status {
             Some(status) if status.success() => {
                 Ok(ShutdownReport { total: guest.spawned.elapsed(), shutdown: requested.elapsed() })
@@ -720,12 +727,7 @@ impl Guest {
         {
             let mut console = self.console.lock().unwrap();
             if !console.closed {
-                if let Some(claimed) = console.detector.retract_panic() {
-                    eprintln!(
-                        "warning: the guest console claimed a kernel panic but the kernel kept running (a guest \
-                         program wrote it?): {}",
-                        claimed.excerpt.first().map_or("", String::as_str)
-                    );
+                if console.detector.retract_panic().is_some() {
                     // Nothing else was reported: the run goes on.
                     console.detector.report()?;
                 }
