@@ -1,4 +1,5 @@
-//! Choosing the accelerator: KVM only when it demonstrably runs a guest.
+//! Choosing the accelerator ([`Accel`], whose QEMU arguments are in
+//! `qemu`): KVM only when it demonstrably runs a guest.
 //!
 //! On some hosts /dev/kvm opens but guests hang (nested virtualisation gone
 //! wrong), or QEMU aborts setting an MSR. Opening the device proves nothing, so
@@ -6,43 +7,12 @@
 //! falls back to TCG if it does not come back in time. The verdict is cached
 //! per host boot, so only the first run after a reboot pays for the probe.
 
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::qemu::{self, GuestSpec, Qemu};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl fmt::Display for Accel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        })
-    }
-}
-
-/// Environment variable through which `cargo xtask test` tells the tests
-/// which accelerator it decided on.
-pub const ACCEL_ENV: &str = "KEVENT_BENCH_ACCEL";
-
-impl Accel {
-    /// The accelerator named by [`ACCEL_ENV`]; TCG, which always works,
-    /// when unset.
-    pub fn from_env() -> Accel {
-        match std::env::var(ACCEL_ENV).as_deref() {
-            Ok("kvm") => Accel::Kvm,
-            _ => Accel::Tcg,
-        }
-    }
-}
+pub use crate::qemu::{Accel, ACCEL_ENV};
 
 /// What the user asked for with `--accel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,12 +69,14 @@ fn decide_auto(probe_guest: &GuestSpec, cache_dir: &Path) -> AccelDecision {
     if let Some(decision) = cache.as_deref().and_then(|c| read_cached(c, &key)) {
         return decision;
     }
-    let decision = match probe_kvm(&qemu, probe_guest) {
+    // The floor guest, as the boot benchmark runs it, on KVM: a working KVM
+    // boots it and comes back well inside the bound.
+    let decision = match crate::machine::run_to_exit(probe_guest, Accel::Kvm, KVM_PROBE_BOUND) {
         Ok(elapsed) => AccelDecision {
             accel: Accel::Kvm,
             reason: format!("KVM booted a probe guest in {:.2} s", elapsed.as_secs_f64()),
         },
-        Err(why) => AccelDecision { accel: Accel::Tcg, reason: format!("KVM probe failed: {why}") },
+        Err(failure) => AccelDecision { accel: Accel::Tcg, reason: format!("KVM probe failed: {failure}") },
     };
     if let Some(cache) = cache {
         let _ = fs::create_dir_all(cache_dir);
@@ -141,35 +113,6 @@ fn read_cached(cache: &Path, key: &str) -> Option<AccelDecision> {
     };
     let reason = format!("{} (cached for this host boot)", lines.next()?);
     Some(AccelDecision { accel, reason })
-}
-
-/// Boots the floor guest under KVM; Ok if it came back cleanly in time.
-fn probe_kvm(qemu: &Qemu, guest: &GuestSpec) -> Result<Duration, String> {
-    let args = [
-        qemu::machine_args(),
-        qemu::accel_args(Accel::Kvm, qemu::Clock::Real),
-        qemu::topology_args(1, guest.memory_mib),
-        qemu::boot_args(guest, None),
-        vec!["-serial".into(), "none".into()],
-    ]
-    .concat();
-    let start = Instant::now();
-    let mut child = crate::process::spawn(
-        qemu::command(&qemu.binary).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()),
-    )
-    .map_err(|e| format!("spawn QEMU: {e}"))?;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(start.elapsed()),
-            Ok(Some(status)) => return Err(format!("QEMU exited with {status}")),
-            Ok(None) if start.elapsed() > KVM_PROBE_BOUND => {
-                child.kill();
-                return Err(format!("the guest did not finish within {} s", KVM_PROBE_BOUND.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("wait for QEMU: {e}")),
-        }
-    }
 }
 
 /// Resolves a bare program name on PATH.

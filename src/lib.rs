@@ -22,6 +22,7 @@ pub mod scenario;
 pub mod sensor;
 pub mod sources;
 pub mod thermal;
+pub mod wait;
 
 #[cfg(test)]
 mod kmod_source;
@@ -29,5 +30,5 @@ mod kmod_source;
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use artifacts::Artifacts;
 pub use failure::{exit_code, Failure, Stage};
-pub use machine::{run_floor, BootTimings, Exchange, Machine, MachineConfig, ShutdownReport, Timeouts};
+pub use machine::{run_to_exit, BootTimings, Exchange, Machine, MachineConfig, ShutdownReport, Timeouts};
 pub use qemu::{Clock, GuestSpec, Qemu};

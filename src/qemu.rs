@@ -4,8 +4,6 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::accel::Accel;
-
 /// Name of QEMU's binary, looked up on PATH unless `KEVENT_BENCH_QEMU` names one.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 pub const QEMU_ENV: &str = "KEVENT_BENCH_QEMU";
@@ -23,6 +21,36 @@ pub const PRIVATE_CURRENT: &str = "current";
 /// TCG vCPU descheduled on a loaded host misses, and the kernel panicked
 /// ("IO-APIC + timer doesn't work!") in about 1 of 10 boots at load 10.
 pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "panic=-1", "tsc=reliable", "no_timer_check"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// Environment variable through which `cargo xtask test` tells the tests
+/// which accelerator it decided on.
+pub const ACCEL_ENV: &str = "KEVENT_BENCH_ACCEL";
+
+impl Accel {
+    /// The accelerator named by [`ACCEL_ENV`]; TCG, which always works,
+    /// when unset.
+    pub fn from_env() -> Accel {
+        match std::env::var(ACCEL_ENV).as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            _ => Accel::Tcg,
+        }
+    }
+}
 
 /// What one guest is made of.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use kevent_bench::{run_floor, GuestSpec, Machine, MachineConfig, Timeouts};
+use kevent_bench::{run_to_exit, GuestSpec, Machine, MachineConfig, Timeouts};
 
 use anyhow::bail;
 use kevent_bench::{runner, scenario};
@@ -34,7 +34,7 @@ fn boot(flags: &BenchRuns) -> anyhow::Result<()> {
     let (mut floor, mut greeting, mut exit) = (Vec::new(), Vec::new(), Vec::new());
     // Run 0 of each is untimed: page cache and QEMU's own start-up.
     for run in 0..=flags.runs {
-        floor.push(run_floor(&floor_guest, decision.accel, timeouts.kernel_boot)?);
+        floor.push(run_to_exit(&floor_guest, decision.accel, timeouts.kernel_boot)?);
         let config = MachineConfig::new(guest.clone(), decision.accel, crate::boot::run_dir(&artifacts, "bench"))?;
         let machine = Machine::boot(&config)?;
         let greeted = machine.timings.greeted;
@@ -108,7 +108,7 @@ fn scenarios(flags: &BenchSuite) -> anyhow::Result<()> {
     run_one(&suite[0])?;
     let floor_guest = artifacts.floor_guest(2, 256);
     let mut floor = (0..3)
-        .map(|_| run_floor(&floor_guest, decision.accel, Timeouts::default().kernel_boot))
+        .map(|_| run_to_exit(&floor_guest, decision.accel, Timeouts::default().kernel_boot))
         .collect::<Result<Vec<_>, _>>()?;
     floor.sort();
 
