@@ -22,7 +22,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -70,17 +70,7 @@ impl Child {
 
     /// Waits at most `bound` for the child to exit.
     pub fn wait_timeout(&mut self, bound: Duration) -> io::Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Some(status));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            std::thread::sleep(left.min(Duration::from_millis(5)));
-        }
+        crate::wait::until(bound, Duration::from_millis(5), || self.child.try_wait().transpose()).transpose()
     }
 
     /// Kills the whole group at once and reaps the child.
@@ -173,11 +163,8 @@ pub fn terminate_all() {
     for &group in &groups {
         let _ = killpg(Pid::from_raw(group), Signal::SIGTERM);
     }
-    let deadline = Instant::now() + TERMINATE_GRACE;
     let alive = |group: &i32| killpg(Pid::from_raw(*group), None) != Err(Errno::ESRCH);
-    while groups.iter().any(alive) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::wait::until(TERMINATE_GRACE, Duration::from_millis(10), || (!groups.iter().any(alive)).then_some(()));
     for group in groups.iter().filter(|g| alive(g)) {
         let _ = killpg(Pid::from_raw(*group), Signal::SIGKILL);
     }
@@ -329,14 +316,7 @@ mod tests {
     }
 
     fn wait_gone(pid: i32) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
+        crate::wait::until(Duration::from_secs(10), Duration::from_millis(10), || (!alive(pid)).then_some(())).is_some()
     }
 
     #[test]

@@ -255,20 +255,11 @@ impl Guest {
     /// exits): a panic line the guest survives was written by user space,
     /// and the run goes on.
     pub(super) fn crash_after_grace(&mut self) -> Option<Failure> {
-        let deadline = Instant::now() + REPORT_GRACE;
-        loop {
-            {
-                let console = self.console.lock().unwrap();
-                let panic_pending = console.detector.panic().is_some();
-                if console.closed || (console.detector.excerpt_complete() && !panic_pending) {
-                    break;
-                }
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait::until(REPORT_GRACE, Duration::from_millis(20), || {
+            let console = self.console.lock().unwrap();
+            let panic_pending = console.detector.panic().is_some();
+            (console.closed || (console.detector.excerpt_complete() && !panic_pending)).then_some(())
+        });
         {
             let mut console = self.console.lock().unwrap();
             // The guest outlived its panic line: user space wrote it. With
@@ -294,10 +285,9 @@ impl Guest {
     /// After QEMU has been killed, its console reader reaches the end of
     /// the stream soon; what it read last may complete a report.
     pub(super) fn await_console_close(&self) {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while !self.console.lock().unwrap().closed && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
+        crate::wait::until(Duration::from_secs(1), Duration::from_millis(5), || {
+            self.console.lock().unwrap().closed.then_some(())
+        });
     }
 
     pub(super) fn timeout(&mut self, stage: Stage, waited: Duration) -> Failure {
