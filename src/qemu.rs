@@ -307,16 +307,15 @@ pub fn command(binary: &Path) -> std::process::Command {
     use std::os::unix::process::CommandExt;
 
     let mut command = std::process::Command::new(binary);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: between fork and exec the closure only calls functions that
-    // are async-signal-safe (prctl, getppid, _exit) and allocates nothing.
+    let parent = nix::unistd::getpid();
+    // SAFETY: between fork and exec the closure only makes system calls
+    // that are async-signal-safe (prctl, getppid, _exit) and allocates
+    // nothing, as a child of a multithreaded process must.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // The parent may have died before the request took effect.
-            if libc::getppid() != parent {
+            if nix::unistd::getppid() != parent {
                 libc::_exit(1);
             }
             Ok(())
@@ -342,14 +341,14 @@ pub fn host_tsc_khz() -> Option<u64> {
 
 #[cfg(target_arch = "x86_64")]
 fn measure_tsc_khz(window: std::time::Duration) -> Option<u64> {
-    use std::arch::x86_64::_rdtsc;
     use std::time::Instant;
 
-    // SAFETY: rdtsc has no preconditions on x86_64.
-    let (start, tsc_start) = (Instant::now(), unsafe { _rdtsc() });
+    // SAFETY: rdtsc has no preconditions on x86_64; std marks the
+    // intrinsic unsafe only because some targets lack the instruction.
+    let tsc = || unsafe { std::arch::x86_64::_rdtsc() };
+    let (start, tsc_start) = (Instant::now(), tsc());
     std::thread::sleep(window);
-    // SAFETY: as above.
-    let (tsc_end, elapsed) = (unsafe { _rdtsc() }, start.elapsed());
+    let (tsc_end, elapsed) = (tsc(), start.elapsed());
     let khz = u128::from(tsc_end.wrapping_sub(tsc_start)) * 1_000_000 / elapsed.as_nanos().max(1);
     u64::try_from(khz).ok().filter(|khz| *khz > 0)
 }

@@ -411,21 +411,13 @@ fn result_of(record: &StepRecord) -> (Option<String>, Option<SnapshotExec>) {
     }
 }
 
-/// Symbolic names of the errnos a scenario can meet.
+/// The symbolic name of an errno (`EINVAL`), or its number if it has none.
 pub fn errno_name(errno: i32) -> String {
-    match errno {
-        libc::EPERM => "EPERM".into(),
-        libc::ENOENT => "ENOENT".into(),
-        libc::EIO => "EIO".into(),
-        libc::ENXIO => "ENXIO".into(),
-        libc::EAGAIN => "EAGAIN".into(),
-        libc::EACCES => "EACCES".into(),
-        libc::EBUSY => "EBUSY".into(),
-        libc::EINVAL => "EINVAL".into(),
-        libc::ENOSPC => "ENOSPC".into(),
-        libc::ETIMEDOUT => "ETIMEDOUT".into(),
-        other => format!("errno {other}"),
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::UnknownErrno => format!("errno {errno}"),
+        known => format!("{known:?}"),
     }
+}
 }
 
 impl Transcript {
@@ -485,6 +477,14 @@ impl Transcript {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn errnos_have_their_names() {
+        assert_eq!(errno_name(libc::EINVAL), "EINVAL");
+        assert_eq!(errno_name(libc::EXDEV), "EXDEV");
+        assert_eq!(errno_name(libc::EFBIG), "EFBIG");
+        assert_eq!(errno_name(100_000), "errno 100000");
+    }
+
     #[test]
     fn edge_records_are_placed_at_the_step_that_raised_their_interrupt() {
         let mut ledger = InterruptLedger::default();

@@ -8,10 +8,16 @@
 //! most one file descriptor.
 
 use std::fs::File;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::EfdFlags;
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// The protocol version QEMU 7.2 accepts.
 const PROTOCOL_VERSION: i64 = 0;
@@ -24,13 +30,8 @@ pub struct EventFd(OwnedFd);
 
 impl EventFd {
     pub fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd takes no pointers; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let fd = nix::sys::eventfd::EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?;
+        Ok(EventFd(fd.into()))
     }
 
     pub fn from_owned(fd: OwnedFd) -> EventFd {
@@ -43,33 +44,19 @@ impl EventFd {
 
     /// Adds one to the counter: the reader (QEMU, for a guest vector) wakes.
     pub fn notify(&self) -> io::Result<()> {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: the buffer is 8 valid bytes, as eventfd requires.
-        let n = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-        if n == 8 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+        match nix::unistd::write(&self.0, &1u64.to_ne_bytes())? {
+            8 => Ok(()),
+            n => Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {n} of 8 bytes to an eventfd"))),
         }
     }
 
     /// Waits up to `bound` for a notification; true if there is one.
     pub fn poll(&self, bound: Duration) -> io::Result<bool> {
-        let mut pollfd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = bound.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: pollfd is one valid element for the call.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, ms) };
-        match ready {
-            n if n < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-            0 => Ok(false),
-            _ => Ok(true),
+        let timeout = PollTimeout::try_from(bound).unwrap_or(PollTimeout::MAX);
+        match poll(&mut [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)], timeout) {
+            Ok(ready) => Ok(ready > 0),
+            Err(Errno::EINTR) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -78,17 +65,13 @@ impl EventFd {
     /// with the host's copies, so a read must not rely on blocking.
     pub fn drain(&self) -> io::Result<u64> {
         let mut value = [0u8; 8];
-        // SAFETY: the buffer is 8 writable bytes, as eventfd requires.
-        let n = unsafe { libc::read(self.0.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
-        if n == 8 {
-            return Ok(u64::from_ne_bytes(value));
+        match nix::unistd::read(&self.0, &mut value) {
+            Ok(8) => Ok(u64::from_ne_bytes(value)),
+            Ok(n) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("read {n} of 8 bytes from an eventfd"))),
+            Err(Errno::EAGAIN) => Ok(0),
+            // A blocking eventfd with nothing pending would block: poll first.
+            Err(e) => Err(e.into()),
         }
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            return Ok(0);
-        }
-        // A blocking eventfd with nothing pending would block: poll first.
-        Err(e)
     }
 }
 
@@ -100,14 +83,7 @@ impl AsFd for EventFd {
 
 /// An anonymous shared-memory file of `size` bytes (QEMU maps it as BAR2).
 pub fn shared_memory(name: &str, size: usize) -> io::Result<File> {
-    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: name is a valid C string; the result is checked.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
+    let file = File::from(memfd_create(name, MFdFlags::MFD_CLOEXEC)?);
     file.set_len(size as u64)?;
     Ok(file)
 }
@@ -115,35 +91,10 @@ pub fn shared_memory(name: &str, size: usize) -> io::Result<File> {
 /// Sends one protocol message: `value`, and `fd` as SCM_RIGHTS if given.
 pub fn send_message(stream: &UnixStream, value: i64, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
     let bytes = value.to_le_bytes();
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
-    // u64 storage keeps the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 4];
-    // SAFETY: zeroed msghdr is a valid empty message; the pointers set below
-    // stay valid for the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-        assert!(space <= std::mem::size_of_val(&control));
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: msg_control points at `space` bytes, enough for one
-        // header carrying one descriptor, so CMSG_FIRSTHDR is non-null and
-        // CMSG_DATA points inside the buffer.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
-        }
-    }
-    // SAFETY: msg and everything it points at are valid for the call.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    match n {
-        n if n < 0 => Err(io::Error::last_os_error()),
+    let fds = fd.map(|fd| [fd.as_raw_fd()]);
+    let rights: Vec<ControlMessage<'_>> = fds.iter().map(|fds| ControlMessage::ScmRights(fds)).collect();
+    let sent = sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&bytes)], &rights, MsgFlags::MSG_NOSIGNAL, None)?;
+    match sent {
         8 => Ok(()),
         n => Err(io::Error::new(io::ErrorKind::WriteZero, format!("sent {n} of 8 bytes"))),
     }
@@ -153,43 +104,32 @@ pub fn send_message(stream: &UnixStream, value: i64, fd: Option<BorrowedFd<'_>>)
 /// descriptor. Only the tests' stand-in guest needs this side.
 #[cfg(test)]
 pub fn recv_message(stream: &UnixStream) -> io::Result<(i64, Option<OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+
     let mut bytes = [0u8; 8];
-    let mut iov = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: bytes.len() };
-    let mut control = [0u64; 4];
-    // SAFETY: as in send_message; recvmsg fills what the pointers allow.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: msg points at valid buffers for the call.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Every descriptor received is owned (and closed) whatever happens next.
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with well-formed headers, each
-    // SCM_RIGHTS one carrying (cmsg_len - CMSG_LEN(0)) / 4 descriptors.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let (received, fds) = {
+        let mut iov = [io::IoSliceMut::new(&mut bytes)];
+        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let mut fds = Vec::new();
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: the kernel installed these descriptors in this
+                // process for this message; nothing else owns them.
+                fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(io::Error::other("descriptors were truncated"));
+        }
+        (msg.bytes, fds)
+    };
+    if received != 8 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("received {received} of 8 bytes")));
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("descriptors were truncated"));
-    }
-    if n != 8 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("received {n} of 8 bytes")));
-    }
+    let mut fds = fds;
     if fds.len() > 1 {
         return Err(io::Error::other(format!("{} descriptors in one message", fds.len())));
     }

@@ -386,8 +386,7 @@ pub struct Host {
 
 impl Host {
     pub fn detect() -> Host {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let is_root = unsafe { libc::geteuid() } == 0;
+        let is_root = nix::unistd::geteuid().is_root();
         Host { is_root, has_apt: which(Path::new("apt-get")).is_some() }
     }
 
