@@ -418,7 +418,6 @@ pub fn errno_name(errno: i32) -> String {
         known => format!("{known:?}"),
     }
 }
-}
 
 impl Transcript {
     /// The deterministic form of the run, for review and comparison.
