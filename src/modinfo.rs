@@ -25,9 +25,16 @@ pub enum ModinfoError {
 
 /// Reads `path`'s `.modinfo`.
 pub fn read(path: &Path) -> Result<ModuleInfo, ModinfoError> {
+    let bytes =
+        std::fs::read(path).map_err(|source| ModinfoError::Read { path: path.display().to_string(), source })?;
+    from_object(path, &bytes)
+}
+
+/// The `.modinfo` of `bytes`, the contents of the object file `path`:
+/// [`read`] without the file system (the fuzz target's way in).
+pub fn from_object(path: &Path, bytes: &[u8]) -> Result<ModuleInfo, ModinfoError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ModinfoError::Read { path: shown.clone(), source })?;
-    let section = modinfo_section(&bytes).map_err(|why| ModinfoError::NotElf { path: shown.clone(), why })?;
+    let section = modinfo_section(bytes).map_err(|why| ModinfoError::NotElf { path: shown.clone(), why })?;
     let section = section.ok_or(ModinfoError::NoModinfo { path: shown })?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(parse(section, &stem))

@@ -257,7 +257,13 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         at: Location { line: 1, column: 1 },
         message: format!("cannot read: {e}"),
     })?;
-    match std::str::from_utf8(&bytes) {
+    parse_bytes(path, &bytes)
+}
+
+/// The scenario in `bytes`, the contents of `path`: [`load`] without the
+/// file system, for callers that hold the bytes (and the fuzz targets).
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Scenario, ScenarioError> {
+    match std::str::from_utf8(bytes) {
         Ok(text) => parse(path, text),
         Err(e) => {
             // Located at the first byte that is not UTF-8.
