@@ -201,6 +201,8 @@ fn check_parsed(s: &Scenario, bytes: &[u8]) {
         assert_eq!((module, key, value), (p.module.as_str(), p.key.as_str(), p.value.as_str()), "{word:?}");
     }
 
+    check_tjmax(s);
+
     let _ = s.params_by_module();
     if let Err(e) = s.check_params(&known_params()) {
         check_error(&e, bytes);
@@ -223,6 +225,43 @@ fn check_parsed(s: &Scenario, bytes: &[u8]) {
                 assert_eq!(&copy, s, "set_cpus({cpus}) changed the scenario it refused");
             }
         }
+    }
+}
+
+/// How the kernel reads an unsigned module parameter (kstrtouint, base 0):
+/// `0x` hexadecimal, a leading `0` octal, else decimal; `+` allowed.
+fn kernel_uint(text: &str) -> Option<u32> {
+    let text = text.strip_prefix('+').unwrap_or(text);
+    let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) if hex.starts_with(|c: char| c.is_ascii_hexdigit()) => (hex, 16),
+        _ if text.starts_with('0') => (text, 8),
+        _ => (text, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u32::from_str_radix(digits, radix).ok()
+}
+
+/// The host turns temperatures into readouts through the TjMax the module
+/// will have: the last `tjmax` the kernel gives kevent_thermal, however
+/// the scenario spells its name, as the kernel reads it.
+fn check_tjmax(s: &Scenario) {
+    let normalise = |s: &str| s.replace('-', "_");
+    let mut module = Some(100);
+    for p in &s.params {
+        if normalise(&p.module) == "kevent_thermal" && normalise(&p.key) == "tjmax" {
+            module = kernel_uint(&p.value);
+        }
+    }
+    // A TjMax the module refuses fails its load: the run stops, loudly.
+    let Some(module) = module.filter(|t| (1..=255).contains(t)) else { return };
+    for step in &s.steps {
+        let Action::Inject { value, label, .. } = &step.action else { continue };
+        let Some(celsius) = label.rsplit_once(", ").and_then(|(_, t)| t.strip_suffix(" °C")) else { continue };
+        let readout = (value >> 16) & 0x7f;
+        let host = celsius.parse::<i64>().expect("a temperature") + readout as i64;
+        assert_eq!(host, i64::from(module), "step {label:?}: readouts through TjMax {host}, the module has {module}");
     }
 }
 
@@ -343,6 +382,8 @@ const STRINGS: &[&str] = &[
     "\"0x10000000000000000\"",
     "\"+ff\"",
     "\"-1\"",
+    "\"0144\"",
+    "\"0x5a\"",
     "\"prochot\"",
     "\"prochot_log\"",
     "\"hot\"",
@@ -381,6 +422,7 @@ const SNIPPETS: &[&str] = &[
     "kevent_thermal.tjmax = 1\n",
     "kevent_thermal.tjmax = 255\n",
     "kevent-thermal.tjmax = 90\n",
+    "kevent_thermal.tjmax = \"0144\"\n",
     "kevent_thermal.rate_limit_ms = true\n",
     "kmessage.unit = \"31\"\n",
     "\"\" = 1\n",
