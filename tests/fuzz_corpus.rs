@@ -54,6 +54,21 @@ fn seeded_scenario_mutants_pass_the_checks() {
     assert!(parsed > MUTANTS / 10 && refused > MUTANTS / 10, "{parsed} parsed, {refused} refused");
 }
 
+/// Deeper than the fuzzers' 4 KiB inputs reach: the TOML parser's
+/// recursion limit, not the stack, ends it.
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let depth = 20_000;
+    for text in [
+        format!("description = \"x\"\n[params]\nm.{} = 1\n[[step]]\nsleep_ms = 1\n", vec!["k"; depth].join(".")),
+        format!("[{}]\n", vec!["k"; depth].join(".")),
+        format!("description = {}{}\n", "[".repeat(depth), "]".repeat(depth)),
+        format!("description = {}{}\n", "{b=".repeat(depth), "}".repeat(depth)),
+    ] {
+        assert!(!fuzzing::check_scenario(text.as_bytes()));
+    }
+}
+
 #[test]
 fn seeded_frame_mutants_decode_strictly_and_round_trip() {
     let frames = fuzzing::sample_frames();
