@@ -25,9 +25,16 @@ pub enum ModinfoError {
 
 /// Reads `path`'s `.modinfo`.
 pub fn read(path: &Path) -> Result<ModuleInfo, ModinfoError> {
+    let bytes =
+        std::fs::read(path).map_err(|source| ModinfoError::Read { path: path.display().to_string(), source })?;
+    from_object(path, &bytes)
+}
+
+/// The `.modinfo` of `bytes`, the contents of the object file `path`:
+/// [`read`] without the file system (the fuzz target's way in).
+pub fn from_object(path: &Path, bytes: &[u8]) -> Result<ModuleInfo, ModinfoError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ModinfoError::Read { path: shown.clone(), source })?;
-    let section = modinfo_section(&bytes).map_err(|why| ModinfoError::NotElf { path: shown.clone(), why })?;
+    let section = modinfo_section(bytes).map_err(|why| ModinfoError::NotElf { path: shown.clone(), why })?;
     let section = section.ok_or(ModinfoError::NoModinfo { path: shown })?;
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(parse(section, &stem))
@@ -56,7 +63,7 @@ fn parse(section: &[u8], fallback_name: &str) -> ModuleInfo {
 }
 
 fn field<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], &'static str> {
-    bytes.get(at..at + N).and_then(|b| b.try_into().ok()).ok_or("truncated")
+    at.checked_add(N).and_then(|end| bytes.get(at..end)).and_then(|b| b.try_into().ok()).ok_or("truncated")
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Result<usize, &'static str> {
@@ -166,5 +173,18 @@ parmtype=tjmax:uint\0name=kevent_thermal\0vermagic=6.12.117 SMP mod_unload \0";
         let name_at = whole.len() - 64;
         no_modinfo[name_at..name_at + 4].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(modinfo_section(&no_modinfo), Ok(None));
+    }
+
+    /// Found by the fuzz target modinfo_object: a section table said to be
+    /// at the very end of the address space overflowed `at + N` (a panic in
+    /// debug builds, such as `cargo xtask check`'s).
+    #[test]
+    fn a_section_table_at_the_end_of_the_address_space_is_truncated() {
+        let mut object = elf(KEVENT_THERMAL);
+        object[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        object[0x3e..0x40].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(modinfo_section(&object), Err("truncated"));
+        object[0x28..0x30].copy_from_slice(&(u64::MAX - 23).to_le_bytes());
+        assert_eq!(modinfo_section(&object), Err("truncated"));
     }
 }

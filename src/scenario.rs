@@ -257,7 +257,13 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         at: Location { line: 1, column: 1 },
         message: format!("cannot read: {e}"),
     })?;
-    match std::str::from_utf8(&bytes) {
+    parse_bytes(path, &bytes)
+}
+
+/// The scenario in `bytes`, the contents of `path`: [`load`] without the
+/// file system, for callers that hold the bytes (and the fuzz targets).
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Scenario, ScenarioError> {
+    match std::str::from_utf8(bytes) {
         Ok(text) => parse(path, text),
         Err(e) => {
             // Located at the first byte that is not UTF-8.
@@ -545,18 +551,25 @@ fn parse_params(raw: RawParams, loc: &Locator<'_>) -> Result<(Vec<Param>, u32), 
                 }
             };
             // Temperatures become readouts through TjMax: a TjMax the module
-            // would refuse must not silently turn into the default.
-            if module == "kevent_thermal" && key_name == "tjmax" {
-                tjmax = text.parse().ok().filter(|t| thermal::TJMAX_RANGE.contains(t)).ok_or_else(|| {
-                    loc.error(
-                        &span,
-                        format!(
-                            "params.kevent_thermal.tjmax = {text}: expected {} to {} (°C)",
-                            thermal::TJMAX_RANGE.start(),
-                            thermal::TJMAX_RANGE.end()
-                        ),
-                    )
-                })?;
+            // would refuse must not silently turn into the default. The
+            // module is found under any name the agent loads it by (`-` is
+            // `_`), and the value is plain decimal: the kernel reads `0144`
+            // as octal, where `parse` would read 144.
+            if module.replace('-', "_") == "kevent_thermal" && key_name == "tjmax" {
+                tjmax = text
+                    .parse()
+                    .ok()
+                    .filter(|t| thermal::TJMAX_RANGE.contains(t) && t.to_string() == text)
+                    .ok_or_else(|| {
+                        loc.error(
+                            &span,
+                            format!(
+                                "params.{module}.tjmax = {text}: expected {} to {} (°C, in decimal)",
+                                thermal::TJMAX_RANGE.start(),
+                                thermal::TJMAX_RANGE.end()
+                            ),
+                        )
+                    })?;
             }
             params.push(Param { module: module.clone(), key: key_name.clone(), value: text, at: loc.at(&key.span()) });
         }
@@ -917,6 +930,27 @@ sleep_ms = 5
             let e = err(&format!("description = \"x\"\n[params]\nkevent_thermal.tjmax = {bad}\n{ONE_STEP}"));
             assert_eq!((e.at.line, e.at.column), (3, 24), "{bad}: {e}");
             assert!(e.message.contains("expected 1 to 255"), "{bad}: {e}");
+        }
+    }
+
+    /// Found by the fuzz target scenario_mutants: the agent loads
+    /// kevent-thermal's parameters into kevent_thermal, and the kernel reads
+    /// a leading 0 as octal, so either made the module's TjMax differ from
+    /// the one the readouts were computed with.
+    #[test]
+    fn tjmax_is_the_modules_whatever_the_spelling() {
+        let readout = |params: &str| {
+            let s = parse_str(&format!(
+                "description = \"x\"\n[params]\n{params}\n[[step]]\ninject = {{ cpu = 0, temperature = 85 }}\n"
+            ))?;
+            let Action::Inject { value, .. } = s.steps[0].action else { panic!() };
+            Ok::<_, ScenarioError>((value & thermal::READOUT_MASK) >> thermal::READOUT_SHIFT)
+        };
+        assert_eq!(readout("kevent-thermal.tjmax = 90").unwrap(), 5);
+        assert_eq!(readout("kevent_thermal.tjmax = \"90\"").unwrap(), 5);
+        for bad in ["\"0144\"", "\"+90\"", "\"0x5a\""] {
+            let e = readout(&format!("kevent_thermal.tjmax = {bad}")).unwrap_err();
+            assert!(e.message.contains("expected 1 to 255 (°C, in decimal)"), "{bad}: {e}");
         }
     }
 

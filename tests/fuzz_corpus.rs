@@ -1,0 +1,172 @@
+//! The fuzz targets' checks (`tests/fuzzing/`), replayed on a fixed corpus
+//! in every test run: the starter scenarios, a few thousand seeded mutants
+//! per target, and every input saved under `fuzz/inputs/` (the fuzzers'
+//! seeds and the reproducers of the bugs they found). README, "Fuzzing".
+
+mod fuzzing;
+
+use fuzzing::{Choices, Rng};
+
+/// Enough mutants to reach every edit of every starter many times, few
+/// enough for a debug build to replay in a couple of seconds.
+const MUTANTS: u64 = 3000;
+
+#[test]
+fn the_starter_scenarios_pass_the_checks_and_load_as_they_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, text) in fuzzing::starters().iter().enumerate() {
+        assert!(fuzzing::check_scenario(text), "a starter is refused");
+        let path = dir.path().join(format!("{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let loaded = kevent_bench::scenario::load(&path).unwrap();
+        assert_eq!(kevent_bench::scenario::parse_bytes(&path, text).unwrap(), loaded);
+    }
+}
+
+#[test]
+fn a_file_that_is_not_utf8_loads_as_its_bytes_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let bytes = b"description = \"\xc3\xa9\"\n[[step]]\nread = \"\xe2\x82\"\n";
+    std::fs::write(&path, bytes).unwrap();
+    let e = kevent_bench::scenario::load(&path).unwrap_err();
+    assert_eq!(kevent_bench::scenario::parse_bytes(&path, bytes).unwrap_err(), e);
+    assert_eq!((e.at.line, e.at.column), (3, 9), "{e}");
+    assert!(!fuzzing::check_scenario(bytes));
+}
+
+#[test]
+fn seeded_scenario_mutants_pass_the_checks() {
+    let starters = fuzzing::starters();
+    let (mut parsed, mut refused) = (0, 0);
+    for seed in 0..MUTANTS {
+        let mutant = fuzzing::mutant(&starters, &mut Rng(seed));
+        match std::panic::catch_unwind(|| fuzzing::check_scenario(&mutant)) {
+            Ok(true) => parsed += 1,
+            Ok(false) => refused += 1,
+            Err(panic) => {
+                eprintln!("seed {seed}, mutant:\n{}", String::from_utf8_lossy(&mutant));
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    // Mutants that all parse, or all fail, would check half of the promises.
+    assert!(parsed > MUTANTS / 10 && refused > MUTANTS / 10, "{parsed} parsed, {refused} refused");
+}
+
+/// Deeper than the fuzzers' 4 KiB inputs reach: the TOML parser's
+/// recursion limit, not the stack, ends it.
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let depth = 20_000;
+    for text in [
+        format!("description = \"x\"\n[params]\nm.{} = 1\n[[step]]\nsleep_ms = 1\n", vec!["k"; depth].join(".")),
+        format!("[{}]\n", vec!["k"; depth].join(".")),
+        format!("description = {}{}\n", "[".repeat(depth), "]".repeat(depth)),
+        format!("description = {}{}\n", "{b=".repeat(depth), "}".repeat(depth)),
+    ] {
+        assert!(!fuzzing::check_scenario(text.as_bytes()));
+    }
+}
+
+#[test]
+fn seeded_frame_mutants_decode_strictly_and_round_trip() {
+    let frames = fuzzing::sample_frames();
+    for frame in &frames {
+        fuzzing::run("wire_message", &frame[4..]);
+        fuzzing::run("wire_stream", &[[0].as_slice(), frame].concat());
+    }
+    for seed in 0..MUTANTS {
+        let mut c = Rng(seed);
+        let mut stream: Vec<u8> = Vec::new();
+        for _ in 0..=c.below(3) {
+            let frame: &Vec<u8> = c.pick(&frames);
+            stream.extend_from_slice(frame);
+        }
+        fuzzing::mutate_bytes(&mut stream, &mut c);
+        let sizes = c.below(256) as u8;
+        fuzzing::run("wire_stream", &[[sizes].as_slice(), &stream].concat());
+        if stream.len() > 4 {
+            fuzzing::run("wire_message", &stream[4..]);
+        }
+    }
+}
+
+#[test]
+fn seeded_datagram_mutants_decode_or_are_kept_as_malformed() {
+    for seed in 0..MUTANTS {
+        let mut c = Rng(seed);
+        let &(protocol, payload) = c.pick(fuzzing::DATAGRAMS);
+        let mut bytes = payload.to_vec();
+        fuzzing::mutate_bytes(&mut bytes, &mut c);
+        let groups = *c.pick(&[0, 1, 4, 1 << 4, 1 << 5, 3, u32::MAX]);
+        fuzzing::check_datagram(protocol, groups, &bytes);
+    }
+}
+
+#[test]
+fn seeded_module_mutants_are_read_or_refused() {
+    let object = fuzzing::elf(fuzzing::MODINFO);
+    fuzzing::check_modinfo(&object);
+    for seed in 0..MUTANTS {
+        let mut c = Rng(seed);
+        let mut mutant = object.clone();
+        if c.below(2) == 0 {
+            fuzzing::mutate_elf(&mut mutant, &mut c);
+        } else {
+            fuzzing::mutate_bytes(&mut mutant, &mut c);
+        }
+        fuzzing::check_modinfo(&mutant);
+    }
+}
+
+/// `fuzz/inputs/TARGET/`: seeds and reproducers, each through its target.
+#[test]
+fn every_saved_fuzz_input_passes_its_target() {
+    let inputs = fuzzing::repo_root().join("fuzz/inputs");
+    for target in fuzzing::TARGETS {
+        let dir = inputs.join(target);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{}: no inputs", dir.display());
+        for file in files {
+            let data = std::fs::read(&file).unwrap();
+            let result = std::panic::catch_unwind(|| fuzzing::run(target, &data));
+            if let Err(panic) = result {
+                eprintln!("{target}: {} fails", file.display());
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+/// Writes the fuzzers' seeds (`seed-*`) into `fuzz/inputs/`; run by hand
+/// after a format change: `cargo test --test fuzz_corpus -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let inputs = fuzzing::repo_root().join("fuzz/inputs");
+    let write = |target: &str, name: &str, data: &[u8]| {
+        let dir = inputs.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    };
+    // The starters themselves are the text target's seeds (README).
+    write("scenario_text", "minimal.toml", b"description = \"x\"\n[[step]]\nsleep_ms = 1\n");
+    // All zeros: the first starter, with one edit.
+    write("scenario_mutants", "zeros", &[0; 16]);
+    for (i, frame) in fuzzing::sample_frames().iter().enumerate() {
+        write("wire_message", &format!("{i:02}"), &frame[4..]);
+    }
+    let all: Vec<u8> = fuzzing::sample_frames().concat();
+    write("wire_stream", "all-at-once", &[[0].as_slice(), &all].concat());
+    write("wire_stream", "in-pieces", &[[0x31].as_slice(), &all].concat());
+    for (i, (protocol, payload)) in fuzzing::DATAGRAMS.iter().enumerate() {
+        let selector = if *protocol == 15 { 0u8 } else { 1 };
+        write("events_decode", &format!("{i}"), &[[selector, 4, 0, 0, 0].as_slice(), payload].concat());
+    }
+    write("modinfo_object", "kevent_thermal", &fuzzing::elf(fuzzing::MODINFO));
+}
