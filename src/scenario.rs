@@ -42,6 +42,12 @@ pub mod limits {
     pub const MAX_WRITE_BYTES: usize = 64 << 10;
     /// Bytes of an `exec` step's program and arguments together.
     pub const MAX_EXEC_BYTES: usize = 64 << 10;
+    /// Bytes of a path (`read`, `write`, `exec`'s program): the kernel's
+    /// PATH_MAX.
+    pub const MAX_PATH_BYTES: usize = 4096;
+    /// Guest sleep of all steps together, repetitions included: a run on
+    /// the real clock takes at least this long.
+    pub const MAX_TOTAL_SLEEP_MS: u64 = 300_000;
     /// Programs started in the background, all steps together: the agent
     /// runs at most this many at once and reports them in one frame.
     pub const MAX_BACKGROUND: u32 = kevent_wire::MAX_BACKGROUND_PROGRAMS as u32;
@@ -363,6 +369,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let mut steps = Vec::new();
     let mut total_repetitions = 0u64;
     let mut background = 0u32;
+    let mut total_sleep_ms = 0u64;
     for step in raw.step {
         let span = step.span();
         let step = step.into_inner();
@@ -387,14 +394,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
             actions.push(inject_action(inject.into_inner(), cpus, tjmax, &loc)?);
         }
         if let Some(ms) = &step.sleep_ms {
-            actions.push(Action::Sleep { ms: loc.bounded(ms, "sleep_ms", 0..=limits::MAX_SLEEP_MS)? });
+            let ms: u64 = loc.bounded(ms, "sleep_ms", 0..=limits::MAX_SLEEP_MS)?;
+            total_sleep_ms += ms * u64::from(repeat);
+            if total_sleep_ms > limits::MAX_TOTAL_SLEEP_MS {
+                return Err(loc.error(
+                    &span,
+                    format!(
+                        "the steps so far sleep {} s in all: a scenario sleeps at most {} s",
+                        total_sleep_ms / 1000,
+                        limits::MAX_TOTAL_SLEEP_MS / 1000
+                    ),
+                ));
+            }
+            actions.push(Action::Sleep { ms });
         }
         if let Some(path) = step.read {
-            actions.push(Action::Read { path: path.into_inner() });
+            let span = path.span();
+            actions.push(Action::Read { path: bounded_path(path.into_inner(), "read", &span, &loc)? });
         }
         if let Some(w) = step.write {
             let span = w.span();
             let w = w.into_inner();
+            let w = RawWrite { path: bounded_path(w.path, "write: the path", &span, &loc)?, value: w.value };
             if w.value.len() > limits::MAX_WRITE_BYTES {
                 return Err(loc.error(
                     &span,
@@ -406,6 +427,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         if let Some(e) = step.exec {
             let span = e.span();
             let e = e.into_inner();
+            let e = RawExec { program: bounded_path(e.program, "exec: the program", &span, &loc)?, ..e };
             let bytes = e.program.len() + e.args.iter().map(String::len).sum::<usize>();
             if bytes > limits::MAX_EXEC_BYTES {
                 return Err(loc.error(
@@ -445,6 +467,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     }
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(Scenario { name, path: path.to_owned(), description: raw.description, machine, injector, params, steps })
+}
+
+/// A path no longer than the guest's PATH_MAX, or an error at `span`.
+fn bounded_path(path: String, what: &str, span: &Range<usize>, loc: &Locator<'_>) -> Result<String, ScenarioError> {
+    if path.len() > limits::MAX_PATH_BYTES {
+        return Err(loc.error(
+            span,
+            format!("{what} is {} bytes long: a path is at most {}", path.len(), limits::MAX_PATH_BYTES),
+        ));
+    }
+    Ok(path)
 }
 
 /// `interval_us` of a step: the sensor device fires the step's injection
@@ -589,8 +622,10 @@ fn inject_action(inject: RawInject, cpus: u32, tjmax: u32, loc: &Locator<'_>) ->
         }
         let text = raw.into_inner();
         let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(&text);
-        let value = u64::from_str_radix(digits, 16)
-            .map_err(|_| loc.error(&span, format!("raw = {text:?}: expected a hexadecimal register image")))?;
+        let value = Some(digits)
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|d| u64::from_str_radix(d, 16).ok())
+            .ok_or_else(|| loc.error(&span, format!("raw = {text:?}: expected a hexadecimal register image")))?;
         return Ok(Action::Inject { cpu, package: inject.package, value, label: format!("raw {text}") });
     }
     let mut value = 0u64;
@@ -694,7 +729,7 @@ impl Scenario {
                     ),
                 ));
             };
-            if !parameters.contains(&param.key) {
+            if !parameters.iter().any(|p| normalise(p) == normalise(&param.key)) {
                 let hint = suggestion(&param.key, parameters.iter().map(String::as_str));
                 let list: Vec<&str> = parameters.iter().map(String::as_str).collect();
                 return Err(self.error_at(
@@ -893,6 +928,21 @@ sleep_ms = 5
     }
 
     #[test]
+    fn paths_total_sleep_and_raw_images_are_bounded() {
+        let long = "/x".repeat(2049);
+        let e = err(&format!("description = \"x\"\n[[step]]\nread = \"{long}\"\n"));
+        assert!(e.message.starts_with("read is 4098 bytes long: a path is at most 4096"), "{e}");
+        let e = err(&format!("description = \"x\"\n[[step]]\nwrite = {{ path = \"{long}\", value = \"1\" }}\n"));
+        assert!(e.message.contains("write: the path is 4098 bytes long"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 30000\nrepeat = 11\n");
+        assert!(e.message.contains("sleep 330 s in all: a scenario sleeps at most 300 s"), "{e}");
+        for raw in ["+ff", "", "0x", "-1", "0x1_0"] {
+            let e = err(&format!("description = \"x\"\n[[step]]\ninject = {{ cpu = 0, raw = \"{raw}\" }}\n"));
+            assert!(e.message.contains("expected a hexadecimal register image"), "{raw:?}: {e}");
+        }
+    }
+
+    #[test]
     fn background_programs_are_bounded() {
         let step = "[[step]]\nexec = { program = \"/bin/x\", background = true }\n";
         parse_str(&format!("description = \"x\"\n{}", step.repeat(8))).unwrap();
@@ -985,6 +1035,8 @@ sleep_ms = 5
         };
         check("kevent_thermal.rate_limit_ms = 0").unwrap();
         check("kevent-thermal.tjmax = 90").unwrap();
+        // The kernel reads - and _ alike in parameter names too.
+        check("kevent_thermal.rate-limit-ms = 0").unwrap();
         let e = check("kevent_thermal.rate_limt_ms = 0").unwrap_err();
         assert_eq!((e.at.line, e.at.column), (3, 16), "{e}");
         assert!(e.message.contains("no parameter \"rate_limt_ms\", did you mean \"rate_limit_ms\"?"), "{e}");
