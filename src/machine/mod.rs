@@ -148,9 +148,37 @@ pub(super) fn host_error(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::Host { message: format!("{what}: {e}") }
 }
 
+/// A fault inside QEMU, as opposed to a kill from outside (SIGKILL, SIGTERM),
+/// which is a decision somebody made and is not retried.
+fn qemu_crashed(status: &str) -> bool {
+    ["SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL"].iter().any(|signal| status.contains(signal))
+}
+
 impl Machine {
     /// Starts QEMU and waits, stage by stage, for the agent's greeting.
     pub fn boot(config: &MachineConfig) -> Result<Machine, Failure> {
+        match Machine::boot_once(config) {
+            // QEMU 7.2 itself crashes now and then while the guest probes the
+            // ivshmem device's BARs (SIGSEGV, QEMU's bug: about once in a few
+            // hundred boots on a loaded host). Nothing has been captured
+            // before the greeting, so one more boot loses nothing; it is said
+            // out loud, and the first console is kept.
+            Err(Failure::QemuExited { stage, status, .. })
+                if qemu_crashed(&status) && matches!(stage, Stage::KernelBoot | Stage::AgentGreeting) =>
+            {
+                let crashed = config.run_dir.join("console.qemu-crashed.log");
+                let _ = fs::rename(config.run_dir.join("console.log"), &crashed);
+                eprintln!(
+                    "warning: QEMU died ({status}) while the guest booted; booting once more (the first console is in {})",
+                    crashed.display()
+                );
+                Machine::boot_once(config)
+            }
+            result => result,
+        }
+    }
+
+    fn boot_once(config: &MachineConfig) -> Result<Machine, Failure> {
         let socket_dir = SocketDir::create().map_err(|e| host_error("create the agent socket directory", e))?;
         let socket_path = socket_dir.path().join("agent.sock");
         // Listening before QEMU starts: QEMU connects as a client at startup.
