@@ -12,6 +12,8 @@ pub mod cpio;
 pub mod events;
 pub mod failure;
 pub mod fingerprint;
+pub mod inject;
+pub mod json_lines;
 pub mod load;
 pub mod machine;
 pub mod modinfo;
@@ -20,8 +22,10 @@ pub mod qemu;
 pub mod runner;
 pub mod scenario;
 pub mod sensor;
+pub mod snapshot;
 pub mod sources;
 pub mod thermal;
+pub mod transcript;
 pub mod wait;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::inject::Injector;
 use crate::qemu::Clock;
 use crate::thermal;
 
@@ -51,38 +52,6 @@ pub mod limits {
     /// Programs started in the background, all steps together: the agent
     /// runs at most this many at once and reports them in one frame.
     pub const MAX_BACKGROUND: u32 = kevent_wire::MAX_BACKGROUND_PROGRAMS as u32;
-}
-
-/// How injections reach the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Injector {
-    /// The host's emulated sensor raises the CPU's MSI-X vector.
-    #[default]
-    Device,
-    /// The guest agent writes the module's debugfs trigger.
-    Debugfs,
-}
-
-impl Injector {
-    pub const ALL: [Injector; 2] = [Injector::Device, Injector::Debugfs];
-    pub const NAMES: &'static str = "\"device\" or \"debugfs\"";
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Injector::Device => "device",
-            Injector::Debugfs => "debugfs",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Injector> {
-        Injector::ALL.into_iter().find(|i| i.name() == name)
-    }
-}
-
-impl fmt::Display for Injector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// Where in the scenario file something was written (1-based).

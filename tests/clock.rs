@@ -4,11 +4,11 @@
 
 mod common;
 
+use kevent_bench::transcript::StepOutcome;
 use kevent_bench::{runner, scenario};
-use kevent_wire::Outcome;
 
-fn uptime(outcome: &Outcome) -> f64 {
-    let Outcome::Data(data) = outcome else { panic!("{outcome:?}") };
+fn uptime(outcome: &StepOutcome) -> f64 {
+    let StepOutcome::Read(data) = outcome else { panic!("{outcome:?}") };
     String::from_utf8_lossy(data).split_whitespace().next().unwrap().parse().unwrap()
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 use kevent_bench::runner;
 use kevent_bench::scenario;
+use kevent_bench::transcript::StepOutcome;
 
 #[test]
 fn a_users_own_unprivileged_listener_receives_the_seed_payload() {
@@ -48,7 +49,7 @@ exec = { program = "/bin/kmsg-listen-missing" }
     );
     // A program that is not there is an error of its step, named.
     let missing = &transcript.steps[3];
-    let kevent_wire::Outcome::Error { errno, message } = &missing.outcome else { panic!("{:?}", missing.outcome) };
+    let StepOutcome::Failed { errno, message } = &missing.outcome else { panic!("{:?}", missing.outcome) };
     assert_eq!(*errno, libc::ENOENT, "{message}");
     assert!(message.contains("/bin/kmsg-listen-missing"), "{message}");
 }
@@ -82,15 +83,13 @@ exec = {{ program = "/bin/flood", args = ["{}"] }}
     let transcript =
         runner::run(&scenario, &common::config("bounded", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
 
-    let kevent_wire::Outcome::Error { errno, message } = &transcript.steps[0].outcome else {
+    let StepOutcome::Failed { errno, message } = &transcript.steps[0].outcome else {
         panic!("{:?}", transcript.steps[0].outcome)
     };
     assert_eq!(*errno, libc::EFBIG, "{message}");
     assert!(message.contains("/big") && message.contains("1048576"), "{message}");
 
-    let kevent_wire::Outcome::Exec(result) = &transcript.steps[1].outcome else {
-        panic!("{:?}", transcript.steps[1].outcome)
-    };
+    let StepOutcome::Ran(result) = &transcript.steps[1].outcome else { panic!("{:?}", transcript.steps[1].outcome) };
     assert_eq!(result.exit_code, 0, "the program wrote everything: nothing blocked it");
     let (kept, marker) = result.stdout.split_at(kevent_wire::MAX_OUTPUT_BYTES);
     assert!(kept.iter().all(|b| *b == b'x'));
@@ -125,8 +124,8 @@ read = "/proc/uptime"
     guest.initramfs = initramfs_path;
     let config = common::config("kmsg-panic", guest);
     let transcript = runner::run(&scenario, &config, &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
-    assert!(matches!(&transcript.steps[0].outcome, kevent_wire::Outcome::Exec(r) if r.exit_code == 0));
-    assert!(matches!(transcript.steps[1].outcome, kevent_wire::Outcome::Data(_)), "the guest went on");
+    assert!(matches!(&transcript.steps[0].outcome, StepOutcome::Ran(r) if r.exit_code == 0));
+    assert!(matches!(transcript.steps[1].outcome, StepOutcome::Read(_)), "the guest went on");
     let console = std::fs::read_to_string(config.run_dir.join("console.log")).unwrap();
     assert!(
         console.contains("Kernel panic - not syncing: written by a guest program"),
@@ -152,9 +151,7 @@ fn a_users_event_loop_program_finds_what_it_needs_in_the_guest_kernel() {
     guest.initramfs = initramfs_path;
     let transcript =
         runner::run(&scenario, &common::config("eventloop", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
-    let kevent_wire::Outcome::Exec(result) = &transcript.steps[0].outcome else {
-        panic!("{:?}", transcript.steps[0].outcome)
-    };
+    let StepOutcome::Ran(result) = &transcript.steps[0].outcome else { panic!("{:?}", transcript.steps[0].outcome) };
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert_eq!(stdout, "epoll ok\neventfd ok\ntimerfd ok\nsignalfd ok\ninotify ok\naf_unix ok\n", "{result:?}");
     assert_eq!(result.exit_code, 0);

@@ -96,7 +96,7 @@ fn scenarios(flags: &BenchSuite) -> anyhow::Result<()> {
     if suite.is_empty() {
         bail!("no scenarios in {}", project.root.join("scenarios").display());
     }
-    let run_one = |s: &scenario::Scenario| -> anyhow::Result<(Duration, runner::Transcript)> {
+    let run_one = |s: &scenario::Scenario| -> anyhow::Result<(Duration, kevent_bench::transcript::Transcript)> {
         let run_dir = crate::boot::run_dir(&artifacts, &format!("bench-{}", s.name));
         let config = MachineConfig::new(s.guest(&artifacts), decision.accel, run_dir)?;
         let started = std::time::Instant::now();

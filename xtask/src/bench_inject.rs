@@ -10,11 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
-use kevent_bench::scenario::Injector;
-use kevent_bench::sensor::{Published, Register};
+use anyhow::{bail, ensure};
+use kevent_bench::inject::{Injected, Injection, Injector};
+use kevent_bench::sensor::Register;
 use kevent_bench::{Machine, MachineConfig};
-use kevent_wire::{Command, Outcome};
 
 use crate::bench::percentile;
 use crate::flags::BenchRuns;
@@ -58,20 +57,14 @@ fn injection(k: usize, cpus: u32) -> (u32, u64) {
     (cpu, value)
 }
 
-fn debugfs_inject(
-    machine: &mut Machine,
-    cpu: u32,
-    value: u64,
-    bound: Duration,
-) -> anyhow::Result<kevent_bench::Exchange> {
-    let exchange = machine.request(Command::Inject { package: false, cpu, value }, bound)?;
-    ensure!(matches!(exchange.outcome, Outcome::Done), "injection on CPU {cpu}: {:?}", exchange.outcome);
-    Ok(exchange)
-}
-
-fn device_acked(machine: &mut Machine, published: Published) -> anyhow::Result<()> {
-    ensure!(machine.wait_acked(published)?.is_none(), "the guest refused injection {}", published.seq);
-    Ok(())
+/// One injection through `via`, which the guest must take.
+fn inject(machine: &mut Machine, via: Injector, k: usize, cpus: u32, bound: Duration) -> anyhow::Result<Injected> {
+    let (cpu, value) = injection(k, cpus);
+    let injected = machine.inject(via, Injection { cpu, register: Register::Core, value }, bound)?;
+    if let Some(refusal) = &injected.refused {
+        bail!("{via} injection {k}: {}", refusal.message);
+    }
+    Ok(injected)
 }
 
 pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
@@ -149,20 +142,18 @@ fn latency(
 ) -> anyhow::Result<Latencies> {
     let mut out = Latencies::default();
     for k in 0..samples {
-        let (cpu, value) = injection(k, cpus);
         let started = Instant::now();
-        let exchange = match injector {
-            Injector::Device => {
-                let published = machine.fire(cpu, Register::Core, value)?;
-                device_acked(machine, published)?;
-                out.acked.push(started.elapsed());
-                machine.wait_datagrams(2, bound)?
-            }
-            Injector::Debugfs => debugfs_inject(machine, cpu, value, bound)?,
-        };
-        ensure!(exchange.datagrams.len() == 2, "injection {k}: {} datagrams, expected 2", exchange.datagrams.len());
-        out.first_event.push(exchange.arrived[0] - started);
-        out.all_events.push(exchange.arrived[1] - started);
+        let injected = inject(machine, injector, k, cpus, bound)?;
+        let mut arrived = injected.arrived;
+        if let Some(acknowledged) = injected.acknowledged {
+            out.acked.push(acknowledged - started);
+        }
+        if arrived.len() < 2 {
+            arrived.extend(machine.wait_datagrams(2 - arrived.len(), bound)?.arrived);
+        }
+        ensure!(arrived.len() == 2, "injection {k}: {} datagrams, expected 2", arrived.len());
+        out.first_event.push(arrived[0] - started);
+        out.all_events.push(arrived[1] - started);
     }
     Ok(out)
 }
@@ -184,7 +175,7 @@ fn rate(machine: &mut Machine, injector: Injector, cpus: u32, bound: Duration) -
             // Acknowledged means sent or dropped in the guest (a drop fails
             // the wait); the fence brings in whatever was sent.
             for published in last.into_iter().flatten() {
-                device_acked(machine, published)?;
+                ensure!(machine.wait_acked(published)?.is_none(), "the guest refused injection {}", published.seq);
             }
             let exchange = machine.fence(bound)?;
             datagrams = exchange.datagrams.len();
@@ -192,10 +183,9 @@ fn rate(machine: &mut Machine, injector: Injector, cpus: u32, bound: Duration) -
         }
         Injector::Debugfs => {
             for k in 0..BURST {
-                let (cpu, value) = injection(k, cpus);
-                let exchange = debugfs_inject(machine, cpu, value, bound)?;
-                datagrams += exchange.datagrams.len();
-                arrived.extend(exchange.arrived.last());
+                let injected = inject(machine, injector, k, cpus, bound)?;
+                datagrams += injected.datagrams.len();
+                arrived.extend(injected.arrived.last());
             }
         }
     }

@@ -4,15 +4,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
 use kevent_bench::events;
-use kevent_bench::runner::{self, StepRecord};
+use kevent_bench::json_lines;
+use kevent_bench::runner;
 use kevent_bench::scenario::Injector;
+use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
 use kevent_bench::{scenario, Failure, MachineConfig};
-use kevent_wire::Outcome;
 
 use crate::flags::RunFlags;
 
@@ -35,83 +36,75 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     eprintln!("console log: {}", run_dir.join("console.log").display());
     let started = Instant::now();
     let mut normaliser = events::Normaliser::default();
-    let mut print_step = |record: &StepRecord| {
+    let print = |line: serde_json::Value| println!("{line}");
+    if flags.json {
+        print(json_lines::start(&scenario));
+    }
+    let mut print_step = |record: &StepRecord, finished: bool| {
         let mut out = std::io::stdout().lock();
-        if !flags.json {
-            let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
+        if flags.json {
+            for datagram in &record.datagrams {
+                let _ = writeln!(out, "{}", json_lines::event(record.index + 1, datagram, &mut normaliser, flags.raw));
+            }
+            if finished {
+                let _ = writeln!(out, "{}", json_lines::step(record));
+            }
+            return;
         }
+        let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
         for datagram in &record.datagrams {
-            let mut event = events::decode(datagram);
-            if flags.json {
-                normaliser.normalise(&mut event);
-                let line = serde_json::json!({
-                    "step": record.index + 1,
-                    "protocol": datagram.protocol,
-                    "groups": datagram.groups,
-                    "portid": datagram.portid,
-                    "guest_monotonic_ns": datagram.monotonic_ns,
-                    "event": event,
-                    "bytes": if flags.raw { Some(events::escape(&datagram.bytes)) } else { None },
-                });
-                let _ = writeln!(out, "{line}");
-            } else {
-                let _ = writeln!(out, "{}", events::render_live(datagram, &event));
-                if flags.raw {
-                    let _ = writeln!(out, "RAW {} bytes: {}\n", datagram.bytes.len(), events::escape(&datagram.bytes));
-                }
+            let _ = writeln!(out, "{}", events::render_live(datagram, &events::decode(datagram)));
+            if flags.raw {
+                let _ = writeln!(out, "RAW {} bytes: {}\n", datagram.bytes.len(), events::escape(&datagram.bytes));
             }
         }
-        if !flags.json {
-            match &record.outcome {
-                Outcome::Data(data) => {
-                    let _ = writeln!(out, "{}\n", String::from_utf8_lossy(data).trim_end());
-                }
-                Outcome::Error { errno, message } => {
-                    let _ = writeln!(out, "error {}: {message}\n", runner::errno_name(*errno));
-                }
-                Outcome::Exec(r) => {
-                    let _ = writeln!(out, "exit code {} (signal {})", r.exit_code, r.signal);
-                    let _ = writeln!(out, "stdout:\n{}", String::from_utf8_lossy(&r.stdout));
-                    let _ = writeln!(out, "stderr:\n{}", String::from_utf8_lossy(&r.stderr));
-                }
-                Outcome::Done | Outcome::Background(_) => {}
+        match &record.outcome {
+            StepOutcome::Read(data) => {
+                let _ = writeln!(out, "{}\n", String::from_utf8_lossy(data).trim_end());
             }
+            StepOutcome::Failed { errno, message } => {
+                let _ = writeln!(out, "error {}: {message}\n", errno_name(*errno));
+            }
+            StepOutcome::Ran(r) => {
+                let _ = writeln!(out, "exit code {} (signal {})", r.exit_code, r.signal);
+                let _ = writeln!(out, "stdout:\n{}", String::from_utf8_lossy(&r.stdout));
+                let _ = writeln!(out, "stderr:\n{}", String::from_utf8_lossy(&r.stderr));
+            }
+            StepOutcome::Done => {}
         }
     };
-    let transcript = match runner::run(&scenario, &config, &mut print_step) {
+    let transcript = match runner::run(&scenario, &config, &mut |record| print_step(record, true)) {
         Ok(transcript) => transcript,
-        Err(Failure::AtStep(at)) => {
-            // Nothing captured is lost: the failed step's events so far.
-            let partial = StepRecord {
-                index: at.step - 1,
-                label: format!("{} (failed)", at.label),
-                repeat: 1,
-                outcome: Outcome::Done,
-                failures: 0,
-                datagrams: at.captured.clone(),
-                elapsed: Duration::ZERO,
-            };
-            print_step(&partial);
-            return Err(Failure::AtStep(at).into());
+        Err(failure) => {
+            if let Failure::AtStep(at) = &failure {
+                // Nothing captured is lost: the failed step's events so far.
+                let mut partial = StepRecord::new(at.step - 1, format!("{} (failed)", at.label), 1);
+                partial.datagrams = at.captured.clone();
+                print_step(&partial, false);
+            }
+            if flags.json {
+                let step = match &failure {
+                    Failure::AtStep(at) => Some(at.step),
+                    _ => None,
+                };
+                print(json_lines::failure(step, &failure.to_string(), failure.exit_code()));
+            }
+            return Err(failure.into());
         }
-        Err(failure) => return Err(failure.into()),
     };
     for r in &transcript.background {
-        let (stdout, stderr) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
         if flags.json {
-            // One JSON object per line, background programs included.
-            let line = serde_json::json!({
-                "background": { "program": r.program, "exit_code": r.exit_code, "signal": r.signal,
-                                "stdout": stdout, "stderr": stderr },
-            });
-            println!("{line}");
+            print(json_lines::background(r));
         } else {
             println!("── background {}: exit code {} (signal {})", r.program, r.exit_code, r.signal);
-            println!("stdout:\n{stdout}");
-            println!("stderr:\n{stderr}");
+            println!("stdout:\n{}", String::from_utf8_lossy(&r.stdout));
+            println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
         }
     }
     for flag in &transcript.timing_flags {
+        if flags.json {
+            print(json_lines::timing_flag(flag));
+        }
         eprintln!("warning: {flag}");
     }
     if transcript.timing_flags_lost > 0 {
@@ -122,13 +115,17 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         );
     }
     let totals = transcript.snapshot().totals;
+    let elapsed = started.elapsed();
+    if flags.json {
+        print(json_lines::summary(&transcript, &totals, elapsed, &decision.accel.to_string()));
+    }
     eprintln!(
         "{}: {} step(s), {} kmessage(s), {} uevent(s), none lost; {:.2} s on {} ({})",
         scenario.name,
         transcript.steps.len(),
         totals.kmessages,
         totals.uevents,
-        started.elapsed().as_secs_f64(),
+        elapsed.as_secs_f64(),
         decision.accel,
         transcript.hello.kernel_release
     );

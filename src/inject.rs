@@ -1,0 +1,150 @@
+//! One way to carry an injection into the guest, shared by the scenario
+//! runner and the benchmarks: through the emulated sensor device, or
+//! through the module's debugfs trigger, answered in the same terms.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use kevent_wire::{Command, Datagram, Outcome};
+
+use crate::failure::Failure;
+use crate::machine::Machine;
+use crate::sensor::{Published, Register, Timing};
+
+/// How injections reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Injector {
+    /// The host's emulated sensor raises the CPU's MSI-X vector.
+    #[default]
+    Device,
+    /// The guest agent writes the module's debugfs trigger.
+    Debugfs,
+}
+
+impl Injector {
+    /// Every injector, in the order help texts list them.
+    pub const ALL: [Injector; 2] = [Injector::Device, Injector::Debugfs];
+    /// The names a scenario may give, as an error message lists them.
+    pub const NAMES: &'static str = "\"device\" or \"debugfs\"";
+
+    /// The injector's name in scenarios and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Injector::Device => "device",
+            Injector::Debugfs => "debugfs",
+        }
+    }
+
+    /// The injector a scenario or the command line names.
+    pub fn from_name(name: &str) -> Option<Injector> {
+        Injector::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+impl fmt::Display for Injector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One register image for one CPU: its core register, or its package's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injection {
+    /// The CPU whose handler sees the interrupt.
+    pub cpu: u32,
+    /// Which of the CPU's two thermal status registers takes the image.
+    pub register: Register,
+    /// The register image (Intel SDM layout; `crate::thermal`).
+    pub value: u64,
+}
+
+/// An injection the module did not take, in the same words whichever
+/// injector carried it, so snapshots do not tell the injectors apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What the module answered (EINVAL, EXDEV, ...).
+    pub errno: i32,
+    /// What was refused.
+    pub message: String,
+}
+
+impl Injection {
+    /// The refusal of this injection with `errno`.
+    pub fn refused(&self, errno: i32) -> Refusal {
+        let register = match self.register {
+            Register::Core => "IA32_THERM_STATUS",
+            Register::Package => "IA32_PACKAGE_THERM_STATUS",
+        };
+        Refusal {
+            errno,
+            message: format!("kevent_thermal did not take {register} image {:#x} for CPU {}", self.value, self.cpu),
+        }
+    }
+}
+
+/// What one injection came to on the host.
+#[derive(Debug)]
+pub struct Injected {
+    /// Why the module refused it, if it did.
+    pub refused: Option<Refusal>,
+    /// Datagrams that reached the host while the injection was carried:
+    /// every one it caused for debugfs (the agent fences its request),
+    /// none waited for on the device path (acknowledged means broadcast;
+    /// [`Machine::fence`] or [`Machine::wait_datagrams`] brings them in).
+    pub datagrams: Vec<Datagram>,
+    /// When each of those datagrams reached the host.
+    pub arrived: Vec<Instant>,
+    /// Device path: when the guest's acknowledgement was seen.
+    pub acknowledged: Option<Instant>,
+}
+
+impl Machine {
+    /// Carries `injection` into the guest `via` one injector and waits
+    /// (bounded) until the module has taken or refused it.
+    pub fn inject(&mut self, via: Injector, injection: Injection, bound: Duration) -> Result<Injected, Failure> {
+        match via {
+            Injector::Device => {
+                let published = self.fire(injection.cpu, injection.register, injection.value)?;
+                self.acknowledged(injection, published, Duration::ZERO)
+            }
+            Injector::Debugfs => {
+                let Injection { cpu, register, value } = injection;
+                let command = Command::Inject { package: register == Register::Package, cpu, value };
+                let exchange = self.request(command, bound)?;
+                let refused = match exchange.outcome {
+                    Outcome::Done => None,
+                    Outcome::Error { errno, .. } => Some(injection.refused(errno)),
+                    other => {
+                        return Err(Failure::Protocol { message: format!("an injection request answered {other:?}") })
+                    }
+                };
+                Ok(Injected { refused, datagrams: exchange.datagrams, arrived: exchange.arrived, acknowledged: None })
+            }
+        }
+    }
+
+    /// The device fires `injection` `timing.repeat` times, `timing`'s
+    /// interval apart on the guest's clock, so where the firings fall in
+    /// guest time does not depend on the host; the guest takes or refuses
+    /// the entry whole. Device only: debugfs writes are paced by the host.
+    pub fn inject_timed(&mut self, injection: Injection, timing: Timing) -> Result<Injected, Failure> {
+        let published = self.fire_timed(injection.cpu, injection.register, injection.value, timing)?;
+        let span = Duration::from_nanos(u64::from(timing.interval_ns) * u64::from(timing.repeat.saturating_sub(1)));
+        self.acknowledged(injection, published, span)
+    }
+
+    fn acknowledged(
+        &mut self,
+        injection: Injection,
+        published: Published,
+        span: Duration,
+    ) -> Result<Injected, Failure> {
+        let refused = self.wait_acked_after(published, span)?;
+        Ok(Injected {
+            refused: refused.map(|errno| injection.refused(errno as i32)),
+            datagrams: Vec::new(),
+            arrived: Vec::new(),
+            acknowledged: Some(Instant::now()),
+        })
+    }
+}

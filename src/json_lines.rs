@@ -1,0 +1,263 @@
+//! `run --json`: one JSON object per line, each with a `type`, for
+//! programs that read a run as it happens. docs/json.md is the contract.
+//!
+//! Values are the guest's own; where the snapshot would normalise one
+//! (SEQNUM, MODALIAS), the line carries the raw value and the normalised
+//! one beside it under `normalised`, so a consumer can compare runs the
+//! way the snapshot does or see exactly what the kernel sent.
+
+use std::time::Duration;
+
+use kevent_wire::Datagram;
+use serde_json::{json, Map, Value};
+
+use crate::events::{self, Event, Normaliser};
+use crate::scenario::Scenario;
+use crate::snapshot::Totals;
+use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, TimingFlag, Transcript};
+
+/// The first line: what is about to run.
+pub fn start(scenario: &Scenario) -> Value {
+    let machine = &scenario.machine;
+    json!({
+        "type": "start",
+        "scenario": scenario.name,
+        "description": scenario.description.trim(),
+        "injector": scenario.injector.name(),
+        "machine": { "cpus": machine.cpus, "memory_mib": machine.memory_mib, "clock": machine.clock.to_string() },
+        "params": scenario.params_by_module(),
+    })
+}
+
+/// One datagram a step caused, decoded; `raw` adds its bytes, escaped.
+pub fn event(step: usize, datagram: &Datagram, normaliser: &mut Normaliser, raw: bool) -> Value {
+    let decoded = events::decode(datagram);
+    let mut normalised = decoded.clone();
+    normaliser.normalise(&mut normalised);
+    let mut line = json!({
+        "type": "event",
+        "step": step,
+        "protocol": datagram.protocol,
+        "groups": datagram.groups,
+        "portid": datagram.portid,
+        "guest_monotonic_ns": datagram.monotonic_ns,
+    });
+    let fields = line.as_object_mut().expect("an object");
+    match &decoded {
+        Event::Kmessage { group, from, signal, aux } => {
+            fields.insert("channel".into(), "kmessage".into());
+            fields.insert("kmessage".into(), json!({ "group": group, "from": from, "signal": signal, "aux": aux }));
+        }
+        Event::Uevent { action, devpath, env } => {
+            fields.insert("channel".into(), "uevent".into());
+            fields.insert("uevent".into(), json!({ "action": action, "devpath": devpath, "env": environment(env) }));
+            if let Event::Uevent { env: normal, .. } = &normalised {
+                let changed: Map<String, Value> = env
+                    .iter()
+                    .zip(normal)
+                    .filter(|(raw, normal)| raw != normal)
+                    .map(|(_, normal)| {
+                        let (key, value) = split_entry(normal);
+                        (key.to_owned(), value.map_or(Value::Null, Value::from))
+                    })
+                    .collect();
+                if !changed.is_empty() {
+                    fields.insert("normalised".into(), Value::Object(changed));
+                }
+            }
+        }
+        Event::Malformed { protocol: _, why, bytes } => {
+            fields.insert("channel".into(), "malformed".into());
+            fields.insert("malformed".into(), json!({ "why": why, "bytes": bytes }));
+        }
+    }
+    if raw {
+        fields.insert("bytes".into(), events::escape(&datagram.bytes).into());
+    }
+    line
+}
+
+/// `KEY=value` pairs as an object, in the kernel's order. An entry with no
+/// `=` has a null value; a key sent more than once has an array of its
+/// values, so nothing the kernel sent is lost.
+fn environment(env: &[String]) -> Value {
+    let mut object = Map::new();
+    for entry in env {
+        let (key, value) = split_entry(entry);
+        let value = value.map_or(Value::Null, Value::from);
+        match object.get_mut(key) {
+            None => {
+                object.insert(key.to_owned(), value);
+            }
+            Some(existing) => {
+                // Values are strings or null, so an array is an earlier repeat.
+                let earlier = match existing.take() {
+                    Value::Array(values) => values,
+                    single => vec![single],
+                };
+                *existing = Value::Array(earlier.into_iter().chain([value]).collect());
+            }
+        }
+    }
+    Value::Object(object)
+}
+
+fn split_entry(entry: &str) -> (&str, Option<&str>) {
+    match entry.split_once('=') {
+        Some((key, value)) => (key, Some(value)),
+        None => (entry, None),
+    }
+}
+
+/// A step's result, after its events.
+pub fn step(record: &StepRecord) -> Value {
+    json!({
+        "type": "step",
+        "step": record.index + 1,
+        "label": record.label,
+        "repeat": record.repeat,
+        "failures": record.failures,
+        "host_elapsed_ns": u64::try_from(record.elapsed.as_nanos()).unwrap_or(u64::MAX),
+        "datagrams": record.datagrams.len(),
+        "result": outcome(&record.outcome),
+    })
+}
+
+fn outcome(outcome: &StepOutcome) -> Value {
+    match outcome {
+        StepOutcome::Done => json!({ "kind": "done" }),
+        StepOutcome::Read(bytes) => {
+            json!({ "kind": "read", "text": String::from_utf8_lossy(bytes), "bytes": bytes.len() })
+        }
+        StepOutcome::Failed { errno, message } => {
+            json!({ "kind": "failed", "errno": errno, "errno_name": errno_name(*errno), "message": message })
+        }
+        StepOutcome::Ran(run) => {
+            let mut fields = program(run);
+            fields["kind"] = "exec".into();
+            fields
+        }
+    }
+}
+
+fn program(run: &ProgramRun) -> Value {
+    json!({
+        "program": run.program,
+        "exit_code": run.exit_code,
+        "signal": run.signal,
+        "stdout": String::from_utf8_lossy(&run.stdout),
+        "stderr": String::from_utf8_lossy(&run.stderr),
+    })
+}
+
+/// A program run in the background, reported when the scenario ended.
+pub fn background(run: &ProgramRun) -> Value {
+    let mut line = program(run);
+    line["type"] = "background".into();
+    line
+}
+
+/// A rate-limit decision whose outcome may differ on another run.
+pub fn timing_flag(flag: &TimingFlag) -> Value {
+    json!({
+        "type": "timing_flag",
+        "step": flag.step,
+        "cpu": flag.cpu,
+        "margin_ns": flag.margin_ns,
+        "within_burst": flag.within_burst,
+        "message": flag.to_string(),
+    })
+}
+
+/// The last line of a run that ended well.
+pub fn summary(transcript: &Transcript, totals: &Totals, elapsed: Duration, accel: &str) -> Value {
+    json!({
+        "type": "summary",
+        "scenario": transcript.scenario.name,
+        "steps": transcript.steps.len(),
+        "kmessages": totals.kmessages,
+        "uevents": totals.uevents,
+        "malformed": totals.malformed,
+        "timing_flags": transcript.timing_flags.len(),
+        "timing_flags_lost": transcript.timing_flags_lost,
+        "kernel_release": transcript.hello.kernel_release,
+        "accel": accel,
+        "host_elapsed_ns": u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+    })
+}
+
+/// The run failed: what and where; the exit code the bench exits with.
+pub fn failure(step: Option<usize>, message: &str, exit_code: i32) -> Value {
+    json!({ "type": "failure", "step": step, "message": message, "exit_code": exit_code })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(protocol: u32, bytes: &[u8]) -> Datagram {
+        Datagram { protocol, groups: 1 << 2, portid: 0, monotonic_ns: 42, bytes: bytes.to_vec() }
+    }
+
+    #[test]
+    fn a_uevent_has_its_environment_as_an_object_and_its_normalised_values_beside_the_raw_ones() {
+        let mut normaliser = Normaliser::default();
+        let bytes = b"change@/devices/system/cpu/cpu1\0ACTION=change\0MODALIAS=cpu:type:x86,ven0002\n\0SEQNUM=812\0";
+        let first = event(3, &datagram(15, bytes), &mut normaliser, false);
+        assert_eq!(first["type"], "event");
+        assert_eq!(first["step"], 3);
+        assert_eq!(first["channel"], "uevent");
+        assert_eq!(first["uevent"]["env"]["SEQNUM"], "812");
+        assert_eq!(first["uevent"]["env"]["MODALIAS"], "cpu:type:x86,ven0002\n");
+        assert_eq!(first["normalised"]["SEQNUM"], "+0");
+        assert_eq!(first["normalised"]["MODALIAS"], "cpu:type:x86,[CPU model and features]\\n");
+        assert!(first["normalised"].get("ACTION").is_none(), "only what was normalised is listed");
+        let keys: Vec<&String> = first["uevent"]["env"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["ACTION", "MODALIAS", "SEQNUM"], "the kernel's order is kept");
+        let later = String::from_utf8_lossy(bytes).replace("SEQNUM=812", "SEQNUM=815");
+        let second = event(3, &datagram(15, later.as_bytes()), &mut normaliser, true);
+        assert_eq!(second["normalised"]["SEQNUM"], "+3");
+        assert_eq!(second["bytes"], events::escape(later.as_bytes()));
+    }
+
+    #[test]
+    fn repeated_keys_and_bare_entries_are_kept() {
+        let env: Vec<String> = ["A=1", "B", "A=2", "A=3"].map(String::from).to_vec();
+        assert_eq!(environment(&env), json!({ "A": ["1", "2", "3"], "B": null }));
+    }
+
+    #[test]
+    fn kmessages_and_malformed_datagrams_say_which_they_are() {
+        let mut normaliser = Normaliser::default();
+        let kmessage = event(1, &datagram(31, b"From: /t\nSignal: high\nCpu: 1\n\0"), &mut normaliser, false);
+        assert_eq!(kmessage["channel"], "kmessage");
+        assert_eq!(
+            kmessage["kmessage"],
+            json!({ "group": "power", "from": "/t", "signal": "high", "aux": ["Cpu: 1"] })
+        );
+        assert!(kmessage.get("normalised").is_none());
+        let broken = event(1, &datagram(31, b"junk"), &mut normaliser, false);
+        assert_eq!(broken["channel"], "malformed");
+        assert_eq!(broken["malformed"]["bytes"], "junk");
+    }
+
+    #[test]
+    fn every_step_result_is_typed() {
+        let mut record = StepRecord::new(1, "read /proc/uptime".into(), 1);
+        record.outcome = StepOutcome::Read(b"12.5 3.0\n".to_vec());
+        record.elapsed = Duration::from_micros(1500);
+        let line = step(&record);
+        assert_eq!(line["type"], "step");
+        assert_eq!(line["step"], 2);
+        assert_eq!(line["host_elapsed_ns"], 1_500_000);
+        assert_eq!(line["result"], json!({ "kind": "read", "text": "12.5 3.0\n", "bytes": 9 }));
+        record.outcome = StepOutcome::Failed { errno: 22, message: "write x".into() };
+        assert_eq!(step(&record)["result"]["errno_name"], "EINVAL");
+        let run =
+            ProgramRun { program: "/bin/true".into(), exit_code: 0, signal: 0, stdout: b"hi".to_vec(), stderr: vec![] };
+        record.outcome = StepOutcome::Ran(run.clone());
+        assert_eq!(step(&record)["result"]["kind"], "exec");
+        assert_eq!(step(&record)["result"]["stdout"], "hi");
+        assert_eq!(background(&run)["type"], "background");
+    }
+}

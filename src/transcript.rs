@@ -1,0 +1,220 @@
+//! What a run of a scenario produced, in the host's terms: each step's
+//! outcome and the datagrams it caused. The wire's replies are converted
+//! here, at the edge; the snapshot and the JSON lines read only these types.
+
+use std::time::Duration;
+
+use kevent_wire::{Datagram, ExecResult, Hello, Outcome};
+
+use crate::failure::Failure;
+use crate::inject::Refusal;
+use crate::scenario::Scenario;
+
+/// What one step came to (the first failure, for a repeated step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The step did what it says and has nothing to show.
+    Done,
+    /// A `read` step's bytes.
+    Read(Vec<u8>),
+    /// The guest refused the step: errno (0 if none applies) and why.
+    Failed {
+        /// What the guest's system call answered.
+        errno: i32,
+        /// What was refused.
+        message: String,
+    },
+    /// An `exec` step's program, run to its end.
+    Ran(ProgramRun),
+}
+
+impl StepOutcome {
+    /// The step failed.
+    pub fn failed(&self) -> bool {
+        matches!(self, StepOutcome::Failed { .. })
+    }
+
+    /// The agent's reply to a step's request. A step never asks for the
+    /// background programs' reports, so being given them is a protocol error.
+    pub fn from_reply(outcome: Outcome) -> Result<StepOutcome, Failure> {
+        Ok(match outcome {
+            Outcome::Done => StepOutcome::Done,
+            Outcome::Data(bytes) => StepOutcome::Read(bytes),
+            Outcome::Error { errno, message } => StepOutcome::Failed { errno, message },
+            Outcome::Exec(result) => StepOutcome::Ran(result.into()),
+            Outcome::Background(_) => {
+                return Err(Failure::Protocol {
+                    message: "a step's request was answered with background reports".into(),
+                })
+            }
+        })
+    }
+}
+
+impl From<Refusal> for StepOutcome {
+    fn from(refusal: Refusal) -> StepOutcome {
+        StepOutcome::Failed { errno: refusal.errno, message: refusal.message }
+    }
+}
+
+/// A program the guest ran, in the foreground or in the background.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramRun {
+    /// The program as the scenario named it.
+    pub program: String,
+    /// Its exit code, or -1 if a signal killed it.
+    pub exit_code: i32,
+    /// The signal that killed it, or 0.
+    pub signal: i32,
+    /// Its standard output, cut at the agent's bound with a marker.
+    pub stdout: Vec<u8>,
+    /// Its standard error, likewise.
+    pub stderr: Vec<u8>,
+}
+
+impl From<ExecResult> for ProgramRun {
+    fn from(r: ExecResult) -> ProgramRun {
+        ProgramRun { program: r.program, exit_code: r.exit_code, signal: r.signal, stdout: r.stdout, stderr: r.stderr }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// 0-based position in the scenario.
+    pub index: usize,
+    /// The step as the scenario wrote it, in words.
+    pub label: String,
+    /// How many times it ran (or fired, for a device-timed step).
+    pub repeat: u32,
+    /// The first failure, for a repeated step; else the last outcome.
+    pub outcome: StepOutcome,
+    /// How many repetitions failed.
+    pub failures: u32,
+    /// Every datagram the step caused, in the order the host received them.
+    pub datagrams: Vec<Datagram>,
+    /// Host wall time of the step, all repetitions.
+    pub elapsed: Duration,
+}
+
+impl StepRecord {
+    /// A step about to run.
+    pub fn new(index: usize, label: String, repeat: u32) -> StepRecord {
+        StepRecord {
+            index,
+            label,
+            repeat,
+            outcome: StepOutcome::Done,
+            failures: 0,
+            datagrams: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Counts a repetition's outcome: the first failure is kept, else the last outcome.
+    pub fn note(&mut self, outcome: StepOutcome) {
+        let failed = outcome.failed();
+        if failed {
+            self.failures += 1;
+        }
+        if self.failures == 0 || (failed && self.failures == 1) {
+            self.outcome = outcome;
+        }
+    }
+}
+
+/// A whole run of a scenario.
+#[derive(Debug, Clone)]
+pub struct Transcript {
+    /// The scenario as run, command-line overrides applied.
+    pub scenario: Scenario,
+    /// The agent's greeting: kernel release, CPUs online, modules.
+    pub hello: Hello,
+    /// Every step, in order.
+    pub steps: Vec<StepRecord>,
+    /// Programs run in the background, reported when the scenario ended.
+    pub background: Vec<ProgramRun>,
+    /// Rate-limit decisions the guest's clock leaves uncertain: the
+    /// snapshot could differ on another run.
+    pub timing_flags: Vec<TimingFlag>,
+    /// More such decisions, overwritten in the module's ring before they
+    /// were read: uncertain too, but no longer placed.
+    pub timing_flags_lost: u64,
+}
+
+/// A rate-limit decision close enough to its window's edge that host load
+/// (real clock) or the guest's clock jumping while it waited for the host
+/// (virtual clock) could have changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimingFlag {
+    /// 1-based step that raised the interrupt.
+    pub step: usize,
+    /// The CPU that handled it.
+    pub cpu: u32,
+    /// Guest time from the window's edge: positive for an interrupt
+    /// handled, negative for one rate-limited.
+    pub margin_ns: i64,
+    /// The edge was between firings of one device-timed entry.
+    pub within_burst: bool,
+}
+
+impl std::fmt::Display for TimingFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let outcome = if self.margin_ns < 0 { "rate-limited" } else { "handled" };
+        let margin = self.margin_ns.unsigned_abs() as f64 / 1e6;
+        let between =
+            if self.within_burst { "between firings of one timed entry" } else { "since an earlier step's interrupt" };
+        write!(
+            f,
+            "step {}: an interrupt on CPU {} was {outcome} {margin:.3} ms from the rate limit's edge ({between}); \
+             its outcome may differ on another run",
+            self.step, self.cpu
+        )
+    }
+}
+
+/// The symbolic name of an errno (`EINVAL`), or its number if it has none.
+pub fn errno_name(errno: i32) -> String {
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::UnknownErrno => format!("errno {errno}"),
+        known => format!("{known:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos_have_their_names() {
+        assert_eq!(errno_name(libc::EINVAL), "EINVAL");
+        assert_eq!(errno_name(libc::EXDEV), "EXDEV");
+        assert_eq!(errno_name(libc::EFBIG), "EFBIG");
+        assert_eq!(errno_name(100_000), "errno 100000");
+    }
+
+    #[test]
+    fn a_repeated_step_keeps_its_first_failure_and_counts_the_rest() {
+        let mut record = StepRecord::new(0, "write".into(), 4);
+        let failed = |errno| StepOutcome::Failed { errno, message: format!("errno {errno}") };
+        record.note(StepOutcome::Done);
+        record.note(failed(22));
+        record.note(StepOutcome::Done);
+        record.note(failed(18));
+        assert_eq!((record.outcome, record.failures), (failed(22), 2));
+        let mut clean = StepRecord::new(0, "read".into(), 2);
+        clean.note(StepOutcome::Read(b"1".to_vec()));
+        clean.note(StepOutcome::Read(b"2".to_vec()));
+        assert_eq!((clean.outcome, clean.failures), (StepOutcome::Read(b"2".to_vec()), 0));
+    }
+
+    #[test]
+    fn background_reports_are_not_a_steps_reply() {
+        assert!(StepOutcome::from_reply(Outcome::Background(Vec::new())).is_err());
+        let reply = Outcome::Error { errno: 2, message: "open /x".into() };
+        assert_eq!(
+            StepOutcome::from_reply(reply).unwrap(),
+            StepOutcome::Failed { errno: 2, message: "open /x".into() }
+        );
+    }
+}
