@@ -138,14 +138,12 @@ mod tests {
 
     #[test]
     fn a_cached_verdict_is_used_only_for_the_same_key() {
-        let dir = std::env::temp_dir().join(format!("kevent-accel-test-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let cache = dir.join("kvm-probe");
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("kvm-probe");
         fs::write(&cache, "key-1\ntcg\nKVM probe failed: the guest did not finish within 3 s\n").unwrap();
         let hit = read_cached(&cache, "key-1").unwrap();
         assert_eq!(hit.accel, Accel::Tcg);
         assert!(hit.reason.ends_with("(cached for this host boot)"));
         assert!(read_cached(&cache, "key-2").is_none());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

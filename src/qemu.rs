@@ -502,14 +502,15 @@ mod tests {
     /// and a private QEMU under `cache/qemu/7.2-test/`, named by `current`.
     struct Layout {
         root: PathBuf,
+        _dir: tempfile::TempDir,
     }
 
     impl Layout {
         fn new(name: &str) -> Layout {
             use std::os::unix::fs::PermissionsExt;
 
-            let root = std::env::temp_dir().join(format!("kevent-qemu-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&root);
+            let dir = tempfile::Builder::new().prefix(&format!("kevent-qemu-{name}-")).tempdir().unwrap();
+            let root = dir.path().to_owned();
             let private = private_binary(&root.join("cache/qemu/7.2-test"));
             for binary in [root.join("bin").join(QEMU_BINARY), private] {
                 std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
@@ -517,7 +518,7 @@ mod tests {
                 std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
             }
             std::fs::write(root.join("cache/qemu/current"), "7.2-test\n").unwrap();
-            Layout { root }
+            Layout { root, _dir: dir }
         }
 
         fn path(&self) -> Option<OsString> {
@@ -526,12 +527,6 @@ mod tests {
 
         fn cache(&self) -> Result<PathBuf, String> {
             Ok(self.root.join("cache"))
-        }
-    }
-
-    impl Drop for Layout {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.root);
         }
     }
 

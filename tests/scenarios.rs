@@ -116,15 +116,14 @@ fn a_changed_byte_fails() -> Result<(), Failed> {
     if snapshots.is_empty() {
         return Err("no accepted snapshots to check".into());
     }
-    let scratch = std::env::temp_dir().join(format!("kevent-harness-{}", std::process::id()));
     for snap in snapshots {
-        let _ = std::fs::remove_dir_all(&scratch);
-        std::fs::create_dir_all(&scratch).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path();
         std::fs::copy(&snap, scratch.join(snap.file_name().unwrap())).unwrap();
         let name = snap.file_stem().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&snap).unwrap();
         let body = snapshot_body(&text).to_owned();
-        let settings = insta_settings(&scratch);
+        let settings = insta_settings(scratch);
         let compare = |candidate: String| {
             let name = name.clone();
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -146,7 +145,6 @@ fn a_changed_byte_fails() -> Result<(), Failed> {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
 

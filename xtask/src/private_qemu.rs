@@ -55,10 +55,12 @@ pub fn ensure(host: Host, cache: &Path) -> anyhow::Result<PathBuf> {
     }
     let binary = qemu::private_binary(&prefix);
     // `current` last: the host library takes a prefix only once it names it.
-    let tmp = private_dir.join(format!(".{}.{}", qemu::PRIVATE_CURRENT, std::process::id()));
-    fs::write(&tmp, format!("{key}\n")).with_context(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, private_dir.join(qemu::PRIVATE_CURRENT))
-        .with_context(|| format!("rename {} to {}", tmp.display(), qemu::PRIVATE_CURRENT))?;
+    let mut current = tempfile::NamedTempFile::new_in(&private_dir)
+        .with_context(|| format!("create a file in {}", private_dir.display()))?;
+    current.write_all(format!("{key}\n").as_bytes()).with_context(|| format!("write {}", current.path().display()))?;
+    current
+        .persist(private_dir.join(qemu::PRIVATE_CURRENT))
+        .with_context(|| format!("rename into {}", qemu::PRIVATE_CURRENT))?;
     Ok(binary)
 }
 
@@ -70,9 +72,12 @@ fn without_epoch(version: &str) -> &str {
 /// Downloads, unpacks and checks in a staging directory, then renames it
 /// into place: a prefix that exists is complete.
 fn extract(host: Host, private_dir: &Path, key: &str, versions: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let staging = private_dir.join(format!(".{key}.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let (debs, root) = (staging.join("debs"), staging.join("root"));
+    // Removed when dropped, whatever happens; its root is renamed out first.
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{key}."))
+        .tempdir_in(private_dir)
+        .with_context(|| format!("create a staging directory in {}", private_dir.display()))?;
+    let (debs, root) = (staging.path().join("debs"), staging.path().join("root"));
     for dir in [&debs, &root] {
         fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -116,7 +121,7 @@ fn extract(host: Host, private_dir: &Path, key: &str, versions: &BTreeMap<String
         eprintln!("private QEMU: {version} in {}", prefix.display());
         Ok(())
     })();
-    let _ = fs::remove_dir_all(&staging);
+    drop(staging);
     result
 }
 
