@@ -5,8 +5,6 @@
 mod agent;
 mod apt;
 mod bench;
-mod bench_determinism;
-mod bench_inject;
 mod boot;
 mod cache;
 mod check;

@@ -15,7 +15,7 @@ use kevent_bench::inject::{Injected, Injection, Injector};
 use kevent_bench::sensor::Register;
 use kevent_bench::{Machine, MachineConfig};
 
-use crate::bench::percentile;
+use super::stats::percentile;
 use crate::flags::BenchRuns;
 
 /// PROCHOT on and off: each injection is a "high" or "normal", so each

@@ -1,0 +1,61 @@
+//! `cargo xtask bench boot`: boot times beside the floor of the same run.
+//!
+//! The floor is the same kernel and QEMU command line with an init that
+//! restarts the machine at once; floor and bench boots alternate, so both
+//! see the same host load.
+
+use std::time::Duration;
+
+use kevent_bench::{run_to_exit, GuestSpec, Machine, MachineConfig, Timeouts};
+
+use super::stats::median;
+use crate::flags::BenchRuns;
+
+/// Median boot-to-greeting over the floor's median: the target.
+const TARGET_RATIO: f64 = 1.15;
+
+pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(&flags.build.resolve())?;
+    let guest = flags.guest.spec(&artifacts, Vec::new());
+    let decision = crate::boot::decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
+    let floor_guest = GuestSpec { initramfs: artifacts.floor_initramfs.clone(), ..guest.clone() };
+    let timeouts = Timeouts::default();
+    let (mut floor, mut greeting, mut exit) = (Vec::new(), Vec::new(), Vec::new());
+    // Run 0 of each is untimed: page cache and QEMU's own start-up.
+    for run in 0..=flags.runs {
+        floor.push(run_to_exit(&floor_guest, decision.accel, timeouts.kernel_boot)?);
+        let config = MachineConfig::new(guest.clone(), decision.accel, crate::boot::run_dir(&artifacts, "bench"))?;
+        let machine = Machine::boot(&config)?;
+        let greeted = machine.timings.greeted;
+        let report = machine.shutdown(timeouts.shutdown)?;
+        let _ = std::fs::remove_dir_all(&config.run_dir);
+        if run == 0 {
+            floor.clear();
+            continue;
+        }
+        greeting.push(greeted);
+        exit.push(report.total);
+    }
+    println!(
+        "boot benchmark: {} runs, {} vCPU(s), {}, {} clock, {} kernel {}",
+        flags.runs, guest.cpus, decision.accel, guest.clock, artifacts.profile, artifacts.kernel_release
+    );
+    println!("{:<34}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
+    let row = |name: &str, samples: &mut Vec<Duration>| {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{name:<34}{:>9.0}{:>9.0}{:>9.0}",
+            ms(samples[0]),
+            ms(median(samples)),
+            ms(*samples.last().expect("at least one run"))
+        );
+    };
+    row("floor: trivial init, spawn → exit", &mut floor);
+    row("agent: spawn → greeting", &mut greeting);
+    row("agent: spawn → exit (after shutdown)", &mut exit);
+    let ratio = median(&greeting).as_secs_f64() / median(&floor).as_secs_f64();
+    let verdict = if ratio <= TARGET_RATIO { "within" } else { "OVER" };
+    println!("median greeting / median floor = {ratio:.3} ({verdict} the {TARGET_RATIO} target)");
+    Ok(())
+}
