@@ -1,4 +1,3 @@
-use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Largest frame either side accepts; a netlink datagram is at most a page,
@@ -13,66 +12,66 @@ const _: () = assert!(2 * crate::MAX_OUTPUT_BYTES <= MAX_FRAME_LEN / 2);
 const _: () = assert!(2 * crate::MAX_BACKGROUND_PROGRAMS * crate::MAX_BACKGROUND_OUTPUT_BYTES <= MAX_FRAME_LEN / 2);
 
 /// Everything that can go wrong reading or decoding a frame.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// The stream failed underneath the frame.
-    Io(io::Error),
+    #[error("agent channel: {0}")]
+    Io(#[from] io::Error),
     /// The stream ended inside a frame.
-    TruncatedFrame { expected: usize, got: usize },
+    #[error("agent channel closed inside a frame ({got} of {expected} bytes)")]
+    TruncatedFrame {
+        /// Bytes the frame (or its length prefix) needed.
+        expected: usize,
+        /// Bytes the stream gave before it ended.
+        got: usize,
+    },
     /// A frame announced a length larger than [`MAX_FRAME_LEN`], or zero.
+    #[error("frame length {0} is outside 1..={MAX_FRAME_LEN}")]
     BadFrameLength(usize),
     /// The frame's kind byte names no message of this direction.
-    UnknownKind { direction: &'static str, kind: u8 },
+    #[error("unknown {direction} message kind {kind:#04x}")]
+    UnknownKind {
+        /// `agent-to-host` or `host-to-agent`.
+        direction: &'static str,
+        /// The kind byte as received.
+        kind: u8,
+    },
     /// A field ran past the end of the body.
-    ShortField { message: &'static str, field: &'static str, offset: usize },
+    #[error("{message}: field `{field}` runs past the end of the frame (at byte {offset})")]
+    ShortField {
+        /// The message being decoded.
+        message: &'static str,
+        /// The field that did not fit.
+        field: &'static str,
+        /// Where in the body the field began.
+        offset: usize,
+    },
     /// A string field was not UTF-8.
-    NotUtf8 { message: &'static str, field: &'static str },
+    #[error("{message}: field `{field}` is not UTF-8")]
+    NotUtf8 {
+        /// The message being decoded.
+        message: &'static str,
+        /// The string field.
+        field: &'static str,
+    },
     /// The body had bytes left after its last field.
-    TrailingBytes { message: &'static str, count: usize },
+    #[error("{message}: {count} unexpected bytes after the last field")]
+    TrailingBytes {
+        /// The message being decoded.
+        message: &'static str,
+        /// How many bytes were left.
+        count: usize,
+    },
     /// A field held a value outside its range.
-    BadValue { message: &'static str, field: &'static str, value: u64 },
-}
-
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WireError::Io(e) => write!(f, "agent channel: {e}"),
-            WireError::TruncatedFrame { expected, got } => {
-                write!(f, "agent channel closed inside a frame ({got} of {expected} bytes)")
-            }
-            WireError::BadFrameLength(len) => {
-                write!(f, "frame length {len} is outside 1..={MAX_FRAME_LEN}")
-            }
-            WireError::UnknownKind { direction, kind } => {
-                write!(f, "unknown {direction} message kind {kind:#04x}")
-            }
-            WireError::ShortField { message, field, offset } => {
-                write!(f, "{message}: field `{field}` runs past the end of the frame (at byte {offset})")
-            }
-            WireError::NotUtf8 { message, field } => write!(f, "{message}: field `{field}` is not UTF-8"),
-            WireError::TrailingBytes { message, count } => {
-                write!(f, "{message}: {count} unexpected bytes after the last field")
-            }
-            WireError::BadValue { message, field, value } => {
-                write!(f, "{message}: field `{field}` has invalid value {value}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for WireError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            WireError::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<io::Error> for WireError {
-    fn from(e: io::Error) -> Self {
-        WireError::Io(e)
-    }
+    #[error("{message}: field `{field}` has invalid value {value}")]
+    BadValue {
+        /// The message being decoded.
+        message: &'static str,
+        /// The field whose value is refused.
+        field: &'static str,
+        /// The value, widened.
+        value: u64,
+    },
 }
 
 /// Builds one frame: kind byte, then fields.
@@ -360,6 +359,24 @@ mod tests {
         assert!(matches!(err, WireError::TruncatedFrame { expected: 9, got: 2 }), "{err}");
         let err = read_frame(&mut &[9u8, 0][..]).unwrap_err();
         assert!(matches!(err, WireError::TruncatedFrame { expected: 4, got: 2 }), "{err}");
+    }
+
+    /// A reader that fails as a broken port would.
+    struct Broken;
+
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(5))
+        }
+    }
+
+    #[test]
+    fn a_failing_stream_is_an_io_error_that_keeps_its_source() {
+        let err = read_frame(&mut Broken).unwrap_err();
+        assert!(err.to_string().starts_with("agent channel: Input/output error"), "{err}");
+        let source = std::error::Error::source(&err).expect("the io::Error is kept as the source");
+        let source = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(source.raw_os_error(), Some(5));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! The agent's first frame is always [`GuestMessage::Hello`], whose first
 //! field is [`PROTOCOL_VERSION`]; the host refuses any other version.
 //!
-//! This crate is plain data and encoding, with no dependencies: it builds for
-//! the host and for the static agent alike.
+//! This crate is plain data and encoding, with no I/O beyond `Read` and
+//! `Write` and no dependency beyond `thiserror`: it builds for the host and
+//! for the static agent alike.
 
 mod codec;
 mod message;
