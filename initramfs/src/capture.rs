@@ -21,8 +21,6 @@ use crate::HostChannel;
 
 /// Where the kmessage module says which unit it registered.
 const KMESSAGE_UNIT_PARAM: &str = "/sys/module/kmessage/parameters/unit";
-/// All five kmessage groups, 2004 style: `1 << type`.
-const KMESSAGE_GROUPS: u32 = 0x1f;
 const UEVENT_GROUPS: u32 = 1;
 /// A default receive buffer holds about 92 uevents; a burst of injections
 /// emits thousands. The capture thread drains continuously; this is slack.
@@ -142,7 +140,10 @@ impl Sockets {
         let mut listeners = Vec::new();
         if let Ok(unit) = std::fs::read_to_string(KMESSAGE_UNIT_PARAM) {
             let unit: u32 = unit.trim().parse().map_err(|_| format!("{KMESSAGE_UNIT_PARAM}: {unit:?}"))?;
-            listeners.push(Listener::open(unit, KMESSAGE_GROUPS).map_err(|e| format!("kmessage unit {unit}: {e}"))?);
+            listeners.push(
+                Listener::open(unit, kevent_wire::KMESSAGE_ALL_GROUPS)
+                    .map_err(|e| format!("kmessage unit {unit}: {e}"))?,
+            );
         }
         listeners.push(
             Listener::open(libc::NETLINK_KOBJECT_UEVENT as u32, UEVENT_GROUPS)

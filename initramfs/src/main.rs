@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kevent_wire::{read_frame, write_frame, GuestMessage, Hello, HostMessage, ModuleLoad};
+use kevent_wire::{
+    read_frame, write_frame, GuestMessage, Hello, HostMessage, ModuleLoad, MODULE_DIR, MODULE_LIST_PATH,
+};
 
-/// Modules to load, one file name per line, in order (written by xtask).
-const MODULE_LIST: &str = "/etc/kevent-bench/modules";
-const MODULE_DIR: &str = "/lib/modules";
 /// virtio-console registers ports while the kernel boots, but the sysfs entry
 /// can trail PID 1's start by a little: wait this long at most.
 const PORT_WAIT: Duration = Duration::from_secs(5);
@@ -85,10 +84,10 @@ fn mount_kernel_filesystems() -> Result<(), String> {
 }
 
 fn load_event_modules() -> Result<Vec<ModuleLoad>, String> {
-    let list = match fs::read_to_string(MODULE_LIST) {
+    let list = match fs::read_to_string(MODULE_LIST_PATH) {
         Ok(list) => list,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("read {MODULE_LIST}: {e}")),
+        Err(e) => return Err(format!("read {MODULE_LIST_PATH}: {e}")),
     };
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
     let mut loaded = Vec::new();

@@ -30,6 +30,27 @@ pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
 /// as "the kernel has booted and started /init".
 pub const AGENT_STARTED_MARKER: &str = "kevent-agent: started";
 
+/// The file in the initramfs that lists the modules the agent loads, one
+/// file name of [`MODULE_DIR`] a line, in load order: xtask writes it.
+pub const MODULE_LIST_PATH: &str = "/etc/kevent-bench/modules";
+/// Where the initramfs holds the modules the list names.
+pub const MODULE_DIR: &str = "/lib/modules";
+
+/// The kmessage types by number, as `kmod/include/kmessage.h` defines
+/// `KMSG_*`: type `t` reaches the listeners that bind the 2004 group mask
+/// `1 << t`, and a datagram's `groups` is that mask.
+pub const KMESSAGE_TYPES: [&str; 5] = ["general", "storage", "power", "fs", "hotplug"];
+/// The group mask that hears every kmessage type.
+pub const KMESSAGE_ALL_GROUPS: u32 = (1 << KMESSAGE_TYPES.len()) - 1;
+
+/// The kmessage type a datagram's group mask names, if it names exactly one.
+pub fn kmessage_type(groups: u32) -> Option<&'static str> {
+    if groups.count_ones() != 1 {
+        return None;
+    }
+    KMESSAGE_TYPES.get(groups.trailing_zeros() as usize).copied()
+}
+
 /// Most bytes a read step returns: the reply must fit in a frame.
 pub const MAX_READ_BYTES: usize = 1 << 20;
 /// Most bytes kept of a program's stdout, and of its stderr.
@@ -46,4 +67,20 @@ pub const MODULE_PARAM_KEY: &str = "kevent_bench.param=";
 /// The kernel command-line word that gives `module` the parameter `key=value`.
 pub fn module_param_arg(module: &str, key: &str, value: &str) -> String {
     format!("{MODULE_PARAM_KEY}{module}.{key}={value}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kmessage_mask_names_its_type_only_when_it_has_one_known_bit() {
+        assert_eq!(KMESSAGE_ALL_GROUPS, 0x1f);
+        assert_eq!(kmessage_type(1), Some("general"));
+        assert_eq!(kmessage_type(1 << 2), Some("power"));
+        assert_eq!(kmessage_type(1 << 4), Some("hotplug"));
+        assert_eq!(kmessage_type(1 << 5), None);
+        assert_eq!(kmessage_type(0b11), None);
+        assert_eq!(kmessage_type(0), None);
+    }
 }
