@@ -164,19 +164,13 @@ fn greet(channel: &HostChannel, started_ns: u64, modules: Vec<ModuleLoad>) -> Re
     let hello = Hello {
         protocol_version: kevent_wire::PROTOCOL_VERSION,
         kernel_release: sys::kernel_release(),
-        cpus_online: cpus_online(),
+        cpus_online: sys::cpus_online(),
         clocksource,
         agent_started_ns: started_ns,
         greeted_ns: sys::boottime_ns(),
         modules,
     };
     channel.send(&GuestMessage::Hello(hello)).map_err(|e| format!("send greeting: {e}"))
-}
-
-fn cpus_online() -> u32 {
-    // SAFETY: sysconf takes no pointers.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    u32::try_from(n).unwrap_or(0)
 }
 
 /// Captures netlink traffic and obeys the host until it asks for a
