@@ -15,14 +15,17 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 
-use kevent_wire::{DatagramRef, GuestMessage, Outcome};
+use kevent_wire::{AgentStage, DatagramRef, GuestMessage, Outcome};
 use nix::errno::Errno;
 use nix::libc;
 use nix::poll::PollFd;
 use nix::sys::socket::{bind, recvmsg, setsockopt, sockopt, MsgFlags, NetlinkAddr, SockProtocol};
 
+use crate::error::AgentError;
 use crate::sys;
 use crate::HostChannel;
+
+const STAGE: AgentStage = AgentStage::Capture;
 
 /// Where the kmessage module says which unit it registered.
 const KMESSAGE_UNIT_PARAM: &str = "/sys/module/kmessage/parameters/unit";
@@ -119,18 +122,21 @@ pub struct Sockets(Vec<Listener>);
 
 impl Sockets {
     /// The kmessage listener (only if that module is loaded) and the uevent one.
-    pub fn open() -> Result<Sockets, String> {
+    pub fn open() -> Result<Sockets, AgentError> {
         let mut listeners = Vec::new();
         if let Ok(unit) = std::fs::read_to_string(KMESSAGE_UNIT_PARAM) {
-            let unit: u32 = unit.trim().parse().map_err(|_| format!("{KMESSAGE_UNIT_PARAM}: {unit:?}"))?;
+            let unit: u32 = unit
+                .trim()
+                .parse()
+                .map_err(|_| AgentError::new(STAGE, format!("{KMESSAGE_UNIT_PARAM} holds no unit: {unit:?}")))?;
             listeners.push(
                 Listener::open(unit, kevent_wire::KMESSAGE_ALL_GROUPS)
-                    .map_err(|e| format!("kmessage unit {unit}: {e}"))?,
+                    .map_err(|e| AgentError::io(STAGE, format_args!("open a socket on kmessage unit {unit}"), &e))?,
             );
         }
         listeners.push(
             Listener::open(SockProtocol::NetlinkKObjectUEvent as u32, UEVENT_GROUPS)
-                .map_err(|e| format!("uevent socket: {e}"))?,
+                .map_err(|e| AgentError::io(STAGE, "open the uevent socket", &e))?,
         );
         Ok(Sockets(listeners))
     }
@@ -138,19 +144,19 @@ impl Sockets {
 
 impl Capture {
     /// Starts the capture thread on `sockets`.
-    pub fn start(channel: HostChannel, sockets: Sockets) -> Result<Capture, String> {
+    pub fn start(channel: HostChannel, sockets: Sockets) -> Result<Capture, AgentError> {
         let listeners = sockets.0;
-        let (read_end, write_end) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (read_end, write_end) = sys::pipe().map_err(|e| AgentError::io(STAGE, "make the wake-up pipe", &e))?;
         let (read_end, write_end) = (File::from(read_end), File::from(write_end));
         let (replies, pending) = mpsc::channel();
         thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
                 if let Err(e) = capture_loop(listeners, read_end, pending, &channel) {
-                    crate::fail(Some(&channel), &format!("netlink capture: {e}"));
+                    crate::fail(Some(&channel), &AgentError::io(STAGE, "netlink capture", &e));
                 }
             })
-            .map_err(|e| format!("start the capture thread: {e}"))?;
+            .map_err(|e| AgentError::io(STAGE, "start the capture thread", &e))?;
         Ok(Capture { replies, wake: write_end })
     }
 

@@ -18,10 +18,12 @@ mod codec;
 mod message;
 
 pub use codec::{read_frame, write_frame, Decoder, Encoder, WireError, MAX_FRAME_LEN};
-pub use message::{Command, Datagram, DatagramRef, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad, Outcome};
+pub use message::{
+    AgentStage, Command, Datagram, DatagramRef, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad, Outcome,
+};
 
 /// Version of this protocol; bump it whenever a message's layout changes.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Name of the virtio-serial port the agent talks on (`virtserialport,name=`).
 pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";

@@ -1,3 +1,5 @@
+use std::fmt;
+
 use crate::codec::{Decoder, Encoder, WireError};
 
 /// One kernel module the agent loaded before greeting, in load order.
@@ -89,12 +91,81 @@ pub enum Outcome {
     },
 }
 
+/// Where the agent was when it failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentStage {
+    /// Mounting the kernel filesystems.
+    Mount,
+    /// Finding or opening its virtio-serial port.
+    Port,
+    /// Loading the events modules.
+    ModuleLoad,
+    /// Opening the netlink sockets, or the capture thread relaying them.
+    Capture,
+    /// Sending the greeting.
+    Greet,
+    /// Carrying out the host's requests.
+    Serve,
+    /// A panic, wherever it happened.
+    Panic,
+}
+
+impl AgentStage {
+    /// Every stage, in boot order.
+    pub const ALL: [AgentStage; 7] = [
+        AgentStage::Mount,
+        AgentStage::Port,
+        AgentStage::ModuleLoad,
+        AgentStage::Capture,
+        AgentStage::Greet,
+        AgentStage::Serve,
+        AgentStage::Panic,
+    ];
+
+    /// The stage's byte on the wire.
+    fn code(self) -> u8 {
+        match self {
+            AgentStage::Mount => 0,
+            AgentStage::Port => 1,
+            AgentStage::ModuleLoad => 2,
+            AgentStage::Capture => 3,
+            AgentStage::Greet => 4,
+            AgentStage::Serve => 5,
+            AgentStage::Panic => 6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<AgentStage> {
+        AgentStage::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+impl fmt::Display for AgentStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AgentStage::Mount => "mount",
+            AgentStage::Port => "port",
+            AgentStage::ModuleLoad => "module load",
+            AgentStage::Capture => "capture",
+            AgentStage::Greet => "greeting",
+            AgentStage::Serve => "serve",
+            AgentStage::Panic => "panic",
+        })
+    }
+}
+
 /// Messages from the agent to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMessage {
     Hello(Hello),
-    /// The agent hit an error it cannot recover from; it powers off next.
+    /// The agent hit an error it cannot recover from; it restarts the
+    /// machine next.
     Fatal {
+        /// What it was doing.
+        stage: AgentStage,
+        /// The errno of the system call that failed, 0 if none applies.
+        errno: i32,
+        /// What failed, and why.
         message: String,
     },
     Datagram(Datagram),
@@ -208,9 +279,9 @@ impl GuestMessage {
                     });
                 e.finish()
             }
-            GuestMessage::Fatal { message } => {
+            GuestMessage::Fatal { stage, errno, message } => {
                 let mut e = Encoder::new(GUEST_FATAL);
-                e.str(message);
+                e.u8(stage.code()).i32(*errno).str(message);
                 e.finish()
             }
             GuestMessage::Datagram(g) => DatagramRef {
@@ -286,9 +357,12 @@ impl GuestMessage {
             }
             GUEST_FATAL => {
                 let mut d = Decoder::new("Fatal", body);
+                let code = d.u8("stage")?;
+                let stage = AgentStage::from_code(code).ok_or_else(|| d.bad_value("stage", code.into()))?;
+                let errno = d.i32("errno")?;
                 let message = d.str("message")?;
                 d.end()?;
-                Ok(GuestMessage::Fatal { message })
+                Ok(GuestMessage::Fatal { stage, errno, message })
             }
             GUEST_DATAGRAM => {
                 let mut d = Decoder::new("Datagram", body);
@@ -425,8 +499,10 @@ mod tests {
     fn guest_messages_round_trip() {
         let h = GuestMessage::Hello(hello());
         assert_eq!(round_trip_guest(&h), h);
-        let f = GuestMessage::Fatal { message: "no port".into() };
-        assert_eq!(round_trip_guest(&f), f);
+        for stage in AgentStage::ALL {
+            let f = GuestMessage::Fatal { stage, errno: 2, message: "open /lib/modules/x.ko".into() };
+            assert_eq!(round_trip_guest(&f), f);
+        }
     }
 
     #[test]
@@ -527,6 +603,45 @@ mod tests {
         ];
         assert_eq!(request.encode(), expected);
         assert_eq!(HostMessage::decode(expected[4], &expected[5..]).unwrap(), request);
+
+        let fatal = GuestMessage::Fatal { stage: AgentStage::ModuleLoad, errno: 16, message: "kmessage".into() };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            18, 0, 0, 0,                // frame length: kind + 17 bytes of fields
+            0x02,                       // kind: Fatal
+            2,                          // stage: module load
+            16, 0, 0, 0,                // errno: EBUSY
+            8, 0, 0, 0,                 // message
+            b'k', b'm', b'e', b's', b's', b'a', b'g', b'e',
+        ];
+        assert_eq!(fatal.encode(), expected);
+        assert_eq!(GuestMessage::decode(expected[4], &expected[5..]).unwrap(), fatal);
+    }
+
+    #[test]
+    fn every_stage_has_its_own_byte_and_an_unknown_one_is_named() {
+        let codes: Vec<u8> = AgentStage::ALL.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6], "stage bytes are the protocol: never renumber one");
+        let mut e = Encoder::new(GUEST_FATAL);
+        e.u8(7).i32(0).str("x");
+        let frame = e.finish();
+        let err = GuestMessage::decode(frame[4], &frame[5..]).unwrap_err().to_string();
+        assert_eq!(err, "Fatal: field `stage` has invalid value 7");
+    }
+
+    #[test]
+    fn every_truncation_of_a_fatal_is_an_error_not_a_panic() {
+        let frame = GuestMessage::Fatal { stage: AgentStage::Serve, errno: 5, message: "read".into() }.encode();
+        let body = &frame[5..];
+        for cut in 0..body.len() {
+            assert!(GuestMessage::decode(frame[4], &body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = body.to_vec();
+        long.push(0);
+        assert!(matches!(
+            GuestMessage::decode(frame[4], &long),
+            Err(WireError::TrailingBytes { message: "Fatal", count: 1 })
+        ));
     }
 
     #[test]
