@@ -37,6 +37,7 @@ fn error(e: io::Error, context: &str) -> Outcome {
     Outcome::Error { errno: e.raw_os_error().unwrap_or(0), message: format!("{context}: {e}") }
 }
 
+/// Carries out one request; a failure is its outcome, never the agent's.
 pub fn execute(command: Command, background: &mut Background) -> Outcome {
     match command {
         Command::Inject { package, cpu, value } => {

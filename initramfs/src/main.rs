@@ -33,6 +33,7 @@ pub(crate) struct HostChannel {
 }
 
 impl HostChannel {
+    /// Sends one message whole: frames from several threads never interleave.
     pub(crate) fn send(&self, message: &GuestMessage) -> io::Result<()> {
         self.send_frame(&message.encode())
     }

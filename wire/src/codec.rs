@@ -74,12 +74,14 @@ pub enum WireError {
     },
 }
 
-/// Builds one frame: kind byte, then fields.
+/// Builds one frame: kind byte, then fields, each method appending one
+/// field in its wire form.
 pub struct Encoder {
     buf: Vec<u8>,
 }
 
 impl Encoder {
+    /// An encoder for a frame of message `kind`; its buffer grows as needed.
     pub fn new(kind: u8) -> Self {
         Encoder::with_capacity(kind, 59)
     }
@@ -94,31 +96,37 @@ impl Encoder {
         Encoder { buf }
     }
 
+    /// One byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
 
+    /// 2 bytes, little-endian.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// 4 bytes, little-endian.
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// 8 bytes, little-endian.
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// 4 bytes, little-endian two's complement.
     pub fn i32(&mut self, v: i32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// A `u32` length, then the bytes.
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         let len = u32::try_from(v.len()).expect("field longer than 4 GiB");
         self.u32(len);
@@ -126,6 +134,7 @@ impl Encoder {
         self
     }
 
+    /// A string as its UTF-8 bytes, length first.
     pub fn str(&mut self, v: &str) -> &mut Self {
         self.bytes(v.as_bytes())
     }
@@ -138,6 +147,11 @@ impl Encoder {
             item(self, i);
         }
         self
+    }
+
+    /// One byte, 0 or 1.
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u8(u8::from(v))
     }
 
     /// The complete frame, length prefix included.
@@ -156,6 +170,8 @@ pub struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
+    /// A decoder of `body`, the fields of a frame of `message`, which its
+    /// errors name.
     pub fn new(message: &'static str, body: &'a [u8]) -> Self {
         Decoder { message, body, offset: 0 }
     }
@@ -174,31 +190,38 @@ impl<'a> Decoder<'a> {
         Ok(self.take(field, N)?.try_into().expect("take returned N bytes"))
     }
 
+    /// One byte.
     pub fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
         Ok(self.array::<1>(field)?[0])
     }
 
+    /// 2 bytes, little-endian.
     pub fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
         Ok(u16::from_le_bytes(self.array(field)?))
     }
 
+    /// 4 bytes, little-endian.
     pub fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
         Ok(u32::from_le_bytes(self.array(field)?))
     }
 
+    /// 8 bytes, little-endian.
     pub fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
 
+    /// 4 bytes, little-endian two's complement.
     pub fn i32(&mut self, field: &'static str) -> Result<i32, WireError> {
         Ok(i32::from_le_bytes(self.array(field)?))
     }
 
+    /// A `u32` length, then that many bytes.
     pub fn bytes(&mut self, field: &'static str) -> Result<Vec<u8>, WireError> {
         let len = self.u32(field)? as usize;
         Ok(self.take(field, len)?.to_vec())
     }
 
+    /// Bytes as [`Decoder::bytes`] reads them, which must be UTF-8.
     pub fn str(&mut self, field: &'static str) -> Result<String, WireError> {
         String::from_utf8(self.bytes(field)?).map_err(|_| WireError::NotUtf8 { message: self.message, field })
     }
@@ -220,6 +243,7 @@ impl<'a> Decoder<'a> {
         Ok(items)
     }
 
+    /// One byte, 0 or 1; any other value is an error.
     pub fn bool(&mut self, field: &'static str) -> Result<bool, WireError> {
         match self.u8(field)? {
             0 => Ok(false),
@@ -228,6 +252,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// The error for `field` holding `value`, which it cannot hold.
     pub fn bad_value(&self, field: &'static str, value: u64) -> WireError {
         WireError::BadValue { message: self.message, field, value }
     }
@@ -238,12 +263,6 @@ impl<'a> Decoder<'a> {
             0 => Ok(()),
             count => Err(WireError::TrailingBytes { message: self.message, count }),
         }
-    }
-}
-
-impl Encoder {
-    pub fn bool(&mut self, v: bool) -> &mut Self {
-        self.u8(u8::from(v))
     }
 }
 

@@ -57,9 +57,10 @@ pub fn kmessage_type(groups: u32) -> Option<&'static str> {
 pub const MAX_READ_BYTES: usize = 1 << 20;
 /// Most bytes kept of a program's stdout, and of its stderr.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
-/// Programs running in the background at once, and the bytes kept of each
-/// one's stdout and stderr: all their results travel in one frame.
+/// Programs running in the background at once: all their results travel in
+/// one frame.
 pub const MAX_BACKGROUND_PROGRAMS: usize = 8;
+/// Most bytes kept of a background program's stdout, and of its stderr.
 pub const MAX_BACKGROUND_OUTPUT_BYTES: usize = 128 << 10;
 
 /// Kernel command-line key that carries one module parameter to the agent,
