@@ -10,9 +10,6 @@ use serde::Serialize;
 
 pub const NETLINK_KOBJECT_UEVENT: u32 = libc::NETLINK_KOBJECT_UEVENT as u32;
 
-/// kmessage types by bit of the group mask (the seed's KMSG_*).
-pub const KMSG_GROUPS: &[&str] = &["general", "storage", "power", "fs", "hotplug"];
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
@@ -53,10 +50,7 @@ pub fn escape(bytes: &[u8]) -> String {
 }
 
 fn group_name(mask: u32) -> String {
-    match mask.trailing_zeros() as usize {
-        bit if mask.count_ones() == 1 && bit < KMSG_GROUPS.len() => KMSG_GROUPS[bit].to_owned(),
-        _ => format!("mask {mask:#x}"),
-    }
+    kevent_wire::kmessage_type(mask).map_or_else(|| format!("mask {mask:#x}"), str::to_owned)
 }
 
 pub fn decode(datagram: &Datagram) -> Event {
@@ -183,6 +177,19 @@ mod tests {
 
     fn datagram(protocol: u32, groups: u32, bytes: &[u8]) -> Datagram {
         Datagram { protocol, groups, portid: 0, monotonic_ns: 1_500_000_000, bytes: bytes.to_vec() }
+    }
+
+    /// The names the wire crate gives the types are those of the module's
+    /// header, each at its number.
+    #[test]
+    fn kmessage_types_are_the_modules_own() {
+        let defines = crate::kmod_source::defines("include/kmessage.h");
+        let number = |name: &str| defines.get(&format!("KMSG_{}", name.to_uppercase())).map(|v| v.parse::<usize>());
+        for (t, name) in kevent_wire::KMESSAGE_TYPES.iter().enumerate() {
+            assert_eq!(number(name), Some(Ok(t)), "KMSG_{} in kmod/include/kmessage.h", name.to_uppercase());
+        }
+        let count = defines.get("KMSG_NR_TYPES").map(|v| v.parse::<usize>());
+        assert_eq!(count, Some(Ok(kevent_wire::KMESSAGE_TYPES.len())));
     }
 
     #[test]

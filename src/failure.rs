@@ -6,6 +6,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use kevent_wire::AgentStage;
+use nix::errno::Errno;
+
 use crate::console::CrashKind;
 
 /// Documented exit codes of every `cargo xtask` command that boots a guest.
@@ -90,7 +93,12 @@ pub enum Failure {
         qemu_stderr: String,
         console_tail: Vec<String>,
     },
+    /// The agent's own report of why it gave up.
     AgentFatal {
+        /// What the agent was doing.
+        stage: AgentStage,
+        /// The errno of the system call that failed, 0 if none applies.
+        errno: i32,
         message: String,
         console_tail: Vec<String>,
     },
@@ -199,8 +207,14 @@ impl fmt::Display for Failure {
                 write_lines(f, "QEMU said", &stderr)?;
                 write_lines(f, "last console lines", console_tail)
             }
-            Failure::AgentFatal { message, console_tail } => {
-                write!(f, "the guest agent failed: {message}")?;
+            Failure::AgentFatal { stage, errno, message, console_tail } => {
+                write!(f, "the guest agent failed at stage \"{stage}\"")?;
+                match (*errno, Errno::from_raw(*errno)) {
+                    (0, _) => {}
+                    (n, Errno::UnknownErrno) => write!(f, " (errno {n})")?,
+                    (n, name) => write!(f, " (errno {n}, {name:?})")?,
+                }
+                write!(f, ": {message}")?;
                 write_lines(f, "last console lines", console_tail)
             }
             Failure::Protocol { message } => write!(f, "protocol error on the agent channel: {message}"),
@@ -245,3 +259,36 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_failure_names_its_stage_and_errno_and_exits_32() {
+        let failure = Failure::AgentFatal {
+            stage: AgentStage::ModuleLoad,
+            errno: 16,
+            message: "load module kmessage (params \"unit=15\"): Device or resource busy".into(),
+            console_tail: vec!["kmessage: netlink unit 15 is NETLINK_KOBJECT_UEVENT".into()],
+        };
+        assert_eq!(
+            failure.to_string(),
+            "the guest agent failed at stage \"module load\" (errno 16, EBUSY): load module kmessage (params \"unit=15\"): \
+             Device or resource busy\nlast console lines:\n  | kmessage: netlink unit 15 is NETLINK_KOBJECT_UEVENT"
+        );
+        assert_eq!(failure.exit_code(), exit_code::AGENT_FATAL);
+        assert_eq!(exit_code::AGENT_FATAL, 32);
+
+        let failure = Failure::AgentFatal {
+            stage: AgentStage::Serve,
+            errno: 0,
+            message: "the host closed the channel without asking for a shutdown".into(),
+            console_tail: Vec::new(),
+        };
+        assert_eq!(
+            failure.to_string(),
+            "the guest agent failed at stage \"serve\": the host closed the channel without asking for a shutdown"
+        );
+    }
+}

@@ -178,6 +178,24 @@ fn a_module_parameter_the_module_ignores_stops_the_run() {
 }
 
 #[test]
+fn a_module_that_fails_to_load_is_the_agents_fatal_error_with_its_stage_and_errno() {
+    // kmessage refuses a unit the kernel assigns in tree (15, the uevent
+    // unit) with EBUSY: finit_module fails before the greeting.
+    let taken = kevent_wire::module_param_arg("kmessage", "unit", "15");
+    let config = common::config("module-fails-to-load", common::artifacts().guest(2, 256, vec![taken]));
+    let failure = Machine::boot(&config).err().expect("the boot must fail");
+    let Failure::AgentFatal { stage, errno, message, console_tail } = &failure else {
+        panic!("expected the agent's fatal error, got: {failure}")
+    };
+    assert_eq!(*stage, kevent_wire::AgentStage::ModuleLoad, "{failure}");
+    assert_eq!(*errno, 16, "EBUSY: {failure}");
+    assert!(message.starts_with("load module kmessage (params \"unit=15\"): Device or resource busy"), "{message}");
+    assert!(console_tail.iter().any(|l| l.contains("netlink unit 15 is NETLINK_KOBJECT_UEVENT")), "{failure}");
+    assert!(failure.to_string().contains("(errno 16, EBUSY)"), "{failure}");
+    assert_eq!(failure.exit_code(), exit_code::AGENT_FATAL);
+}
+
+#[test]
 fn sigterm_stops_the_guest_removes_its_sockets_and_exits_143() {
     use std::io::BufRead;
 

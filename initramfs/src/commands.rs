@@ -6,6 +6,10 @@ use std::process::{Child, Command as Process, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use kevent_wire::{
     Command, ExecResult, Outcome, MAX_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_PROGRAMS, MAX_OUTPUT_BYTES,
     MAX_READ_BYTES,
@@ -33,6 +37,7 @@ fn error(e: io::Error, context: &str) -> Outcome {
     Outcome::Error { errno: e.raw_os_error().unwrap_or(0), message: format!("{context}: {e}") }
 }
 
+/// Carries out one request; a failure is its outcome, never the agent's.
 pub fn execute(command: Command, background: &mut Background) -> Outcome {
     match command {
         Command::Inject { package, cpu, value } => {
@@ -84,7 +89,7 @@ fn read_bounded(path: &str) -> Outcome {
     match read {
         Err(e) => error(e, &format!("read {path}")),
         Ok(n) if n > MAX_READ_BYTES => Outcome::Error {
-            errno: libc::EFBIG,
+            errno: Errno::EFBIG as i32,
             message: format!("read {path}: more than {MAX_READ_BYTES} bytes, the most a read step returns"),
         },
         Ok(_) => Outcome::Data(data),
@@ -160,8 +165,12 @@ impl Background {
     fn finish(&mut self) -> Vec<ExecResult> {
         for p in &mut self.running {
             if matches!(p.child.try_wait(), Ok(None)) {
-                // SAFETY: kill(2) takes no pointers; the pid is our child's.
-                unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+                // The child is ours and not yet reaped, so its pid is still
+                // its own; an error means it has exited already, and the wait
+                // below collects it.
+                if let Ok(pid) = i32::try_from(p.child.id()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
             }
         }
         let deadline = Instant::now() + TERMINATE_GRACE;

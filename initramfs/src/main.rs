@@ -1,12 +1,13 @@
 //! kevent-agent: PID 1 of the kevent-bench guest.
 //!
-//! It mounts the kernel filesystems, loads the events modules, opens its
-//! virtio-serial port to the host, greets, and then obeys the host. Whatever
+//! It mounts the kernel filesystems, opens its virtio-serial port to the
+//! host, loads the events modules, greets, and then obeys the host. Whatever
 //! goes wrong, it tells the host and the console why and restarts the machine
 //! (QEMU exits): a guest is never left hanging.
 
 mod capture;
 mod commands;
+mod error;
 mod sys;
 
 use std::fs::{self, File, OpenOptions};
@@ -15,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kevent_wire::{read_frame, write_frame, GuestMessage, Hello, HostMessage, ModuleLoad};
+use kevent_wire::{
+    read_frame, write_frame, AgentStage, GuestMessage, Hello, HostMessage, ModuleLoad, MODULE_DIR, MODULE_LIST_PATH,
+};
 
-/// Modules to load, one file name per line, in order (written by xtask).
-const MODULE_LIST: &str = "/etc/kevent-bench/modules";
-const MODULE_DIR: &str = "/lib/modules";
+use crate::error::AgentError;
+
 /// virtio-console registers ports while the kernel boots, but the sysfs entry
 /// can trail PID 1's start by a little: wait this long at most.
 const PORT_WAIT: Duration = Duration::from_secs(5);
@@ -31,6 +33,7 @@ pub(crate) struct HostChannel {
 }
 
 impl HostChannel {
+    /// Sends one message whole: frames from several threads never interleave.
     pub(crate) fn send(&self, message: &GuestMessage) -> io::Result<()> {
         self.send_frame(&message.encode())
     }
@@ -47,12 +50,11 @@ fn main() {
     println!("{} (pid {})", kevent_wire::AGENT_STARTED_MARKER, std::process::id());
     report_panics_and_restart();
 
-    let (channel, sockets) = match boot(started_ns) {
-        Ok(booted) => booted,
-        Err(message) => fail(None, &message),
-    };
-    if let Err(message) = serve(&channel, sockets) {
-        fail(Some(&channel), &message);
+    // The channel comes first, as soon as /sys and /dev are there to find it
+    // by: from then on every failure reaches the host, a module's included.
+    let channel = mount_kernel_filesystems().and_then(|()| open_host_channel()).unwrap_or_else(|e| fail(None, &e));
+    if let Err(e) = boot(&channel, started_ns).and_then(|sockets| serve(&channel, sockets)) {
+        fail(Some(&channel), &e);
     }
     sys::restart_machine();
 }
@@ -62,16 +64,14 @@ fn main() {
 /// once the capture sockets are bound: the host's sensor device may inject
 /// as soon as the host is greeted, without asking the agent anything. The
 /// greeting stays the first frame: nothing reads the sockets before it.
-fn boot(started_ns: u64) -> Result<(HostChannel, capture::Sockets), String> {
-    mount_kernel_filesystems()?;
+fn boot(channel: &HostChannel, started_ns: u64) -> Result<capture::Sockets, AgentError> {
     let modules = load_event_modules()?;
-    let channel = open_host_channel()?;
     let sockets = capture::Sockets::open()?;
-    greet(&channel, started_ns, modules)?;
-    Ok((channel, sockets))
+    greet(channel, started_ns, modules)?;
+    Ok(sockets)
 }
 
-fn mount_kernel_filesystems() -> Result<(), String> {
+fn mount_kernel_filesystems() -> Result<(), AgentError> {
     const MOUNTS: &[(&str, &str, &str)] = &[
         ("proc", "/proc", "proc"),
         ("sysfs", "/sys", "sysfs"),
@@ -79,27 +79,30 @@ fn mount_kernel_filesystems() -> Result<(), String> {
         ("debugfs", "/sys/kernel/debug", "debugfs"),
     ];
     for (source, target, fstype) in MOUNTS {
-        sys::mount(source, target, fstype).map_err(|e| format!("mount {fstype} on {target}: {e}"))?;
+        sys::mount(source, target, fstype)
+            .map_err(|e| AgentError::io(AgentStage::Mount, format_args!("mount {fstype} on {target}"), &e))?;
     }
     Ok(())
 }
 
-fn load_event_modules() -> Result<Vec<ModuleLoad>, String> {
-    let list = match fs::read_to_string(MODULE_LIST) {
+fn load_event_modules() -> Result<Vec<ModuleLoad>, AgentError> {
+    let failed = |doing: &dyn std::fmt::Display, e: &io::Error| AgentError::io(AgentStage::ModuleLoad, doing, e);
+    let list = match fs::read_to_string(MODULE_LIST_PATH) {
         Ok(list) => list,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("read {MODULE_LIST}: {e}")),
+        Err(e) => return Err(failed(&format_args!("read {MODULE_LIST_PATH}"), &e)),
     };
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| failed(&"read /proc/cmdline", &e))?;
     let mut loaded = Vec::new();
     for file_name in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let name = file_name.trim_end_matches(".ko");
         let params = module_params(&cmdline, name);
         let path = Path::new(MODULE_DIR).join(file_name);
-        let file = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        let file = File::open(&path).map_err(|e| failed(&format_args!("open {}", path.display()), &e))?;
         let begin = sys::monotonic_ns();
-        sys::finit_module(&file, &params)
-            .map_err(|e| format!("load module {name} (params \"{params}\"): {e}; the kernel log above says why"))?;
+        sys::finit_module(&file, &params).map_err(|e| {
+            failed(&format_args!("load module {name} (params \"{params}\")"), &e).hint("the kernel log above says why")
+        })?;
         let load_ns = sys::monotonic_ns() - begin;
         loaded.push(ModuleLoad { name: name.to_owned(), params, load_ns });
     }
@@ -121,9 +124,9 @@ fn module_params(cmdline: &str, module: &str) -> String {
         .join(" ")
 }
 
-fn open_host_channel() -> Result<HostChannel, String> {
+fn open_host_channel() -> Result<HostChannel, AgentError> {
     let device = find_port(kevent_wire::AGENT_PORT_NAME, PORT_WAIT)?;
-    open_port(&device).map_err(|e| format!("open {}: {e}", device.display()))
+    open_port(&device).map_err(|e| AgentError::io(AgentStage::Port, format_args!("open {}", device.display()), &e))
 }
 
 fn open_port(device: &Path) -> io::Result<HostChannel> {
@@ -132,7 +135,7 @@ fn open_port(device: &Path) -> io::Result<HostChannel> {
 }
 
 /// Finds `/dev/vportNpM` of the virtio-serial port called `name`.
-fn find_port(name: &str, wait: Duration) -> Result<PathBuf, String> {
+fn find_port(name: &str, wait: Duration) -> Result<PathBuf, AgentError> {
     let deadline = Instant::now() + wait;
     loop {
         if let Some(device) = scan_ports(name) {
@@ -141,9 +144,12 @@ fn find_port(name: &str, wait: Duration) -> Result<PathBuf, String> {
             }
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "no virtio-serial port named {name} under /sys/class/virtio-ports after {wait:?}; \
-                 is QEMU given `-device virtserialport,name={name}`?"
+            return Err(AgentError::new(
+                AgentStage::Port,
+                format!(
+                    "no virtio-serial port named {name} under /sys/class/virtio-ports after {wait:?}; \
+                     is QEMU given `-device virtserialport,name={name}`?"
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -158,40 +164,36 @@ fn scan_ports(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn greet(channel: &HostChannel, started_ns: u64, modules: Vec<ModuleLoad>) -> Result<(), String> {
+fn greet(channel: &HostChannel, started_ns: u64, modules: Vec<ModuleLoad>) -> Result<(), AgentError> {
     let clocksource = fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let hello = Hello {
         protocol_version: kevent_wire::PROTOCOL_VERSION,
         kernel_release: sys::kernel_release(),
-        cpus_online: cpus_online(),
+        cpus_online: sys::cpus_online(),
         clocksource,
         agent_started_ns: started_ns,
         greeted_ns: sys::boottime_ns(),
         modules,
     };
-    channel.send(&GuestMessage::Hello(hello)).map_err(|e| format!("send greeting: {e}"))
-}
-
-fn cpus_online() -> u32 {
-    // SAFETY: sysconf takes no pointers.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    u32::try_from(n).unwrap_or(0)
+    channel.send(&GuestMessage::Hello(hello)).map_err(|e| AgentError::io(AgentStage::Greet, "send the greeting", &e))
 }
 
 /// Captures netlink traffic and obeys the host until it asks for a
 /// shutdown or goes away. Requests are carried out one at a time, in order.
-fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), String> {
+fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), AgentError> {
+    const STAGE: AgentStage = AgentStage::Serve;
     let capture = capture::Capture::start(channel.clone(), sockets)?;
     let mut background = commands::Background::default();
-    let mut port = channel.port.lock().unwrap_or_else(|p| p.into_inner()).try_clone().map_err(|e| e.to_string())?;
+    let port = channel.port.lock().unwrap_or_else(|p| p.into_inner()).try_clone();
+    let mut port = port.map_err(|e| AgentError::io(STAGE, "duplicate the port's descriptor", &e))?;
     loop {
-        let frame = read_frame(&mut port).map_err(|e| format!("read from host: {e}"))?;
+        let frame = read_frame(&mut port).map_err(|e| AgentError::wire(STAGE, "read from the host", &e))?;
         let Some((kind, body)) = frame else {
-            return Err("the host closed the channel without asking for a shutdown".into());
+            return Err(AgentError::new(STAGE, "the host closed the channel without asking for a shutdown"));
         };
-        match HostMessage::decode(kind, &body).map_err(|e| format!("bad message from host: {e}"))? {
+        match HostMessage::decode(kind, &body).map_err(|e| AgentError::wire(STAGE, "bad message from the host", &e))? {
             HostMessage::Shutdown => {
                 // The restart that follows ends every process; killing the
                 // background programs first leaves none running on while the
@@ -202,7 +204,7 @@ fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), String>
             }
             HostMessage::Request { id, command } => {
                 let outcome = commands::execute(command, &mut background);
-                capture.reply(id, outcome).map_err(|e| format!("reply to the host: {e}"))?;
+                capture.reply(id, outcome).map_err(|e| AgentError::io(STAGE, "reply to the host", &e))?;
             }
         }
     }
@@ -210,12 +212,12 @@ fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), String>
 
 /// Reports a fatal error on the console and, if there is one, to the host,
 /// then restarts the machine.
-pub(crate) fn fail(channel: Option<&HostChannel>, message: &str) -> ! {
-    eprintln!("kevent-agent: fatal: {message}");
+pub(crate) fn fail(channel: Option<&HostChannel>, error: &AgentError) -> ! {
+    eprintln!("kevent-agent: fatal: {error}");
     let _ = io::stderr().flush();
     let channel = channel.cloned().or_else(open_host_channel_now);
     if let Some(channel) = channel {
-        let _ = channel.send(&GuestMessage::Fatal { message: message.to_owned() });
+        let _ = channel.send(&error.to_message());
     }
     sys::restart_machine()
 }
@@ -229,7 +231,7 @@ fn open_host_channel_now() -> Option<HostChannel> {
 /// a fatal error instead.
 fn report_panics_and_restart() {
     std::panic::set_hook(Box::new(|info| {
-        fail(None, &format!("agent panicked: {info}"));
+        fail(None, &AgentError::new(AgentStage::Panic, format!("agent panicked: {info}")));
     }));
 }
 

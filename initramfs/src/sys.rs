@@ -1,88 +1,72 @@
-//! Safe wrappers around the few system calls PID 1 needs that std lacks.
+//! The few system calls PID 1 needs that std lacks, as the agent uses them.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
-fn cstring(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} contains NUL")))
-}
-
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::kmod::ModuleInitFlags;
+use nix::mount::MsFlags;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::utsname::uname;
+use nix::time::{clock_gettime, ClockId};
+use nix::unistd::{pipe2, sysconf, SysconfVar};
 
 /// mount(2) with no data; an already mounted target is not an error.
 pub fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
-    let (source, target_c, fstype) = (cstring(source)?, cstring(target)?, cstring(fstype)?);
-    let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call;
-    // data may be NULL.
-    let ret = unsafe { libc::mount(source.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), flags, std::ptr::null()) };
-    match check(ret) {
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-        other => other,
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    match nix::mount::mount(Some(source), target, Some(fstype), flags, None::<&str>) {
+        Ok(()) | Err(Errno::EBUSY) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Loads a kernel module from an open file with the given parameter string.
 pub fn finit_module(module: &File, params: &str) -> io::Result<()> {
-    let params = cstring(params)?;
-    // SAFETY: the fd is open for the duration of the call and params is a
-    // NUL-terminated string; flags 0 asks for the default checks.
-    let ret = unsafe { libc::syscall(libc::SYS_finit_module, module.as_raw_fd(), params.as_ptr(), 0) };
-    check(ret as libc::c_int)
+    let params = CString::new(params)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{params:?} contains NUL")))?;
+    // No flags: the kernel's default checks (version magic, modversions) apply.
+    Ok(nix::kmod::finit_module(module, &params, ModuleInitFlags::empty())?)
 }
 
 /// Ends the machine. QEMU runs with `-no-reboot`, so a restart makes it exit;
 /// the guest has no ACPI, where a power-off would only halt the CPUs.
 pub fn restart_machine() -> ! {
-    // SAFETY: sync(2) and reboot(2) take no pointers.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_AUTOBOOT);
-    }
-    // Only reached if reboot failed (it cannot for PID 1 as root); leaving
+    nix::unistd::sync();
+    // Returns only if reboot failed (it cannot for PID 1 as root); leaving
     // PID 1 panics the kernel, and panic=-1 restarts the machine all the same.
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
     std::process::exit(1)
 }
 
 /// CLOCK_BOOTTIME in nanoseconds: guest time since the kernel started.
 pub fn boottime_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
+    clock_ns(ClockId::CLOCK_BOOTTIME)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds.
 pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
+    clock_ns(ClockId::CLOCK_MONOTONIC)
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid, writable timespec.
-    let ret = unsafe { libc::clock_gettime(clock, &mut ts) };
-    debug_assert_eq!(ret, 0, "clock_gettime of a clock every kernel has");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+fn clock_ns(clock: ClockId) -> u64 {
+    // Both clocks exist in every kernel this agent can run on: a failure is
+    // a bug, and the panic hook reports it.
+    let ts = clock_gettime(clock).expect("clock_gettime of a clock every kernel has");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 /// The kernel release, as `uname -r` prints it.
 pub fn kernel_release() -> String {
-    // SAFETY: utsname is plain old data; all-zero is a valid value.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uts is a valid, writable utsname.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return String::from("unknown");
+    match uname() {
+        Ok(uts) => uts.release().to_string_lossy().into_owned(),
+        Err(e) => format!("unknown ({e})"),
     }
-    // SAFETY: uname NUL-terminates every field it fills.
-    let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) };
-    release.to_string_lossy().into_owned()
 }
 
 /// Whether a path exists, without following a dangling link into an error.
@@ -92,11 +76,7 @@ pub fn exists(path: &Path) -> bool {
 
 /// A pipe: (read end, write end), both close-on-exec and non-blocking.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: fds is a valid array of two c_ints.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
-    // SAFETY: pipe2 returned two new descriptors that nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?)
 }
 
 /// Wakes whoever polls the read end of `pipe` (non-blocking) with one byte.
@@ -123,22 +103,31 @@ pub fn drain_pipe(mut pipe: &File) -> io::Result<()> {
 }
 
 /// A pollfd asking whether `fd` is readable.
-pub fn readable(fd: RawFd) -> libc::pollfd {
-    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+pub fn readable(fd: BorrowedFd<'_>) -> PollFd<'_> {
+    PollFd::new(fd, PollFlags::POLLIN)
+}
+
+/// Whether poll reported any event on `fd`.
+pub fn ready(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|events| !events.is_empty())
 }
 
 /// Blocks until at least one of `fds` has an event; fills in each `revents`.
-pub fn poll(fds: &mut [libc::pollfd]) -> io::Result<()> {
+pub fn poll(fds: &mut [PollFd<'_>]) -> io::Result<()> {
     loop {
-        // SAFETY: fds is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n >= 0 {
-            return Ok(());
+        match nix::poll::poll(fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    }
+}
+
+/// Processors online, as the kernel counts them; 0 if it cannot say.
+pub fn cpus_online() -> u32 {
+    match sysconf(SysconfVar::_NPROCESSORS_ONLN) {
+        Ok(Some(n)) => u32::try_from(n).unwrap_or(0),
+        _ => 0,
     }
 }
 

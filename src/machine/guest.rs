@@ -212,10 +212,10 @@ impl Guest {
                 }
                 return Err(self.exited_failure(stage, status));
             }
-            Event::Agent(GuestMessage::Fatal { message }) => {
+            Event::Agent(GuestMessage::Fatal { stage, errno, message }) => {
                 // The agent restarts the machine next; let the console drain.
                 wait_exit(&mut self.child, Duration::from_secs(2));
-                return Err(Failure::AgentFatal { message, console_tail: self.console_tail() });
+                return Err(Failure::AgentFatal { stage, errno, message, console_tail: self.console_tail() });
             }
             Event::AgentError(e) => {
                 self.kill();

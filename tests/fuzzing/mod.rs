@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use kevent_bench::events::{self, Event};
 use kevent_bench::modinfo;
 use kevent_bench::scenario::{self, limits, Action, Injector, Location, Scenario, ScenarioError};
-use kevent_wire::{read_frame, Datagram, GuestMessage, HostMessage, WireError, MAX_FRAME_LEN, MODULE_PARAM_KEY};
+use kevent_wire::{
+    read_frame, AgentStage, Datagram, GuestMessage, HostMessage, WireError, MAX_FRAME_LEN, MODULE_PARAM_KEY,
+};
 
 /// The file every fuzzed scenario claims to be.
 pub const SCENARIO_PATH: &str = "fuzz/input.toml";
@@ -843,7 +845,7 @@ pub fn sample_frames() -> Vec<Vec<u8>> {
             greeted_ns: 2,
             modules: vec![ModuleLoad { name: "kmessage".into(), params: "unit=31".into(), load_ns: 3 }],
         }),
-        GuestMessage::Fatal { message: "no port".into() },
+        GuestMessage::Fatal { stage: AgentStage::Port, errno: 2, message: "no port".into() },
         GuestMessage::Datagram(Datagram {
             protocol: 31,
             groups: 4,

@@ -1,4 +1,3 @@
-use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Largest frame either side accepts; a netlink datagram is at most a page,
@@ -13,74 +12,76 @@ const _: () = assert!(2 * crate::MAX_OUTPUT_BYTES <= MAX_FRAME_LEN / 2);
 const _: () = assert!(2 * crate::MAX_BACKGROUND_PROGRAMS * crate::MAX_BACKGROUND_OUTPUT_BYTES <= MAX_FRAME_LEN / 2);
 
 /// Everything that can go wrong reading or decoding a frame.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// The stream failed underneath the frame.
-    Io(io::Error),
+    #[error("agent channel: {0}")]
+    Io(#[from] io::Error),
     /// The stream ended inside a frame.
-    TruncatedFrame { expected: usize, got: usize },
+    #[error("agent channel closed inside a frame ({got} of {expected} bytes)")]
+    TruncatedFrame {
+        /// Bytes the frame (or its length prefix) needed.
+        expected: usize,
+        /// Bytes the stream gave before it ended.
+        got: usize,
+    },
     /// A frame announced a length larger than [`MAX_FRAME_LEN`], or zero.
+    #[error("frame length {0} is outside 1..={MAX_FRAME_LEN}")]
     BadFrameLength(usize),
     /// The frame's kind byte names no message of this direction.
-    UnknownKind { direction: &'static str, kind: u8 },
+    #[error("unknown {direction} message kind {kind:#04x}")]
+    UnknownKind {
+        /// `agent-to-host` or `host-to-agent`.
+        direction: &'static str,
+        /// The kind byte as received.
+        kind: u8,
+    },
     /// A field ran past the end of the body.
-    ShortField { message: &'static str, field: &'static str, offset: usize },
+    #[error("{message}: field `{field}` runs past the end of the frame (at byte {offset})")]
+    ShortField {
+        /// The message being decoded.
+        message: &'static str,
+        /// The field that did not fit.
+        field: &'static str,
+        /// Where in the body the field began.
+        offset: usize,
+    },
     /// A string field was not UTF-8.
-    NotUtf8 { message: &'static str, field: &'static str },
+    #[error("{message}: field `{field}` is not UTF-8")]
+    NotUtf8 {
+        /// The message being decoded.
+        message: &'static str,
+        /// The string field.
+        field: &'static str,
+    },
     /// The body had bytes left after its last field.
-    TrailingBytes { message: &'static str, count: usize },
+    #[error("{message}: {count} unexpected bytes after the last field")]
+    TrailingBytes {
+        /// The message being decoded.
+        message: &'static str,
+        /// How many bytes were left.
+        count: usize,
+    },
     /// A field held a value outside its range.
-    BadValue { message: &'static str, field: &'static str, value: u64 },
+    #[error("{message}: field `{field}` has invalid value {value}")]
+    BadValue {
+        /// The message being decoded.
+        message: &'static str,
+        /// The field whose value is refused.
+        field: &'static str,
+        /// The value, widened.
+        value: u64,
+    },
 }
 
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WireError::Io(e) => write!(f, "agent channel: {e}"),
-            WireError::TruncatedFrame { expected, got } => {
-                write!(f, "agent channel closed inside a frame ({got} of {expected} bytes)")
-            }
-            WireError::BadFrameLength(len) => {
-                write!(f, "frame length {len} is outside 1..={MAX_FRAME_LEN}")
-            }
-            WireError::UnknownKind { direction, kind } => {
-                write!(f, "unknown {direction} message kind {kind:#04x}")
-            }
-            WireError::ShortField { message, field, offset } => {
-                write!(f, "{message}: field `{field}` runs past the end of the frame (at byte {offset})")
-            }
-            WireError::NotUtf8 { message, field } => write!(f, "{message}: field `{field}` is not UTF-8"),
-            WireError::TrailingBytes { message, count } => {
-                write!(f, "{message}: {count} unexpected bytes after the last field")
-            }
-            WireError::BadValue { message, field, value } => {
-                write!(f, "{message}: field `{field}` has invalid value {value}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for WireError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            WireError::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<io::Error> for WireError {
-    fn from(e: io::Error) -> Self {
-        WireError::Io(e)
-    }
-}
-
-/// Builds one frame: kind byte, then fields.
+/// Builds one frame: kind byte, then fields, each method appending one
+/// field in its wire form.
 pub struct Encoder {
     buf: Vec<u8>,
 }
 
 impl Encoder {
+    /// An encoder for a frame of message `kind`; its buffer grows as needed.
     pub fn new(kind: u8) -> Self {
         Encoder::with_capacity(kind, 59)
     }
@@ -95,31 +96,37 @@ impl Encoder {
         Encoder { buf }
     }
 
+    /// One byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
 
+    /// 2 bytes, little-endian.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// 4 bytes, little-endian.
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// 8 bytes, little-endian.
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// 4 bytes, little-endian two's complement.
     pub fn i32(&mut self, v: i32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
 
+    /// A `u32` length, then the bytes.
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         let len = u32::try_from(v.len()).expect("field longer than 4 GiB");
         self.u32(len);
@@ -127,6 +134,7 @@ impl Encoder {
         self
     }
 
+    /// A string as its UTF-8 bytes, length first.
     pub fn str(&mut self, v: &str) -> &mut Self {
         self.bytes(v.as_bytes())
     }
@@ -139,6 +147,11 @@ impl Encoder {
             item(self, i);
         }
         self
+    }
+
+    /// One byte, 0 or 1.
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u8(u8::from(v))
     }
 
     /// The complete frame, length prefix included.
@@ -157,6 +170,8 @@ pub struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
+    /// A decoder of `body`, the fields of a frame of `message`, which its
+    /// errors name.
     pub fn new(message: &'static str, body: &'a [u8]) -> Self {
         Decoder { message, body, offset: 0 }
     }
@@ -175,31 +190,38 @@ impl<'a> Decoder<'a> {
         Ok(self.take(field, N)?.try_into().expect("take returned N bytes"))
     }
 
+    /// One byte.
     pub fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
         Ok(self.array::<1>(field)?[0])
     }
 
+    /// 2 bytes, little-endian.
     pub fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
         Ok(u16::from_le_bytes(self.array(field)?))
     }
 
+    /// 4 bytes, little-endian.
     pub fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
         Ok(u32::from_le_bytes(self.array(field)?))
     }
 
+    /// 8 bytes, little-endian.
     pub fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
 
+    /// 4 bytes, little-endian two's complement.
     pub fn i32(&mut self, field: &'static str) -> Result<i32, WireError> {
         Ok(i32::from_le_bytes(self.array(field)?))
     }
 
+    /// A `u32` length, then that many bytes.
     pub fn bytes(&mut self, field: &'static str) -> Result<Vec<u8>, WireError> {
         let len = self.u32(field)? as usize;
         Ok(self.take(field, len)?.to_vec())
     }
 
+    /// Bytes as [`Decoder::bytes`] reads them, which must be UTF-8.
     pub fn str(&mut self, field: &'static str) -> Result<String, WireError> {
         String::from_utf8(self.bytes(field)?).map_err(|_| WireError::NotUtf8 { message: self.message, field })
     }
@@ -221,6 +243,7 @@ impl<'a> Decoder<'a> {
         Ok(items)
     }
 
+    /// One byte, 0 or 1; any other value is an error.
     pub fn bool(&mut self, field: &'static str) -> Result<bool, WireError> {
         match self.u8(field)? {
             0 => Ok(false),
@@ -229,6 +252,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// The error for `field` holding `value`, which it cannot hold.
     pub fn bad_value(&self, field: &'static str, value: u64) -> WireError {
         WireError::BadValue { message: self.message, field, value }
     }
@@ -239,12 +263,6 @@ impl<'a> Decoder<'a> {
             0 => Ok(()),
             count => Err(WireError::TrailingBytes { message: self.message, count }),
         }
-    }
-}
-
-impl Encoder {
-    pub fn bool(&mut self, v: bool) -> &mut Self {
-        self.u8(u8::from(v))
     }
 }
 
@@ -360,6 +378,24 @@ mod tests {
         assert!(matches!(err, WireError::TruncatedFrame { expected: 9, got: 2 }), "{err}");
         let err = read_frame(&mut &[9u8, 0][..]).unwrap_err();
         assert!(matches!(err, WireError::TruncatedFrame { expected: 4, got: 2 }), "{err}");
+    }
+
+    /// A reader that fails as a broken port would.
+    struct Broken;
+
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(5))
+        }
+    }
+
+    #[test]
+    fn a_failing_stream_is_an_io_error_that_keeps_its_source() {
+        let err = read_frame(&mut Broken).unwrap_err();
+        assert!(err.to_string().starts_with("agent channel: Input/output error"), "{err}");
+        let source = std::error::Error::source(&err).expect("the io::Error is kept as the source");
+        let source = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(source.raw_os_error(), Some(5));
     }
 
     #[test]

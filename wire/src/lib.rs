@@ -10,17 +10,20 @@
 //! The agent's first frame is always [`GuestMessage::Hello`], whose first
 //! field is [`PROTOCOL_VERSION`]; the host refuses any other version.
 //!
-//! This crate is plain data and encoding, with no dependencies: it builds for
-//! the host and for the static agent alike.
+//! This crate is plain data and encoding, with no I/O beyond `Read` and
+//! `Write` and no dependency beyond `thiserror`: it builds for the host and
+//! for the static agent alike.
 
 mod codec;
 mod message;
 
 pub use codec::{read_frame, write_frame, Decoder, Encoder, WireError, MAX_FRAME_LEN};
-pub use message::{Command, Datagram, DatagramRef, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad, Outcome};
+pub use message::{
+    AgentStage, Command, Datagram, DatagramRef, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad, Outcome,
+};
 
 /// Version of this protocol; bump it whenever a message's layout changes.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Name of the virtio-serial port the agent talks on (`virtserialport,name=`).
 pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
@@ -29,13 +32,35 @@ pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
 /// as "the kernel has booted and started /init".
 pub const AGENT_STARTED_MARKER: &str = "kevent-agent: started";
 
+/// The file in the initramfs that lists the modules the agent loads, one
+/// file name of [`MODULE_DIR`] a line, in load order: xtask writes it.
+pub const MODULE_LIST_PATH: &str = "/etc/kevent-bench/modules";
+/// Where the initramfs holds the modules the list names.
+pub const MODULE_DIR: &str = "/lib/modules";
+
+/// The kmessage types by number, as `kmod/include/kmessage.h` defines
+/// `KMSG_*`: type `t` reaches the listeners that bind the 2004 group mask
+/// `1 << t`, and a datagram's `groups` is that mask.
+pub const KMESSAGE_TYPES: [&str; 5] = ["general", "storage", "power", "fs", "hotplug"];
+/// The group mask that hears every kmessage type.
+pub const KMESSAGE_ALL_GROUPS: u32 = (1 << KMESSAGE_TYPES.len()) - 1;
+
+/// The kmessage type a datagram's group mask names, if it names exactly one.
+pub fn kmessage_type(groups: u32) -> Option<&'static str> {
+    if groups.count_ones() != 1 {
+        return None;
+    }
+    KMESSAGE_TYPES.get(groups.trailing_zeros() as usize).copied()
+}
+
 /// Most bytes a read step returns: the reply must fit in a frame.
 pub const MAX_READ_BYTES: usize = 1 << 20;
 /// Most bytes kept of a program's stdout, and of its stderr.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
-/// Programs running in the background at once, and the bytes kept of each
-/// one's stdout and stderr: all their results travel in one frame.
+/// Programs running in the background at once: all their results travel in
+/// one frame.
 pub const MAX_BACKGROUND_PROGRAMS: usize = 8;
+/// Most bytes kept of a background program's stdout, and of its stderr.
 pub const MAX_BACKGROUND_OUTPUT_BYTES: usize = 128 << 10;
 
 /// Kernel command-line key that carries one module parameter to the agent,
@@ -45,4 +70,20 @@ pub const MODULE_PARAM_KEY: &str = "kevent_bench.param=";
 /// The kernel command-line word that gives `module` the parameter `key=value`.
 pub fn module_param_arg(module: &str, key: &str, value: &str) -> String {
     format!("{MODULE_PARAM_KEY}{module}.{key}={value}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kmessage_mask_names_its_type_only_when_it_has_one_known_bit() {
+        assert_eq!(KMESSAGE_ALL_GROUPS, 0x1f);
+        assert_eq!(kmessage_type(1), Some("general"));
+        assert_eq!(kmessage_type(1 << 2), Some("power"));
+        assert_eq!(kmessage_type(1 << 4), Some("hotplug"));
+        assert_eq!(kmessage_type(1 << 5), None);
+        assert_eq!(kmessage_type(0b11), None);
+        assert_eq!(kmessage_type(0), None);
+    }
 }

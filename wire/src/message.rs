@@ -1,9 +1,13 @@
+use std::fmt;
+
 use crate::codec::{Decoder, Encoder, WireError};
 
 /// One kernel module the agent loaded before greeting, in load order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleLoad {
+    /// The module's name, its file name without `.ko`.
     pub name: String,
+    /// The parameters it was loaded with, space separated.
     pub params: String,
     /// Guest time spent in `finit_module`.
     pub load_ns: u64,
@@ -12,9 +16,11 @@ pub struct ModuleLoad {
 /// The agent's greeting: the first frame on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// The agent's [`crate::PROTOCOL_VERSION`].
     pub protocol_version: u16,
     /// `uname -r` of the guest.
     pub kernel_release: String,
+    /// Processors online in the guest.
     pub cpus_online: u32,
     /// `current_clocksource` of the guest.
     pub clocksource: String,
@@ -22,6 +28,7 @@ pub struct Hello {
     pub agent_started_ns: u64,
     /// Guest CLOCK_BOOTTIME when the greeting was sent.
     pub greeted_ns: u64,
+    /// The modules the agent loaded, in load order.
     pub modules: Vec<ModuleLoad>,
 }
 
@@ -36,6 +43,7 @@ pub struct Datagram {
     pub portid: u32,
     /// Guest CLOCK_MONOTONIC when the agent received it.
     pub monotonic_ns: u64,
+    /// The datagram as received, its netlink header included if it has one.
     pub bytes: Vec<u8>,
 }
 
@@ -43,10 +51,15 @@ pub struct Datagram {
 /// straight from its receive buffer, without an owned copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DatagramRef<'a> {
+    /// [`Datagram::protocol`].
     pub protocol: u32,
+    /// [`Datagram::groups`].
     pub groups: u32,
+    /// [`Datagram::portid`].
     pub portid: u32,
+    /// [`Datagram::monotonic_ns`].
     pub monotonic_ns: u64,
+    /// [`Datagram::bytes`].
     pub bytes: &'a [u8],
 }
 
@@ -66,47 +79,133 @@ impl DatagramRef<'_> {
 /// How a program run by the agent ended, and what it printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecResult {
+    /// The program as the request named it.
     pub program: String,
     /// Exit code, or -1 if it was killed by a signal.
     pub exit_code: i32,
     /// The signal that killed it, or 0.
     pub signal: i32,
+    /// What it wrote to stdout: the first [`crate::MAX_OUTPUT_BYTES`]
+    /// ([`crate::MAX_BACKGROUND_OUTPUT_BYTES`] in the background), then a
+    /// line saying how much was cut, if any was.
     pub stdout: Vec<u8>,
+    /// What it wrote to stderr, kept and cut alike.
     pub stderr: Vec<u8>,
 }
 
 /// What a request came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Carried out; nothing to return.
     Done,
+    /// The bytes of a file read.
     Data(Vec<u8>),
+    /// The result of a program run to its end.
     Exec(ExecResult),
+    /// The results of every background program, in start order.
     Background(Vec<ExecResult>),
-    /// The request failed in the guest: errno (0 if none applies) and why.
+    /// The request failed in the guest.
     Error {
+        /// The errno of the system call that failed, 0 if none applies.
         errno: i32,
+        /// What failed, and why.
         message: String,
     },
+}
+
+/// Where the agent was when it failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentStage {
+    /// Mounting the kernel filesystems.
+    Mount,
+    /// Finding or opening its virtio-serial port.
+    Port,
+    /// Loading the events modules.
+    ModuleLoad,
+    /// Opening the netlink sockets, or the capture thread relaying them.
+    Capture,
+    /// Sending the greeting.
+    Greet,
+    /// Carrying out the host's requests.
+    Serve,
+    /// A panic, wherever it happened.
+    Panic,
+}
+
+impl AgentStage {
+    /// Every stage, in boot order.
+    pub const ALL: [AgentStage; 7] = [
+        AgentStage::Mount,
+        AgentStage::Port,
+        AgentStage::ModuleLoad,
+        AgentStage::Capture,
+        AgentStage::Greet,
+        AgentStage::Serve,
+        AgentStage::Panic,
+    ];
+
+    /// The stage's byte on the wire.
+    fn code(self) -> u8 {
+        match self {
+            AgentStage::Mount => 0,
+            AgentStage::Port => 1,
+            AgentStage::ModuleLoad => 2,
+            AgentStage::Capture => 3,
+            AgentStage::Greet => 4,
+            AgentStage::Serve => 5,
+            AgentStage::Panic => 6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<AgentStage> {
+        AgentStage::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+impl fmt::Display for AgentStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AgentStage::Mount => "mount",
+            AgentStage::Port => "port",
+            AgentStage::ModuleLoad => "module load",
+            AgentStage::Capture => "capture",
+            AgentStage::Greet => "greeting",
+            AgentStage::Serve => "serve",
+            AgentStage::Panic => "panic",
+        })
+    }
 }
 
 /// Messages from the agent to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMessage {
+    /// The greeting, first on the channel.
     Hello(Hello),
-    /// The agent hit an error it cannot recover from; it powers off next.
+    /// The agent hit an error it cannot recover from; it restarts the
+    /// machine next.
     Fatal {
+        /// What it was doing.
+        stage: AgentStage,
+        /// The errno of the system call that failed, 0 if none applies.
+        errno: i32,
+        /// What failed, and why.
         message: String,
     },
+    /// A netlink datagram a capture socket received.
     Datagram(Datagram),
     /// A capture socket overflowed (ENOBUFS): datagrams were lost.
     Overrun {
+        /// Netlink protocol of the socket.
         protocol: u32,
+        /// How many times that socket has overflowed so far.
         occurrences: u32,
     },
     /// The answer to a request; for every request the reply comes after all
     /// datagrams received before the request finished.
     Reply {
+        /// The request's id.
         id: u32,
+        /// What it came to.
         outcome: Outcome,
     },
 }
@@ -117,25 +216,39 @@ pub enum Command {
     /// Give `cpu` (or its package) the register image `value` and raise the
     /// thermal interrupt there, through the debugfs trigger.
     Inject {
+        /// The package register rather than the core's.
         package: bool,
+        /// The CPU the interrupt is raised on.
         cpu: u32,
+        /// The register image.
         value: u64,
     },
+    /// Return a file's bytes, at most [`crate::MAX_READ_BYTES`]: a larger
+    /// file is refused (EFBIG).
     ReadFile {
+        /// Absolute path in the guest.
         path: String,
     },
+    /// Write `data` to a file in one write(2), an empty write included.
     WriteFile {
+        /// Absolute path in the guest.
         path: String,
+        /// The bytes, exactly as given.
         data: Vec<u8>,
     },
+    /// Sleep in the agent before replying.
     Sleep {
+        /// How long, in nanoseconds.
         ns: u64,
     },
     /// Run a program of the initramfs; `background` returns at once and the
     /// result comes with [`Command::FinishBackground`].
     Exec {
+        /// Path of the program in the guest.
         program: String,
+        /// Its arguments, without the program name.
         args: Vec<String>,
+        /// Start it and return at once rather than wait for it.
         background: bool,
     },
     /// Stop the background programs still running and report all of them.
@@ -147,10 +260,13 @@ pub enum Command {
 /// Messages from the host to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMessage {
-    /// Power the guest off now.
+    /// End the run: the agent restarts the machine, and QEMU exits.
     Shutdown,
+    /// Carry out `command`; the reply names `id`.
     Request {
+        /// Chosen by the host, echoed in the reply.
         id: u32,
+        /// What to do.
         command: Command,
     },
 }
@@ -193,6 +309,7 @@ fn decode_exec(d: &mut Decoder<'_>) -> Result<ExecResult, WireError> {
 }
 
 impl GuestMessage {
+    /// The complete frame, length prefix included.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             GuestMessage::Hello(h) => {
@@ -208,9 +325,9 @@ impl GuestMessage {
                     });
                 e.finish()
             }
-            GuestMessage::Fatal { message } => {
+            GuestMessage::Fatal { stage, errno, message } => {
                 let mut e = Encoder::new(GUEST_FATAL);
-                e.str(message);
+                e.u8(stage.code()).i32(*errno).str(message);
                 e.finish()
             }
             GuestMessage::Datagram(g) => DatagramRef {
@@ -252,6 +369,8 @@ impl GuestMessage {
         }
     }
 
+    /// The message of a frame's kind byte and body, as [`crate::read_frame`]
+    /// returns them; strict: every field present, nothing left over.
     pub fn decode(kind: u8, body: &[u8]) -> Result<Self, WireError> {
         match kind {
             GUEST_HELLO => {
@@ -286,9 +405,12 @@ impl GuestMessage {
             }
             GUEST_FATAL => {
                 let mut d = Decoder::new("Fatal", body);
+                let code = d.u8("stage")?;
+                let stage = AgentStage::from_code(code).ok_or_else(|| d.bad_value("stage", code.into()))?;
+                let errno = d.i32("errno")?;
                 let message = d.str("message")?;
                 d.end()?;
-                Ok(GuestMessage::Fatal { message })
+                Ok(GuestMessage::Fatal { stage, errno, message })
             }
             GUEST_DATAGRAM => {
                 let mut d = Decoder::new("Datagram", body);
@@ -328,6 +450,7 @@ impl GuestMessage {
 }
 
 impl HostMessage {
+    /// The complete frame, length prefix included.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             HostMessage::Shutdown => Encoder::new(HOST_SHUTDOWN).finish(),
@@ -364,6 +487,8 @@ impl HostMessage {
         }
     }
 
+    /// The message of a frame's kind byte and body, as [`crate::read_frame`]
+    /// returns them; strict: every field present, nothing left over.
     pub fn decode(kind: u8, body: &[u8]) -> Result<Self, WireError> {
         match kind {
             HOST_SHUTDOWN => {
@@ -425,8 +550,10 @@ mod tests {
     fn guest_messages_round_trip() {
         let h = GuestMessage::Hello(hello());
         assert_eq!(round_trip_guest(&h), h);
-        let f = GuestMessage::Fatal { message: "no port".into() };
-        assert_eq!(round_trip_guest(&f), f);
+        for stage in AgentStage::ALL {
+            let f = GuestMessage::Fatal { stage, errno: 2, message: "open /lib/modules/x.ko".into() };
+            assert_eq!(round_trip_guest(&f), f);
+        }
     }
 
     #[test]
@@ -527,6 +654,45 @@ mod tests {
         ];
         assert_eq!(request.encode(), expected);
         assert_eq!(HostMessage::decode(expected[4], &expected[5..]).unwrap(), request);
+
+        let fatal = GuestMessage::Fatal { stage: AgentStage::ModuleLoad, errno: 16, message: "kmessage".into() };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            18, 0, 0, 0,                // frame length: kind + 17 bytes of fields
+            0x02,                       // kind: Fatal
+            2,                          // stage: module load
+            16, 0, 0, 0,                // errno: EBUSY
+            8, 0, 0, 0,                 // message
+            b'k', b'm', b'e', b's', b's', b'a', b'g', b'e',
+        ];
+        assert_eq!(fatal.encode(), expected);
+        assert_eq!(GuestMessage::decode(expected[4], &expected[5..]).unwrap(), fatal);
+    }
+
+    #[test]
+    fn every_stage_has_its_own_byte_and_an_unknown_one_is_named() {
+        let codes: Vec<u8> = AgentStage::ALL.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6], "stage bytes are the protocol: never renumber one");
+        let mut e = Encoder::new(GUEST_FATAL);
+        e.u8(7).i32(0).str("x");
+        let frame = e.finish();
+        let err = GuestMessage::decode(frame[4], &frame[5..]).unwrap_err().to_string();
+        assert_eq!(err, "Fatal: field `stage` has invalid value 7");
+    }
+
+    #[test]
+    fn every_truncation_of_a_fatal_is_an_error_not_a_panic() {
+        let frame = GuestMessage::Fatal { stage: AgentStage::Serve, errno: 5, message: "read".into() }.encode();
+        let body = &frame[5..];
+        for cut in 0..body.len() {
+            assert!(GuestMessage::decode(frame[4], &body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = body.to_vec();
+        long.push(0);
+        assert!(matches!(
+            GuestMessage::decode(frame[4], &long),
+            Err(WireError::TrailingBytes { message: "Fatal", count: 1 })
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use anyhow::Context;
 use kevent_bench::cpio::Archive;
 use kevent_bench::sources::Sources;
 pub use kevent_bench::Artifacts;
+use kevent_wire::{MODULE_DIR, MODULE_LIST_PATH};
 
 use crate::agent::AgentBinaries;
 use crate::flags::BuildFlags;
@@ -15,9 +16,6 @@ use crate::fsutil::write_if_changed;
 use crate::kernel::Kernel;
 use crate::kmod::Module;
 use crate::project::Project;
-
-/// What the agent reads to know which modules to load, in order.
-const MODULE_LIST: &str = "/etc/kevent-bench/modules";
 
 /// Writes the archives into `guest_dir` (locked by the caller), then the
 /// profile's artifacts file, recording `sources` as what all of it was built from.
@@ -69,11 +67,11 @@ pub fn agent_archive(agent: &Path, modules: &[Module]) -> anyhow::Result<Archive
     let mut list = String::new();
     for module in modules {
         let file_name = format!("{}.ko", module.name);
-        archive.file(&format!("/lib/modules/{file_name}"), 0o644, read(&module.path)?);
+        archive.file(&format!("{MODULE_DIR}/{file_name}"), 0o644, read(&module.path)?);
         list.push_str(&file_name);
         list.push('\n');
     }
-    archive.file(MODULE_LIST, 0o644, list.into_bytes());
+    archive.file(MODULE_LIST_PATH, 0o644, list.into_bytes());
     Ok(archive)
 }
 
