@@ -72,85 +72,193 @@ impl fmt::Display for Stage {
 
 /// Why a guest run failed. Every variant carries what a developer needs to
 /// see: the console excerpt that matters, or QEMU's own words.
-#[derive(Debug)]
+///
+/// Display describes this failure only; a lower error it wraps is its
+/// `source()`, never repeated in the text. [`report`] prints the chain.
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
+    /// QEMU could not be run, exited before connecting, or refused its setup.
+    #[error("QEMU failed to start: {message}{}", lines("QEMU said", &text_lines(qemu_stderr)))]
     QemuStart {
+        /// What went wrong.
         message: String,
+        /// QEMU's standard error so far.
         qemu_stderr: String,
     },
+    /// The console showed a kernel report.
+    #[error("{kind} on the guest console{}", lines("console", excerpt))]
     KernelCrash {
+        /// Panic, oops, BUG or warning.
         kind: CrashKind,
+        /// The report, as the console showed it.
         excerpt: Vec<String>,
     },
+    /// A stage's bounded wait ran out.
+    #[error(
+        "timed out at stage \"{stage}\" after {:.1} s{}",
+        waited.as_secs_f64(),
+        lines("last console lines", console_tail)
+    )]
     Timeout {
+        /// The stage that did not finish.
         stage: Stage,
+        /// How long it was waited for.
         waited: Duration,
+        /// The console's last lines.
         console_tail: Vec<String>,
     },
+    /// QEMU went away with no kernel report to explain it.
+    #[error(
+        "QEMU exited ({status}) during stage \"{stage}\" with no kernel report on the console{}{}",
+        lines("QEMU said", &text_lines(qemu_stderr)),
+        lines("last console lines", console_tail)
+    )]
     QemuExited {
+        /// The stage it went away in.
         stage: Stage,
+        /// Its exit status, in words.
         status: String,
+        /// QEMU's standard error.
         qemu_stderr: String,
+        /// The console's last lines.
         console_tail: Vec<String>,
     },
     /// The agent's own report of why it gave up.
+    #[error(
+        "the guest agent failed at stage \"{stage}\"{}: {message}{}",
+        errno_note(*errno),
+        lines("last console lines", console_tail)
+    )]
     AgentFatal {
         /// What the agent was doing.
         stage: AgentStage,
         /// The errno of the system call that failed, 0 if none applies.
         errno: i32,
+        /// The agent's words.
         message: String,
+        /// The console's last lines.
         console_tail: Vec<String>,
     },
+    /// The agent channel carried something that is not the protocol.
+    #[error("protocol error on the agent channel: {message}")]
     Protocol {
+        /// What was wrong.
         message: String,
+        /// The framing error, where there was one.
+        #[source]
+        source: Option<kevent_wire::WireError>,
     },
+    /// A capture socket overflowed in the guest.
+    #[error(
+        "the guest's capture socket for netlink protocol {protocol} overflowed (ENOBUFS, {occurrences} time(s)): \
+         events were lost after the {captured} received in this step"
+    )]
     EventsLost {
+        /// The netlink protocol of the socket.
         protocol: u32,
+        /// How often the agent saw ENOBUFS.
         occurrences: u32,
+        /// Datagrams of the step that did arrive.
         captured: usize,
     },
+    /// The guest's driver never served the sensor device, or let it go.
+    #[error(
+        "the guest's sensor device was not ready (waited {:.1} s): {detail}{}",
+        waited.as_secs_f64(),
+        lines("last console lines", console_tail)
+    )]
     SensorNotReady {
+        /// How long it was waited for.
         waited: Duration,
+        /// What the shared memory showed.
         detail: String,
+        /// The console's last lines.
         console_tail: Vec<String>,
     },
+    /// The module could not send messages an interrupt caused.
+    #[error(
+        "kevent_thermal in the guest could not send {lost} message(s) of CPU {cpu}'s interrupts (uevent queue \
+         full, out of memory, or kobject_uevent failed): events were lost after the {captured} received in \
+         this step; see /sys/devices/system/cpu/cpu{cpu}/kevent_thermal/"
+    )]
     GuestDropped {
+        /// The CPU whose interrupts lost messages.
         cpu: u32,
+        /// How many messages.
         lost: u64,
+        /// Datagrams of the step that did arrive.
         captured: usize,
     },
+    /// The guest did not acknowledge a device entry in time.
+    #[error(
+        "the guest did not acknowledge injection {seq} on CPU {cpu} within {:.1} s: {detail}{}",
+        waited.as_secs_f64(),
+        lines("last console lines", console_tail)
+    )]
     SensorNoAck {
+        /// The entry's CPU.
         cpu: u32,
+        /// The entry's sequence number.
         seq: u64,
+        /// How long it was waited for.
         waited: Duration,
+        /// What the shared memory showed.
         detail: String,
+        /// The console's last lines.
         console_tail: Vec<String>,
     },
+    /// A host-side system call failed.
+    #[error("{what}")]
+    Io {
+        /// What the bench was doing ("bind the agent socket").
+        what: String,
+        /// The system's answer.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bench was asked for something it cannot do with this guest.
+    #[error("{message}")]
     Host {
+        /// What and why.
         message: String,
     },
     /// The guest kernel said it ignored an input of the run (a module
     /// parameter, a command-line word): the run would not be what was asked.
+    #[error(
+        "the guest kernel ignored an input of this run, so the run stopped: {line}\n(check the scenario's [params] \
+         and any --append against what the kernel and the modules accept)"
+    )]
     IgnoredInput {
+        /// The kernel's line.
         line: String,
     },
     /// A failure in the middle of a scenario, with the step it happened in.
-    AtStep(Box<StepFailure>),
-}
-
-/// The step a scenario failed in, and what the step had received by then.
-#[derive(Debug)]
-pub struct StepFailure {
-    /// 1-based, as the run's output numbers steps.
-    pub step: usize,
-    pub label: String,
-    /// Datagrams of this step that reached the host before the failure.
-    pub captured: Vec<kevent_wire::Datagram>,
-    pub failure: Failure,
+    #[error("step {step} ({label}){}", captured_note(captured.len()))]
+    AtStep {
+        /// 1-based, as the run's output numbers steps.
+        step: usize,
+        /// The step in words.
+        label: String,
+        /// Datagrams of this step that reached the host before the failure.
+        captured: Vec<kevent_wire::Datagram>,
+        /// What went wrong.
+        #[source]
+        failure: Box<Failure>,
+    },
 }
 
 impl Failure {
+    /// A failed host-side system call, saying what the bench was doing.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Failure {
+        Failure::Io { what: what.into(), source }
+    }
+
+    /// A protocol error with no lower error to keep.
+    pub fn protocol(message: impl Into<String>) -> Failure {
+        Failure::Protocol { message: message.into(), source: None }
+    }
+
+    /// The documented exit code of this failure (README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
             Failure::QemuStart { .. } => exit_code::QEMU_START,
@@ -168,97 +276,60 @@ impl Failure {
             Failure::SensorNotReady { .. } => exit_code::SENSOR_NOT_READY,
             Failure::GuestDropped { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNoAck { .. } => exit_code::SENSOR_NO_ACK,
-            Failure::Host { .. } | Failure::IgnoredInput { .. } => exit_code::BENCH_ERROR,
-            Failure::AtStep(at) => at.failure.exit_code(),
+            Failure::Io { .. } | Failure::Host { .. } | Failure::IgnoredInput { .. } => exit_code::BENCH_ERROR,
+            Failure::AtStep { failure, .. } => failure.exit_code(),
         }
+    }
+
+    /// The failure and every cause under it, as `cargo xtask` prints it.
+    pub fn report(&self) -> String {
+        report(self)
     }
 }
 
-fn write_lines(f: &mut fmt::Formatter<'_>, heading: &str, lines: &[String]) -> fmt::Result {
+/// An error and its chain of sources, joined with ": ", the way `anyhow`
+/// prints `{:#}`.
+pub fn report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+fn text_lines(text: &str) -> Vec<String> {
+    text.lines().map(str::to_owned).collect()
+}
+
+fn lines(heading: &str, lines: &[String]) -> String {
     if lines.is_empty() {
-        return Ok(());
+        return String::new();
     }
-    write!(f, "\n{heading}:")?;
+    let mut out = format!("\n{heading}:");
     for line in lines {
-        write!(f, "\n  | {line}")?;
+        out.push_str("\n  | ");
+        out.push_str(line);
     }
-    Ok(())
+    out
 }
 
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::QemuStart { message, qemu_stderr } => {
-                write!(f, "QEMU failed to start: {message}")?;
-                let stderr: Vec<String> = qemu_stderr.lines().map(str::to_owned).collect();
-                write_lines(f, "QEMU said", &stderr)
-            }
-            Failure::KernelCrash { kind, excerpt } => {
-                write!(f, "{kind} on the guest console")?;
-                write_lines(f, "console", excerpt)
-            }
-            Failure::Timeout { stage, waited, console_tail } => {
-                write!(f, "timed out at stage \"{stage}\" after {:.1} s", waited.as_secs_f64())?;
-                write_lines(f, "last console lines", console_tail)
-            }
-            Failure::QemuExited { stage, status, qemu_stderr, console_tail } => {
-                write!(f, "QEMU exited ({status}) during stage \"{stage}\" with no kernel report on the console")?;
-                let stderr: Vec<String> = qemu_stderr.lines().map(str::to_owned).collect();
-                write_lines(f, "QEMU said", &stderr)?;
-                write_lines(f, "last console lines", console_tail)
-            }
-            Failure::AgentFatal { stage, errno, message, console_tail } => {
-                write!(f, "the guest agent failed at stage \"{stage}\"")?;
-                match (*errno, Errno::from_raw(*errno)) {
-                    (0, _) => {}
-                    (n, Errno::UnknownErrno) => write!(f, " (errno {n})")?,
-                    (n, name) => write!(f, " (errno {n}, {name:?})")?,
-                }
-                write!(f, ": {message}")?;
-                write_lines(f, "last console lines", console_tail)
-            }
-            Failure::Protocol { message } => write!(f, "protocol error on the agent channel: {message}"),
-            Failure::EventsLost { protocol, occurrences, captured } => write!(
-                f,
-                "the guest's capture socket for netlink protocol {protocol} overflowed (ENOBUFS, {occurrences} time(s)): \
-                 events were lost after the {captured} received in this step"
-            ),
-            Failure::SensorNotReady { waited, detail, console_tail } => {
-                write!(f, "the guest's sensor device was not ready (waited {:.1} s): {detail}", waited.as_secs_f64())?;
-                write_lines(f, "last console lines", console_tail)
-            }
-            Failure::GuestDropped { cpu, lost, captured } => write!(
-                f,
-                "kevent_thermal in the guest could not send {lost} message(s) of CPU {cpu}'s interrupts (uevent queue \
-                 full, out of memory, or kobject_uevent failed): events were lost after the {captured} received in \
-                 this step; see /sys/devices/system/cpu/cpu{cpu}/kevent_thermal/"
-            ),
-            Failure::SensorNoAck { cpu, seq, waited, detail, console_tail } => {
-                write!(
-                    f,
-                    "the guest did not acknowledge injection {seq} on CPU {cpu} within {:.1} s: {detail}",
-                    waited.as_secs_f64()
-                )?;
-                write_lines(f, "last console lines", console_tail)
-            }
-            Failure::Host { message } => f.write_str(message),
-            Failure::IgnoredInput { line } => write!(
-                f,
-                "the guest kernel ignored an input of this run, so the run stopped: {line}\n(check the scenario's \
-                 [params] and any --append against what the kernel and the modules accept)"
-            ),
-            Failure::AtStep(at) => {
-                write!(f, "step {} ({}): {}", at.step, at.label, at.failure)?;
-                if !at.captured.is_empty() {
-                    write!(f, "\n({} datagram(s) of this step reached the host before it failed)", at.captured.len())?;
-                }
-                Ok(())
-            }
-        }
+fn errno_note(errno: i32) -> String {
+    match (errno, Errno::from_raw(errno)) {
+        (0, _) => String::new(),
+        (n, Errno::UnknownErrno) => format!(" (errno {n})"),
+        (n, name) => format!(" (errno {n}, {name:?})"),
     }
 }
 
-impl std::error::Error for Failure {}
+fn captured_note(captured: usize) -> String {
+    match captured {
+        0 => String::new(),
+        n => format!(", after {n} of its datagram(s) reached the host"),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -290,5 +361,25 @@ mod tests {
             failure.to_string(),
             "the guest agent failed at stage \"serve\": the host closed the channel without asking for a shutdown"
         );
+    }
+
+    #[test]
+    fn a_step_failure_keeps_its_cause_and_the_system_error_under_it() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let failure = Failure::AtStep {
+            step: 2,
+            label: "read /proc/uptime".into(),
+            captured: Vec::new(),
+            failure: Box::new(Failure::io("create target/run/console.log", io)),
+        };
+        assert_eq!(failure.to_string(), "step 2 (read /proc/uptime)", "Display is this layer only");
+        assert_eq!(
+            failure.report(),
+            "step 2 (read /proc/uptime): create target/run/console.log: No space left on device (os error 28)"
+        );
+        let mut chain = std::iter::successors(Some(&failure as &dyn std::error::Error), |e| e.source());
+        let system = chain.find_map(|e| e.downcast_ref::<std::io::Error>()).expect("the io::Error is a source");
+        assert_eq!(system.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(failure.exit_code(), exit_code::BENCH_ERROR);
     }
 }

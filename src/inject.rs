@@ -114,9 +114,7 @@ impl Machine {
                 let refused = match exchange.outcome {
                     Outcome::Done => None,
                     Outcome::Error { errno, .. } => Some(injection.refused(errno)),
-                    other => {
-                        return Err(Failure::Protocol { message: format!("an injection request answered {other:?}") })
-                    }
+                    other => return Err(Failure::protocol(format!("an injection request answered {other:?}"))),
                 };
                 Ok(Injected { refused, datagrams: exchange.datagrams, arrived: exchange.arrived, acknowledged: None })
             }

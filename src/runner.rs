@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kevent_wire::{Command, Outcome};
 
-use crate::failure::{Failure, StepFailure};
+use crate::failure::Failure;
 use crate::inject::{Injection, Injector};
 use crate::machine::{Machine, MachineConfig};
 use crate::scenario::{Action, Scenario, Step};
@@ -50,7 +50,7 @@ fn timing_flags(
 ) -> Result<(Vec<TimingFlag>, u64), Failure> {
     let text = match machine.request(Command::ReadFile { path: RATE_LIMIT_EDGES.into() }, bound)?.outcome {
         Outcome::Data(data) => String::from_utf8_lossy(&data).into_owned(),
-        other => return Err(Failure::Protocol { message: format!("read {RATE_LIMIT_EDGES}: {other:?}") }),
+        other => return Err(Failure::protocol(format!("read {RATE_LIMIT_EDGES}: {other:?}"))),
     };
     parse_edges(&text, ledger).map_err(|why| Failure::Host { message: format!("{RATE_LIMIT_EDGES}: {why}") })
 }
@@ -115,12 +115,12 @@ pub fn run(
         if let Err(failure) = run_step(&mut machine, scenario.injector, step, bound, &mut record) {
             // What the step had received is the most useful part of a failure.
             record.datagrams.extend(machine.take_captured());
-            return Err(Failure::AtStep(Box::new(StepFailure {
+            return Err(Failure::AtStep {
                 step: index + 1,
                 label: record.label,
                 captured: record.datagrams,
-                failure,
-            })));
+                failure: Box::new(failure),
+            });
         }
         record.elapsed = started.elapsed();
         if let Action::Inject { cpu, .. } = step.action {
@@ -133,7 +133,7 @@ pub fn run(
     let background = if any_background {
         match machine.request(Command::FinishBackground, bound)?.outcome {
             Outcome::Background(results) => results.into_iter().map(Into::into).collect(),
-            other => return Err(Failure::Protocol { message: format!("FinishBackground answered {other:?}") }),
+            other => return Err(Failure::protocol(format!("FinishBackground answered {other:?}"))),
         }
     } else {
         Vec::new()

@@ -43,9 +43,7 @@ impl StepOutcome {
             Outcome::Error { errno, message } => StepOutcome::Failed { errno, message },
             Outcome::Exec(result) => StepOutcome::Ran(result.into()),
             Outcome::Background(_) => {
-                return Err(Failure::Protocol {
-                    message: "a step's request was answered with background reports".into(),
-                })
+                return Err(Failure::protocol("a step's request was answered with background reports"))
             }
         })
     }

@@ -15,7 +15,7 @@ use kevent_bench::{exit_code, Failure, Machine, Stage};
 fn the_real_kernel_boots_and_the_agent_greets() {
     let artifacts = common::artifacts();
     let config = common::config("greeting", artifacts.guest(2, 256, Vec::new()));
-    let machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{f}"));
+    let machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{}", f.report()));
     let hello = machine.hello.clone();
     assert_eq!(hello.kernel_release, artifacts.kernel_release);
     assert_eq!(hello.cpus_online, 2, "-smp 2,sockets=2 must bring up both CPUs");
@@ -27,7 +27,7 @@ fn the_real_kernel_boots_and_the_agent_greets() {
     assert!(hello.agent_started_ns > 0 && hello.greeted_ns >= hello.agent_started_ns);
     let t = machine.timings;
     assert!(t.qemu_started <= t.kernel_booted && t.kernel_booted <= t.greeted);
-    machine.shutdown(Duration::from_secs(15)).unwrap_or_else(|f| panic!("{f}"));
+    machine.shutdown(Duration::from_secs(15)).unwrap_or_else(|f| panic!("{}", f.report()));
     let console = std::fs::read_to_string(config.run_dir.join("console.log")).unwrap();
     assert!(console.contains(kevent_wire::AGENT_STARTED_MARKER), "the console log holds the whole run");
 }
@@ -50,7 +50,7 @@ fn the_real_kernel_boots_on_the_private_qemu() {
     assert!(version.starts_with("QEMU emulator version 7.2."), "{version}");
     let mut config = common::config("private-qemu", artifacts.guest(2, 256, Vec::new()));
     config.qemu = Qemu { binary: binary.clone(), origin: Origin::Private };
-    let mut machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{f}"));
+    let mut machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{}", f.report()));
     let pid = machine.qemu_pid();
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(), binary.canonicalize().unwrap());
     if config.accel == kevent_bench::Accel::Tcg {
@@ -62,11 +62,11 @@ fn the_real_kernel_boots_on_the_private_qemu() {
     assert_eq!(machine.hello.kernel_release, artifacts.kernel_release);
     assert_eq!(machine.hello.cpus_online, 2);
     // One injection through ivshmem-doorbell, MSI-X vector 1 to CPU 1.
-    let published = machine.fire(1, Register::Core, 0x8005_0001).unwrap_or_else(|f| panic!("{f}"));
-    assert_eq!(machine.wait_acked(published).unwrap_or_else(|f| panic!("{f}")), None);
-    let datagrams = machine.fence(common::BOUND).unwrap_or_else(|f| panic!("{f}")).datagrams;
+    let published = machine.fire(1, Register::Core, 0x8005_0001).unwrap_or_else(|f| panic!("{}", f.report()));
+    assert_eq!(machine.wait_acked(published).unwrap_or_else(|f| panic!("{}", f.report())), None);
+    let datagrams = machine.fence(common::BOUND).unwrap_or_else(|f| panic!("{}", f.report())).datagrams;
     assert_eq!(common::kmessages(&datagrams).len(), 1, "{datagrams:?}");
-    machine.shutdown(Duration::from_secs(15)).unwrap_or_else(|f| panic!("{f}"));
+    machine.shutdown(Duration::from_secs(15)).unwrap_or_else(|f| panic!("{}", f.report()));
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn qemu_dies_with_the_host_thread_that_started_it() {
     // that booted the guest ends without dropping it.
     let config = common::config("host-death", common::artifacts().guest(2, 256, Vec::new()));
     let pid = std::thread::spawn(move || {
-        let machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{f}"));
+        let machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{}", f.report()));
         let pid = machine.qemu_pid();
         std::mem::forget(machine);
         pid
@@ -204,7 +204,7 @@ fn sigterm_stops_the_guest_removes_its_sockets_and_exits_143() {
     if std::env::var_os("KEVENT_SIGNAL_TEST_BENCH").is_some() {
         kevent_bench::process::exit_on_signals().unwrap();
         let config = common::config("signalled", common::artifacts().guest(2, 256, Vec::new()));
-        let mut machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{f}"));
+        let mut machine = Machine::boot(&config).unwrap_or_else(|f| panic!("{}", f.report()));
         println!("qemu {} sockets {}", machine.qemu_pid(), machine.socket_dir().display());
         let waited = machine.request(kevent_wire::Command::Sleep { ns: 30_000_000_000 }, Duration::from_secs(60));
         let signal = kevent_bench::process::interrupted().unwrap_or_else(|| panic!("not interrupted: {waited:?}"));

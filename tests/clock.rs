@@ -32,7 +32,7 @@ read = "/proc/uptime"
     )
     .unwrap();
     let config = common::config("virtual-sleep", scenario.guest(&artifacts));
-    let transcript = runner::run(&scenario, &config, &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    let transcript = runner::run(&scenario, &config, &mut |_| {}).unwrap_or_else(|f| panic!("{}", f.report()));
     let (before, after) = (uptime(&transcript.steps[0].outcome), uptime(&transcript.steps[2].outcome));
     assert!(after - before >= 5.0, "the guest slept 5 s of its own time: uptime {before} then {after}");
     // The idle guest's clock jumps to its timer: no wall time passes for

@@ -30,8 +30,8 @@ fn timing_dependent_scenarios_give_one_snapshot_with_every_host_core_busy() {
         let mut snapshots = Vec::new();
         for run in 0..RUNS {
             let config = common::config(&format!("determinism-{name}-{run}"), scenario.guest(&artifacts));
-            let transcript =
-                runner::run(&scenario, &config, &mut |_| {}).unwrap_or_else(|f| panic!("{name} run {run}: {f}"));
+            let transcript = runner::run(&scenario, &config, &mut |_| {})
+                .unwrap_or_else(|f| panic!("{name} run {run}: {}", f.report()));
             assert!(
                 transcript.timing_flags.is_empty() && transcript.timing_flags_lost == 0,
                 "{name} run {run} under load: {:?}",

@@ -36,8 +36,8 @@ exec = { program = "/bin/kmsg-listen-missing" }
     .unwrap();
     let mut guest = scenario.guest(&artifacts);
     guest.initramfs = initramfs_path;
-    let transcript =
-        runner::run(&scenario, &common::config("exec", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    let transcript = runner::run(&scenario, &common::config("exec", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
 
     let [listener] = &transcript.background[..] else { panic!("{:?}", transcript.background) };
     let stdout = String::from_utf8_lossy(&listener.stdout);
@@ -80,8 +80,8 @@ exec = {{ program = "/bin/flood", args = ["{}"] }}
     .unwrap();
     let mut guest = scenario.guest(&artifacts);
     guest.initramfs = initramfs_path;
-    let transcript =
-        runner::run(&scenario, &common::config("bounded", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    let transcript = runner::run(&scenario, &common::config("bounded", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
 
     let StepOutcome::Failed { errno, message } = &transcript.steps[0].outcome else {
         panic!("{:?}", transcript.steps[0].outcome)
@@ -123,7 +123,7 @@ read = "/proc/uptime"
     let mut guest = scenario.guest(&artifacts);
     guest.initramfs = initramfs_path;
     let config = common::config("kmsg-panic", guest);
-    let transcript = runner::run(&scenario, &config, &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    let transcript = runner::run(&scenario, &config, &mut |_| {}).unwrap_or_else(|f| panic!("{}", f.report()));
     assert!(matches!(&transcript.steps[0].outcome, StepOutcome::Ran(r) if r.exit_code == 0));
     assert!(matches!(transcript.steps[1].outcome, StepOutcome::Read(_)), "the guest went on");
     let console = std::fs::read_to_string(config.run_dir.join("console.log")).unwrap();
@@ -149,8 +149,8 @@ fn a_users_event_loop_program_finds_what_it_needs_in_the_guest_kernel() {
     .unwrap();
     let mut guest = scenario.guest(&artifacts);
     guest.initramfs = initramfs_path;
-    let transcript =
-        runner::run(&scenario, &common::config("eventloop", guest), &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    let transcript = runner::run(&scenario, &common::config("eventloop", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
     let StepOutcome::Ran(result) = &transcript.steps[0].outcome else { panic!("{:?}", transcript.steps[0].outcome) };
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert_eq!(stdout, "epoll ok\neventfd ok\ntimerfd ok\nsignalfd ok\ninotify ok\naf_unix ok\n", "{result:?}");

@@ -46,7 +46,7 @@ fn check_scenario(path: &Path, injector: Injector) -> Result<(), Failed> {
     scenario.injector = injector;
     let test = format!("scenario-{}-{injector}", scenario.name);
     let config = common::config(&test, scenario.guest(&common::artifacts()));
-    let transcript = runner::run(&scenario, &config, &mut |_| {}).map_err(|f| f.to_string())?;
+    let transcript = runner::run(&scenario, &config, &mut |_| {}).map_err(|f| f.report())?;
     // An outcome another run could change is not one to accept.
     if !transcript.timing_flags.is_empty() || transcript.timing_flags_lost > 0 {
         let flags: Vec<String> = transcript.timing_flags.iter().map(|f| format!("  {f}")).collect();

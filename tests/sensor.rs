@@ -87,11 +87,11 @@ fn rate_limit_edges(machine: &mut Machine) -> (Vec<Edge>, u64) {
 
 fn fire_timed(machine: &mut Machine, cpu: u32, value: u64, repeat: u32, interval_ns: u32) -> Published {
     let published = machine.fire_timed(cpu, Register::Core, value, Timing { repeat, interval_ns });
-    published.unwrap_or_else(|f| panic!("{f}"))
+    published.unwrap_or_else(|f| panic!("{}", f.report()))
 }
 
 fn acked(machine: &mut Machine, published: Published) -> Option<u32> {
-    machine.wait_acked(published).unwrap_or_else(|f| panic!("{f}"))
+    machine.wait_acked(published).unwrap_or_else(|f| panic!("{}", f.report()))
 }
 
 /// The signal of each kmessage, in order.
@@ -106,8 +106,8 @@ fn kmessage_signals(datagrams: &[Datagram]) -> Vec<String> {
 }
 
 fn inject(machine: &mut Machine, cpu: u32, value: u64) {
-    let published = machine.fire(cpu, Register::Core, value).unwrap_or_else(|f| panic!("{f}"));
-    assert_eq!(machine.wait_acked(published).unwrap_or_else(|f| panic!("{f}")), None);
+    let published = machine.fire(cpu, Register::Core, value).unwrap_or_else(|f| panic!("{}", f.report()));
+    assert_eq!(machine.wait_acked(published).unwrap_or_else(|f| panic!("{}", f.report())), None);
 }
 
 /// The first auxiliary line ("Cpu: N") of each kmessage, in order.
@@ -174,7 +174,7 @@ fn a_burst_faster_than_the_guest_is_reported_entry_by_entry() {
     let mut last = None;
     for k in 0..300 {
         let value = if k % 2 == 0 { PROCHOT_95C } else { NORMAL_70C };
-        last = Some(m.fire(1, Register::Core, value).unwrap_or_else(|f| panic!("{f}")));
+        last = Some(m.fire(1, Register::Core, value).unwrap_or_else(|f| panic!("{}", f.report())));
     }
     assert_eq!(m.wait_acked(last.unwrap()).unwrap(), None);
     let status = sensor(&m).status(1);
@@ -196,7 +196,7 @@ fn the_guest_outlives_a_host_emulator_that_scribbles_and_dies_mid_burst() {
     let mut m = boot(&config("sensor-host-dies"));
     inject(&mut m, 0, PROCHOT_95C);
     for _ in 0..100 {
-        m.fire(1, Register::Core, PROCHOT_95C).unwrap_or_else(|f| panic!("{f}"));
+        m.fire(1, Register::Core, PROCHOT_95C).unwrap_or_else(|f| panic!("{}", f.report()));
     }
     // A dying emulator leaves garbage behind: a head index far past the
     // guest's tail, rung once more, then every host descriptor closes.

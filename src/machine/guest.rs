@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kevent_wire::{write_frame, Datagram, GuestMessage, HostMessage, Outcome};
 
 use super::pump::{spawn_console_reader, spawn_stderr_collector, Event};
-use super::{host_error, Exchange, MachineConfig};
+use super::{Exchange, MachineConfig};
 use crate::console::CrashDetector;
 use crate::failure::{Failure, Stage};
 use crate::process::{self, Child};
@@ -103,7 +103,7 @@ impl Guest {
         what: &str,
         bound: Duration,
     ) -> Result<UnixStream, Failure> {
-        listener.set_nonblocking(true).map_err(|e| host_error(&format!("watch {what}"), e))?;
+        listener.set_nonblocking(true).map_err(|e| Failure::io(format!("watch {what}"), e))?;
         let left = (self.spawned + bound).saturating_duration_since(Instant::now());
         let connected = crate::wait::until(left, Duration::from_millis(5), || match listener.accept() {
             Ok((stream, _)) => Some(Ok(stream)),
@@ -114,7 +114,7 @@ impl Guest {
                 })),
                 _ => None,
             },
-            Err(e) => Some(Err(host_error(&format!("accept QEMU's connection to {what}"), e))),
+            Err(e) => Some(Err(Failure::io(format!("accept QEMU's connection to {what}"), e))),
         });
         match connected {
             Some(Ok(stream)) => Ok(stream),
@@ -135,7 +135,7 @@ impl Guest {
     pub(super) fn send(&mut self, message: &HostMessage) -> Result<(), Failure> {
         let channel = self.channel.as_mut().expect("the agent is connected");
         write_frame(channel, &message.encode())
-            .map_err(|e| Failure::Protocol { message: format!("send to the agent: {e}") })
+            .map_err(|e| Failure::Protocol { message: "send to the agent".into(), source: Some(e.into()) })
     }
 
     /// Waits for the event `pick` selects, failing on anything that ends
@@ -219,11 +219,11 @@ impl Guest {
             }
             Event::AgentError(e) => {
                 self.kill();
-                return Err(Failure::Protocol { message: e.to_string() });
+                return Err(Failure::Protocol { message: "read the agent's frames".into(), source: Some(e) });
             }
             Event::Agent(GuestMessage::Hello(_)) => {
                 self.kill();
-                return Err(Failure::Protocol { message: "the agent greeted twice".into() });
+                return Err(Failure::protocol("the agent greeted twice"));
             }
             Event::Datagram(datagram, at) => {
                 self.captured.push(datagram);
@@ -239,7 +239,7 @@ impl Guest {
             }
             Event::Agent(GuestMessage::Reply { id, .. }) => {
                 self.kill();
-                return Err(Failure::Protocol { message: format!("a reply to request {id}, which is not pending") });
+                return Err(Failure::protocol(format!("a reply to request {id}, which is not pending")));
             }
             Event::IgnoredInput(line) => {
                 return Err(self.fail(Failure::IgnoredInput { line }));

@@ -144,10 +144,6 @@ impl SocketDir {
     }
 }
 
-pub(super) fn host_error(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::Host { message: format!("{what}: {e}") }
-}
-
 /// A fault inside QEMU, as opposed to a kill from outside (SIGKILL, SIGTERM),
 /// which is a decision somebody made and is not retried.
 fn qemu_crashed(status: &str) -> bool {
@@ -179,21 +175,21 @@ impl Machine {
     }
 
     fn boot_once(config: &MachineConfig) -> Result<Machine, Failure> {
-        let socket_dir = SocketDir::create().map_err(|e| host_error("create the agent socket directory", e))?;
+        let socket_dir = SocketDir::create().map_err(|e| Failure::io("create the agent socket directory", e))?;
         let socket_path = socket_dir.path().join("agent.sock");
         // Listening before QEMU starts: QEMU connects as a client at startup.
-        let listener = UnixListener::bind(&socket_path).map_err(|e| host_error("bind the agent socket", e))?;
-        fs::create_dir_all(&config.run_dir).map_err(|e| host_error("create the run directory", e))?;
+        let listener = UnixListener::bind(&socket_path).map_err(|e| Failure::io("bind the agent socket", e))?;
+        fs::create_dir_all(&config.run_dir).map_err(|e| Failure::io("create the run directory", e))?;
         let console_log = config.run_dir.join("console.log");
         let log_file =
-            File::create(&console_log).map_err(|e| host_error(&format!("create {}", console_log.display()), e))?;
+            File::create(&console_log).map_err(|e| Failure::io(format!("create {}", console_log.display()), e))?;
 
         let sensor_setup = if config.sensor {
-            let device =
-                SensorDevice::new(config.guest.cpus).map_err(|e| host_error("set up the emulated sensor device", e))?;
+            let device = SensorDevice::new(config.guest.cpus)
+                .map_err(|e| Failure::io("set up the emulated sensor device", e))?;
             let path = socket_dir.path().join("sensor.sock");
             // QEMU reads the device's setup while it starts: listen first.
-            let listener = UnixListener::bind(&path).map_err(|e| host_error("bind the sensor socket", e))?;
+            let listener = UnixListener::bind(&path).map_err(|e| Failure::io("bind the sensor socket", e))?;
             Some((device, listener, path))
         } else {
             None
@@ -208,7 +204,7 @@ impl Machine {
                     qemu_stderr: guest.qemu_said(),
                 })?;
                 let watcher_stop = Arc::new(AtomicBool::new(false));
-                let acks = device.ack_events().map_err(|e| host_error("watch the sensor's ack vector", e))?;
+                let acks = device.ack_events().map_err(|e| Failure::io("watch the sensor's ack vector", e))?;
                 spawn_ack_watcher(acks, Arc::clone(&watcher_stop), guest.sender.clone().expect("sender kept"));
                 let dropped_seen = vec![0; device.cpus() as usize];
                 Some(Sensor { device, watcher_stop, dropped_seen })
@@ -217,7 +213,7 @@ impl Machine {
         };
         let channel = guest.accept(&listener, "the agent channel", config.timeouts.qemu_start)?;
         let qemu_started = guest.spawned.elapsed();
-        let reader = channel.try_clone().map_err(|e| host_error("clone the agent socket", e))?;
+        let reader = channel.try_clone().map_err(|e| Failure::io("clone the agent socket", e))?;
         spawn_agent_reader(reader, guest.sender.take().expect("sender kept until the agent connects"));
         guest.channel = Some(channel);
 
@@ -346,11 +342,11 @@ impl Machine {
 /// wall time from QEMU's spawn to its exit: the boot benchmark's floor, with
 /// the floor init, and the KVM probe, under KVM.
 pub fn run_to_exit(guest: &GuestSpec, accel: Accel, bound: Duration) -> Result<Duration, Failure> {
-    let socket_dir = SocketDir::create().map_err(|e| host_error("create the agent socket directory", e))?;
+    let socket_dir = SocketDir::create().map_err(|e| Failure::io("create the agent socket directory", e))?;
     let socket_path = socket_dir.path().join("agent.sock");
     // QEMU connects at startup; the connection waits in the backlog, since
     // an init that exits at once never writes.
-    let _listener = UnixListener::bind(&socket_path).map_err(|e| host_error("bind the agent socket", e))?;
+    let _listener = UnixListener::bind(&socket_path).map_err(|e| Failure::io("bind the agent socket", e))?;
     let qemu = qemu::resolve()?;
     let args = qemu::command_line(guest, accel, &socket_path, None);
     let spawned = Instant::now();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::guest::Guest;
-use super::{host_error, Machine};
+use super::Machine;
 use crate::failure::{Failure, Stage};
 use crate::sensor::{CpuStatus, Published, Register, SensorDevice, Timing};
 
@@ -107,7 +107,7 @@ impl Machine {
             return Err(guest.fail(failure));
         }
         let published = device.publish(cpu, register, value, timing).expect("room checked");
-        device.ring(cpu).map_err(|e| host_error("ring the sensor's vector", e))?;
+        device.ring(cpu).map_err(|e| Failure::io("ring the sensor's vector", e))?;
         Ok(published)
     }
 

@@ -22,7 +22,8 @@ pub fn run_dir(artifacts: &Artifacts, test: &str) -> PathBuf {
 }
 
 pub fn config(test: &str, guest: GuestSpec) -> MachineConfig {
-    MachineConfig::new(guest, Accel::from_env(), run_dir(&artifacts(), test)).unwrap_or_else(|f| panic!("{f}"))
+    MachineConfig::new(guest, Accel::from_env(), run_dir(&artifacts(), test))
+        .unwrap_or_else(|f| panic!("{}", f.report()))
 }
 
 /// Compiles `tests/guest/<name>.c` into a static binary for the guest.
@@ -52,11 +53,11 @@ pub fn config_with_params(test: &str, params: &[(&str, &str, &str)]) -> MachineC
 }
 
 pub fn boot(config: &MachineConfig) -> kevent_bench::Machine {
-    kevent_bench::Machine::boot(config).unwrap_or_else(|f| panic!("{f}"))
+    kevent_bench::Machine::boot(config).unwrap_or_else(|f| panic!("{}", f.report()))
 }
 
 pub fn shut_down(machine: kevent_bench::Machine) {
-    machine.shutdown(std::time::Duration::from_secs(15)).unwrap_or_else(|f| panic!("{f}"));
+    machine.shutdown(std::time::Duration::from_secs(15)).unwrap_or_else(|f| panic!("{}", f.report()));
 }
 
 pub fn read(machine: &mut kevent_bench::Machine, path: &str) -> String {

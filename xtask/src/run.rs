@@ -76,18 +76,16 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     let transcript = match runner::run(&scenario, &config, &mut |record| print_step(record, true)) {
         Ok(transcript) => transcript,
         Err(failure) => {
-            if let Failure::AtStep(at) = &failure {
+            let mut failed_step = None;
+            if let Failure::AtStep { step, label, captured, .. } = &failure {
                 // Nothing captured is lost: the failed step's events so far.
-                let mut partial = StepRecord::new(at.step - 1, format!("{} (failed)", at.label), 1);
-                partial.datagrams = at.captured.clone();
+                let mut partial = StepRecord::new(step - 1, format!("{label} (failed)"), 1);
+                partial.datagrams = captured.clone();
                 print_step(&partial, false);
+                failed_step = Some(*step);
             }
             if flags.json {
-                let step = match &failure {
-                    Failure::AtStep(at) => Some(at.step),
-                    _ => None,
-                };
-                print(json_lines::failure(step, &failure.to_string(), failure.exit_code()));
+                print(json_lines::failure(failed_step, &failure.report(), failure.exit_code()));
             }
             return Err(failure.into());
         }

@@ -44,8 +44,8 @@ pub fn run(flags: &BenchDeterminism) -> anyhow::Result<()> {
         for run in 0..flags.runs {
             let run_dir = crate::boot::run_dir(&artifacts, &format!("determinism-{}", s.name));
             let config = MachineConfig::new(s.guest(&artifacts), Accel::Tcg, run_dir)?;
-            let transcript =
-                runner::run(s, &config, &mut |_| {}).map_err(|f| anyhow::anyhow!("{} run {}: {f}", s.name, run + 1))?;
+            let transcript = runner::run(s, &config, &mut |_| {})
+                .map_err(|f| anyhow::anyhow!("{} run {}: {}", s.name, run + 1, f.report()))?;
             let _ = std::fs::remove_dir_all(&config.run_dir);
             let snapshot = transcript.snapshot();
             let steps: Vec<String> =
