@@ -182,8 +182,27 @@ void kt_irq_flush(void);
 long kt_uevents_pending(void);
 long kt_messages_lost(unsigned int cpu);
 u64 kt_done_direct(void);
-struct seq_file;
-int kt_rate_limit_edges_show(struct seq_file *m, void *unused);
+
+/* Rate-limit edge records kept, the newest ones. */
+#define KT_EDGE_RECORDS		64
+
+/**
+ * struct kt_edge - a rate-limit decision close to the window's edge
+ * @interrupt: the CPU's "interrupts" counter for this interrupt
+ * @margin_ns: time since the last handled interrupt minus the window;
+ *	       negative: rate-limited
+ * @cpu: the CPU that took the interrupt
+ * @within_burst: this and the last handled interrupt on @cpu were firings
+ *		  of the same timed device entry
+ */
+struct kt_edge {
+	long interrupt;
+	s64 margin_ns;
+	unsigned int cpu;
+	bool within_burst;
+};
+
+u64 kt_rate_limit_edges(struct kt_edge *copy);
 
 /* kthermal_inject.c */
 void kt_inject_init(void);

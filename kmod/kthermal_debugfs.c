@@ -20,6 +20,7 @@
 #include <linux/kstrtox.h>
 #include <linux/mutex.h>
 #include <linux/seq_file.h>
+#include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
@@ -314,7 +315,30 @@ static int kt_stats_show(struct seq_file *m, void *unused)
 
 DEFINE_SHOW_ATTRIBUTE(kt_stats);
 
-/* kt_rate_limit_edges_show() is with the handler that records them. */
+/* rate_limit_edges: oldest first, then how many were overwritten */
+
+static int kt_rate_limit_edges_show(struct seq_file *m, void *unused)
+{
+	struct kt_edge *copy;
+	u64 made, first, n;
+
+	copy = kmalloc_array(KT_EDGE_RECORDS, sizeof(*copy), GFP_KERNEL);
+	if (!copy)
+		return -ENOMEM;
+	/* Printing under the lock that hard IRQs record with would stall them. */
+	made = kt_rate_limit_edges(copy);
+	first = made > KT_EDGE_RECORDS ? made - KT_EDGE_RECORDS : 0;
+	for (n = first; n < made; n++) {
+		const struct kt_edge *e = &copy[n % KT_EDGE_RECORDS];
+
+		seq_printf(m, "cpu %u interrupt %ld margin_ns %lld within_burst %d\n",
+			   e->cpu, e->interrupt, e->margin_ns, e->within_burst);
+	}
+	seq_printf(m, "overflow %llu\n", first);
+	kfree(copy);
+	return 0;
+}
+
 DEFINE_SHOW_ATTRIBUTE(kt_rate_limit_edges);
 
 /* device/hold_acks, device/stats; private_data is the kt_rings */
