@@ -17,7 +17,9 @@
  * uevent), and the register file freed.
  */
 
+#include <linux/compiler.h>
 #include <linux/init.h>
+#include <linux/kstrtox.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 
@@ -31,9 +33,24 @@ unsigned int kt_rate_limit_edge_ms;
 unsigned int kt_rate_limit_burst_edge_ms;
 unsigned int kt_tjmax = 100;
 
+/*
+ * param_set_uint_minmax(), but with WRITE_ONCE: the handler reads these in
+ * hard IRQ on any CPU, without kernel_param_lock.
+ */
 static int kt_rate_limit_set(const char *val, const struct kernel_param *kp)
 {
-	return param_set_uint_minmax(val, kp, 0, KT_RATE_LIMIT_MAX_MS);
+	unsigned int ms;
+	int ret;
+
+	if (!val)
+		return -EINVAL;
+	ret = kstrtouint(val, 0, &ms);
+	if (ret)
+		return ret;
+	if (ms > KT_RATE_LIMIT_MAX_MS)
+		return -EINVAL;
+	WRITE_ONCE(*(unsigned int *)kp->arg, ms);
+	return 0;
 }
 
 static const struct kernel_param_ops kt_rate_limit_ops = {

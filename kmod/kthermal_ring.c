@@ -43,6 +43,7 @@
 #include <linux/errno.h>
 #include <linux/hrtimer.h>
 #include <linux/io.h>
+#include <linux/lockdep.h>
 #include <linux/minmax.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
@@ -152,14 +153,16 @@ struct kt_rings {
 /* Set while rings are served: kt_ring_ack() gets no device argument. */
 static struct kt_rings *kt_ring_bound;
 
+/* WRITE_ONCE: the stats file reads the counters without v->lock. */
 static void kt_vec_inc(struct kt_vec *v, enum kt_vec_stat idx)
 {
+	lockdep_assert_held(&v->lock);
 	WRITE_ONCE(v->stat[idx], v->stat[idx] + 1);
 }
 
-/* r->ack_lock held. */
 static void kt_ring_publish(struct kt_rings *r, struct kt_vec *v)
 {
+	lockdep_assert_held(&r->ack_lock);
 	/*
 	 * An acknowledged entry whose messages were dropped must not look
 	 * delivered: the count goes out with the ack.
@@ -177,7 +180,7 @@ static void kt_ring_publish(struct kt_rings *r, struct kt_vec *v)
  */
 static void kt_ring_ack(unsigned int cpu, u64 seq)
 {
-	struct kt_rings *r = kt_ring_bound;
+	struct kt_rings *r = READ_ONCE(kt_ring_bound);
 	unsigned long flags;
 	struct kt_vec *v;
 
@@ -202,6 +205,7 @@ static void kt_ring_reject(struct kt_vec *v, u64 seq, int err,
 {
 	struct ks_cpu *ring = v->ring;
 
+	lockdep_assert_held(&v->lock);
 	kt_vec_inc(v, why);
 	kt_vec_inc(v, KT_VS_REJECTED);
 	WRITE_ONCE(ring->rejected_seq, seq);
@@ -212,9 +216,14 @@ static void kt_ring_reject(struct kt_vec *v, u64 seq, int err,
 	kt_thermal_defer_done(kt_ring_ack, v->cpu, seq);
 }
 
-/* v->lock held, as in every function down to kt_ring_irq(). */
+/*
+ * Everything from here down to kt_ring_irq() and kt_ring_timer() runs
+ * under v->lock: the device handler and the timer of a vector both
+ * consume its ring.
+ */
 static bool kt_ring_firing(const struct kt_vec *v)
 {
+	lockdep_assert_held(&v->lock);
 	return v->burst.fired < v->burst.repeat;
 }
 
@@ -233,6 +242,7 @@ static void kt_ring_fire(struct kt_vec *v, unsigned int *budget)
 	bool last;
 	u64 now;
 
+	lockdep_assert_held(&v->lock);
 	while (kt_ring_firing(v) && *budget) {
 		if (b->fired && ktime_before(ktime_get(), kt_ring_due(b)))
 			return;
@@ -276,6 +286,7 @@ static void kt_ring_entry(struct kt_vec *v, const struct ks_entry *slot,
 	u32 interval_ns = READ_ONCE(slot->interval_ns);
 	int ret;
 
+	lockdep_assert_held(&v->lock);
 	kt_vec_inc(v, KT_VS_ENTRIES);
 
 	/* acked_seq must only grow, or the host would lose track. */
@@ -332,6 +343,7 @@ static bool kt_ring_pending(struct kt_vec *v)
 	/* Pairs with the host's release: entries up to head are written. */
 	u32 head = smp_load_acquire(&ring->head);
 
+	lockdep_assert_held(&v->lock);
 	if (head - v->tail > KS_RING_ENTRIES) {
 		kt_vec_inc(v, KT_VS_RING_CORRUPT);
 		v->tail = head;
@@ -353,6 +365,7 @@ static bool kt_ring_run(struct kt_vec *v, ktime_t *next)
 	unsigned int budget = KT_RING_BUDGET;
 	bool more;
 
+	lockdep_assert_held(&v->lock);
 	for (;;) {
 		kt_ring_fire(v, &budget);
 		more = kt_ring_firing(v) || kt_ring_pending(v);
@@ -596,7 +609,8 @@ void kt_ring_set_hold_acks(struct kt_rings *r, bool hold)
 	unsigned int i;
 
 	raw_spin_lock_irqsave(&r->ack_lock, flags);
-	r->hold_acks = hold;
+	/* kt_ring_hold_acks() reads it without the lock. */
+	WRITE_ONCE(r->hold_acks, hold);
 	for (i = 0; i < r->nr_vecs; i++) {
 		if (!hold && r->vecs[i].ack_held) {
 			r->vecs[i].ack_held = false;
