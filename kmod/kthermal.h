@@ -222,6 +222,7 @@ enum kt_vec_stat {
 	KT_VS_INTERRUPTS,
 	KT_VS_ENTRIES,
 	KT_VS_FIRINGS,
+	KT_VS_BARE,
 	KT_VS_REJECTED,
 	KT_VS_BAD_SEQ,
 	KT_VS_MISDELIVERED,
@@ -247,6 +248,8 @@ u64 kt_ring_stat(const struct kt_rings *r, unsigned int cpu,
 void kt_ring_acks(struct kt_rings *r, u64 *acks, u64 *acks_held);
 bool kt_ring_hold_acks(const struct kt_rings *r);
 void kt_ring_set_hold_acks(struct kt_rings *r, bool hold);
+bool kt_ring_bare(const struct kt_rings *r);
+void kt_ring_set_bare(struct kt_rings *r, bool bare);
 
 /* kthermal_debugfs.c */
 void kt_debugfs_init(void);

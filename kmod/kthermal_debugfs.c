@@ -74,8 +74,11 @@ static const char kt_readme[] =
 "Sensor device (ivshmem-doorbell 1af4:1110), device/ while one is bound:\n"
 "  hold_acks  \"1\": acks are recorded, neither published nor rung;\n"
 "             \"0\": publish the latest held acks and ring; read \"%u\\n\"\n"
+"  bare       \"1\": the handler acknowledges each good entry at once,\n"
+"             with no register update, no handler run, no message;\n"
+"             \"0\": entries are fired as usual; read \"%u\\n\"\n"
 "  stats      \"name value\" lines: cpuN_interrupts, cpuN_entries,\n"
-"             cpuN_firings, cpuN_rejected, cpuN_bad_seq,\n"
+"             cpuN_firings, cpuN_bare, cpuN_rejected, cpuN_bad_seq,\n"
 "             cpuN_misdelivered, cpuN_bad_entry, cpuN_ring_corrupt for\n"
 "             each served CPU, then acks, acks_held, done_direct\n"
 "\n"
@@ -341,12 +344,13 @@ static int kt_rate_limit_edges_show(struct seq_file *m, void *unused)
 
 DEFINE_SHOW_ATTRIBUTE(kt_rate_limit_edges);
 
-/* device/hold_acks, device/stats; private_data is the kt_rings */
+/* device/hold_acks, device/bare, device/stats; private_data is the kt_rings */
 
 static const char * const kt_vec_stat_names[KT_VS_NR] = {
 	[KT_VS_INTERRUPTS]	= "interrupts",
 	[KT_VS_ENTRIES]		= "entries",
 	[KT_VS_FIRINGS]		= "firings",
+	[KT_VS_BARE]		= "bare",
 	[KT_VS_REJECTED]	= "rejected",
 	[KT_VS_BAD_SEQ]		= "bad_seq",
 	[KT_VS_MISDELIVERED]	= "misdelivered",
@@ -383,6 +387,38 @@ static const struct file_operations kt_hold_acks_fops = {
 	.open	= simple_open,
 	.read	= kt_hold_acks_read,
 	.write	= kt_hold_acks_write,
+	.llseek	= default_llseek,
+};
+
+static ssize_t kt_bare_read(struct file *file, char __user *ubuf,
+			    size_t count, loff_t *ppos)
+{
+	struct kt_rings *r = file->private_data;
+
+	return kt_read_text(ubuf, count, ppos, "%llu\n", kt_ring_bare(r));
+}
+
+static ssize_t kt_bare_write(struct file *file, const char __user *ubuf,
+			     size_t count, loff_t *ppos)
+{
+	struct kt_rings *r = file->private_data;
+	u64 bare;
+	int ret;
+
+	ret = kt_get_u64(ubuf, count, 10, &bare);
+	if (ret)
+		return ret;
+	if (bare > 1)
+		return -EINVAL;
+	kt_ring_set_bare(r, bare);
+	return count;
+}
+
+static const struct file_operations kt_bare_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_bare_read,
+	.write	= kt_bare_write,
 	.llseek	= default_llseek,
 };
 
@@ -518,6 +554,7 @@ void kt_debugfs_device_init(struct kt_rings *r)
 	kt_device_dir = debugfs_create_dir("device", kt_dir);
 	debugfs_create_file("hold_acks", 0600, kt_device_dir, r,
 			    &kt_hold_acks_fops);
+	debugfs_create_file("bare", 0600, kt_device_dir, r, &kt_bare_fops);
 	debugfs_create_file("stats", 0444, kt_device_dir, r,
 			    &kt_device_stats_fops);
 }

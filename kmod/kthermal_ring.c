@@ -30,6 +30,13 @@
  * and its seq and errno are published for the host; acked_seq never moves
  * back, so an entry refused for its seq acknowledges nothing new.
  *
+ * Bare (debugfs device/bare): the floor the host measures the full path
+ * against.  The handler takes each entry and acknowledges it at once, from
+ * hard IRQ: the same vector, ring and ack words, with neither the register
+ * file, nor kt_thermal_interrupt(), nor the workqueue.  The checks that
+ * refuse an entry stay.  Only an ack that would overtake one still queued
+ * (entries taken before the switch) goes through the workqueue instead.
+ *
  * Vector i must run on CPU i: an entry handled on another CPU is refused
  * with -EXDEV.
  *
@@ -37,6 +44,7 @@
  * completions find the rings through kt_ring_bound.
  */
 
+#include <linux/atomic.h>
 #include <linux/bug.h>
 #include <linux/device.h>
 #include <linux/err.h>
@@ -64,8 +72,9 @@ static_assert(KS_REG_PKG_THERM_STATUS == KT_REG_PKG_THERM_STATUS);
 #define KT_RING_DOORBELL_ACK	((KS_HOST_PEER << 16) | KS_ACK_VECTOR)
 
 /*
- * Interrupts (firings) plus refused entries in one run, the device
- * handler's or the timer's: as many as a full ring of plain entries.
+ * Interrupts (firings) plus refused and bare entries in one run, the
+ * device handler's or the timer's: as many as a full ring of plain
+ * entries.
  */
 #define KT_RING_BUDGET		KS_RING_ENTRIES
 
@@ -113,7 +122,9 @@ struct kt_burst {
  *	   pinned to @cpu, hard IRQ
  * @ack_seq: highest seq acknowledged (under the rings' ack_lock)
  * @ack_held: @ack_seq is held back by hold_acks (under ack_lock)
+ * @queued: completions of this ring in the workqueue, not yet run
  * @stat: counters (read locklessly by the stats file)
+ * @rings: the set the vector belongs to
  */
 struct kt_vec {
 	struct ks_cpu *ring;
@@ -126,7 +137,9 @@ struct kt_vec {
 	struct hrtimer timer;
 	u64 ack_seq;
 	bool ack_held;
+	atomic_t queued;
 	u64 stat[KT_VS_NR];
+	struct kt_rings *rings;
 };
 
 /**
@@ -137,6 +150,8 @@ struct kt_vec {
  * @hold_acks: acks are recorded but not published (under @ack_lock)
  * @acks: acknowledgements published, one doorbell each (under @ack_lock)
  * @acks_held: acknowledgements recorded while held (under @ack_lock)
+ * @bare: entries are acknowledged at once, unfired; read locklessly by
+ *	  the handlers
  * @nr_vecs: vectors, CPUs 0 .. @nr_vecs - 1
  * @vecs: per-vector state
  */
@@ -146,6 +161,7 @@ struct kt_rings {
 	bool hold_acks;
 	u64 acks;
 	u64 acks_held;
+	bool bare;
 	unsigned int nr_vecs;
 	struct kt_vec vecs[KS_MAX_CPUS];
 };
@@ -174,19 +190,10 @@ static void kt_ring_publish(struct kt_rings *r, struct kt_vec *v)
 	r->acks++;
 }
 
-/*
- * Completion of ring @cpu's entry @seq.  From the ordered workqueue, or
- * from hard IRQ if no marker work item could be allocated.
- */
-static void kt_ring_ack(unsigned int cpu, u64 seq)
+/* Every message of @v's entries up to @seq is out: tell the host. */
+static void kt_ring_ack_vec(struct kt_rings *r, struct kt_vec *v, u64 seq)
 {
-	struct kt_rings *r = READ_ONCE(kt_ring_bound);
 	unsigned long flags;
-	struct kt_vec *v;
-
-	if (WARN_ON_ONCE(!r || cpu >= r->nr_vecs))
-		return;
-	v = &r->vecs[cpu];
 
 	raw_spin_lock_irqsave(&r->ack_lock, flags);
 	if (seq > v->ack_seq)
@@ -200,8 +207,42 @@ static void kt_ring_ack(unsigned int cpu, u64 seq)
 	raw_spin_unlock_irqrestore(&r->ack_lock, flags);
 }
 
+/*
+ * Completion of ring @cpu's entry @seq through the workqueue: from the
+ * ordered workqueue, or from hard IRQ if no marker work item could be
+ * allocated.
+ */
+static void kt_ring_ack(unsigned int cpu, u64 seq)
+{
+	struct kt_rings *r = READ_ONCE(kt_ring_bound);
+	struct kt_vec *v;
+
+	if (WARN_ON_ONCE(!r || cpu >= r->nr_vecs))
+		return;
+	v = &r->vecs[cpu];
+	/* Its messages are out: a bare ack behind it may go at once now. */
+	atomic_dec(&v->queued);
+	kt_ring_ack_vec(r, v, seq);
+}
+
+/*
+ * Acknowledge entry @seq once every message queued before it is out:
+ * through the workqueue, or at once if @bare and nothing of the ring is
+ * queued, as the acks must stay in ring order.
+ */
+static void kt_ring_complete(struct kt_vec *v, u64 seq, bool bare)
+{
+	lockdep_assert_held(&v->lock);
+	if (bare && !atomic_read(&v->queued)) {
+		kt_ring_ack_vec(v->rings, v, seq);
+		return;
+	}
+	atomic_inc(&v->queued);
+	kt_thermal_defer_done(kt_ring_ack, v->cpu, seq);
+}
+
 static void kt_ring_reject(struct kt_vec *v, u64 seq, int err,
-			   enum kt_vec_stat why)
+			   enum kt_vec_stat why, bool bare)
 {
 	struct ks_cpu *ring = v->ring;
 
@@ -212,8 +253,7 @@ static void kt_ring_reject(struct kt_vec *v, u64 seq, int err,
 	WRITE_ONCE(ring->rejected_errno, -err);
 	/* The count publishes the pair above for a host that polls it. */
 	smp_store_release(&ring->rejected, v->stat[KT_VS_REJECTED]);
-	/* Its ack must not overtake the acks of earlier entries. */
-	kt_thermal_defer_done(kt_ring_ack, v->cpu, seq);
+	kt_ring_complete(v, seq, bare);
 }
 
 /*
@@ -249,7 +289,8 @@ static void kt_ring_fire(struct kt_vec *v, unsigned int *budget)
 		/* Only hotplug moves the timer (unsupported): refuse the rest. */
 		if (smp_processor_id() != v->cpu) {
 			b->fired = b->repeat;
-			kt_ring_reject(v, b->seq, -EXDEV, KT_VS_MISDELIVERED);
+			kt_ring_reject(v, b->seq, -EXDEV, KT_VS_MISDELIVERED,
+				       false);
 			return;
 		}
 		/*
@@ -262,6 +303,8 @@ static void kt_ring_fire(struct kt_vec *v, unsigned int *budget)
 		(*budget)--;
 		kt_vec_inc(v, KT_VS_FIRINGS);
 		last = !kt_ring_firing(v);
+		if (last)
+			atomic_inc(&v->queued);
 		now = kt_thermal_interrupt(last ? kt_ring_ack : NULL, b->seq,
 					   b->repeat > 1 ? b->seq : 0);
 		/*
@@ -274,9 +317,12 @@ static void kt_ring_fire(struct kt_vec *v, unsigned int *budget)
 	}
 }
 
-/* Check the entry at the tail; if it is good, it is v->burst from now on. */
+/*
+ * Check the entry at the tail; if it is good, it is v->burst from now on,
+ * or, @bare, acknowledged at once.
+ */
 static void kt_ring_entry(struct kt_vec *v, const struct ks_entry *slot,
-			  unsigned int *budget)
+			  bool bare, unsigned int *budget)
 {
 	u64 seq = READ_ONCE(slot->seq);
 	u32 cpu = READ_ONCE(slot->cpu);
@@ -291,21 +337,36 @@ static void kt_ring_entry(struct kt_vec *v, const struct ks_entry *slot,
 
 	/* acked_seq must only grow, or the host would lose track. */
 	if (!seq || seq <= v->last_seq) {
-		kt_ring_reject(v, seq, -EINVAL, KT_VS_BAD_SEQ);
-		goto refused;
+		kt_ring_reject(v, seq, -EINVAL, KT_VS_BAD_SEQ, bare);
+		goto unfired;
 	}
 	v->last_seq = seq;
 
 	/* The handler reports on the CPU it runs on, not on entry.cpu. */
 	if (cpu != v->cpu || smp_processor_id() != v->cpu) {
-		kt_ring_reject(v, seq, -EXDEV, KT_VS_MISDELIVERED);
-		goto refused;
+		kt_ring_reject(v, seq, -EXDEV, KT_VS_MISDELIVERED, bare);
+		goto unfired;
 	}
 
 	if (!repeat || repeat > KS_MAX_REPEAT ||
 	    interval_ns > KS_MAX_INTERVAL_NS) {
-		kt_ring_reject(v, seq, -EINVAL, KT_VS_BAD_ENTRY);
-		goto refused;
+		kt_ring_reject(v, seq, -EINVAL, KT_VS_BAD_ENTRY, bare);
+		goto unfired;
+	}
+
+	/*
+	 * Bare, the register file is left alone, so only the image is
+	 * checked: with no slot claimed, none can be missing.
+	 */
+	if (bare) {
+		ret = kt_regs_hw_check(reg, value);
+		if (ret) {
+			kt_ring_reject(v, seq, ret, KT_VS_BAD_ENTRY, true);
+			goto unfired;
+		}
+		kt_vec_inc(v, KT_VS_BARE);
+		kt_ring_complete(v, seq, true);
+		goto unfired;
 	}
 
 	/*
@@ -316,8 +377,8 @@ static void kt_ring_entry(struct kt_vec *v, const struct ks_entry *slot,
 	 */
 	ret = kt_regs_hw_set(v->cpu, reg, value);
 	if (ret) {
-		kt_ring_reject(v, seq, ret, KT_VS_BAD_ENTRY);
-		goto refused;
+		kt_ring_reject(v, seq, ret, KT_VS_BAD_ENTRY, false);
+		goto unfired;
 	}
 
 	v->burst = (struct kt_burst) {
@@ -329,7 +390,8 @@ static void kt_ring_entry(struct kt_vec *v, const struct ks_entry *slot,
 	};
 	return;
 
-refused:
+unfired:
+	/* No firing counts it: it costs one of the budget here. */
 	(*budget)--;
 }
 
@@ -372,7 +434,7 @@ static bool kt_ring_run(struct kt_vec *v, ktime_t *next)
 		if (!more || !budget || kt_ring_firing(v))
 			break;
 		kt_ring_entry(v, &v->ring->ring[v->tail % KS_RING_ENTRIES],
-			      &budget);
+			      READ_ONCE(v->rings->bare), &budget);
 		v->tail++;
 		/* The slot was copied: the host may overwrite it. */
 		smp_store_release(&v->ring->tail, v->tail);
@@ -475,6 +537,7 @@ struct kt_rings *kt_ring_create(struct device *dev, void __iomem *doorbell,
 	for (i = 0; i < KS_MAX_CPUS; i++) {
 		struct kt_vec *v = &r->vecs[i];
 
+		v->rings = r;
 		v->ring = &region->cpus[i];
 		v->cpu = i;
 		v->tail = kt_ring_reset(v->ring, i);
@@ -618,4 +681,30 @@ void kt_ring_set_hold_acks(struct kt_rings *r, bool hold)
 		}
 	}
 	raw_spin_unlock_irqrestore(&r->ack_lock, flags);
+}
+
+/**
+ * kt_ring_bare() - whether entries are acknowledged bare
+ * @r: the rings
+ *
+ * Return: the bare switch.
+ */
+bool kt_ring_bare(const struct kt_rings *r)
+{
+	return READ_ONCE(r->bare);
+}
+
+/**
+ * kt_ring_set_bare() - acknowledge entries at once, or fire them again
+ * @r: the rings
+ * @bare: true: from the next entry taken on, each good entry is
+ *	  acknowledged at once by the handler, with no firing and no
+ *	  message; false: entries are fired and acknowledged as usual
+ *
+ * Return: nothing.
+ */
+void kt_ring_set_bare(struct kt_rings *r, bool bare)
+{
+	/* The handlers read it without a lock, per entry. */
+	WRITE_ONCE(r->bare, bare);
 }
