@@ -16,11 +16,13 @@
  *   kthermal_inject.c  debugfs-driven injection: apply a state on the target
  *                      CPU, raise the interrupt there through an irq_work,
  *                      wait for the fence.
- *   kthermal_pci.c     the sensor device the host emulates: ivshmem-doorbell
- *                      (include/kevent_sensor.h), MSI-X vector i is CPU i's
- *                      thermal interrupt, a ring of register images per CPU,
- *                      timed entries fired from a per-vector hrtimer.
- *   kthermal_debugfs.c the debugfs files.
+ *   kthermal_pci.c     the driver of the sensor device the host emulates:
+ *                      ivshmem-doorbell (include/kevent_sensor.h), MSI-X
+ *                      vector i pinned to CPU i as its thermal interrupt.
+ *   kthermal_ring.c    the consumer of that device's rings of register
+ *                      images, one per CPU: entry checks, firings (timed
+ *                      entries from a per-vector hrtimer), acks.
+ *   kthermal_debugfs.c every debugfs file, device/ included.
  *   kthermal_sysfs.c   the per-CPU counter attributes.
  *
  * Both interrupt sources do the same, in hard IRQ on the target CPU:
@@ -40,6 +42,7 @@
 
 #include <linux/atomic.h>
 #include <linux/bits.h>
+#include <linux/irqreturn.h>
 #include <linux/percpu.h>
 #include <linux/types.h>
 
@@ -179,8 +182,27 @@ void kt_irq_flush(void);
 long kt_uevents_pending(void);
 long kt_messages_lost(unsigned int cpu);
 u64 kt_done_direct(void);
-struct seq_file;
-int kt_rate_limit_edges_show(struct seq_file *m, void *unused);
+
+/* Rate-limit edge records kept, the newest ones. */
+#define KT_EDGE_RECORDS		64
+
+/**
+ * struct kt_edge - a rate-limit decision close to the window's edge
+ * @interrupt: the CPU's "interrupts" counter for this interrupt
+ * @margin_ns: time since the last handled interrupt minus the window;
+ *	       negative: rate-limited
+ * @cpu: the CPU that took the interrupt
+ * @within_burst: this and the last handled interrupt on @cpu were firings
+ *		  of the same timed device entry
+ */
+struct kt_edge {
+	long interrupt;
+	s64 margin_ns;
+	unsigned int cpu;
+	bool within_burst;
+};
+
+u64 kt_rate_limit_edges(struct kt_edge *copy);
 
 /* kthermal_inject.c */
 void kt_inject_init(void);
@@ -193,14 +215,47 @@ u64 kt_fence_timeouts(void);
 int kt_pci_init(void);
 void kt_pci_exit(void);
 
-/* kthermal_debugfs.c */
-struct dentry;
+/* kthermal_ring.c */
 
+/* Per-vector counters, in the order of device/stats. */
+enum kt_vec_stat {
+	KT_VS_INTERRUPTS,
+	KT_VS_ENTRIES,
+	KT_VS_FIRINGS,
+	KT_VS_BARE,
+	KT_VS_REJECTED,
+	KT_VS_BAD_SEQ,
+	KT_VS_MISDELIVERED,
+	KT_VS_BAD_ENTRY,
+	KT_VS_RING_CORRUPT,
+	KT_VS_NR,
+};
+
+struct device;
+struct ks_region;
+struct kt_rings;
+struct kt_vec;
+
+struct kt_rings *kt_ring_create(struct device *dev, void __iomem *doorbell,
+				struct ks_region *region, unsigned int n);
+struct kt_vec *kt_ring_vec(struct kt_rings *r, unsigned int cpu);
+irqreturn_t kt_ring_irq(int irq, void *data);
+void kt_ring_stop(struct kt_rings *r);
+void kt_ring_destroy(struct kt_rings *r);
+unsigned int kt_ring_nr(const struct kt_rings *r);
+u64 kt_ring_stat(const struct kt_rings *r, unsigned int cpu,
+		 enum kt_vec_stat idx);
+void kt_ring_acks(struct kt_rings *r, u64 *acks, u64 *acks_held);
+bool kt_ring_hold_acks(const struct kt_rings *r);
+void kt_ring_set_hold_acks(struct kt_rings *r, bool hold);
+bool kt_ring_bare(const struct kt_rings *r);
+void kt_ring_set_bare(struct kt_rings *r, bool bare);
+
+/* kthermal_debugfs.c */
 void kt_debugfs_init(void);
 void kt_debugfs_exit(void);
-struct dentry *kt_debugfs_root(void);
-int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
-	       u64 *val);
+void kt_debugfs_device_init(struct kt_rings *r);
+void kt_debugfs_device_exit(void);
 
 /* kthermal_sysfs.c */
 int kt_sysfs_init(void);

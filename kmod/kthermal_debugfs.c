@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * kevent_thermal: in-guest injection interface of kevent_thermal.ko
+ * kevent_thermal: every debugfs file of kevent_thermal.ko
  *
- * mce-inject style, in /sys/kernel/debug/kevent_thermal/; see kt_readme
+ * In /sys/kernel/debug/kevent_thermal/: the in-guest injection interface,
+ * mce-inject style, the software view of the registers, the handler's
+ * records, and device/ while a sensor device is bound.  See kt_readme
  * below (also the file README) for the interface.  Invalid input of any
- * kind gives -EINVAL and changes nothing.
+ * kind gives -EINVAL and changes nothing.  The files only parse and
+ * print: what they show and change belongs to the other files, through
+ * kthermal.h.
  */
 
 #include <linux/cpumask.h>
@@ -16,6 +20,7 @@
 #include <linux/kstrtox.h>
 #include <linux/mutex.h>
 #include <linux/seq_file.h>
+#include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
@@ -69,8 +74,11 @@ static const char kt_readme[] =
 "Sensor device (ivshmem-doorbell 1af4:1110), device/ while one is bound:\n"
 "  hold_acks  \"1\": acks are recorded, neither published nor rung;\n"
 "             \"0\": publish the latest held acks and ring; read \"%u\\n\"\n"
+"  bare       \"1\": the handler acknowledges each good entry at once,\n"
+"             with no register update, no handler run, no message;\n"
+"             \"0\": entries are fired as usual; read \"%u\\n\"\n"
 "  stats      \"name value\" lines: cpuN_interrupts, cpuN_entries,\n"
-"             cpuN_firings, cpuN_rejected, cpuN_bad_seq,\n"
+"             cpuN_firings, cpuN_bare, cpuN_rejected, cpuN_bad_seq,\n"
 "             cpuN_misdelivered, cpuN_bad_entry, cpuN_ring_corrupt for\n"
 "             each served CPU, then acks, acks_held, done_direct\n"
 "\n"
@@ -80,6 +88,7 @@ static const char kt_readme[] =
 "nothing is changed then.\n";
 
 static struct dentry *kt_dir;
+static struct dentry *kt_device_dir;
 
 /* Staged injection, mce-inject style. */
 static DEFINE_MUTEX(kt_stage_lock);
@@ -125,20 +134,13 @@ static char *kt_token(char **s)
 	return t;
 }
 
-/**
- * kt_get_u64() - parse a debugfs write of one number
- * @ubuf: the write's buffer
- * @count: the write's length, below KT_LINE_MAX (64) bytes
- * @base: as for kstrtou64(): 10, 16 (0x optional), or 0
- * @val: the number
- *
- * The number may be surrounded by whitespace (a trailing newline, say).
- *
- * Return: 0, -EINVAL for an empty or too long write, a write with a NUL
- * byte anywhere, or not a number, or -EFAULT.
+/*
+ * One number, below KT_LINE_MAX bytes with whitespace around it (a
+ * trailing newline, say); @base as for kstrtou64().  -EINVAL for an empty
+ * or too long write, a NUL byte anywhere, or not a number.
  */
-int kt_get_u64(const char __user *ubuf, size_t count, unsigned int base,
-	       u64 *val)
+static int kt_get_u64(const char __user *ubuf, size_t count,
+		      unsigned int base, u64 *val)
 {
 	char buf[KT_LINE_MAX], *line;
 	int ret;
@@ -316,8 +318,127 @@ static int kt_stats_show(struct seq_file *m, void *unused)
 
 DEFINE_SHOW_ATTRIBUTE(kt_stats);
 
-/* kt_rate_limit_edges_show() is with the handler that records them. */
+/* rate_limit_edges: oldest first, then how many were overwritten */
+
+static int kt_rate_limit_edges_show(struct seq_file *m, void *unused)
+{
+	struct kt_edge *copy;
+	u64 made, first, n;
+
+	copy = kmalloc_array(KT_EDGE_RECORDS, sizeof(*copy), GFP_KERNEL);
+	if (!copy)
+		return -ENOMEM;
+	/* Printing under the lock that hard IRQs record with would stall them. */
+	made = kt_rate_limit_edges(copy);
+	first = made > KT_EDGE_RECORDS ? made - KT_EDGE_RECORDS : 0;
+	for (n = first; n < made; n++) {
+		const struct kt_edge *e = &copy[n % KT_EDGE_RECORDS];
+
+		seq_printf(m, "cpu %u interrupt %ld margin_ns %lld within_burst %d\n",
+			   e->cpu, e->interrupt, e->margin_ns, e->within_burst);
+	}
+	seq_printf(m, "overflow %llu\n", first);
+	kfree(copy);
+	return 0;
+}
+
 DEFINE_SHOW_ATTRIBUTE(kt_rate_limit_edges);
+
+/* device/hold_acks, device/bare, device/stats; private_data is the kt_rings */
+
+static const char * const kt_vec_stat_names[KT_VS_NR] = {
+	[KT_VS_INTERRUPTS]	= "interrupts",
+	[KT_VS_ENTRIES]		= "entries",
+	[KT_VS_FIRINGS]		= "firings",
+	[KT_VS_BARE]		= "bare",
+	[KT_VS_REJECTED]	= "rejected",
+	[KT_VS_BAD_SEQ]		= "bad_seq",
+	[KT_VS_MISDELIVERED]	= "misdelivered",
+	[KT_VS_BAD_ENTRY]	= "bad_entry",
+	[KT_VS_RING_CORRUPT]	= "ring_corrupt",
+};
+
+static ssize_t kt_hold_acks_read(struct file *file, char __user *ubuf,
+				 size_t count, loff_t *ppos)
+{
+	struct kt_rings *r = file->private_data;
+
+	return kt_read_text(ubuf, count, ppos, "%llu\n", kt_ring_hold_acks(r));
+}
+
+static ssize_t kt_hold_acks_write(struct file *file, const char __user *ubuf,
+				  size_t count, loff_t *ppos)
+{
+	struct kt_rings *r = file->private_data;
+	u64 hold;
+	int ret;
+
+	ret = kt_get_u64(ubuf, count, 10, &hold);
+	if (ret)
+		return ret;
+	if (hold > 1)
+		return -EINVAL;
+	kt_ring_set_hold_acks(r, hold);
+	return count;
+}
+
+static const struct file_operations kt_hold_acks_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_hold_acks_read,
+	.write	= kt_hold_acks_write,
+	.llseek	= default_llseek,
+};
+
+static ssize_t kt_bare_read(struct file *file, char __user *ubuf,
+			    size_t count, loff_t *ppos)
+{
+	struct kt_rings *r = file->private_data;
+
+	return kt_read_text(ubuf, count, ppos, "%llu\n", kt_ring_bare(r));
+}
+
+static ssize_t kt_bare_write(struct file *file, const char __user *ubuf,
+			     size_t count, loff_t *ppos)
+{
+	struct kt_rings *r = file->private_data;
+	u64 bare;
+	int ret;
+
+	ret = kt_get_u64(ubuf, count, 10, &bare);
+	if (ret)
+		return ret;
+	if (bare > 1)
+		return -EINVAL;
+	kt_ring_set_bare(r, bare);
+	return count;
+}
+
+static const struct file_operations kt_bare_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.read	= kt_bare_read,
+	.write	= kt_bare_write,
+	.llseek	= default_llseek,
+};
+
+static int kt_device_stats_show(struct seq_file *m, void *unused)
+{
+	struct kt_rings *r = m->private;
+	u64 acks, acks_held;
+	unsigned int i, s;
+
+	for (i = 0; i < kt_ring_nr(r); i++)
+		for (s = 0; s < KT_VS_NR; s++)
+			seq_printf(m, "cpu%u_%s %llu\n", i,
+				   kt_vec_stat_names[s], kt_ring_stat(r, i, s));
+	kt_ring_acks(r, &acks, &acks_held);
+	seq_printf(m, "acks %llu\nacks_held %llu\ndone_direct %llu\n",
+		   acks, acks_held, kt_done_direct());
+	return 0;
+}
+
+DEFINE_SHOW_ATTRIBUTE(kt_device_stats);
 
 /*
  * cpuN/therm_status, cpuN/pkg_therm_status, cpuN/temperature_target;
@@ -423,13 +544,33 @@ void kt_debugfs_init(void)
 }
 
 /**
- * kt_debugfs_root() - /sys/kernel/debug/kevent_thermal/, for the device files
+ * kt_debugfs_device_init() - create device/ for a bound sensor device
+ * @r: its rings
  *
- * Return: the directory's dentry (an error pointer if debugfs is off).
+ * Return: nothing.
  */
-struct dentry *kt_debugfs_root(void)
+void kt_debugfs_device_init(struct kt_rings *r)
 {
-	return kt_dir;
+	kt_device_dir = debugfs_create_dir("device", kt_dir);
+	debugfs_create_file("hold_acks", 0600, kt_device_dir, r,
+			    &kt_hold_acks_fops);
+	debugfs_create_file("bare", 0600, kt_device_dir, r, &kt_bare_fops);
+	debugfs_create_file("stats", 0444, kt_device_dir, r,
+			    &kt_device_stats_fops);
+}
+
+/**
+ * kt_debugfs_device_exit() - remove device/
+ *
+ * Waits for readers and writers still inside its files: after this none
+ * uses the rings.
+ *
+ * Return: nothing.
+ */
+void kt_debugfs_device_exit(void)
+{
+	debugfs_remove_recursive(kt_device_dir);
+	kt_device_dir = NULL;
 }
 
 /**

@@ -55,10 +55,10 @@
 #include <linux/lockdep.h>
 #include <linux/printk.h>
 #include <linux/ratelimit.h>
-#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/spinlock.h>
+#include <linux/string.h>
 #include <linux/time64.h>
 #include <linux/timekeeping.h>
 #include <linux/topology.h>
@@ -72,9 +72,6 @@
 
 /* Bound on uevents queued and not yet sent. */
 #define KT_UEVENT_MAX_PENDING	16384
-
-/* Rate-limit edge records kept, the latest ones. */
-#define KT_EDGE_RECORDS		64
 
 const struct kt_event_desc kt_events[KT_EV_NR] = {
 	[KT_EV_PROCHOT]		= { KT_OBJ "temperature", KT_STATUS_PROCHOT, false },
@@ -96,22 +93,6 @@ DEFINE_PER_CPU(struct kt_cpu_state, kt_cpu_state);
 static struct workqueue_struct *kt_wq;
 static atomic_t kt_uevent_pending;
 static atomic64_t kt_stat_done_direct;
-
-/**
- * struct kt_edge - a rate-limit decision close to the window's edge
- * @interrupt: the CPU's "interrupts" counter for this interrupt
- * @margin_ns: time since the last handled interrupt minus the window;
- *	       negative: rate-limited
- * @cpu: the CPU that took the interrupt
- * @within_burst: this and the last handled interrupt on @cpu were firings
- *		  of the same timed device entry
- */
-struct kt_edge {
-	long interrupt;
-	s64 margin_ns;
-	unsigned int cpu;
-	bool within_burst;
-};
 
 /* A ring: record n is in slot n % KT_EDGE_RECORDS; raw, from hard IRQ. */
 static DEFINE_RAW_SPINLOCK(kt_edge_lock);
@@ -329,40 +310,25 @@ static void kt_edge_record(int cpu, long interrupt, s64 margin_ns,
 }
 
 /**
- * kt_rate_limit_edges_show() - debugfs rate_limit_edges
- * @m: the seq_file
- * @unused: nothing
+ * kt_rate_limit_edges() - copy the rate-limit edge records
+ * @copy: room for KT_EDGE_RECORDS records
  *
- * The records still in the ring, oldest first, then how many were
- * overwritten.  Reading does not consume.
+ * Record n is copied to @copy[n % KT_EDGE_RECORDS], all under the lock
+ * the handler records with, so the caller can print them without it.
  *
- * Return: 0 or -ENOMEM.
+ * Return: the number of records made since the module was loaded; the
+ * newest KT_EDGE_RECORDS of them are in @copy.
  */
-int kt_rate_limit_edges_show(struct seq_file *m, void *unused)
+u64 kt_rate_limit_edges(struct kt_edge *copy)
 {
-	struct kt_edge *copy;
 	unsigned long flags;
-	u64 made, first, n;
+	u64 made;
 
-	copy = kmalloc_array(KT_EDGE_RECORDS, sizeof(*copy), GFP_KERNEL);
-	if (!copy)
-		return -ENOMEM;
-	/* Printing under a lock that hard IRQs spin on would stall them. */
 	raw_spin_lock_irqsave(&kt_edge_lock, flags);
 	made = kt_edges_made;
 	memcpy(copy, kt_edges, sizeof(kt_edges));
 	raw_spin_unlock_irqrestore(&kt_edge_lock, flags);
-
-	first = made > KT_EDGE_RECORDS ? made - KT_EDGE_RECORDS : 0;
-	for (n = first; n < made; n++) {
-		const struct kt_edge *e = &copy[n % KT_EDGE_RECORDS];
-
-		seq_printf(m, "cpu %u interrupt %ld margin_ns %lld within_burst %d\n",
-			   e->cpu, e->interrupt, e->margin_ns, e->within_burst);
-	}
-	seq_printf(m, "overflow %llu\n", first);
-	kfree(copy);
-	return 0;
+	return made;
 }
 
 /**

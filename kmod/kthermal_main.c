@@ -5,16 +5,21 @@
  * reporting through send_kmessage() (kmessage.ko) and KOBJ_CHANGE uevents
  * on the CPU devices.  See docs/events.md for the contract.
  *
- * Lifecycle: load resets the register file, creates the ordered workqueue,
- * the per-CPU sysfs counters and the debugfs interface, and registers the
- * sensor device driver last, because its probe may run at once and take
- * interrupts.  Unload unregisters the driver first (the device stops
- * interrupting, its acks drain), removes debugfs (waiting for an injection
- * in progress), syncs every CPU's irq_work, drains and destroys the
- * workqueue, removes the sysfs groups and frees the register file.
+ * Lifecycle: load resets the register file, creates the per-CPU sysfs
+ * counters, the ordered workqueue, the per-CPU irq_work of the injection
+ * path and the debugfs interface, and registers the sensor device driver
+ * last, because its probe may run at once and take interrupts.  Unload,
+ * and the unwinding of a failed load, are the exact reverse: the driver
+ * goes first (the device stops interrupting, its acks drain), then
+ * debugfs (waiting for an injection in progress), every CPU's irq_work
+ * is synced, the workqueue drained and destroyed, the sysfs groups
+ * removed (so each attribute a uevent's KEVENT_ATTR names outlives the
+ * uevent), and the register file freed.
  */
 
+#include <linux/compiler.h>
 #include <linux/init.h>
+#include <linux/kstrtox.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 
@@ -28,9 +33,24 @@ unsigned int kt_rate_limit_edge_ms;
 unsigned int kt_rate_limit_burst_edge_ms;
 unsigned int kt_tjmax = 100;
 
+/*
+ * param_set_uint_minmax(), but with WRITE_ONCE: the handler reads these in
+ * hard IRQ on any CPU, without kernel_param_lock.
+ */
 static int kt_rate_limit_set(const char *val, const struct kernel_param *kp)
 {
-	return param_set_uint_minmax(val, kp, 0, KT_RATE_LIMIT_MAX_MS);
+	unsigned int ms;
+	int ret;
+
+	if (!val)
+		return -EINVAL;
+	ret = kstrtouint(val, 0, &ms);
+	if (ret)
+		return ret;
+	if (ms > KT_RATE_LIMIT_MAX_MS)
+		return -EINVAL;
+	WRITE_ONCE(*(unsigned int *)kp->arg, ms);
+	return 0;
 }
 
 static const struct kernel_param_ops kt_rate_limit_ops = {
@@ -78,13 +98,13 @@ static int __init kt_init(void)
 	ret = kt_regs_init();
 	if (ret)
 		return ret;
-	ret = kt_irq_init();
-	if (ret)
-		goto err_regs;
-	kt_inject_init();
 	ret = kt_sysfs_init();
 	if (ret)
-		goto err_irq;
+		goto err_regs;
+	ret = kt_irq_init();
+	if (ret)
+		goto err_sysfs;
+	kt_inject_init();
 	kt_debugfs_init();
 	ret = kt_pci_init();
 	if (ret)
@@ -94,9 +114,9 @@ static int __init kt_init(void)
 err_debugfs:
 	kt_debugfs_exit();
 	kt_inject_exit();
-	kt_sysfs_exit();
-err_irq:
 	kt_irq_exit();
+err_sysfs:
+	kt_sysfs_exit();
 err_regs:
 	kt_regs_exit();
 	return ret;

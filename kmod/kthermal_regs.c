@@ -25,6 +25,7 @@
 
 #include <linux/cpumask.h>
 #include <linux/errno.h>
+#include <linux/lockdep.h>
 #include <linux/percpu.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -51,12 +52,13 @@ static DEFINE_PER_CPU(u64, kt_temperature_target);
 static struct kt_pkg_reg *kt_pkgs;	/* nr_cpu_ids slots */
 static DEFINE_RAW_SPINLOCK(kt_regs_lock);
 
-/* Find or claim the package slot of @cpu; kt_regs_lock held. */
+/* Find or claim the package slot of @cpu. */
 static struct kt_pkg_reg *kt_pkg_lookup(unsigned int cpu)
 {
 	int id = topology_physical_package_id(cpu);
 	unsigned int i;
 
+	lockdep_assert_held(&kt_regs_lock);
 	for (i = 0; i < nr_cpu_ids; i++) {
 		if (!kt_pkgs[i].used) {
 			kt_pkgs[i].used = true;
@@ -72,13 +74,14 @@ static struct kt_pkg_reg *kt_pkg_lookup(unsigned int cpu)
 }
 
 /*
- * The image of @reg as @cpu sees it; kt_regs_lock held.  NULL if @reg is
- * unknown or no package slot is left.
+ * The image of @reg as @cpu sees it, to be used under kt_regs_lock.  NULL
+ * if @reg is unknown or no package slot is left.
  */
 static u64 *kt_reg_img(unsigned int cpu, enum kt_reg reg)
 {
 	struct kt_pkg_reg *pkg;
 
+	lockdep_assert_held(&kt_regs_lock);
 	switch (reg) {
 	case KT_REG_THERM_STATUS:
 		return per_cpu_ptr(&kt_therm_status, cpu);

@@ -90,6 +90,7 @@ fn every_kind_of_invalid_debugfs_write_is_refused_and_changes_nothing() {
         format!("{DEBUGFS}/cpu0/therm_status"),
         format!("{DEBUGFS}/cpu1/therm_status"),
         format!("{DEBUGFS}/cpu1/pkg_therm_status"),
+        format!("{DEBUGFS}/device/bare"),
         "/sys/devices/system/cpu/cpu1/kevent_thermal/interrupts".to_owned(),
     ];
     let state = |m: &mut Machine| state_files.iter().map(|f| read(m, f)).collect::<Vec<_>>();
@@ -107,6 +108,8 @@ fn every_kind_of_invalid_debugfs_write_is_refused_and_changes_nothing() {
         ("trigger", "core 1"),
         ("cpu1/therm_status", "0x1"), // status bits are read-only
         ("cpu1/therm_status", "0x4000"),
+        ("device/bare", "2"), // a switch: 0 or 1
+        ("device/bare", "on"),
     ];
     for (file, data) in invalid {
         let outcome = write(&mut m, &format!("{DEBUGFS}/{file}"), data);
@@ -136,24 +139,28 @@ fn a_write_is_its_bytes_so_a_nul_anywhere_or_no_byte_at_all_is_refused() {
         format!("{device}/stats"),
         "/sys/devices/system/cpu/cpu0/kevent_thermal/interrupts".to_owned(),
         "/sys/devices/system/cpu/cpu1/kevent_thermal/interrupts".to_owned(),
+        format!("{device}/bare"),
     ];
     let state = |m: &mut Machine| state_files.iter().map(|f| read(m, f)).collect::<Vec<_>>();
     let before = state(&mut m);
-    assert_eq!((before[0].as_str(), before[6].as_str()), ("0\n", "0\n"), "the defaults");
+    assert_eq!((before[0].as_str(), before[6].as_str(), before[10].as_str()), ("0\n", "0\n", "0\n"), "the defaults");
     // The part before each NUL is valid on its own: read as a C string, the
-    // triggers would inject, cpu would stage CPU 1, hold_acks hold the acks.
+    // triggers would inject, cpu would stage CPU 1, hold_acks hold the acks,
+    // bare acknowledge without firing.
     let invalid = [
         ("trigger", "core 1 0x80000001\0junk"),
         ("trigger", "core 1 0x80000001\n\0"),
         ("trigger", "core\0"),
         ("cpu", "1\0junk"),
         ("device/hold_acks", "1\0junk"),
+        ("device/bare", "1\0junk"),
         ("therm_status", "0x80000001\0"),
         ("cpu1/therm_status", "0x80320000\0"),
         ("cpu1/pkg_therm_status", "\0"),
     ];
     // And a write of no bytes at all, to every writable file.
-    let empty = ["trigger", "cpu", "device/hold_acks", "therm_status", "pkg_therm_status", "cpu1/therm_status"];
+    let empty =
+        ["trigger", "cpu", "device/hold_acks", "device/bare", "therm_status", "pkg_therm_status", "cpu1/therm_status"];
     let cases = invalid.into_iter().chain(empty.into_iter().map(|file| (file, "")));
     for (file, data) in cases {
         let outcome = write(&mut m, &format!("{DEBUGFS}/{file}"), data);
