@@ -37,6 +37,10 @@ pub(super) struct ConsoleState {
 }
 
 /// QEMU and the threads that watch it; the agent channel once connected.
+/// How long the agent reader may take to deliver what QEMU's socket still
+/// held once QEMU has exited.
+const AGENT_DRAIN: Duration = Duration::from_secs(1);
+
 pub(super) struct Guest {
     pub(super) child: Child,
     pub(super) events: Receiver<Event>,
@@ -201,6 +205,11 @@ impl Guest {
                 if let Some(failure) = self.crash_failure() {
                     return Err(failure);
                 }
+                // The agent's last frame can still be on its way when the
+                // console closes: its own words explain the exit better.
+                if let Some(fatal) = self.agent_last_words() {
+                    return Err(fatal);
+                }
                 let status = status.map_or_else(|| "still running".to_owned(), |s| s.to_string());
                 if self.console.lock().unwrap().recent.is_empty() {
                     // QEMU connects its chardevs before it loads the kernel:
@@ -247,6 +256,32 @@ impl Guest {
             Event::AgentStarted(_) | Event::AgentClosed | Event::SensorAck => {}
         }
         Ok(())
+    }
+
+    /// After QEMU has gone: what the agent reader still had to deliver,
+    /// up to the end of the channel, and the agent's fatal error if it was
+    /// among it. Datagrams are kept.
+    fn agent_last_words(&mut self) -> Option<Failure> {
+        // The sender is handed to the agent reader when QEMU connects;
+        // before that, nothing more can come.
+        if self.sender.is_some() {
+            return None;
+        }
+        let deadline = Instant::now() + AGENT_DRAIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Agent(GuestMessage::Fatal { stage, errno, message })) => {
+                    return Some(Failure::AgentFatal { stage, errno, message, console_tail: self.console_tail() });
+                }
+                Ok(Event::Datagram(datagram, at)) => {
+                    self.captured.push(datagram);
+                    self.arrived.push(at);
+                }
+                Ok(Event::AgentClosed) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
     }
 
     /// A report has started: let it finish printing (or the guest die), then
