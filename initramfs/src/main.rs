@@ -22,6 +22,9 @@ use kevent_wire::{
 
 use crate::error::AgentError;
 
+/// Where tracefs is mounted, if the kernel has it.
+const TRACEFS: &str = kevent_wire::TRACEFS;
+
 /// virtio-console registers ports while the kernel boots, but the sysfs entry
 /// can trail PID 1's start by a little: wait this long at most.
 const PORT_WAIT: Duration = Duration::from_secs(5);
@@ -81,6 +84,14 @@ fn mount_kernel_filesystems() -> Result<(), AgentError> {
     for (source, target, fstype) in MOUNTS {
         sys::mount(source, target, fstype)
             .map_err(|e| AgentError::io(AgentStage::Mount, format_args!("mount {fstype} on {target}"), &e))?;
+    }
+    // Where the kernel has tracing: the host's traces (`run --trace`) and
+    // anyone's `exec` step find tracefs where the kernel documents it.
+    let filesystems = fs::read_to_string("/proc/filesystems")
+        .map_err(|e| AgentError::io(AgentStage::Mount, "read /proc/filesystems", &e))?;
+    if filesystems.lines().any(|l| l.split_whitespace().last() == Some("tracefs")) {
+        sys::mount("tracefs", TRACEFS, "tracefs")
+            .map_err(|e| AgentError::io(AgentStage::Mount, format_args!("mount tracefs on {TRACEFS}"), &e))?;
     }
     Ok(())
 }
