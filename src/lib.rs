@@ -12,6 +12,7 @@ pub mod cpio;
 pub mod events;
 pub mod failure;
 pub mod fingerprint;
+pub mod gdb;
 pub mod inject;
 pub mod json_lines;
 pub mod load;
@@ -25,6 +26,7 @@ pub mod sensor;
 pub mod snapshot;
 pub mod sources;
 pub mod thermal;
+pub mod trace;
 pub mod transcript;
 pub mod wait;
 
