@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure};
 use kevent_bench::inject::{Injected, Injection, Injector};
 use kevent_bench::sensor::Register;
+use kevent_bench::thermal;
 use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Command, Outcome};
 
@@ -25,8 +26,8 @@ use crate::flags::BenchRuns;
 
 /// PROCHOT on and off: each injection is a "high" or "normal", so each
 /// produces exactly one kmessage and one uevent.
-const PROCHOT_ON: u64 = 0x8000_0001;
-const PROCHOT_OFF: u64 = 0x8000_0000;
+const PROCHOT_ON: u64 = thermal::VALID | thermal::PROCHOT;
+const PROCHOT_OFF: u64 = thermal::VALID;
 /// Untimed injections per path first: TCG translates each handler's code
 /// on its first runs, hundreds of microseconds each.
 const WARM_UP: usize = 200;
