@@ -338,6 +338,9 @@ impl SensorDevice {
     }
 
     /// The errno the guest refused `published` with, once acknowledged.
+    /// The guest keeps only its newest refusal per CPU: a caller that
+    /// publishes several entries before it waits learns of earlier
+    /// refusals only through [`CpuStatus`]'s `rejected` count.
     pub fn rejection(&self, published: Published) -> Option<u32> {
         let status = self.status(published.cpu);
         (status.rejected_seq == published.seq).then_some(status.rejected_errno)

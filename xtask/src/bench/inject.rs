@@ -215,6 +215,11 @@ fn latency(
 /// and the in-flight limit pace them), from the first ring to the last
 /// event on the host, or to the last acknowledgement for the bare handler.
 fn device_burst(machine: &mut Machine, cpus: u32, bound: Duration) -> anyhow::Result<Rate> {
+    let refused = |machine: &Machine| -> u64 {
+        let device = machine.sensor().expect("the bench guest has the sensor device");
+        (0..cpus).map(|cpu| device.status(cpu).rejected).sum()
+    };
+    let refused_before = refused(machine);
     let started = Instant::now();
     let mut last = vec![None; cpus as usize];
     for k in 0..BURST {
@@ -227,6 +232,8 @@ fn device_burst(machine: &mut Machine, cpus: u32, bound: Duration) -> anyhow::Re
         ensure!(machine.wait_acked(published)?.is_none(), "the guest refused injection {}", published.seq);
     }
     let acked = started.elapsed();
+    // Only the newest refusal per CPU is named; the count covers them all.
+    ensure!(refused(machine) == refused_before, "the guest refused entries of the burst");
     let exchange = machine.fence(bound)?;
     let elapsed = exchange.arrived.last().map_or(acked, |at| *at - started);
     Ok(Rate { injections: BURST, datagrams: exchange.datagrams.len(), elapsed })
