@@ -130,5 +130,15 @@ mod tests {
             assert_eq!(value(define), format!("BIT_ULL({bit})"), "{define}");
             assert_eq!(bit_named(BITS[bit as usize].0), Some(bit));
         }
+        // The composed masks, as the header composes them.
+        assert_eq!(
+            value("KT_STATUS_MASK"),
+            "(KT_STATUS_PROCHOT | KT_STATUS_EXT_PROCHOT | KT_STATUS_CRITICAL | KT_STATUS_THRESHOLD1 | \
+             KT_STATUS_THRESHOLD2 | KT_STATUS_POWER_LIMIT)"
+        );
+        assert_eq!(STATUS_MASK, (0..6).map(|k| 1u64 << (2 * k)).fold(0, |m, b| m | b));
+        assert_eq!(value("KT_LOG_MASK"), "(KT_STATUS_MASK << 1)");
+        assert_eq!(value("KT_CORE_MASK"), "(KT_STATUS_MASK | KT_LOG_MASK | KT_READOUT_MASK | KT_VALID)");
+        assert_eq!(value("KT_PKG_MASK"), "(KT_STATUS_MASK | KT_LOG_MASK | KT_READOUT_MASK)");
     }
 }
