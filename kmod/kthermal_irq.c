@@ -407,7 +407,8 @@ u64 kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst)
 		kt_edge_record(ctx.cpu, interrupt, margin, within_burst);
 		if (margin < 0) {
 			atomic_long_inc(&ctx.st->cnt[KT_CNT_RATE_LIMITED]);
-			pr_debug("CPU%d: interrupt %ld rate-limited, %lld ns inside the %u ms window\n",
+			/* The seed's lines have no prefix; this one has. */
+			pr_debug(KBUILD_MODNAME ": CPU%d: interrupt %ld rate-limited, %lld ns inside the %u ms window\n",
 				 ctx.cpu, interrupt, -margin, rl);
 			goto out;
 		}

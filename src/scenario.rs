@@ -525,7 +525,9 @@ fn parse_trace(value: Spanned<toml::Value>, loc: &Locator<'_>) -> Result<Option<
                 match item {
                     toml::Value::String(event) => events.push(event),
                     other => {
-                        return Err(loc.error(&span, format!("trace: expected event names, found a {}", other.type_str())))
+                        return Err(
+                            loc.error(&span, format!("trace: expected event names, found a {}", other.type_str()))
+                        )
                     }
                 }
             }

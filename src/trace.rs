@@ -380,9 +380,10 @@ impl Session {
             return Ok(());
         }
         loop {
-            let chunk = match machine
-                .ask(Command::ReadChunk { path: tracefs("trace_pipe"), offset: 0, max: MAX_READ_BYTES as u32 }, self.bound)?
-            {
+            let chunk = match machine.ask(
+                Command::ReadChunk { path: tracefs("trace_pipe"), offset: 0, max: MAX_READ_BYTES as u32 },
+                self.bound,
+            )? {
                 Outcome::Data(data) => data,
                 Outcome::Error { message, .. } => return Err(Failure::Host { message: format!("tracefs: {message}") }),
                 other => return Err(Failure::protocol(format!("ReadChunk answered {other:?}"))),
@@ -448,6 +449,24 @@ impl Session {
         })
     }
 
+    /// [`Session::finish`], every request bounded by `bound`: for a run
+    /// that failed, whose guest may no longer answer.
+    pub fn finish_within(mut self, machine: &mut Machine, steps: usize, bound: Duration) -> Result<Summary, Failure> {
+        self.bound = bound;
+        let path = self.path.clone();
+        let result = self.finish(machine, steps);
+        if result.is_err() {
+            // What was drained before stays; say where it ends.
+            if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(&path) {
+                let _ = writeln!(
+                    file,
+                    "# kevent-bench: the run failed in step {steps}; the guest's buffer could not be read"
+                );
+            }
+        }
+        result
+    }
+
     fn append(&mut self, data: &[u8]) -> Result<(), Failure> {
         self.file.write_all(data).map_err(|e| Failure::io(format!("write {}", self.path.display()), e))?;
         self.bytes += data.len() as u64;
@@ -496,7 +515,8 @@ fn write(machine: &mut Machine, file: &str, data: &[u8], bound: Duration) -> Res
 pub fn read_all(machine: &mut Machine, path: &str, bound: Duration) -> Result<Result<String, (i32, String)>, Failure> {
     let mut data = Vec::new();
     loop {
-        let command = Command::ReadChunk { path: path.to_owned(), offset: data.len() as u64, max: MAX_READ_BYTES as u32 };
+        let command =
+            Command::ReadChunk { path: path.to_owned(), offset: data.len() as u64, max: MAX_READ_BYTES as u32 };
         match machine.ask(command, bound)? {
             Outcome::Data(chunk) if chunk.is_empty() => break,
             Outcome::Data(chunk) => data.extend_from_slice(&chunk),
@@ -532,8 +552,9 @@ mod tests {
 
     #[test]
     fn a_whole_system_is_switched_on_by_its_own_file_and_globs_event_by_event() {
-        let plan = plan(&request(&["irq:*", "*:thermal_*", "kmessage:kmessage_send", "irq:irq_handler_entry"]), AVAILABLE)
-            .unwrap();
+        let plan =
+            plan(&request(&["irq:*", "*:thermal_*", "kmessage:kmessage_send", "irq:irq_handler_entry"]), AVAILABLE)
+                .unwrap();
         assert_eq!(
             plan.enable,
             [

@@ -22,7 +22,6 @@ const TRIGGER: &str = "/sys/kernel/debug/kevent_thermal/trigger";
 /// How long a background program gets to exit after SIGTERM.
 const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 
-
 /// Programs started in the background, with their output collectors.
 #[derive(Default)]
 pub struct Background {

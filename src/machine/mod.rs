@@ -93,6 +93,10 @@ pub struct MachineConfig {
     /// QEMU's gdbstub, for a debugger (see [`crate::gdb`]): every wait is
     /// then suspended while the debugger holds the guest.
     pub gdb: Option<crate::gdb::GdbStub>,
+    /// Dynamic debug queries, on the kernel command line (see
+    /// [`crate::dyndbg`]); [`crate::runner::run`] refuses one that
+    /// selected nothing.
+    pub dyndbg: Vec<crate::dyndbg::Query>,
 }
 
 impl MachineConfig {
@@ -108,6 +112,7 @@ impl MachineConfig {
             sensor: true,
             timeouts: Timeouts::default(),
             gdb: None,
+            dyndbg: Vec::new(),
         })
     }
 }

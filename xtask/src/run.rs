@@ -8,10 +8,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
+use kevent_bench::dyndbg::Query;
 use kevent_bench::events;
+use kevent_bench::gdb::{self, Endpoint, GdbStub};
 use kevent_bench::json_lines;
 use kevent_bench::runner;
 use kevent_bench::scenario::Injector;
+use kevent_bench::trace;
 use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
 use kevent_bench::{scenario, Failure, MachineConfig};
 
@@ -21,19 +24,31 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
     let mut scenario = scenario::load(&flags.scenario)?;
     apply_overrides(&mut scenario, flags)?;
+    let dyndbg =
+        flags.dyndbg.iter().map(|q| Query::parse(q)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    let gdb = gdb_stub(flags)?;
     let artifacts = crate::build::run(&flags.build.resolve())?;
     scenario.check_params(&artifacts.module_parameters()?)?;
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
     let mut guest = scenario.guest(&artifacts);
+    guest.kernel_args.extend(flags.append.iter().cloned());
     if !flags.includes.is_empty() {
         guest.initramfs = initramfs_with(&artifacts.initramfs, &flags.includes, &run_dir)?;
     }
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;
+    config.dyndbg = dyndbg;
+    if let Some(stub) = gdb {
+        announce_gdb(&stub, &artifacts);
+        config.gdb = Some(stub);
+    }
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
     eprintln!("injector: {}", scenario.injector);
     eprintln!("console log: {}", run_dir.join("console.log").display());
+    if let Some(request) = &scenario.trace {
+        eprintln!("trace: {request} ({} from {})", trace::TRACE_FILE, request.origin);
+    }
     let started = Instant::now();
     let mut normaliser = events::Normaliser::default();
     let print = |line: serde_json::Value| println!("{line}");
@@ -87,6 +102,10 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             if flags.json {
                 print(json_lines::failure(failed_step, &failure.report(), failure.exit_code()));
             }
+            let trace_file = trace::trace_file(&run_dir);
+            if scenario.trace.is_some() && trace_file.exists() {
+                eprintln!("trace: up to the failure in {}", trace_file.display());
+            }
             return Err(failure.into());
         }
     };
@@ -112,6 +131,9 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             transcript.timing_flags_lost
         );
     }
+    for line in transcript.trace.iter().flat_map(trace::Summary::report) {
+        eprintln!("{line}");
+    }
     let totals = transcript.snapshot().totals;
     let elapsed = started.elapsed();
     if flags.json {
@@ -130,6 +152,39 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--gdb` and `--gdb-wait`, the endpoint checked before anything is built.
+fn gdb_stub(flags: &RunFlags) -> anyhow::Result<Option<GdbStub>> {
+    if flags.gdb.is_none() && !flags.gdb_wait {
+        return Ok(None);
+    }
+    let endpoint = match flags.gdb.as_deref() {
+        None | Some("") => Endpoint::Tcp(gdb::DEFAULT_PORT),
+        Some(text) => Endpoint::parse(text).map_err(|e| anyhow::anyhow!("--gdb={e}"))?,
+    };
+    endpoint.check_free()?;
+    Ok(Some(GdbStub { endpoint, wait: flags.gdb_wait }))
+}
+
+/// Prints the gdb command that attaches with this kernel's symbols, and
+/// what this kernel lacks for it.
+fn announce_gdb(stub: &GdbStub, artifacts: &kevent_bench::Artifacts) {
+    let modules_dir = artifacts.modules.first().and_then(|m| m.parent()).unwrap_or(Path::new("."));
+    let symbols = gdb::Symbols::of(&artifacts.vmlinux, modules_dir);
+    eprintln!("gdb: {}", gdb::shell_line(&gdb::command(&stub.endpoint, &symbols)));
+    if !symbols.dwarf || !symbols.scripts {
+        eprintln!(
+            "warning: the {} kernel has {}: backtraces name functions, but without types, lines or the modules' \
+             symbols; --kernel-profile debug has DWARF and lx-symbols",
+            artifacts.profile,
+            if symbols.dwarf { "no gdb scripts (CONFIG_GDB_SCRIPTS)" } else { "no DWARF (CONFIG_DEBUG_INFO)" }
+        );
+    }
+    if stub.wait {
+        eprintln!("gdb: the guest waits before its first instruction until gdb continues it (`continue`)");
+    }
+    eprintln!("gdb: the run's waits are suspended while gdb holds the guest");
+}
+
 /// The command line's choices replace the scenario's own, each said out
 /// loud; one that cannot apply (a CPU a step injects at would be gone) is
 /// refused before anything is built.
@@ -146,6 +201,17 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
     if let Some(clock) = flags.clock {
         scenario.machine.clock = clock.into();
         eprintln!("machine: {} clock (--clock; the scenario says {})", scenario.machine.clock, said.clock);
+    }
+    if let Some(events) = &flags.trace {
+        let request = if events.is_empty() {
+            trace::Request::default_set("--trace")
+        } else {
+            trace::Request::parse_list(events, "--trace").map_err(|e| anyhow::anyhow!("--trace={events}: {e}"))?
+        };
+        if let Some(said) = &scenario.trace {
+            eprintln!("trace: {request} (--trace; the scenario says {said})");
+        }
+        scenario.trace = Some(request);
     }
     if let Some(injector) = flags.injector {
         eprintln!("injector: {} (--injector; the scenario says {})", Injector::from(injector), scenario.injector);
