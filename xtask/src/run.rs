@@ -24,6 +24,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
     let mut scenario = scenario::load(&flags.scenario)?;
     apply_overrides(&mut scenario, flags)?;
+    check_appended(&flags.append)?;
     let dyndbg =
         flags.dyndbg.iter().map(|q| Query::parse(q)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
     let gdb = gdb_stub(flags)?;
@@ -149,6 +150,25 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         decision.accel,
         transcript.hello.kernel_release
     );
+    Ok(())
+}
+
+/// Refuses an `--append` word the guest would drop without a word: a
+/// parameter of an events module, which the kernel leaves to modprobe and
+/// the agent takes only from the scenario's `[params]` (`MODULE.dyndbg`
+/// it does take, as modprobe would).
+fn check_appended(words: &[String]) -> anyhow::Result<()> {
+    for word in words {
+        let key = word.split_once('=').map_or(word.as_str(), |(key, _)| key);
+        if let Some((module, param)) = key.split_once('.') {
+            if param != "dyndbg" && kevent_bench::dyndbg::EVENT_MODULES.contains(&module.replace('-', "_").as_str()) {
+                anyhow::bail!(
+                    "--append {word}: the agent loads {module} with the scenario's parameters, not the command \
+                     line's; set it in the scenario's [params] ({module}.{param} = ...)"
+                );
+            }
+        }
+    }
     Ok(())
 }
 
