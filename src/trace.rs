@@ -217,6 +217,8 @@ pub struct Summary {
     pub lines: u64,
     /// How many events the request switched on.
     pub events: usize,
+    /// The guest's trace buffer per CPU, in KiB.
+    pub buffer_kb: u32,
     /// CPUs that lost events.
     pub lost: Vec<CpuLoss>,
     /// The step at whose end the trace reached [`MAX_TRACE_BYTES`] and
@@ -247,7 +249,7 @@ impl Summary {
                  trace fewer events, or split the step",
                 self.lost_events(),
                 per_cpu.join(", "),
-                BUFFER_KB_PER_CPU
+                self.buffer_kb
             ));
         }
         if let Some(step) = self.stopped_at_step {
@@ -444,6 +446,7 @@ impl Session {
             bytes: self.bytes,
             lines: self.lines,
             events: self.events,
+            buffer_kb: self.buffer_kb,
             lost,
             stopped_at_step: self.stopped_at_step,
         })
@@ -617,6 +620,7 @@ mod tests {
             bytes: 2048,
             lines: 30,
             events: 40,
+            buffer_kb: 1024,
             lost: Vec::new(),
             stopped_at_step: None,
         };

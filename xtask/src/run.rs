@@ -48,7 +48,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     eprintln!("injector: {}", scenario.injector);
     eprintln!("console log: {}", run_dir.join("console.log").display());
     if let Some(request) = &scenario.trace {
-        eprintln!("trace: {request} ({} from {})", trace::TRACE_FILE, request.origin);
+        eprintln!("trace: {request}, into the run directory's {} (asked by {})", trace::TRACE_FILE, request.origin);
     }
     let started = Instant::now();
     let mut normaliser = events::Normaliser::default();
