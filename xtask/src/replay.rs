@@ -110,7 +110,11 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
         failed_step: execution.failed_step(),
     };
     let comparison = bundle::compare(&bundled, &now);
-    report(&comparison, &differences);
+    let same_failure = match (comparison.matches, &execution.outcome) {
+        (true, Err(failure)) => Some(failure.report()),
+        _ => None,
+    };
+    report(&comparison, &differences, same_failure.as_deref());
     if let Some(target) = target {
         target.write(&record)?;
     }
@@ -212,7 +216,7 @@ fn describe(bundle: &Bundle, recorded: &bundle::Recorded) {
     );
 }
 
-fn report(comparison: &bundle::Comparison, differences: &[String]) {
+fn report(comparison: &bundle::Comparison, differences: &[String], same_failure: Option<&str>) {
     println!("── replay");
     if differences.is_empty() {
         println!("environment: the same kernel, .config, module and agent sources, QEMU, accelerator and clock");
@@ -234,6 +238,9 @@ fn report(comparison: &bundle::Comparison, differences: &[String]) {
     }
     if let Some(first) = &comparison.first_event_difference {
         println!("first event that differs: {first}");
+    }
+    if let Some(failure) = same_failure {
+        println!("both runs failed the same way; this one: {failure}");
     }
     println!("{}", if comparison.matches { "MATCH: this run reproduces the bundle's" } else { "MISMATCH" });
 }
