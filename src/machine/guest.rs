@@ -76,9 +76,7 @@ impl Guest {
         qmp_socket: Option<&Path>,
         log_file: File,
     ) -> Result<Guest, Failure> {
-        let mut spec = config.guest.clone();
-        spec.kernel_args.extend(crate::dyndbg::kernel_args(&config.dyndbg, &config.guest.kernel_args));
-        let mut args = qemu::command_line(&spec, config.accel, socket_path, sensor_socket);
+        let mut args = qemu::command_line(&config.guest_spec(), config.accel, socket_path, sensor_socket);
         if let (Some(gdb), Some(qmp)) = (&config.gdb, qmp_socket) {
             args.extend(qemu::debug_args(gdb, qmp));
         }

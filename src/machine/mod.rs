@@ -100,6 +100,14 @@ pub struct MachineConfig {
 }
 
 impl MachineConfig {
+    /// The guest as QEMU boots it: [`MachineConfig::guest`], the
+    /// [`MachineConfig::dyndbg`] queries' kernel command-line words added.
+    pub fn guest_spec(&self) -> GuestSpec {
+        let mut spec = self.guest.clone();
+        spec.kernel_args.extend(crate::dyndbg::kernel_args(&self.dyndbg, &self.guest.kernel_args));
+        spec
+    }
+
     /// `guest` under `accel`, logging to `run_dir`: QEMU from
     /// [`qemu::resolve`], default bounds, console not streamed.
     pub fn new(guest: GuestSpec, accel: Accel, run_dir: PathBuf) -> Result<Self, Failure> {
