@@ -294,7 +294,7 @@ impl Session {
                     input: format!("{} {request}", request.origin),
                     reason: format!(
                         "the guest kernel has no tracefs ({message}): it was built without CONFIG_TRACING; the \
-                         bench's kernel-config/bench.config has it"
+                         bench's debug profile has it (--kernel-profile debug, kernel-config/debug.config)"
                     ),
                 })
             }

@@ -67,6 +67,12 @@ fn dynamic_debug_prints_the_modules_pr_debug_and_a_query_that_selects_nothing_is
     assert_eq!(steps, 0, "refused before the first step");
 }
 
+/// Whether the guest kernel has trace events: the debug profile's.
+fn kernel_traces(artifacts: &kevent_bench::Artifacts) -> bool {
+    let config = std::fs::read_to_string(artifacts.vmlinux.with_file_name(".config")).unwrap();
+    config.lines().any(|l| l == "CONFIG_EVENT_TRACING=y")
+}
+
 /// The lines of `trace` from step `n`'s marker to the next marker (or the end).
 fn step_lines(trace: &str, n: usize) -> Vec<&str> {
     let marker = format!("tracing_mark_write: kevent-bench step {n}: ");
@@ -82,6 +88,10 @@ fn position(lines: &[&str], what: &str) -> usize {
 #[test]
 fn a_trace_holds_each_steps_marker_and_the_path_of_its_interrupt_to_the_broadcast() {
     let artifacts = common::artifacts();
+    if !kernel_traces(&artifacts) {
+        eprintln!("SKIPPED: the {} kernel has no trace events; the debug profile runs this test", artifacts.profile);
+        return;
+    }
     let dir = common::run_dir(&artifacts, "trace-scenario");
     std::fs::create_dir_all(&dir).unwrap();
     let scenario = scenario(&dir, "traced", &format!("trace = true\n{TWO_INTERRUPTS}"));
@@ -124,6 +134,10 @@ fn a_trace_holds_each_steps_marker_and_the_path_of_its_interrupt_to_the_broadcas
 #[test]
 fn an_unknown_trace_event_is_refused_with_its_closest_names_before_any_step() {
     let artifacts = common::artifacts();
+    if !kernel_traces(&artifacts) {
+        eprintln!("SKIPPED: the {} kernel has no trace events; the debug profile runs this test", artifacts.profile);
+        return;
+    }
     let dir = common::run_dir(&artifacts, "trace-refused-scenario");
     std::fs::create_dir_all(&dir).unwrap();
     let text = format!("trace = [\"kevent_thermal:*\", \"irq:irq_handler_entyr\"]\n{TWO_INTERRUPTS}");
@@ -138,6 +152,28 @@ fn an_unknown_trace_event_is_refused_with_its_closest_names_before_any_step() {
         "{message}"
     );
     assert!(message.contains("close matches: irq:irq_handler_entry"), "{message}");
+    assert_eq!(steps, 0);
+    assert!(!config.run_dir.join("trace.txt").exists(), "nothing left behind");
+}
+
+#[test]
+fn a_trace_on_a_kernel_without_trace_events_is_refused_before_any_step() {
+    let artifacts = common::artifacts();
+    if kernel_traces(&artifacts) {
+        eprintln!("SKIPPED: the {} kernel has trace events; the default profile runs this test", artifacts.profile);
+        return;
+    }
+    let dir = common::run_dir(&artifacts, "trace-none-scenario");
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = scenario(&dir, "untraced", &format!("trace = true\n{TWO_INTERRUPTS}"));
+    let config = common::config("trace-none", scenario.guest(&artifacts));
+    let mut steps = 0;
+    let err = runner::run(&scenario, &config, &mut |_| steps += 1).unwrap_err();
+    assert!(matches!(err, Failure::Refused { .. }), "{}", err.report());
+    let message = err.to_string();
+    assert!(message.contains("untraced.toml:1:9: trace kevent_thermal:*"), "{message}");
+    assert!(message.contains("the guest kernel has no tracefs"), "{message}");
+    assert!(message.contains("--kernel-profile debug"), "{message}");
     assert_eq!(steps, 0);
     assert!(!config.run_dir.join("trace.txt").exists(), "nothing left behind");
 }

@@ -18,7 +18,7 @@ use kevent_bench::trace;
 use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
 use kevent_bench::{bundle, scenario, AccelDecision, Failure, MachineConfig};
 
-use crate::flags::RunFlags;
+use crate::flags::{BuildFlags, KernelProfile, RunFlags};
 use crate::reproducer;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
@@ -32,7 +32,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // So is a bundle that could not be written: its directory is tried now.
     let bundle_target = flags.bundle.as_deref().map(reproducer::Target::prepare).transpose()?;
     let scenario_text = std::fs::read(&flags.scenario).with_context(|| format!("read {}", flags.scenario.display()))?;
-    let build = flags.build.resolve();
+    let build = kernel_for_trace(flags.build.resolve(), &scenario)?;
     let artifacts = crate::build::run(&build)?;
     scenario.check_params(&artifacts.module_parameters()?)?;
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
@@ -277,6 +277,30 @@ fn announce_gdb(stub: &GdbStub, artifacts: &kevent_bench::Artifacts) {
         eprintln!("gdb: the guest waits before its first instruction until gdb continues it (`continue`)");
     }
     eprintln!("gdb: the run's waits are suspended while gdb holds the guest");
+}
+
+/// The kernel a traced run needs: trace events are in the debug profile
+/// only (they would slow the default guest's boot), so a run that traces
+/// without choosing a profile gets the debug one, said out loud, and one
+/// that chose the default profile is refused before anything is built.
+fn kernel_for_trace(mut build: BuildFlags, scenario: &scenario::Scenario) -> anyhow::Result<BuildFlags> {
+    let Some(request) = &scenario.trace else { return Ok(build) };
+    if build.profile != KernelProfile::Default {
+        return Ok(build);
+    }
+    if build.profile_chosen {
+        anyhow::bail!(
+            "{} {request}: the default kernel profile has no trace events (CONFIG_TRACING would slow every default \
+             boot); --kernel-profile debug has them",
+            request.origin
+        );
+    }
+    eprintln!(
+        "kernel: the debug profile ({} asks for trace events, which the default profile has not)",
+        request.origin
+    );
+    build.profile = KernelProfile::Debug;
+    Ok(build)
 }
 
 /// The kernel command-line words the run added, as a bundle records
