@@ -109,8 +109,8 @@ fn a_trace_holds_each_steps_marker_and_the_path_of_its_interrupt_to_the_broadcas
     // the handler in hard IRQ, the kmessage it sends, the uevent it queues,
     // the ordered workqueue sending it, the completion the host waits for.
     let step = step_lines(&trace, 1);
-    let vector = position(&step, "irq_handler_entry: irq=");
-    assert!(step[vector].contains("name=kevent_thermal-cpu1"), "{}", step[vector]);
+    let vector = position(&step, "name=kevent_thermal-cpu1");
+    assert!(step[vector].contains("irq_handler_entry: irq="), "{}", step[vector]);
     let handler = position(&step, "thermal_interrupt: cpu=1 interrupt=1 therm_status=0x");
     let kmessage = position(&step, "object=/org/kernel/devices/system/cpu/temperature signal=high len=");
     assert!(step[kmessage].contains("kmessage_send: type="), "{}", step[kmessage]);
