@@ -24,7 +24,13 @@ impl fmt::Display for TestsFailed {
 impl std::error::Error for TestsFailed {}
 
 /// The test binaries that boot guests: they run again on the debug kernel.
-const GUEST_TESTS: &[&str] = &["boot", "bundle", "clock", "events", "exec", "sensor", "scenarios"];
+const GUEST_TESTS: &[&str] = &["boot", "bundle", "clock", "debugging", "events", "exec", "gdb", "sensor", "scenarios"];
+
+/// Guest tests that do not run again: `determinism` keeps every host core
+/// busy for minutes, and its question (does load change a snapshot) is the
+/// default kernel's.
+#[cfg(test)]
+const DEFAULT_KERNEL_ONLY: &[&str] = &["determinism"];
 
 /// Every test on the chosen kernel profile; without a choice, every test on
 /// the default kernel, then the guest tests on the debug kernel (lockdep,
@@ -116,4 +122,30 @@ fn provide_private_qemu(project: &crate::project::Project) -> anyhow::Result<()>
 
 fn has_nextest() -> bool {
     which(std::path::Path::new("cargo-nextest")).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test binary that boots a guest and is missing from the list would
+    /// never run on the debug kernel (gdb and traces need it).
+    #[test]
+    fn every_guest_test_binary_runs_again_on_the_debug_kernel() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests");
+        let mut booting = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if text.contains("common::artifacts()") || text.contains("common::config") {
+                    booting.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        booting.sort();
+        let mut listed: Vec<String> = GUEST_TESTS.iter().chain(DEFAULT_KERNEL_ONLY).map(|s| (*s).to_owned()).collect();
+        listed.sort();
+        assert_eq!(booting, listed);
+    }
 }
