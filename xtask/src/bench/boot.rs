@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use kevent_bench::{run_to_exit, GuestSpec, Machine, MachineConfig, Timeouts};
 
-use super::stats::median;
 use crate::flags::BenchRuns;
+use kevent_bench::stats::median;
 
 /// Median boot-to-greeting over the floor's median: the target.
 const TARGET_RATIO: f64 = 1.15;
@@ -37,8 +37,15 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
         exit.push(report.total);
     }
     println!(
-        "boot benchmark: {} runs, {} vCPU(s), {}, {} clock, {} kernel {}",
-        flags.runs, guest.cpus, decision.accel, guest.clock, artifacts.profile, artifacts.kernel_release
+        "boot benchmark: {} runs, {} vCPU(s) ({}{}), {}, {} clock, {} kernel {}",
+        flags.runs,
+        guest.topology.cpus(),
+        guest.topology,
+        if guest.topology.shares_packages() { ", ACPI" } else { ", acpi=off" },
+        decision.accel,
+        guest.clock,
+        artifacts.profile,
+        artifacts.kernel_release
     );
     println!("{:<34}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
     let row = |name: &str, samples: &mut Vec<Duration>| {
