@@ -11,8 +11,14 @@
  * i to CPU i with kt_ring_irq() (kthermal_ring.c, the consumer of the
  * rings) as its hard-IRQ handler.
  *
- * Vector i must run on CPU i, so CPUs 0 .. n-1 must be online at probe and
- * stay online.
+ * Vector i must run on CPU i, so CPUs 0 .. n-1 must be online at probe.
+ * A CPU taken offline later loses its vector to another CPU (the kernel
+ * moves the IRQ), whose handler refuses the CPU's entries with -EXDEV;
+ * the header's online mask tells the host which CPUs the guest has
+ * online, and a CPU that comes back gets its vector back.
+ *
+ * The device's topology (packages of cores, numbered package by package)
+ * must be the guest's: the package register and its interrupt follow it.
  *
  * One device at most: the register file it drives and the completion it
  * receives (kt_done_fn has no device argument) are global.
@@ -21,6 +27,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/build_bug.h>
+#include <linux/cpuhotplug.h>
 #include <linux/cpumask.h>
 #include <linux/err.h>
 #include <linux/errno.h>
@@ -28,6 +35,7 @@
 #include <linux/io.h>
 #include <linux/pci.h>
 #include <linux/sprintf.h>
+#include <linux/topology.h>
 
 #include "kevent_sensor.h"
 #include "kthermal.h"
@@ -43,6 +51,10 @@ static_assert(offsetof(struct ks_entry, interval_ns) == KS_ENTRY_INTERVAL_NS);
 static_assert(sizeof(struct ks_cpu) == KS_CPU_SIZE);
 static_assert(offsetof(struct ks_header, ready) == KS_HEADER_READY);
 static_assert(offsetof(struct ks_header, guest_cpus) == KS_HEADER_GUEST_CPUS);
+static_assert(offsetof(struct ks_header, nr_packages) == KS_HEADER_NR_PACKAGES);
+static_assert(offsetof(struct ks_header, cores_per_package) == KS_HEADER_CORES);
+static_assert(offsetof(struct ks_header, online) == KS_HEADER_ONLINE);
+static_assert(KS_MAX_CPUS <= 32);	/* the online mask is a u32 */
 static_assert(offsetof(struct ks_cpu, head) == KS_CPU_HEAD);
 static_assert(offsetof(struct ks_cpu, tail) == KS_CPU_TAIL);
 static_assert(offsetof(struct ks_cpu, rejected_errno) == KS_CPU_REJECTED_ERRNO);
@@ -74,6 +86,9 @@ struct kt_pci_vec {
  * @region: BAR2
  * @rings: the consumer of its rings (kthermal_ring.c)
  * @vecs: the IRQs of vectors 0 .. kt_ring_nr() - 1
+ * @online: the header's online mask, as last published (under the CPU
+ *	    hotplug lock)
+ * @hp_state: the dynamic CPU hotplug state of the online mask, 0 for none
  */
 struct kt_pci_dev {
 	struct pci_dev *pdev;
@@ -81,6 +96,8 @@ struct kt_pci_dev {
 	struct ks_region *region;
 	struct kt_rings *rings;
 	struct kt_pci_vec vecs[KS_MAX_CPUS];
+	u32 online;
+	int hp_state;
 };
 
 /* Set while a device is bound: the register file it drives is global. */
@@ -93,6 +110,8 @@ static int kt_pci_check_header(struct device *dev, const struct ks_header *h,
 	u32 version = READ_ONCE(h->version);
 	u32 nr_cpus = READ_ONCE(h->nr_cpus);
 	u32 entries = READ_ONCE(h->ring_entries);
+	u32 packages = READ_ONCE(h->nr_packages);
+	u32 cores = READ_ONCE(h->cores_per_package);
 	unsigned int cpu;
 
 	if (magic != KS_MAGIC) {
@@ -120,13 +139,66 @@ static int kt_pci_check_header(struct device *dev, const struct ks_header *h,
 			nr_cpus, n);
 		return -EINVAL;
 	}
+	if (!packages || packages > KS_MAX_PACKAGES || !cores ||
+	    packages * cores != nr_cpus) {
+		dev_err(dev, "header says %u packages of %u cores for %u CPUs: at most %u packages, and their cores must make the CPUs\n",
+			packages, cores, nr_cpus, KS_MAX_PACKAGES);
+		return -EINVAL;
+	}
 	for (cpu = 0; cpu < n; cpu++) {
 		if (!cpu_online(cpu)) {
 			dev_err(dev, "CPU%u is offline: vector i must be CPU i's interrupt for i < %u\n",
 				cpu, n);
 			return -EINVAL;
 		}
+		if (topology_physical_package_id(cpu) != (int)(cpu / cores)) {
+			dev_err(dev, "CPU%u is in package %d, the host's device puts it in package %u (%u cores per package)\n",
+				cpu, topology_physical_package_id(cpu),
+				cpu / cores, cores);
+			return -EINVAL;
+		}
 	}
+	return 0;
+}
+
+/* CPU hotplug, in its thread: the online mask and vector i's affinity. */
+static void kt_pci_publish_online(struct kt_pci_dev *kd, unsigned int cpu,
+				  bool online)
+{
+	if (cpu >= KS_MAX_CPUS)
+		return;
+	if (online)
+		kd->online |= BIT(cpu);
+	else
+		kd->online &= ~BIT(cpu);
+	/* The host reads it with acquire before it publishes to a CPU. */
+	smp_store_release(&kd->region->header.online, kd->online);
+}
+
+static int kt_pci_cpu_online(unsigned int cpu)
+{
+	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
+	int ret;
+
+	if (!kd)
+		return 0;
+	/* Taken offline, the CPU lost its vector to another CPU: back home. */
+	if (cpu < kt_ring_nr(kd->rings)) {
+		ret = irq_set_affinity(kd->vecs[cpu].irq, cpumask_of(cpu));
+		if (ret)
+			dev_warn(&kd->pdev->dev, "cannot pin vector %u back to CPU%u: %pe; its entries are refused with EXDEV\n",
+				 cpu, cpu, ERR_PTR(ret));
+	}
+	kt_pci_publish_online(kd, cpu, true);
+	return 0;
+}
+
+static int kt_pci_cpu_offline(unsigned int cpu)
+{
+	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
+
+	if (kd)
+		kt_pci_publish_online(kd, cpu, false);
 	return 0;
 }
 
@@ -233,6 +305,7 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = kt_pci_check_header(dev, hdr, n);
 	if (ret)
 		goto err;
+	WRITE_ONCE(hdr->online, 0);
 
 	/* The host waits for ready before it rings: no entry is lost here. */
 	WRITE_ONCE(hdr->ready, 0);
@@ -258,6 +331,15 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 	pci_set_drvdata(pdev, kd);
 
+	/* Runs kt_pci_cpu_online() on every online CPU: the first mask. */
+	ret = cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, KBUILD_MODNAME ":online",
+				kt_pci_cpu_online, kt_pci_cpu_offline);
+	if (ret < 0) {
+		dev_err(dev, "cannot follow CPU hotplug: %pe\n", ERR_PTR(ret));
+		goto err_vectors_all;
+	}
+	kd->hp_state = ret;
+
 	kt_debugfs_device_init(kd->rings);
 
 	WRITE_ONCE(hdr->guest_cpus, n);
@@ -267,6 +349,8 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 n, READ_ONCE(hdr->nr_cpus));
 	return 0;
 
+err_vectors_all:
+	i = n;
 err_vectors:
 	kt_pci_free_vectors(kd, i);
 err_rings:
@@ -284,6 +368,7 @@ static void kt_pci_remove(struct pci_dev *pdev)
 	/* The host stops ringing before the handlers go. */
 	smp_store_release(&hdr->ready, 0);
 	WRITE_ONCE(hdr->guest_cpus, 0);
+	cpuhp_remove_state(kd->hp_state);
 	kt_debugfs_device_exit();
 	kt_pci_free_vectors(kd, kt_ring_nr(kd->rings));
 	/* devres unmaps BAR0 and BAR2 after this, with no ack left. */

@@ -32,6 +32,7 @@ use crate::process::{self};
 use crate::qemu::Accel;
 use crate::qemu::{self, GuestSpec};
 use crate::sensor::SensorDevice;
+use crate::topology::Topology;
 use guest::{wait_exit, Guest};
 use pump::{spawn_ack_watcher, spawn_agent_reader, Event};
 use sensor::Sensor;
@@ -126,6 +127,7 @@ pub struct Machine {
     pub console_log: PathBuf,
     sensor: Option<Sensor>,
     timeouts: Timeouts,
+    topology: Topology,
     /// Dropped last: QEMU must be gone before its socket is removed.
     socket_dir: SocketDir,
 }
@@ -185,7 +187,7 @@ impl Machine {
             File::create(&console_log).map_err(|e| Failure::io(format!("create {}", console_log.display()), e))?;
 
         let sensor_setup = if config.sensor {
-            let device = SensorDevice::new(config.guest.cpus)
+            let device = SensorDevice::new(config.guest.topology)
                 .map_err(|e| Failure::io("set up the emulated sensor device", e))?;
             let path = socket_dir.path().join("sensor.sock");
             // QEMU reads the device's setup while it starts: listen first.
@@ -237,7 +239,16 @@ impl Machine {
         let timings = BootTimings { qemu_started, kernel_booted, greeted: guest.spawned.elapsed() };
         // The sensor's readiness is waited for at its first use: a run that
         // injects through debugfs does not depend on the guest's driver.
-        Ok(Machine { guest, hello, timings, console_log, sensor, timeouts: config.timeouts, socket_dir })
+        Ok(Machine {
+            guest,
+            hello,
+            timings,
+            console_log,
+            sensor,
+            timeouts: config.timeouts,
+            topology: config.guest.topology,
+            socket_dir,
+        })
     }
 
     /// Asks the agent to power off and waits for QEMU to exit; a kernel
@@ -305,6 +316,11 @@ impl Machine {
     /// machine is dropped.
     pub fn socket_dir(&self) -> &Path {
         self.socket_dir.path()
+    }
+
+    /// The guest's CPUs, as packages of cores.
+    pub fn topology(&self) -> Topology {
+        self.topology
     }
 
     /// QEMU's process id.
