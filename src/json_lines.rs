@@ -12,6 +12,7 @@ use kevent_wire::Datagram;
 use serde_json::{json, Map, Value};
 
 use crate::events::{self, Event, Normaliser};
+use crate::replay::ReplayTiming;
 use crate::scenario::Scenario;
 use crate::snapshot::Totals;
 use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, TimingFlag, Transcript};
@@ -24,7 +25,13 @@ pub fn start(scenario: &Scenario) -> Value {
         "scenario": scenario.name,
         "description": scenario.description.trim(),
         "injector": scenario.injector.name(),
-        "machine": { "cpus": machine.cpus, "memory_mib": machine.memory_mib, "clock": machine.clock.to_string() },
+        "machine": {
+            "cpus": machine.cpus(),
+            "packages": machine.topology.packages,
+            "cores": machine.topology.cores,
+            "memory_mib": machine.memory_mib,
+            "clock": machine.clock.to_string(),
+        },
         "params": scenario.params_by_module(),
     })
 }
@@ -166,6 +173,22 @@ pub fn timing_flag(flag: &TimingFlag) -> Value {
         "margin_ns": flag.margin_ns,
         "within_burst": flag.within_burst,
         "message": flag.to_string(),
+    })
+}
+
+/// After a replay step's `step` line: how late its injections started
+/// after their recorded times (divided by the speed), in host time.
+pub fn replay(step: usize, timing: &ReplayTiming) -> Value {
+    let ns = |d: Option<Duration>| d.map_or(0, |d| d.as_nanos() as u64);
+    json!({
+        "type": "replay",
+        "step": step,
+        "speed": timing.speed,
+        "injections": timing.due.len(),
+        "late_p50_ns": ns(timing.late_percentile(50)),
+        "late_p99_ns": ns(timing.late_percentile(99)),
+        "late_max_ns": ns(timing.late_percentile(100)),
+        "message": timing.to_string(),
     })
 }
 

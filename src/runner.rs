@@ -9,6 +9,7 @@ use kevent_wire::{Command, Outcome};
 use crate::failure::Failure;
 use crate::inject::{Injection, Injector};
 use crate::machine::{Machine, MachineConfig};
+use crate::replay;
 use crate::scenario::{Action, Scenario, Step};
 use crate::sensor::{Register, Timing};
 use crate::transcript::{StepOutcome, StepRecord, TimingFlag, Transcript};
@@ -88,6 +89,7 @@ fn command_of(action: &Action) -> Command {
         Action::Exec { program, args, background } => {
             Command::Exec { program: program.clone(), args: args.clone(), background: *background }
         }
+        Action::Replay { .. } => unreachable!("replays go through replay::replay"),
     }
 }
 
@@ -112,20 +114,23 @@ pub fn run(
         any_background |= matches!(step.action, Action::Exec { background: true, .. });
         let mut record = StepRecord::new(index, step_label(step), step.repeat);
         let started = Instant::now();
-        if let Err(failure) = run_step(&mut machine, scenario.injector, step, bound, &mut record) {
-            // What the step had received is the most useful part of a failure.
-            record.datagrams.extend(machine.take_captured());
-            return Err(Failure::AtStep {
-                step: index + 1,
-                label: record.label,
-                captured: record.datagrams,
-                failure: Box::new(failure),
-            });
-        }
+        let interrupts = run_step(&mut machine, scenario, step, bound, &mut record);
+        let interrupts = match interrupts {
+            Ok(interrupts) => interrupts,
+            Err(failure) => {
+                // What the step had received is the most useful part of a failure.
+                record.datagrams.extend(machine.take_captured());
+                return Err(Failure::AtStep {
+                    step: index + 1,
+                    label: record.label,
+                    captured: record.datagrams,
+                    failure: Box::new(failure),
+                });
+            }
+        };
         record.elapsed = started.elapsed();
-        if let Action::Inject { cpu, .. } = step.action {
-            // Every repetition or firing the guest took was one interrupt.
-            ledger.add(index + 1, cpu, u64::from(record.repeat - record.failures));
+        for (cpu, count) in interrupts {
+            ledger.add(index + 1, cpu, count);
         }
         observe(&record);
         steps.push(record);
@@ -144,56 +149,74 @@ pub fn run(
     Ok(Transcript { scenario: scenario.clone(), hello, steps, background, timing_flags, timing_flags_lost })
 }
 
+/// Interrupts a step raised, per CPU.
+type Interrupts = BTreeMap<u32, u64>;
+
 /// One step, all its repetitions; a kernel report on the console by its
-/// end fails it.
+/// end fails it. Returns the interrupts it raised on each CPU.
 fn run_step(
     machine: &mut Machine,
-    injector: Injector,
+    scenario: &Scenario,
     step: &Step,
     bound: Duration,
     record: &mut StepRecord,
-) -> Result<(), Failure> {
-    match injection_of(&step.action) {
-        Some(injection) => {
-            match step.device_interval {
-                Some(interval) => {
-                    let interval_ns =
-                        u32::try_from(interval.as_nanos()).expect("the scenario bounds interval_us to 1 s");
-                    let injected = machine.inject_timed(injection, Timing { repeat: step.repeat, interval_ns })?;
-                    // The guest takes or refuses a timed entry whole.
-                    match injected.refused {
-                        Some(refusal) => {
-                            record.outcome = refusal.into();
-                            record.failures = step.repeat;
-                        }
-                        None => record.outcome = StepOutcome::Done,
+) -> Result<Interrupts, Failure> {
+    let injector = scenario.injector;
+    let mut interrupts = Interrupts::new();
+    if let Action::Replay { trace, speed, .. } = &step.action {
+        let trace = scenario.traces.get(trace).ok_or_else(|| Failure::Host {
+            message: format!("{}: the trace was not read before the run (scenario::load reads it)", trace.display()),
+        })?;
+        let replayed = replay::replay(machine, injector, trace, speed.speed(), bound, record)?;
+        record.replay = Some(replayed.timing);
+        interrupts = replayed.interrupts;
+        if injector == Injector::Device {
+            record.datagrams.extend(machine.fence(bound)?.datagrams);
+        }
+    } else if let Some(injection) = injection_of(&step.action) {
+        match step.device_interval {
+            Some(interval) => {
+                let interval_ns = u32::try_from(interval.as_nanos()).expect("the scenario bounds interval_us to 1 s");
+                let injected = machine.inject_timed(injection, Timing { repeat: step.repeat, interval_ns })?;
+                // The guest takes or refuses a timed entry whole.
+                match injected.refused {
+                    Some(refusal) => {
+                        record.outcome = refusal.into();
+                        record.failures = step.repeat;
                     }
-                }
-                None => {
-                    for _ in 0..step.repeat {
-                        let injected = machine.inject(injector, injection, bound)?;
-                        record.datagrams.extend(injected.datagrams);
-                        record.note(injected.refused.map_or(StepOutcome::Done, StepOutcome::from));
+                    None => {
+                        record.outcome = StepOutcome::Done;
+                        // Every firing the guest took was one interrupt.
+                        interrupts.insert(injection.cpu, u64::from(step.repeat));
                     }
                 }
             }
-            if injector == Injector::Device {
-                // Acknowledged means broadcast; the fence brings it to the host.
-                record.datagrams.extend(machine.fence(bound)?.datagrams);
+            None => {
+                for _ in 0..step.repeat {
+                    let injected = machine.inject(injector, injection, bound)?;
+                    for cpu in injected.interrupted {
+                        *interrupts.entry(cpu).or_default() += 1;
+                    }
+                    record.datagrams.extend(injected.datagrams);
+                    record.note(injected.refused.map_or(StepOutcome::Done, StepOutcome::from));
+                }
             }
         }
-        None => {
-            let command = command_of(&step.action);
-            for _ in 0..step.repeat {
-                let exchange = machine.request(command.clone(), bound)?;
-                record.datagrams.extend(exchange.datagrams);
-                record.note(StepOutcome::from_reply(exchange.outcome)?);
-            }
+        if injector == Injector::Device {
+            // Acknowledged means broadcast; the fence brings it to the host.
+            record.datagrams.extend(machine.fence(bound)?.datagrams);
+        }
+    } else {
+        let command = command_of(&step.action);
+        for _ in 0..step.repeat {
+            let exchange = machine.request(command.clone(), bound)?;
+            record.datagrams.extend(exchange.datagrams);
+            record.note(StepOutcome::from_reply(exchange.outcome)?);
         }
     }
     match machine.crash() {
         Some(crash) => Err(crash),
-        None => Ok(()),
+        None => Ok(interrupts),
     }
 }
 

@@ -157,7 +157,7 @@ impl Transcript {
         let s = &self.scenario;
         Snapshot {
             scenario: s.name.clone(),
-            machine: format!("{} CPUs, {} MiB, {} clock", s.machine.cpus, s.machine.memory_mib, s.machine.clock),
+            machine: s.machine.to_string(),
             params: s.params_by_module(),
             steps,
             background: self.background.iter().map(snapshot_exec).collect(),

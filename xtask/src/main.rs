@@ -18,6 +18,7 @@ mod private_qemu;
 mod process;
 mod project;
 mod qemu;
+mod record;
 mod run;
 mod test;
 
@@ -41,6 +42,8 @@ fn main() -> ExitCode {
         flags::Command::Test(test) => test::run(&test),
         flags::Command::Bench(bench) => bench::run(&bench),
         flags::Command::Qemu(qemu) => qemu::run(&qemu),
+        // A host program for real machines: no build, no prerequisites.
+        flags::Command::Record(record) => record::run(&record),
     };
     if let Some(signal) = kevent_bench::process::interrupted() {
         // Whatever the command was doing ended because its children were

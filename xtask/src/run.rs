@@ -18,8 +18,23 @@ use kevent_bench::{scenario, Failure, MachineConfig};
 use crate::flags::RunFlags;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
-    // A malformed scenario is reported before anything is built.
-    let mut scenario = scenario::load(&flags.scenario)?;
+    // A malformed scenario or trace is reported before anything is built.
+    let mut scenario = match (&flags.scenario, &flags.replay) {
+        (Some(path), _) => scenario::load(path)?,
+        (None, Some(trace)) => {
+            let trace = kevent_bench::msr_trace::load(trace)?;
+            eprintln!(
+                "replay: {} recorded on {}, {} rows, {:.3} s; {} injection(s) where a value changed",
+                trace.path.display(),
+                trace.topology,
+                trace.rows.len(),
+                trace.duration().as_secs_f64(),
+                trace.injections().len()
+            );
+            scenario::Scenario::of_replay(trace, flags.speed).map_err(anyhow::Error::msg)?
+        }
+        (None, None) => unreachable!("clap requires a scenario or --replay"),
+    };
     apply_overrides(&mut scenario, flags)?;
     let artifacts = crate::build::run(&flags.build.resolve())?;
     scenario.check_params(&artifacts.module_parameters()?)?;
@@ -48,6 +63,9 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             }
             if finished {
                 let _ = writeln!(out, "{}", json_lines::step(record));
+                if let Some(timing) = &record.replay {
+                    let _ = writeln!(out, "{}", json_lines::replay(record.index + 1, timing));
+                }
             }
             return;
         }
@@ -71,6 +89,9 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
                 let _ = writeln!(out, "stderr:\n{}", String::from_utf8_lossy(&r.stderr));
             }
             StepOutcome::Done => {}
+        }
+        if let Some(timing) = &record.replay {
+            eprintln!("replay: {timing}");
         }
     };
     let transcript = match runner::run(&scenario, &config, &mut |record| print_step(record, true)) {
@@ -137,7 +158,11 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
     let said = scenario.machine;
     if let Some(cpus) = flags.cpus {
         scenario.set_cpus(cpus).map_err(|e| anyhow::anyhow!("--cpus {cpus}: {e}"))?;
-        eprintln!("machine: {cpus} CPUs (--cpus; the scenario says {})", said.cpus);
+        eprintln!("machine: {cpus} CPUs (--cpus; the scenario says {})", said.topology);
+    }
+    if let Some(topology) = flags.topology {
+        scenario.set_topology(topology).map_err(|e| anyhow::anyhow!("--topology {topology}: {e}"))?;
+        eprintln!("machine: {topology} (--topology; the scenario says {})", said.topology);
     }
     if let Some(memory) = flags.memory_mib {
         scenario.machine.memory_mib = memory;
