@@ -92,6 +92,7 @@ impl fmt::Display for Msr {
 /// One CPU of the recorded machine, as its sysfs topology said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceCpu {
+    /// The CPU's number on the recorded machine.
     pub cpu: u32,
     /// `physical_package_id`.
     pub package: u32,
@@ -107,7 +108,9 @@ pub struct Row {
     /// The CPU whose MSR was read (for the package register, a CPU of the
     /// package).
     pub cpu: u32,
+    /// `physical_package_id` of the CPU.
     pub package: u32,
+    /// Which register.
     pub msr: Msr,
     /// The register's value, restricted to [`Msr::modelled_bits`].
     pub value: u64,
@@ -119,12 +122,15 @@ pub struct Row {
 /// is a value the bench's hardware model can take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
+    /// The file it was read from.
     pub path: PathBuf,
+    /// The recorded CPUs, in the order the trace lists them.
     pub cpus: Vec<TraceCpu>,
     /// The recorded machine's topology, which the guest will have.
     pub topology: Topology,
     /// IA32_TEMPERATURE_TARGET's TjMax on the recorded machine, if known.
     pub tjmax: Option<u32>,
+    /// Every row, in the file's order (times never decrease).
     pub rows: Vec<Row>,
 }
 
@@ -132,8 +138,11 @@ pub struct Trace {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{line}: {message}", path.display())]
 pub struct TraceError {
+    /// The trace file.
     pub path: PathBuf,
+    /// 1-based line the error is about.
     pub line: usize,
+    /// What is wrong there.
     pub message: String,
 }
 
@@ -195,6 +204,7 @@ fn cpu_line(words: &[&str]) -> Option<TraceCpu> {
     }
 }
 
+/// The trace in `text`, the contents of `path`: checked whole, or refused at the first wrong line.
 pub fn parse(path: &Path, text: &str) -> Result<Trace, TraceError> {
     let lines = Lines { path };
     if !text.is_empty() && !text.ends_with('\n') {
@@ -388,7 +398,9 @@ pub struct Injection {
     pub at: Duration,
     /// The CPU it is injected at (the package register: its package's).
     pub cpu: u32,
+    /// Which register.
     pub msr: Msr,
+    /// Its new value.
     pub value: u64,
     /// The row it comes from.
     pub line: usize,
@@ -483,6 +495,7 @@ impl<W: Write> Writer<W> {
         writeln!(self.out, "# {text}")
     }
 
+    /// Flushes what was written to the file.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

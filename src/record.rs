@@ -27,15 +27,22 @@ pub enum RecordError {
         path.display(),
         dir.display()
     )]
-    NoMsrDevice { path: PathBuf, dir: PathBuf },
+    NoMsrDevice {
+        /// The device that is missing.
+        path: PathBuf,
+        /// The directory given as /dev/cpu.
+        dir: PathBuf,
+    },
     /// The device exists but may not be read.
     #[error(
         "{}: access refused: reading MSRs needs root (or CAP_SYS_RAWIO and read access to the device)",
         path.display()
     )]
     AccessRefused {
+        /// The device.
         path: PathBuf,
         #[source]
+        /// The error of open(2) or pread(2).
         source: io::Error,
     },
     /// The CPU refused the rdmsr: it does not have that register.
@@ -44,19 +51,29 @@ pub enum RecordError {
          register also package thermal management, CPUID.06H:EAX[6])"
     )]
     NoSuchRegister {
+        /// The CPU read.
         cpu: u32,
+        /// The register.
         msr: Msr,
         #[source]
+        /// The error of pread(2).
         source: io::Error,
     },
     /// The topology in sysfs is missing or unreadable.
     #[error("{}: {why}", path.display())]
-    Topology { path: PathBuf, why: String },
+    Topology {
+        /// The sysfs file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// Writing the trace, or another I/O error.
     #[error("{what}")]
     Io {
+        /// What was being done.
         what: String,
         #[source]
+        /// Its error.
         source: io::Error,
     },
 }
@@ -133,8 +150,11 @@ pub struct Recorder {
 /// One value of a sample, to be written as a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reading {
+    /// The CPU read.
     pub cpu: u32,
+    /// Its package.
     pub package: u32,
+    /// The register.
     pub msr: Msr,
     /// Restricted to [`Msr::modelled_bits`].
     pub value: u64,
@@ -230,7 +250,9 @@ impl Recorder {
 /// What a recording wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
+    /// Samples taken (every register read once each).
     pub samples: u64,
+    /// Rows written: values that changed.
     pub rows: u64,
     /// How long it ran.
     pub elapsed: Duration,
@@ -293,7 +315,9 @@ pub fn record<W: Write>(
 /// `cpus`, whose register values a test (or a scripted episode) sets:
 /// `N/msr` files holding each MSR at its address.
 pub struct FakeMachine {
+    /// The fake `/dev/cpu`: `N/msr`.
     pub msr_dir: PathBuf,
+    /// The fake `/sys`: `devices/system/cpu`.
     pub sysfs_root: PathBuf,
     files: Vec<File>,
 }

@@ -200,8 +200,11 @@ pub enum Action {
     /// recorded intervals divided by `speed`. `path` is relative to the
     /// scenario's directory, as written; `trace` is where it is.
     Replay {
+        /// The trace's path as the scenario wrote it.
         path: String,
+        /// Where the trace is: relative to the scenario's directory.
         trace: PathBuf,
+        /// How much faster than recorded.
         speed: SpeedMilli,
     },
 }

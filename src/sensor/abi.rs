@@ -122,8 +122,11 @@ unsafe impl ByteValued for Entry {}
 pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
 /// [`Header::guest_cpus`] (KS_HEADER_GUEST_CPUS).
 pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
+/// [`Header::nr_packages`] (KS_HEADER_NR_PACKAGES).
 pub const NR_PACKAGES_OFFSET: usize = HEADER_OFFSET + 28;
+/// [`Header::cores_per_package`] (KS_HEADER_CORES).
 pub const CORES_OFFSET: usize = HEADER_OFFSET + 32;
+/// [`Header::online`] (KS_HEADER_ONLINE), stored by the guest with release.
 pub const ONLINE_OFFSET: usize = HEADER_OFFSET + 36;
 /// No more firings than this wait for their entries' acknowledgement, over
 /// all CPUs: each can queue up to 12 uevents in the guest, whose queue
