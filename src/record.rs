@@ -265,7 +265,7 @@ pub struct Recorded {
 /// Samples every `interval` for `duration` (the first at once), writing a
 /// row for each changed value, with the microseconds since the first
 /// sample; `stop` is asked before each sample. The trace on `out` is whole
-/// after every line.
+/// after every sample.
 pub fn record<W: Write>(
     recorder: &mut Recorder,
     out: W,
@@ -276,6 +276,9 @@ pub fn record<W: Write>(
 ) -> Result<Recorded, RecordError> {
     let tjmax = recorder.tjmax();
     let mut writer = Writer::new(out, recorder.cpus(), tjmax, notes).map_err(io_error("write the trace header"))?;
+    // Flushed after the header and after each sample: a recording killed
+    // outright is still a trace up to its last whole sample.
+    writer.flush().map_err(io_error("write the trace header"))?;
     let start = Instant::now();
     let mut done = Recorded { samples: 0, rows: 0, elapsed: Duration::ZERO, stopped: false, late_samples: 0 };
     loop {
@@ -299,6 +302,7 @@ pub fn record<W: Write>(
             writer.row(time_us, r.cpu, r.package, r.msr, r.value).map_err(io_error("write a trace row"))?;
             done.rows += 1;
         }
+        writer.flush().map_err(io_error("write a trace row"))?;
         done.samples += 1;
     }
     for (msr, bits) in recorder.unmodelled().collect::<Vec<_>>() {
