@@ -12,10 +12,12 @@
  * rings) as its hard-IRQ handler.
  *
  * Vector i must run on CPU i, so CPUs 0 .. n-1 must be online at probe.
- * A CPU taken offline later loses its vector to another CPU (the kernel
- * moves the IRQ), whose handler refuses the CPU's entries with -EXDEV;
- * the header's online mask tells the host which CPUs the guest has
- * online, and a CPU that comes back gets its vector back.
+ * A CPU taken offline later has its vector freed, and requested again,
+ * pinned to it, when it comes back: left requested, the kernel would
+ * move the IRQ to another CPU, and x86 moves an MSI back only lazily, at
+ * its next interrupt, which would be handled on the wrong CPU.  The
+ * header's online mask tells the host which CPUs the guest has online;
+ * the host publishes nothing to a CPU that is offline.
  *
  * The device's topology (packages of cores, numbered package by package)
  * must be the guest's: the package register and its interrupt follow it.
@@ -73,10 +75,12 @@ static_assert(sizeof(struct ks_region) <= KS_REGION_SIZE);
  * struct kt_pci_vec - the IRQ of one MSI-X vector
  * @irq: Linux IRQ number
  * @name: IRQ name, one line per CPU in /proc/interrupts
+ * @requested: the handler is installed (not while its CPU is offline)
  */
 struct kt_pci_vec {
 	int irq;
 	char name[32];
+	bool requested;
 };
 
 /**
@@ -161,47 +165,6 @@ static int kt_pci_check_header(struct device *dev, const struct ks_header *h,
 	return 0;
 }
 
-/* CPU hotplug, in its thread: the online mask and vector i's affinity. */
-static void kt_pci_publish_online(struct kt_pci_dev *kd, unsigned int cpu,
-				  bool online)
-{
-	if (cpu >= KS_MAX_CPUS)
-		return;
-	if (online)
-		kd->online |= BIT(cpu);
-	else
-		kd->online &= ~BIT(cpu);
-	/* The host reads it with acquire before it publishes to a CPU. */
-	smp_store_release(&kd->region->header.online, kd->online);
-}
-
-static int kt_pci_cpu_online(unsigned int cpu)
-{
-	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
-	int ret;
-
-	if (!kd)
-		return 0;
-	/* Taken offline, the CPU lost its vector to another CPU: back home. */
-	if (cpu < kt_ring_nr(kd->rings)) {
-		ret = irq_set_affinity(kd->vecs[cpu].irq, cpumask_of(cpu));
-		if (ret)
-			dev_warn(&kd->pdev->dev, "cannot pin vector %u back to CPU%u: %pe; its entries are refused with EXDEV\n",
-				 cpu, cpu, ERR_PTR(ret));
-	}
-	kt_pci_publish_online(kd, cpu, true);
-	return 0;
-}
-
-static int kt_pci_cpu_offline(unsigned int cpu)
-{
-	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
-
-	if (kd)
-		kt_pci_publish_online(kd, cpu, false);
-	return 0;
-}
-
 static int kt_pci_request_vector(struct kt_pci_dev *kd, unsigned int i)
 {
 	struct device *dev = &kd->pdev->dev;
@@ -226,6 +189,8 @@ static int kt_pci_request_vector(struct kt_pci_dev *kd, unsigned int i)
 	if (ret)
 		dev_err(dev, "cannot request IRQ %d for CPU%u: %pe\n",
 			v->irq, i, ERR_PTR(ret));
+	else
+		v->requested = true;
 	return ret;
 }
 
@@ -236,8 +201,58 @@ static void kt_pci_free_vectors(struct kt_pci_dev *kd, unsigned int n)
 
 	kt_ring_stop(kd->rings);
 	for (i = 0; i < n; i++)
-		free_irq(kd->vecs[i].irq, kt_ring_vec(kd->rings, i));
+		if (kd->vecs[i].requested)
+			free_irq(kd->vecs[i].irq, kt_ring_vec(kd->rings, i));
 	pci_free_irq_vectors(kd->pdev);
+}
+
+/* CPU hotplug, in its thread: the online mask and vector i's handler. */
+static void kt_pci_publish_online(struct kt_pci_dev *kd, unsigned int cpu,
+				  bool online)
+{
+	if (cpu >= KS_MAX_CPUS)
+		return;
+	if (online)
+		kd->online |= BIT(cpu);
+	else
+		kd->online &= ~BIT(cpu);
+	/* The host reads it with acquire before it publishes to a CPU. */
+	smp_store_release(&kd->region->header.online, kd->online);
+}
+
+static int kt_pci_cpu_online(unsigned int cpu)
+{
+	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
+	int ret;
+
+	if (!kd)
+		return 0;
+	/* Freed when the CPU went offline: pinned to it and requested again. */
+	if (cpu < kt_ring_nr(kd->rings) && !kd->vecs[cpu].requested) {
+		ret = kt_pci_request_vector(kd, cpu);
+		if (ret) {
+			/* The host is told the CPU is offline: no entry for it. */
+			dev_warn(&kd->pdev->dev, "CPU%u is back without its vector: %pe\n",
+				 cpu, ERR_PTR(ret));
+			return 0;
+		}
+	}
+	kt_pci_publish_online(kd, cpu, true);
+	return 0;
+}
+
+static int kt_pci_cpu_offline(unsigned int cpu)
+{
+	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
+
+	if (!kd)
+		return 0;
+	kt_pci_publish_online(kd, cpu, false);
+	if (cpu < kt_ring_nr(kd->rings) && kd->vecs[cpu].requested) {
+		free_irq(kd->vecs[cpu].irq, kt_ring_vec(kd->rings, cpu));
+		kd->vecs[cpu].requested = false;
+	}
+	return 0;
 }
 
 static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -368,7 +383,8 @@ static void kt_pci_remove(struct pci_dev *pdev)
 	/* The host stops ringing before the handlers go. */
 	smp_store_release(&hdr->ready, 0);
 	WRITE_ONCE(hdr->guest_cpus, 0);
-	cpuhp_remove_state(kd->hp_state);
+	/* No callbacks: the vectors are freed below, whatever the CPUs do. */
+	cpuhp_remove_state_nocalls(kd->hp_state);
 	kt_debugfs_device_exit();
 	kt_pci_free_vectors(kd, kt_ring_nr(kd->rings));
 	/* devres unmaps BAR0 and BAR2 after this, with no ack left. */

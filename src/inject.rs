@@ -110,6 +110,13 @@ impl Machine {
     /// (bounded) until the module has taken or refused it.
     pub fn inject(&mut self, via: Injector, injection: Injection, bound: Duration) -> Result<Injected, Failure> {
         match via {
+            Injector::Device if self.device_says_offline(injection.cpu) => Ok(Injected {
+                refused: Some(injection.refused(libc::EINVAL)),
+                datagrams: Vec::new(),
+                arrived: Vec::new(),
+                acknowledged: None,
+                interrupted: Vec::new(),
+            }),
             Injector::Device if injection.register == Register::Package => {
                 // The hardware interrupts the package's cores, each after
                 // the last has been handled: one entry per online core.
@@ -160,6 +167,14 @@ impl Machine {
         }
     }
 
+    /// Whether the sensor device's driver says `cpu` is offline. The device
+    /// then publishes nothing to it (its vector is freed while it is down)
+    /// and refuses the injection with EINVAL, as the guest's debugfs does
+    /// an injection at an offline CPU: the two injectors stay alike.
+    fn device_says_offline(&self, cpu: u32) -> bool {
+        self.sensor().filter(|d| d.is_ready()).is_some_and(|d| !d.is_online(cpu))
+    }
+
     /// The CPUs of `cpu`'s package that the guest has online, ascending:
     /// those a change of the package register interrupts. The sensor
     /// device's driver says which are online; a guest without it, or a
@@ -189,6 +204,15 @@ impl Machine {
                      the device times one CPU's entries",
                     self.topology()
                 ),
+            });
+        }
+        if self.device_says_offline(injection.cpu) {
+            return Ok(Injected {
+                refused: Some(injection.refused(libc::EINVAL)),
+                datagrams: Vec::new(),
+                arrived: Vec::new(),
+                acknowledged: None,
+                interrupted: Vec::new(),
             });
         }
         let published = self.fire_timed(injection.cpu, injection.register, injection.value, timing)?;

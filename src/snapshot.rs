@@ -42,6 +42,10 @@ pub struct SnapshotStep {
     /// How many times it ran, if more than once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat: Option<u32>,
+    /// A replay step: how many register changes it injected. Its events
+    /// are listed whatever their number: the episode is their order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injections: Option<u32>,
     /// What a read returned, or why the step failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
@@ -136,15 +140,18 @@ impl Transcript {
                     }
                 }
                 let (result, exec) = result_of(record);
+                let injections = record.replay.as_ref().map(|t| t.due.len() as u32);
+                let replay = injections.is_some();
                 let mut step = SnapshotStep {
                     step: record.label.clone(),
-                    repeat: (record.repeat > 1).then_some(record.repeat),
+                    repeat: (record.repeat > 1 && !replay).then_some(record.repeat),
+                    injections,
                     result,
                     exec,
                     events: Vec::new(),
                     event_counts: BTreeMap::new(),
                 };
-                if record.repeat >= COUNT_THRESHOLD {
+                if record.repeat >= COUNT_THRESHOLD && !replay {
                     for event in &decoded {
                         *step.event_counts.entry(events::kind_of(event)).or_default() += 1;
                     }

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{read, shut_down, write};
+use common::{read, shut_down, write, BOUND};
+use kevent_bench::inject::{Injection, Injector};
+use kevent_bench::sensor::Register;
 use kevent_bench::{Machine, Topology};
 use kevent_wire::Outcome;
 
@@ -76,8 +78,21 @@ fn an_offline_core_leaves_the_devices_online_mask_and_comes_back() {
     assert_eq!(online, [true, true, true, false]);
     assert_eq!(m.package_cpus_online(2), [2], "package 1's change interrupts CPU 2 alone");
     assert_eq!(m.package_cpus_online(0), [0, 1]);
+    let prochot = Injection { cpu: 3, register: Register::Core, value: 0x8005_0001 };
+    let refused = m.inject(Injector::Device, prochot, BOUND).unwrap();
+    assert_eq!(refused.refused.map(|r| r.errno), Some(libc::EINVAL), "nothing is published to an offline CPU");
     assert_eq!(write(&mut m, "/sys/devices/system/cpu/cpu3/online", "1"), Outcome::Done);
     assert!(m.sensor().unwrap().is_online(3));
     assert_eq!(m.package_cpus_online(3), [2, 3]);
+    // Back online, CPU 3 has its vector again, on itself: the first entry
+    // after it is not handled elsewhere.
+    for register in [Register::Core, Register::Package] {
+        // The package register has no valid bit.
+        let value = if register == Register::Core { prochot.value } else { 0x0005_0001 };
+        let injected = m.inject(Injector::Device, Injection { register, value, ..prochot }, BOUND).unwrap();
+        assert_eq!(injected.refused, None, "{register:?}");
+        let expected: &[u32] = if register == Register::Core { &[3] } else { &[2, 3] };
+        assert_eq!(injected.interrupted, expected, "{register:?}");
+    }
     shut_down(m);
 }
