@@ -283,4 +283,32 @@ mod tests {
         assert_eq!(step(&record)["result"]["stdout"], "hi");
         assert_eq!(background(&run)["type"], "background");
     }
+
+    #[test]
+    fn a_replay_line_has_the_lateness_of_its_injections() {
+        let ms = Duration::from_millis;
+        let timing =
+            ReplayTiming { speed: 2.0, due: vec![ms(0), ms(10), ms(20)], started: vec![ms(1), ms(10), ms(25)] };
+        let line = replay(3, &timing);
+        assert_eq!(line["type"], "replay");
+        assert_eq!(line["step"], 3);
+        assert_eq!(line["speed"], 2.0);
+        assert_eq!(line["injections"], 3);
+        assert_eq!(line["late_p50_ns"], 1_000_000);
+        assert_eq!(line["late_p99_ns"], 5_000_000);
+        assert_eq!(line["late_max_ns"], 5_000_000);
+        assert!(line["message"].as_str().unwrap().starts_with("3 injection(s) at speed 2"), "{line}");
+    }
+
+    #[test]
+    fn the_start_line_has_the_machines_packages() {
+        let mut scenario =
+            crate::scenario::parse(std::path::Path::new("t.toml"), "description = \"t\"\n[[step]]\nsleep_ms = 1\n")
+                .unwrap();
+        scenario.set_topology(crate::Topology::new(2, 2).unwrap()).unwrap();
+        let line = start(&scenario);
+        assert_eq!(line["machine"]["cpus"], 4);
+        assert_eq!(line["machine"]["packages"], 2);
+        assert_eq!(line["machine"]["cores"], 2);
+    }
 }
