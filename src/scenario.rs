@@ -1415,4 +1415,99 @@ sleep_ms = 5
         }
         assert!(starters.len() >= 11, "{} starter scenarios", starters.len());
     }
+
+    #[test]
+    fn packages_and_cores_make_the_machine_and_agree_with_cpus() {
+        let s = parse_str(&format!("description = \"x\"\n[machine]\npackages = 2\ncores = 2\n{ONE_STEP}")).unwrap();
+        assert_eq!(s.machine.topology, Topology::new(2, 2).unwrap());
+        assert_eq!(s.machine.to_string(), "4 CPUs in 2 packages × 2 cores, 256 MiB, real clock");
+        let s = parse_str(&format!("description = \"x\"\n[machine]\ncores = 3\n{ONE_STEP}")).unwrap();
+        assert_eq!(s.machine.topology, Topology::new(1, 3).unwrap(), "packages default to 1");
+        let s = parse_str(&format!("description = \"x\"\n[machine]\ncpus = 4\npackages = 2\ncores = 2\n{ONE_STEP}"));
+        assert_eq!(s.unwrap().machine.cpus(), 4, "all three, agreeing");
+        let e = err(&format!("description = \"x\"\n[machine]\ncpus = 3\npackages = 2\ncores = 2\n{ONE_STEP}"));
+        assert_eq!((e.at.line, e.at.column), (3, 8), "{e}");
+        assert!(e.message.contains("cpus = 3, but 2 packages × 2 cores are 4 CPUs: give one or the other"), "{e}");
+        let e = err(&format!("description = \"x\"\n[machine]\npackages = 3\ncores = 3\n{ONE_STEP}"));
+        assert_eq!(e.at.line, 3, "{e}");
+        assert!(e.message.contains("would be more than the 8 CPUs"), "{e}");
+        let e = err(&format!("description = \"x\"\n[machine]\npackages = 0\n{ONE_STEP}"));
+        assert_eq!(e.at.line, 3, "{e}");
+        let e = err("description = \"x\"\n[machine]\npackages = 2\ncores = 2\n[[step]]\ninject = { cpu = 4 }\n");
+        assert!(e.message.contains("the machine has CPUs 0 to 3"), "{e}");
+    }
+
+    #[test]
+    fn a_timed_package_injection_is_refused_where_packages_share_cores() {
+        let timed =
+            "[[step]]\ninject = { cpu = 1, package = true, bits = [\"prochot\"] }\nrepeat = 3\ninterval_us = 10\n";
+        let e = err(&format!("description = \"x\"\n[machine]\npackages = 2\ncores = 2\n{timed}"));
+        assert_eq!(e.at.line, 8, "{e}");
+        assert!(e.message.contains("the device times the entries of one CPU"), "{e}");
+        let mut s = parse_str(&format!("description = \"x\"\n{timed}")).unwrap();
+        let e = s.set_topology(Topology::new(1, 2).unwrap()).unwrap_err();
+        assert!(e.contains("scenarios/t.toml:2:1: interval_us: a package injection interrupts every core"), "{e}");
+        assert_eq!(s.machine.topology, Topology::flat(2), "unchanged after a refusal");
+    }
+
+    const TRACE_2X2: &str = "# kevent-bench thermal trace 1\n# cpu 0 package 0 core 0\n# cpu 1 package 0 core 1\n\
+                             # cpu 2 package 1 core 0\n# cpu 3 package 1 core 1\n# tjmax 100\n\
+                             time_us,cpu,package,register,value\n0,0,0,0x19c,0x80320000\n100,2,1,0x1b1,0x50001\n";
+
+    /// A scenario file and a trace beside it, in a fresh directory.
+    fn with_trace(scenario: &str, trace: &str) -> (tempfile::TempDir, Result<Scenario, ScenarioError>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("traces")).unwrap();
+        std::fs::write(dir.path().join("traces/t.csv"), trace).unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, scenario).unwrap();
+        let loaded = load(&path);
+        (dir, loaded)
+    }
+
+    #[test]
+    fn a_replay_step_reads_its_trace_beside_the_scenario_and_checks_its_machine() {
+        let machine = "description = \"x\"\n[machine]\npackages = 2\ncores = 2\n";
+        let (_dir, s) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/t.csv\"\nspeed = 2.5\n"), TRACE_2X2);
+        let s = s.unwrap();
+        let Action::Replay { path, trace, speed } = &s.steps[0].action else { panic!("{:?}", s.steps[0]) };
+        assert_eq!((path.as_str(), *speed), ("traces/t.csv", SpeedMilli(2500)));
+        assert_eq!(s.traces[trace].injections().len(), 1, "the reset image is not injected");
+        assert_eq!(s.steps[0].action.to_string(), "replay traces/t.csv at speed 2.5");
+
+        // The trace's machine must be the scenario's.
+        let (_dir, e) = with_trace("description = \"x\"\n[[step]]\nreplay = \"traces/t.csv\"\n", TRACE_2X2);
+        let e = e.unwrap_err();
+        assert_eq!(e.at.line, 2, "{e}");
+        assert!(e.message.contains("was recorded on 2 packages × 2 cores; the scenario's machine is 2 packages × 1 core (set [machine] packages = 2 and cores = 2)"), "{e}");
+        // And its TjMax the module's.
+        let tjmax = format!("{machine}[params]\nkevent_thermal.tjmax = 90\n[[step]]\nreplay = \"traces/t.csv\"\n");
+        let (_dir, e) = with_trace(&tjmax, TRACE_2X2);
+        assert!(e.unwrap_err().message.contains("recorded with TjMax 100 °C and the module has 90 °C"));
+        // A bad row is refused with the trace's own file and line.
+        let bad = TRACE_2X2.replace("100,2,1,0x1b1,0x50001", "100,2,1,0x1b1,0x80050001");
+        let (dir, e) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/t.csv\"\n"), &bad);
+        let e = e.unwrap_err().to_string();
+        let expected = format!("s.toml:5:1: replay: {}:9: 0x1b1", dir.path().join("traces/t.csv").display());
+        assert!(e.contains(&expected), "{e}\nexpected {expected}");
+        // A missing trace is named.
+        let (_dir, e) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/none.csv\"\n"), TRACE_2X2);
+        assert!(e.unwrap_err().message.contains("cannot read the trace"));
+        // Once loaded, the machine cannot be changed under the trace.
+        let (_dir, s) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/t.csv\"\n"), TRACE_2X2);
+        let mut s = s.unwrap();
+        assert!(s.set_cpus(4).unwrap_err().contains("this step replays a trace recorded on 2 packages × 2 cores"));
+    }
+
+    #[test]
+    fn a_replay_step_takes_speed_and_nothing_that_repeats_it() {
+        let e = err("description = \"x\"\n[[step]]\nreplay = \"t.csv\"\nspeed = 0\n");
+        assert!(e.message.contains("speed = 0: expected 0.01 to 1000"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nreplay = \"t.csv\"\nrepeat = 2\n");
+        assert!(e.message.contains("a replay step plays its trace once"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 1\nspeed = 2\n");
+        assert!(e.message.contains("speed paces a replay"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 1\nreplay = \"t.csv\"\n");
+        assert!(e.message.contains("exactly one of inject, sleep_ms, read, write, exec, replay"), "{e}");
+    }
 }
