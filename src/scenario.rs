@@ -955,7 +955,7 @@ impl Scenario {
             .iter()
             .filter(|p| p.module.replace('-', "_") == "kevent_thermal" && p.key == "tjmax")
             .filter_map(|p| p.value.parse().ok())
-            .last()
+            .next_back()
             .unwrap_or(thermal::DEFAULT_TJMAX)
     }
 

@@ -296,7 +296,7 @@ mod tests {
         // The package registers end before the rings begin.
         assert!(package_register_offset(MAX_PACKAGES) <= CPUS_OFFSET);
         // The online mask has a bit for every CPU.
-        assert!(MAX_CPUS <= 32);
+        const { assert!(MAX_CPUS <= 32) };
         assert_eq!(CPU_SIZE, cpu::RING + std::mem::size_of::<Entry>() * RING_ENTRIES as usize);
         assert!(cpu_offset(MAX_CPUS) <= REGION_SIZE, "the rings fit in BAR2");
         assert!(REGION_SIZE.is_power_of_two());
