@@ -286,8 +286,12 @@ pub fn record<W: Write>(
         if due > duration {
             break;
         }
-        if let Some(wait) = (start + due).checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+        // In slices, so that a stop is seen within 50 ms of being asked.
+        while let Some(wait) = (start + due).checked_duration_since(Instant::now()) {
+            if stop() {
+                break;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(50)));
         }
         if stop() {
             done.stopped = true;
