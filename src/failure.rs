@@ -45,6 +45,9 @@ pub mod exit_code {
     pub const SENSOR_NOT_READY: i32 = 35;
     /// The guest did not acknowledge an injection on the sensor device.
     pub const SENSOR_NO_ACK: i32 = 36;
+    /// `replay`: the run did not reproduce the bundle's: it completed with
+    /// other events, or completed where the bundle's run failed.
+    pub const REPLAY_MISMATCH: i32 = 40;
 }
 
 /// The stages of a run, each with its own bound.

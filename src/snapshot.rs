@@ -9,6 +9,7 @@ use kevent_wire::Datagram;
 use serde::Serialize;
 
 use crate::events::{self, Event, Normaliser};
+use crate::scenario::Scenario;
 use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, Transcript};
 
 /// Steps repeated this many times or more are snapshotted as counts.
@@ -118,58 +119,64 @@ fn result_of(record: &StepRecord) -> (Option<String>, Option<SnapshotExec>) {
 impl Transcript {
     /// The deterministic form of the run, for review and comparison.
     pub fn snapshot(&self) -> Snapshot {
-        let mut normaliser = Normaliser::default();
-        let mut totals = Totals::default();
-        let steps = self
-            .steps
-            .iter()
-            .map(|record| {
-                // Each channel in its own order, kmessages first: the two
-                // sockets are independent, and which one the agent reads
-                // first when both have data is scheduling, not the kernel's
-                // contract (docs/events.md, "Ordering across the two channels").
-                let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
-                datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
-                let mut decoded: Vec<Event> = datagrams.into_iter().map(events::decode).collect();
-                for event in &mut decoded {
-                    normaliser.normalise(event);
-                    match event {
-                        Event::Kmessage { .. } => totals.kmessages += 1,
-                        Event::Uevent { .. } => totals.uevents += 1,
-                        Event::Malformed { .. } => totals.malformed += 1,
-                    }
+        project(&self.scenario, &self.steps, &self.background)
+    }
+}
+
+/// The snapshot of `steps` and `background` of a run of `scenario`: a whole
+/// run's, or the steps a failed run completed, or a run read back from a
+/// reproducer bundle (`crate::bundle`).
+pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramRun]) -> Snapshot {
+    let mut normaliser = Normaliser::default();
+    let mut totals = Totals::default();
+    let steps = steps
+        .iter()
+        .map(|record| {
+            // Each channel in its own order, kmessages first: the two
+            // sockets are independent, and which one the agent reads
+            // first when both have data is scheduling, not the kernel's
+            // contract (docs/events.md, "Ordering across the two channels").
+            let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
+            datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
+            let mut decoded: Vec<Event> = datagrams.into_iter().map(events::decode).collect();
+            for event in &mut decoded {
+                normaliser.normalise(event);
+                match event {
+                    Event::Kmessage { .. } => totals.kmessages += 1,
+                    Event::Uevent { .. } => totals.uevents += 1,
+                    Event::Malformed { .. } => totals.malformed += 1,
                 }
-                let (result, exec) = result_of(record);
-                let injections = record.replay.as_ref().map(|t| t.due.len() as u32);
-                let replay = injections.is_some();
-                let mut step = SnapshotStep {
-                    step: record.label.clone(),
-                    repeat: (record.repeat > 1 && !replay).then_some(record.repeat),
-                    injections,
-                    result,
-                    exec,
-                    events: Vec::new(),
-                    event_counts: BTreeMap::new(),
-                };
-                if record.repeat >= COUNT_THRESHOLD && !replay {
-                    for event in &decoded {
-                        *step.event_counts.entry(events::kind_of(event)).or_default() += 1;
-                    }
-                } else {
-                    step.events = decoded;
+            }
+            let (result, exec) = result_of(record);
+            let injections = record.replay.as_ref().map(|t| t.due.len() as u32);
+            let replay = injections.is_some();
+            let mut step = SnapshotStep {
+                step: record.label.clone(),
+                repeat: (record.repeat > 1 && !replay).then_some(record.repeat),
+                injections,
+                result,
+                exec,
+                events: Vec::new(),
+                event_counts: BTreeMap::new(),
+            };
+            if record.repeat >= COUNT_THRESHOLD && !replay {
+                for event in &decoded {
+                    *step.event_counts.entry(events::kind_of(event)).or_default() += 1;
                 }
-                step
-            })
-            .collect();
-        let s = &self.scenario;
-        Snapshot {
-            scenario: s.name.clone(),
-            machine: s.machine.to_string(),
-            params: s.params_by_module(),
-            steps,
-            background: self.background.iter().map(snapshot_exec).collect(),
-            totals,
-        }
+            } else {
+                step.events = decoded;
+            }
+            step
+        })
+        .collect();
+    let s = scenario;
+    Snapshot {
+        scenario: s.name.clone(),
+        machine: s.machine.to_string(),
+        params: s.params_by_module(),
+        steps,
+        background: background.iter().map(snapshot_exec).collect(),
+        totals,
     }
 }
 

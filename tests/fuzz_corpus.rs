@@ -5,6 +5,8 @@
 
 mod fuzzing;
 
+use kevent_bench::scenario::Action;
+
 use fuzzing::{Choices, Rng};
 
 /// Enough mutants to reach every edit of every starter many times, few
@@ -14,11 +16,22 @@ const MUTANTS: u64 = 3000;
 #[test]
 fn the_starter_scenarios_pass_the_checks_and_load_as_they_parse() {
     let dir = tempfile::tempdir().unwrap();
+    // The traces replay steps name, beside the scenarios as in scenarios/.
+    let traces = fuzzing::repo_root().join("scenarios/traces");
+    std::fs::create_dir(dir.path().join("traces")).unwrap();
+    for entry in std::fs::read_dir(&traces).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join("traces").join(entry.file_name())).unwrap();
+    }
     for (i, text) in fuzzing::starters().iter().enumerate() {
         assert!(fuzzing::check_scenario(text), "a starter is refused");
         let path = dir.path().join(format!("{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let loaded = kevent_bench::scenario::load(&path).unwrap();
+        let mut loaded = kevent_bench::scenario::load(&path).unwrap();
+        let replays = loaded.steps.iter().filter(|s| matches!(s.action, Action::Replay { .. })).count();
+        assert_eq!(loaded.traces.len(), replays, "load reads the trace of every replay step");
+        // Beyond the traces, loading is parsing.
+        loaded.traces.clear();
         assert_eq!(kevent_bench::scenario::parse_bytes(&path, text).unwrap(), loaded);
     }
 }

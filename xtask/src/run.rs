@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
@@ -13,9 +13,10 @@ use kevent_bench::json_lines;
 use kevent_bench::runner;
 use kevent_bench::scenario::Injector;
 use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
-use kevent_bench::{scenario, Failure, MachineConfig};
+use kevent_bench::{bundle, scenario, AccelDecision, Failure, MachineConfig};
 
 use crate::flags::RunFlags;
+use crate::reproducer;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario or trace is reported before anything is built.
@@ -36,7 +37,13 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires a scenario or --replay"),
     };
     apply_overrides(&mut scenario, flags)?;
-    let artifacts = crate::build::run(&flags.build.resolve())?;
+    if flags.bundle.is_some() && !scenario.traces.is_empty() {
+        bail!("--bundle: a reproducer bundle carries the scenario file, not the traces its replay steps read");
+    }
+    // So is a bundle that could not be written: its directory is tried now.
+    let bundle_target = flags.bundle.as_deref().map(reproducer::Target::prepare).transpose()?;
+    let build = flags.build.resolve();
+    let artifacts = crate::build::run(&build)?;
     scenario.check_params(&artifacts.module_parameters()?)?;
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
@@ -49,30 +56,107 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
     eprintln!("injector: {}", scenario.injector);
     eprintln!("console log: {}", run_dir.join("console.log").display());
+    let execution = execute(&scenario, &config, &decision, Output { json: flags.json, raw: flags.raw });
+    if let (Some(target), Some(scenario_file)) = (bundle_target, &flags.scenario) {
+        if kevent_bench::process::interrupted().is_none() {
+            let scenario_text =
+                std::fs::read(scenario_file).with_context(|| format!("read {}", scenario_file.display()))?;
+            let run = reproducer::RunRecord {
+                scenario: &scenario,
+                scenario_file,
+                scenario_text,
+                overrides: overrides_of(flags),
+                append: Vec::new(),
+                includes: &flags.includes,
+                build: &build,
+                artifacts: &artifacts,
+                config: &config,
+                decision: &decision,
+                execution: &execution,
+            };
+            target.write(&run)?;
+        }
+    }
+    execution.outcome.map(|_| ()).map_err(anyhow::Error::from)
+}
+
+/// How a run prints.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// Each datagram's bytes as well.
+    pub raw: bool,
+}
+
+/// A scenario run as it happened, whether it completed or not.
+pub struct Execution {
+    /// Every step completed, as the runner reported it.
+    pub steps: Vec<StepRecord>,
+    /// The run as `run --json --raw` prints it, every line.
+    pub lines: Vec<serde_json::Value>,
+    /// The transcript, or how the run failed.
+    pub outcome: Result<kevent_bench::transcript::Transcript, Failure>,
+    /// Host wall time.
+    pub elapsed: Duration,
+}
+
+impl Execution {
+    /// The 1-based step the run failed at, if it failed in one.
+    pub fn failed_step(&self) -> Option<usize> {
+        match &self.outcome {
+            Err(Failure::AtStep { step, .. }) => Some(*step),
+            _ => None,
+        }
+    }
+}
+
+/// Boots, runs every step of `scenario`, prints each event live and a
+/// summary, and keeps every line `run --json --raw` would print.
+pub fn execute(
+    scenario: &scenario::Scenario,
+    config: &MachineConfig,
+    decision: &AccelDecision,
+    output: Output,
+) -> Execution {
     let started = Instant::now();
     let mut normaliser = events::Normaliser::default();
-    let print = |line: serde_json::Value| println!("{line}");
-    if flags.json {
-        print(json_lines::start(&scenario));
-    }
-    let mut print_step = |record: &StepRecord, finished: bool| {
-        let mut out = std::io::stdout().lock();
-        if flags.json {
-            for datagram in &record.datagrams {
-                let _ = writeln!(out, "{}", json_lines::event(record.index + 1, datagram, &mut normaliser, flags.raw));
-            }
-            if finished {
-                let _ = writeln!(out, "{}", json_lines::step(record));
-                if let Some(timing) = &record.replay {
-                    let _ = writeln!(out, "{}", json_lines::replay(record.index + 1, timing));
+    let mut lines = Vec::new();
+    let keep = |line: serde_json::Value, lines: &mut Vec<serde_json::Value>| {
+        if output.json {
+            let mut shown = line.clone();
+            if !output.raw {
+                if let Some(fields) = shown.as_object_mut() {
+                    fields.remove("bytes");
                 }
             }
+            println!("{shown}");
+        }
+        lines.push(line);
+    };
+    keep(json_lines::start(scenario), &mut lines);
+    let mut steps = Vec::new();
+    let mut print_step = |record: &StepRecord, finished: bool, lines: &mut Vec<serde_json::Value>| {
+        for datagram in &record.datagrams {
+            keep(json_lines::event(record.index + 1, datagram, &mut normaliser, true), lines);
+        }
+        if finished {
+            keep(json_lines::step(record), lines);
+            if let Some(timing) = &record.replay {
+                keep(json_lines::replay(record.index + 1, timing), lines);
+            }
+        }
+        if let (Some(timing), false) = (&record.replay, output.json) {
+            eprintln!("replay: {timing}");
+        }
+        if output.json {
             return;
         }
+        let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
         for datagram in &record.datagrams {
             let _ = writeln!(out, "{}", events::render_live(datagram, &events::decode(datagram)));
-            if flags.raw {
+            if output.raw {
                 let _ = writeln!(out, "RAW {} bytes: {}\n", datagram.bytes.len(), events::escape(&datagram.bytes));
             }
         }
@@ -90,11 +174,12 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             }
             StepOutcome::Done => {}
         }
-        if let Some(timing) = &record.replay {
-            eprintln!("replay: {timing}");
-        }
     };
-    let transcript = match runner::run(&scenario, &config, &mut |record| print_step(record, true)) {
+    let result = runner::run(scenario, config, &mut |record| {
+        print_step(record, true, &mut lines);
+        steps.push(record.clone());
+    });
+    let transcript = match result {
         Ok(transcript) => transcript,
         Err(failure) => {
             let mut failed_step = None;
@@ -102,28 +187,23 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
                 // Nothing captured is lost: the failed step's events so far.
                 let mut partial = StepRecord::new(step - 1, format!("{label} (failed)"), 1);
                 partial.datagrams = captured.clone();
-                print_step(&partial, false);
+                print_step(&partial, false, &mut lines);
                 failed_step = Some(*step);
             }
-            if flags.json {
-                print(json_lines::failure(failed_step, &failure.report(), failure.exit_code()));
-            }
-            return Err(failure.into());
+            keep(json_lines::failure(failed_step, &failure.report(), failure.exit_code()), &mut lines);
+            return Execution { steps, lines, outcome: Err(failure), elapsed: started.elapsed() };
         }
     };
     for r in &transcript.background {
-        if flags.json {
-            print(json_lines::background(r));
-        } else {
+        keep(json_lines::background(r), &mut lines);
+        if !output.json {
             println!("── background {}: exit code {} (signal {})", r.program, r.exit_code, r.signal);
             println!("stdout:\n{}", String::from_utf8_lossy(&r.stdout));
             println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
         }
     }
     for flag in &transcript.timing_flags {
-        if flags.json {
-            print(json_lines::timing_flag(flag));
-        }
+        keep(json_lines::timing_flag(flag), &mut lines);
         eprintln!("warning: {flag}");
     }
     if transcript.timing_flags_lost > 0 {
@@ -135,9 +215,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     }
     let totals = transcript.snapshot().totals;
     let elapsed = started.elapsed();
-    if flags.json {
-        print(json_lines::summary(&transcript, &totals, elapsed, &decision.accel.to_string()));
-    }
+    keep(json_lines::summary(&transcript, &totals, elapsed, &decision.accel.to_string()), &mut lines);
     eprintln!(
         "{}: {} step(s), {} kmessage(s), {} uevent(s), none lost; {:.2} s on {} ({})",
         scenario.name,
@@ -148,7 +226,18 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         decision.accel,
         transcript.hello.kernel_release
     );
-    Ok(())
+    Execution { steps, lines, outcome: Ok(transcript), elapsed }
+}
+
+/// The command line's choices over the scenario's, as a bundle records them.
+fn overrides_of(flags: &RunFlags) -> bundle::Overrides {
+    bundle::Overrides {
+        cpus: flags.cpus,
+        topology: flags.topology.map(|t| format!("{}x{}", t.packages, t.cores)),
+        memory_mib: flags.memory_mib,
+        clock: flags.clock.map(|c| kevent_bench::Clock::from(c).to_string()),
+        injector: flags.injector.map(|i| Injector::from(i).to_string()),
+    }
 }
 
 /// The command line's choices replace the scenario's own, each said out
@@ -182,7 +271,7 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
 
 /// The run's initramfs: the bench's, with the user's files appended as a
 /// second archive (the kernel unpacks concatenated archives in order).
-fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyhow::Result<PathBuf> {
     let mut archive = Archive::new();
     for include in includes {
         let (host, guest) = match include.split_once(':') {
