@@ -83,8 +83,8 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> RecordError {
     move |source| RecordError::Io { what, source }
 }
 
-/// A cpulist as sysfs writes it: `0-3,5`.
-fn parse_cpulist(text: &str) -> Option<Vec<u32>> {
+/// A cpulist as sysfs writes it (and `record --cpus` takes it): `0-3,5`.
+pub fn parse_cpulist(text: &str) -> Option<Vec<u32>> {
     let mut cpus = Vec::new();
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
@@ -161,10 +161,22 @@ pub struct Reading {
 }
 
 impl Recorder {
-    /// Opens the MSR device of every online CPU under `msr_dir` and reads
-    /// the topology under `sysfs_root`; says why it cannot.
-    pub fn open(msr_dir: &Path, sysfs_root: &Path) -> Result<Recorder, RecordError> {
-        let cpus = read_topology(sysfs_root)?;
+    /// Opens the MSR device of every online CPU under `msr_dir` (of those
+    /// in `only`, if given: a machine with more CPUs than a guest can
+    /// have is recorded in part) and reads the topology under
+    /// `sysfs_root`; says why it cannot.
+    pub fn open(msr_dir: &Path, sysfs_root: &Path, only: Option<&[u32]>) -> Result<Recorder, RecordError> {
+        let mut cpus = read_topology(sysfs_root)?;
+        if let Some(only) = only {
+            let online: Vec<u32> = cpus.iter().map(|c| c.cpu).collect();
+            if let Some(missing) = only.iter().find(|c| !online.contains(c)) {
+                return Err(RecordError::Topology {
+                    path: sysfs_root.join("devices/system/cpu/online"),
+                    why: format!("CPU {missing} is not online (online: {online:?})"),
+                });
+            }
+            cpus.retain(|c| only.contains(&c.cpu));
+        }
         let mut devices = Vec::new();
         for c in &cpus {
             let path = msr_dir.join(c.cpu.to_string()).join("msr");

@@ -29,7 +29,7 @@ fn fake(dir: &Path) -> FakeMachine {
 fn a_recording_has_the_topology_tjmax_and_every_change_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let machine = fake(dir.path());
-    let mut recorder = Recorder::open(&machine.msr_dir, &machine.sysfs_root).unwrap();
+    let mut recorder = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).unwrap();
     let changed = AtomicBool::new(false);
     let mut out = Vec::new();
     let recorded = std::thread::scope(|s| {
@@ -90,7 +90,7 @@ fn a_recording_has_the_topology_tjmax_and_every_change_in_order() {
 fn a_recording_stopped_early_is_a_whole_trace() {
     let dir = tempfile::tempdir().unwrap();
     let machine = fake(dir.path());
-    let mut recorder = Recorder::open(&machine.msr_dir, &machine.sysfs_root).unwrap();
+    let mut recorder = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).unwrap();
     let mut out = Vec::new();
     let asked = std::cell::Cell::new(0);
     let stop = || {
@@ -113,7 +113,7 @@ fn a_machine_without_the_msr_module_is_named_with_the_remedy() {
     let dir = tempfile::tempdir().unwrap();
     let machine = fake(dir.path());
     std::fs::remove_dir_all(machine.msr_dir.join("1")).unwrap();
-    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root).err().expect("refused");
+    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).err().expect("refused");
     assert!(matches!(e, RecordError::NoMsrDevice { .. }), "{e:?}");
     let message = e.to_string();
     assert!(
@@ -129,7 +129,7 @@ fn a_cpu_without_the_package_register_is_named() {
     // A fake msr file that ends before 0x1b1: a CPU without package
     // thermal management, whose msr driver answers EIO.
     std::fs::OpenOptions::new().write(true).open(machine.msr_dir.join("2/msr")).unwrap().set_len(0x1b0).unwrap();
-    let mut recorder = Recorder::open(&machine.msr_dir, &machine.sysfs_root).unwrap();
+    let mut recorder = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).unwrap();
     let e = recorder.sample().unwrap_err();
     assert!(matches!(e, RecordError::NoSuchRegister { cpu: 2, msr: Msr::PackageThermStatus, .. }), "{e:?}");
     assert!(e.to_string().starts_with("CPU 2: reading 0x1b1 (IA32_PACKAGE_THERM_STATUS) failed"), "{e}");
@@ -141,10 +141,10 @@ fn a_topology_sysfs_does_not_describe_is_named_with_its_file() {
     let machine = fake(dir.path());
     let id = machine.sysfs_root.join("devices/system/cpu/cpu3/topology/physical_package_id");
     std::fs::write(&id, "one\n").unwrap();
-    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root).err().expect("refused");
+    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).err().expect("refused");
     assert_eq!(e.to_string(), format!("{}: \"one\" is not a number", id.display()));
     std::fs::remove_file(&id).unwrap();
-    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root).err().expect("refused");
+    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).err().expect("refused");
     assert!(e.to_string().starts_with(&format!("{}: cannot read it", id.display())), "{e}");
 }
 
@@ -160,4 +160,25 @@ fn the_starter_trace_is_a_replayable_throttling_episode() {
     assert_eq!(package_1, [0x1400c0, 0x300c3, 0xf3, 0xa00e2, 0x1e00a2]);
     assert!(injected.iter().all(|i| i.msr == Msr::ThermStatus || i.cpu / 2 == 1), "package 0's register is quiet");
     assert!(injected.iter().any(|i| i.msr == Msr::ThermStatus && i.cpu == 1), "package 0 warms");
+}
+
+#[test]
+fn a_machine_with_more_cpus_than_a_guest_is_recorded_in_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let twelve: Vec<TraceCpu> = (0..12).map(|cpu| TraceCpu { cpu, package: 0, core: cpu }).collect();
+    let machine = FakeMachine::create(dir.path(), &twelve, 100).unwrap();
+    // All of them: a trace the guest cannot have, refused with the reason.
+    let mut all = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).unwrap();
+    let mut out = Vec::new();
+    record(&mut all, &mut out, Duration::from_millis(1), Duration::ZERO, &[], &|| false).unwrap();
+    let e = msr_trace::parse_bytes(Path::new("all.csv"), &out).unwrap_err();
+    assert!(e.message.contains("more than the 8 CPUs the bench kernel runs"), "{e}");
+    // Four of them: one package of four cores.
+    let mut four = Recorder::open(&machine.msr_dir, &machine.sysfs_root, Some(&[0, 1, 2, 3])).unwrap();
+    let mut out = Vec::new();
+    record(&mut four, &mut out, Duration::from_millis(1), Duration::ZERO, &[], &|| false).unwrap();
+    let trace = msr_trace::parse_bytes(Path::new("four.csv"), &out).unwrap();
+    assert_eq!(trace.topology, Topology::new(1, 4).unwrap());
+    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root, Some(&[0, 12])).err().expect("refused");
+    assert!(e.to_string().contains("CPU 12 is not online"), "{e}");
 }

@@ -69,6 +69,9 @@ pub struct RecordFlags {
     /// Seconds to record (Ctrl-C ends it early, the trace whole up to there)
     #[arg(long, value_name = "S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration: u64,
+    /// Only these online CPUs (a cpulist such as 0-3): a guest has at most 8, the recorded ones numbered package by package
+    #[arg(long, value_name = "LIST", value_parser = cpulist_parser)]
+    pub cpus: Option<Vec<u32>>,
     /// Where the per-CPU MSR devices are (N/msr under it), for tests and fake recordings
     #[arg(long, value_name = "DIR", default_value = "/dev/cpu")]
     pub msr_dir: PathBuf,
@@ -222,6 +225,12 @@ impl From<InjectorArg> for Injector {
 
 fn cpus_parser() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..=i64::from(limits::MAX_CPUS))
+}
+
+fn cpulist_parser(text: &str) -> Result<Vec<u32>, String> {
+    kevent_bench::record::parse_cpulist(text)
+        .filter(|cpus| !cpus.is_empty())
+        .ok_or_else(|| format!("{text:?} is not a CPU list such as 0-3 or 0,2,4"))
 }
 
 fn topology_parser(text: &str) -> Result<Topology, String> {

@@ -11,7 +11,7 @@ use kevent_bench::record::{record, Recorder};
 use crate::flags::RecordFlags;
 
 pub fn run(flags: &RecordFlags) -> anyhow::Result<()> {
-    let mut recorder = Recorder::open(&flags.msr_dir, &flags.sysfs_root)?;
+    let mut recorder = Recorder::open(&flags.msr_dir, &flags.sysfs_root, flags.cpus.as_deref())?;
     let interval = Duration::from_micros(flags.interval_us);
     let duration = Duration::from_secs(flags.duration);
     let cpus = recorder.cpus().len();
