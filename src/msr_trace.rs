@@ -128,6 +128,11 @@ pub struct Trace {
     pub cpus: Vec<TraceCpu>,
     /// The recorded machine's topology, which the guest will have.
     pub topology: Topology,
+    /// The guest CPU of each recorded one (by recorded number): packages
+    /// in the order of their ids, a package's CPUs in the order of their
+    /// core ids (then numbers), as the guest numbers them package by
+    /// package. The identity on a machine numbered that way.
+    pub guest_cpus: BTreeMap<u32, u32>,
     /// IA32_TEMPERATURE_TARGET's TjMax on the recorded machine, if known.
     pub tjmax: Option<u32>,
     /// Every row, in the file's order (times never decrease).
@@ -277,10 +282,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Trace, TraceError> {
     let Some(columns_at) = columns_at else {
         return Err(lines.error(text.lines().count().max(1), format!("no column header {COLUMNS:?}: no rows")));
     };
-    let topology = topology_of(&lines, &cpus, columns_at)?;
+    let (topology, guest_cpus) = topology_of(&lines, &cpus, columns_at)?;
     let cpus: Vec<TraceCpu> = cpus.into_iter().map(|(c, _)| c).collect();
     check_rows(&lines, &cpus, &rows)?;
-    Ok(Trace { path: path.to_owned(), cpus, topology, tjmax, rows })
+    Ok(Trace { path: path.to_owned(), cpus, topology, guest_cpus, tjmax, rows })
 }
 
 fn parse_row(lines: &Lines<'_>, n: usize, line: &str) -> Result<Row, TraceError> {
@@ -316,64 +321,53 @@ fn parse_row(lines: &Lines<'_>, n: usize, line: &str) -> Result<Row, TraceError>
     Ok(Row { time_us, cpu, package, msr, value, line: n })
 }
 
-/// The guest's topology for the recorded CPUs, or why the guest cannot
-/// have them.
-fn topology_of(lines: &Lines<'_>, cpus: &[(TraceCpu, usize)], columns_at: usize) -> Result<Topology, TraceError> {
+/// The guest's topology for the recorded CPUs and the guest CPU of each,
+/// or why the guest cannot have them.
+fn topology_of(
+    lines: &Lines<'_>,
+    cpus: &[(TraceCpu, usize)],
+    columns_at: usize,
+) -> Result<(Topology, BTreeMap<u32, u32>), TraceError> {
     if cpus.is_empty() {
         return Err(lines.error(columns_at, "no \"# cpu N package P core C\" line before the column header"));
     }
-    let mut sorted: Vec<&(TraceCpu, usize)> = cpus.iter().collect();
-    sorted.sort_by_key(|(c, _)| c.cpu);
-    let mut per_package: BTreeMap<u32, u32> = BTreeMap::new();
-    for (c, _) in &sorted {
-        *per_package.entry(c.package).or_default() += 1;
+    let mut per_package: BTreeMap<u32, Vec<TraceCpu>> = BTreeMap::new();
+    for (c, _) in cpus {
+        per_package.entry(c.package).or_default().push(*c);
     }
-    let packages = per_package.len() as u32;
-    let cores = *per_package.values().next().expect("at least one CPU");
-    if let Some((package, count)) = per_package.iter().find(|(_, count)| **count != cores) {
-        let first = per_package.keys().next().expect("at least one");
+    let packages = u32::try_from(per_package.len()).unwrap_or(u32::MAX);
+    let (first, first_cpus) = per_package.iter().next().expect("at least one CPU");
+    let cores = u32::try_from(first_cpus.len()).unwrap_or(u32::MAX);
+    if let Some((package, its)) = per_package.iter().find(|(_, its)| its.len() != first_cpus.len()) {
         return Err(lines.error(
             columns_at,
             format!(
-                "package {package} has {count} CPU(s) and package {first} {cores}: the guest's packages all have \
-                 the same number of cores"
+                "package {package} has {} CPU(s) and package {first} {cores}: the guest's packages all have the same \
+                 number of cores (record the same number of CPUs of each package: --cpus)",
+                its.len()
             ),
         ));
     }
-    let topology = Topology::new(packages, cores)
-        .map_err(|why| lines.error(columns_at, format!("the recorded machine cannot be a guest: {why}")))?;
-    for (i, (c, at)) in sorted.iter().enumerate() {
-        let i = i as u32;
-        if c.cpu != i {
-            return Err(lines.error(
-                *at,
-                format!("CPU {} without CPU {i}: the guest's CPUs are numbered 0 to {}", c.cpu, topology.cpus() - 1),
-            ));
-        }
-        if c.package != topology.package_of(i) {
-            return Err(lines.error(
-                *at,
-                format!(
-                    "CPU {i} is in package {}: the guest numbers its CPUs package by package, so CPU {i} of {topology} \
-                     is in package {} (packages numbered 0 to {}, CPUs of one package together)",
-                    c.package,
-                    topology.package_of(i),
-                    topology.packages - 1
-                ),
-            ));
+    let topology = Topology::new(packages, cores).map_err(|why| {
+        lines.error(columns_at, format!("the recorded machine cannot be a guest: {why} (record fewer: --cpus)"))
+    })?;
+    let mut guest_cpus = BTreeMap::new();
+    for (rank, its) in per_package.values_mut().enumerate() {
+        its.sort_by_key(|c| (c.core, c.cpu));
+        for (index, c) in its.iter().enumerate() {
+            guest_cpus.insert(c.cpu, rank as u32 * cores + index as u32);
         }
     }
-    Ok(topology)
+    Ok((topology, guest_cpus))
 }
 
 fn check_rows(lines: &Lines<'_>, cpus: &[TraceCpu], rows: &[Row]) -> Result<(), TraceError> {
     let mut last_time = 0;
     for row in rows {
         let Some(cpu) = cpus.iter().find(|c| c.cpu == row.cpu) else {
-            return Err(lines.error(
-                row.line,
-                format!("CPU {} is beyond the recorded machine's CPUs 0 to {}", row.cpu, cpus.len() - 1),
-            ));
+            let described: Vec<u32> = cpus.iter().map(|c| c.cpu).collect();
+            return Err(lines
+                .error(row.line, format!("CPU {} is not one of the recorded machine's CPUs {described:?}", row.cpu)));
         };
         if cpu.package != row.package {
             return Err(lines.error(
@@ -396,7 +390,8 @@ fn check_rows(lines: &Lines<'_>, cpus: &[TraceCpu], rows: &[Row]) -> Result<(), 
 pub struct Injection {
     /// When, from the replay's start, at speed 1.
     pub at: Duration,
-    /// The CPU it is injected at (the package register: its package's).
+    /// The guest CPU it is injected at (the package register: one of its
+    /// package's), [`Trace::guest_cpus`] of the recorded one.
     pub cpu: u32,
     /// Which register.
     pub msr: Msr,
@@ -422,7 +417,7 @@ impl Trace {
             if previous != row.value {
                 out.push(Injection {
                     at: Duration::from_micros(row.time_us),
-                    cpu: row.cpu,
+                    cpu: self.guest_cpus[&row.cpu],
                     msr: row.msr,
                     value: row.value,
                     line: row.line,
@@ -430,6 +425,12 @@ impl Trace {
             }
         }
         out
+    }
+
+    /// Whether the guest numbers the recorded CPUs otherwise than the
+    /// recorded machine did.
+    pub fn renumbered(&self) -> bool {
+        self.guest_cpus.iter().any(|(recorded, guest)| recorded != guest)
     }
 
     /// From the first row to the last.
@@ -570,7 +571,7 @@ mod tests {
             ("5,0,0,0x19c,0x80320000\n4,0,0,0x19c,0x80320000\n", 10, "time goes backwards: 4 µs after a row at 5 µs"),
             ("0,0,0,0x19c,0x88320000\n", 9, "sets bits 0x8000000, which the hardware model refuses"),
             ("0,0,0,0x1b1,0x80000000\n", 9, "0x1b1 (IA32_PACKAGE_THERM_STATUS) value 0x80000000 sets bits 0x80000000"),
-            ("0,4,1,0x19c,0x80320000\n", 9, "CPU 4 is beyond the recorded machine's CPUs 0 to 3"),
+            ("0,4,1,0x19c,0x80320000\n", 9, "CPU 4 is not one of the recorded machine's CPUs [0, 1, 2, 3]"),
             ("0,2,0,0x19c,0x80320000\n", 9, "CPU 2 is in package 1, this row says package 0"),
             ("0,0,0,0x19c\n", 9, "4 fields, expected 5"),
             ("0,0,0,0x19c,80320000\n", 9, "expected a hexadecimal register image"),
@@ -597,23 +598,40 @@ mod tests {
     #[test]
     fn a_machine_the_guest_cannot_have_is_refused_with_the_reason() {
         let machine = |cpus: &str| parse_str(&format!("# kevent-bench thermal trace 1\n{cpus}{COLUMNS}\n"));
-        let e = machine(
-            "# cpu 0 package 0 core 0\n# cpu 1 package 1 core 0\n# cpu 2 package 0 core 1\n# cpu 3 package 1 core 1\n",
-        )
-        .unwrap_err();
-        assert_eq!(e.line, 3, "{e}");
-        assert!(e.message.contains("CPU 1 is in package 1: the guest numbers its CPUs package by package"), "{e}");
         let e = machine("# cpu 0 package 0 core 0\n# cpu 1 package 0 core 1\n# cpu 2 package 1 core 0\n").unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("package 1 has 1 CPU(s) and package 0 2"), "{e}");
+        assert!(e.message.contains("--cpus"), "{e}");
         let nine: String = (0..9).map(|c| format!("# cpu {c} package 0 core {c}\n")).collect();
         let e = machine(&nine).unwrap_err();
         assert!(e.message.contains("more than the 8 CPUs"), "{e}");
-        let e = machine("# cpu 1 package 0 core 0\n").unwrap_err();
-        assert!(e.message.contains("CPU 1 without CPU 0"), "{e}");
         let e = machine("# cpu 0 package 0 core 0\n# cpu 0 package 0 core 1\n").unwrap_err();
         assert_eq!((e.line, e.message.as_str()), (3, "CPU 0 is described twice (first on line 2)"));
         let e = machine("").unwrap_err();
         assert!(e.message.contains("no \"# cpu N package P core C\" line"), "{e}");
+    }
+
+    #[test]
+    fn a_machine_numbered_otherwise_is_renumbered_package_by_package() {
+        // Two sockets whose CPUs alternate, as many two-socket machines
+        // number them, with sparse package and core ids.
+        let t = parse_str(
+            "# kevent-bench thermal trace 1\n# cpu 0 package 0 core 0\n# cpu 1 package 3 core 0\n\
+             # cpu 2 package 0 core 8\n# cpu 3 package 3 core 8\ntime_us,cpu,package,register,value\n\
+             10,1,3,0x1b1,0x50001\n20,2,0,0x19c,0x80050001\n",
+        )
+        .unwrap();
+        assert_eq!(t.topology, Topology::new(2, 2).unwrap());
+        assert_eq!(t.guest_cpus, BTreeMap::from([(0, 0), (2, 1), (1, 2), (3, 3)]));
+        assert!(t.renumbered());
+        let at: Vec<(u32, Msr)> = t.injections().iter().map(|i| (i.cpu, i.msr)).collect();
+        assert_eq!(at, [(2, Msr::PackageThermStatus), (1, Msr::ThermStatus)], "guest CPUs, guest packages");
+        // A single CPU recorded from a bigger machine is the guest's CPU 0.
+        let t =
+            parse_str("# kevent-bench thermal trace 1\n# cpu 5 package 0 core 2\ntime_us,cpu,package,register,value\n")
+                .unwrap();
+        assert_eq!((t.topology, t.guest_cpus[&5], t.renumbered()), (Topology::flat(1), 0, true));
+        assert!(!parse_str(HEADER).unwrap().renumbered(), "core ids 0 and 4, in CPU order");
     }
 
     #[test]

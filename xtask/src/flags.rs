@@ -69,7 +69,7 @@ pub struct RecordFlags {
     /// Seconds to record (Ctrl-C ends it early, the trace whole up to there)
     #[arg(long, value_name = "S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration: u64,
-    /// Only these online CPUs (a cpulist such as 0-3): a guest has at most 8, the recorded ones numbered package by package
+    /// Only these online CPUs (a cpulist such as 0-3): a guest has at most 8, as many in each package
     #[arg(long, value_name = "LIST", value_parser = cpulist_parser)]
     pub cpus: Option<Vec<u32>>,
     /// Where the per-CPU MSR devices are (N/msr under it), for tests and fake recordings

@@ -32,6 +32,16 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
                 trace.duration().as_secs_f64(),
                 trace.injections().len()
             );
+            if trace.renumbered() {
+                let pairs: Vec<String> = trace
+                    .cpus
+                    .iter()
+                    .map(|c| {
+                        format!("{} (package {}, core {}) → {}", c.cpu, c.package, c.core, trace.guest_cpus[&c.cpu])
+                    })
+                    .collect();
+                eprintln!("replay: the guest numbers the recorded CPUs package by package: {}", pairs.join(", "));
+            }
             scenario::Scenario::of_replay(trace, flags.speed).map_err(anyhow::Error::msg)?
         }
         (None, None) => unreachable!("clap requires a scenario or --replay"),
