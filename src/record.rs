@@ -211,6 +211,11 @@ impl Recorder {
             io::ErrorKind::PermissionDenied => {
                 RecordError::AccessRefused { path: self.devices[index].0.clone(), source: e }
             }
+            // The msr driver's answer for a CPU that is not online.
+            _ if e.raw_os_error() == Some(libc::ENXIO) => RecordError::Io {
+                what: format!("CPU {cpu} went offline during the recording (reading {msr})"),
+                source: e,
+            },
             // The msr driver answers EIO for an MSR the CPU does not have;
             // a fake file too short to hold it ends early.
             _ => RecordError::NoSuchRegister { cpu, msr, source: e },

@@ -90,6 +90,10 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     execution.outcome.map(|_| ()).map_err(anyhow::Error::from)
 }
 
+/// A replay whose median injection starts later than this after its
+/// recorded time is said to have fallen behind.
+const REPLAY_BEHIND: Duration = Duration::from_millis(10);
+
 /// How a run prints.
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -158,6 +162,14 @@ pub fn execute(
         }
         if let (Some(timing), false) = (&record.replay, output.json) {
             eprintln!("replay: {timing}");
+            if timing.late_percentile(50).is_some_and(|late| late > REPLAY_BEHIND) {
+                eprintln!(
+                    "warning: the replay fell behind the trace: the {} injector took longer per injection than the \
+                     trace's spacing{}; a --speed below 1 (or the device injector) keeps closer to it",
+                    scenario.injector,
+                    if timing.speed > 1.0 { " at this speed" } else { "" }
+                );
+            }
         }
         if output.json {
             return;
