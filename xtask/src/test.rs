@@ -6,7 +6,7 @@ use std::fmt;
 use std::process::Command;
 
 use anyhow::Context;
-use kevent_bench::accel::which;
+use kevent_bench::process::which;
 
 use crate::flags::{BuildFlags, KernelProfile, TestFlags};
 use crate::prereq::Host;
