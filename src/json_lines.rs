@@ -12,7 +12,7 @@ use kevent_wire::Datagram;
 use serde_json::{json, Map, Value};
 
 use crate::events::{self, Event, Normaliser};
-use crate::replay::ReplayTiming;
+use crate::msr_replay::ReplayTiming;
 use crate::scenario::Scenario;
 use crate::snapshot::Totals;
 use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, TimingFlag, Transcript};

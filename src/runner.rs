@@ -9,7 +9,7 @@ use kevent_wire::{Command, Outcome};
 use crate::failure::Failure;
 use crate::inject::{Injection, Injector};
 use crate::machine::{Machine, MachineConfig};
-use crate::replay;
+use crate::msr_replay;
 use crate::scenario::{Action, Scenario, Step};
 use crate::sensor::{Register, Timing};
 use crate::transcript::{StepOutcome, StepRecord, TimingFlag, Transcript};
@@ -89,7 +89,7 @@ fn command_of(action: &Action) -> Command {
         Action::Exec { program, args, background } => {
             Command::Exec { program: program.clone(), args: args.clone(), background: *background }
         }
-        Action::Replay { .. } => unreachable!("replays go through replay::replay"),
+        Action::Replay { .. } => unreachable!("replays go through msr_replay::replay"),
     }
 }
 
@@ -167,7 +167,7 @@ fn run_step(
         let trace = scenario.traces.get(trace).ok_or_else(|| Failure::Host {
             message: format!("{}: the trace was not read before the run (scenario::load reads it)", trace.display()),
         })?;
-        let replayed = replay::replay(machine, injector, trace, speed.speed(), bound, record)?;
+        let replayed = msr_replay::replay(machine, injector, trace, speed.speed(), bound, record)?;
         record.replay = Some(replayed.timing);
         interrupts = replayed.interrupts;
         if injector == Injector::Device {

@@ -8,7 +8,7 @@ use kevent_wire::{Datagram, ExecResult, Hello, Outcome};
 
 use crate::failure::Failure;
 use crate::inject::Refusal;
-use crate::replay::ReplayTiming;
+use crate::msr_replay::ReplayTiming;
 use crate::scenario::Scenario;
 
 /// What one step came to (the first failure, for a repeated step).
