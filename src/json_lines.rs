@@ -188,6 +188,13 @@ pub fn replay(step: usize, timing: &ReplayTiming) -> Value {
         "late_p50_ns": ns(timing.late_percentile(50)),
         "late_p99_ns": ns(timing.late_percentile(99)),
         "late_max_ns": ns(timing.late_percentile(100)),
+        // Each injection's, in the trace's order.
+        "late_ns": timing
+            .due
+            .iter()
+            .zip(&timing.started)
+            .map(|(due, started)| started.saturating_sub(*due).as_nanos() as u64)
+            .collect::<Vec<u64>>(),
         "message": timing.to_string(),
     })
 }
@@ -297,6 +304,7 @@ mod tests {
         assert_eq!(line["late_p50_ns"], 1_000_000);
         assert_eq!(line["late_p99_ns"], 5_000_000);
         assert_eq!(line["late_max_ns"], 5_000_000);
+        assert_eq!(line["late_ns"], json!([1_000_000, 0, 5_000_000]));
         assert!(line["message"].as_str().unwrap().starts_with("3 injection(s) at speed 2"), "{line}");
     }
 
