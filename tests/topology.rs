@@ -96,3 +96,16 @@ fn an_offline_core_leaves_the_devices_online_mask_and_comes_back() {
     }
     shut_down(m);
 }
+
+#[test]
+fn packages_that_share_cores_without_acpi_are_refused_with_the_reason() {
+    // acpi=off after the bench's own arguments: the MP table's one CPU per
+    // socket is all the kernel finds.
+    let guest = common::artifacts().guest_of(Topology::new(2, 2).unwrap(), 256, vec!["acpi=off".into()]);
+    let config = common::config("topology-no-acpi", guest);
+    let failure = Machine::boot(&config).err().expect("a guest with half its CPUs is refused");
+    let message = failure.to_string();
+    assert!(message.contains("the guest brought up 2 of the 4 CPUs of 2 packages × 2 cores"), "{message}");
+    assert!(message.contains("need the kernel's ACPI"), "{message}");
+    assert_eq!(failure.exit_code(), 1, "a bench error");
+}

@@ -250,6 +250,20 @@ impl Machine {
             Err(hello) => (guest.spawned.elapsed(), hello),
         };
         let timings = BootTimings { qemu_started, kernel_booted, greeted: guest.spawned.elapsed() };
+        let topology = config.guest.topology;
+        if topology.shares_packages() && hello.cpus_online < topology.cpus() {
+            // The sensor device would refuse the guest's topology later,
+            // and every package injection would miss cores: say why now.
+            return Err(Failure::Host {
+                message: format!(
+                    "the guest brought up {} of the {} CPUs of {topology}: packages that share cores need the \
+                     kernel's ACPI (CONFIG_ACPI, for the MADT; SeaBIOS's MP table lists one CPU per socket) and no \
+                     acpi=off, maxcpus= or nosmp on its command line",
+                    hello.cpus_online,
+                    topology.cpus()
+                ),
+            });
+        }
         // The sensor's readiness is waited for at its first use: a run that
         // injects through debugfs does not depend on the guest's driver.
         Ok(Machine {
