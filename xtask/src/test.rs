@@ -24,7 +24,8 @@ impl fmt::Display for TestsFailed {
 impl std::error::Error for TestsFailed {}
 
 /// The test binaries that boot guests: they run again on the debug kernel.
-const GUEST_TESTS: &[&str] = &["boot", "bundle", "clock", "events", "exec", "sensor", "scenarios"];
+const GUEST_TESTS: &[&str] =
+    &["boot", "bundle", "clock", "events", "exec", "replay", "sensor", "scenarios", "topology"];
 
 /// Every test on the chosen kernel profile; without a choice, every test on
 /// the default kernel, then the guest tests on the debug kernel (lockdep,
