@@ -142,6 +142,8 @@ static int kt_interrupt(unsigned int cpu, struct kt_kick *k)
 		ret = k->ret;
 	if (ret)
 		return ret == -ENOSPC ? ret : -EINVAL;
+	pr_debug("injection %llu: register %d of CPU%u is %#llx, interrupt raised\n",
+		 k->fence, k->reg, cpu, k->val);
 
 	if (!wait_event_timeout(kt_fence_wq, kt_fence_passed(k->fence),
 				KT_FENCE_TIMEOUT_S * HZ)) {

@@ -186,12 +186,15 @@ static int kt_pci_request_vector(struct kt_pci_dev *kd, unsigned int i)
 	/* kt_thermal_interrupt() must run in hard IRQ, even with threadirqs. */
 	ret = request_irq(v->irq, kt_ring_irq, IRQF_NOBALANCING | IRQF_NO_THREAD,
 			  v->name, kt_ring_vec(kd->rings, i));
-	if (ret)
+	if (ret) {
 		dev_err(dev, "cannot request IRQ %d for CPU%u: %pe\n",
 			v->irq, i, ERR_PTR(ret));
-	else
-		v->requested = true;
-	return ret;
+		return ret;
+	}
+	v->requested = true;
+	dev_dbg(dev, "vector %u is IRQ %d, CPU%u's thermal interrupt\n",
+		i, v->irq, i);
+	return 0;
 }
 
 /* The first @n vectors have handlers. */

@@ -23,7 +23,7 @@ pub use message::{
 };
 
 /// Version of this protocol; bump it whenever a message's layout changes.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Name of the virtio-serial port the agent talks on (`virtserialport,name=`).
 pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
@@ -53,8 +53,17 @@ pub fn kmessage_type(groups: u32) -> Option<&'static str> {
     KMESSAGE_TYPES.get(groups.trailing_zeros() as usize).copied()
 }
 
+/// Where the agent mounts tracefs when the guest kernel has it.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
 /// Most bytes a read step returns: the reply must fit in a frame.
 pub const MAX_READ_BYTES: usize = 1 << 20;
+/// Room of each read(2) the agent makes for [`Command::ReadChunk`]: a
+/// reply shorter than `max - READ_CHUNK_BYTES` ended where the file did (or
+/// where a read would block), not at `max`. tracefs's `trace_pipe` formats
+/// up to 8 KiB per read and keeps what did not fit in the open file, which
+/// a chunk then closes: every read has room for a whole one.
+pub const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Most bytes kept of a program's stdout, and of its stderr.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// Programs running in the background at once: all their results travel in

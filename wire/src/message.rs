@@ -255,6 +255,20 @@ pub enum Command {
     FinishBackground,
     /// Reply once every datagram received so far has been sent.
     Fence,
+    /// Return what a file has to give now, without waiting for more: open
+    /// it non-blocking, seek to `offset` (if not 0), and read until the end
+    /// of the file, until it would block, or until `max` bytes (at most
+    /// [`crate::MAX_READ_BYTES`]). Reads of a file larger than a frame
+    /// take one request per chunk; a pipe-like file (`trace_pipe`) is
+    /// drained by asking again until a reply is empty.
+    ReadChunk {
+        /// Absolute path in the guest.
+        path: String,
+        /// Where to start, in bytes; 0 reads from where the file opens.
+        offset: u64,
+        /// The most bytes to return.
+        max: u32,
+    },
 }
 
 /// Messages from the host to the agent.
@@ -293,6 +307,7 @@ const COMMAND_SLEEP: u8 = 3;
 const COMMAND_EXEC: u8 = 4;
 const COMMAND_FINISH_BACKGROUND: u8 = 5;
 const COMMAND_FENCE: u8 = 6;
+const COMMAND_READ_CHUNK: u8 = 7;
 
 fn encode_exec(e: &mut Encoder, r: &ExecResult) {
     e.str(&r.program).i32(r.exit_code).i32(r.signal).bytes(&r.stdout).bytes(&r.stderr);
@@ -481,6 +496,9 @@ impl HostMessage {
                     Command::Fence => {
                         e.u8(COMMAND_FENCE);
                     }
+                    Command::ReadChunk { path, offset, max } => {
+                        e.u8(COMMAND_READ_CHUNK).str(path).u64(*offset).u32(*max);
+                    }
                 }
                 e.finish()
             }
@@ -513,6 +531,9 @@ impl HostMessage {
                     }
                     COMMAND_FINISH_BACKGROUND => Command::FinishBackground,
                     COMMAND_FENCE => Command::Fence,
+                    COMMAND_READ_CHUNK => {
+                        Command::ReadChunk { path: d.str("path")?, offset: d.u64("offset")?, max: d.u32("max")? }
+                    }
                     other => return Err(d.bad_value("command", other.into())),
                 };
                 d.end()?;
@@ -603,6 +624,10 @@ mod tests {
             },
             HostMessage::Request { id: 6, command: Command::FinishBackground },
             HostMessage::Request { id: 7, command: Command::Fence },
+            HostMessage::Request {
+                id: 8,
+                command: Command::ReadChunk { path: "/sys/kernel/tracing/trace_pipe".into(), offset: 3, max: 65536 },
+            },
         ];
         for m in &messages {
             let frame = m.encode();
