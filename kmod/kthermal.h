@@ -23,12 +23,20 @@
  *                      images, one per CPU: entry checks, firings (timed
  *                      entries from a per-vector hrtimer), acks.
  *   kthermal_debugfs.c every debugfs file, device/ included.
- *   kthermal_sysfs.c   the per-CPU counter attributes.
+ *   kthermal_sysfs.c   the per-CPU counter attributes, and one device per
+ *                      package (class kevent_thermal) with the package's
+ *                      counters: the package's events are its own.
  *
  * Both interrupt sources do the same, in hard IRQ on the target CPU:
  *
  *	kt_regs_hw_set(smp_processor_id(), reg, image);
  *	kt_thermal_interrupt(done, token, burst);
+ *
+ * A package register is shared by the cores of its package, and so is its
+ * interrupt: a package change interrupts every online CPU of the package,
+ * one after the other in ascending order, each handled before the next is
+ * raised (debugfs: kt_inject(); the device: one entry per CPU, published
+ * by the host in that order).
  *
  * and learn from done(cpu, token), called from the ordered workqueue in the
  * order the interrupts were handled, that every message the interrupt
@@ -100,6 +108,7 @@ enum kt_event {
 };
 
 #define KT_EV_PKG_FIRST	KT_EV_PKG_PROCHOT
+#define KT_EV_PKG_NR	(KT_EV_NR - KT_EV_PKG_FIRST)
 
 /**
  * struct kt_event_desc - one row of the event table
@@ -117,6 +126,8 @@ extern const struct kt_event_desc kt_events[KT_EV_NR];
 
 /* Per-CPU counters, shown in /sys/devices/system/cpu/cpuN/kevent_thermal/. */
 #define KT_SYSFS_GROUP	"kevent_thermal"
+/* Package devices: /sys/class/kevent_thermal/packageP. */
+#define KT_PKG_CLASS	"kevent_thermal"
 
 enum kt_counter {
 	KT_CNT_INTERRUPTS,
@@ -125,11 +136,15 @@ enum kt_counter {
 	KT_CNT_UEVENT_ALLOC_FAILED,
 	KT_CNT_UEVENT_QUEUE_FULL,
 	KT_CNT_UEVENT_FAILED,
-	KT_CNT_EVENT_BASE,		/* then "high", "normal" per event */
-	KT_CNT_NR = KT_CNT_EVENT_BASE + 2 * KT_EV_NR,
+	KT_CNT_EVENT_BASE,		/* then "high", "normal" per core event */
+	KT_CNT_NR = KT_CNT_EVENT_BASE + 2 * KT_EV_PKG_FIRST,
 };
 
 #define KT_CNT_EVENT(ev, high)	(KT_CNT_EVENT_BASE + 2 * (ev) + ((high) ? 0 : 1))
+
+/* Counters of a package device: "high", "normal" per package event. */
+#define KT_PKG_CNT(ev, high)	(2 * ((ev) - KT_EV_PKG_FIRST) + ((high) ? 0 : 1))
+#define KT_PKG_CNT_NR		(2 * KT_EV_PKG_NR)
 
 /**
  * struct kt_cpu_state - handler state of one CPU
@@ -261,5 +276,8 @@ void kt_debugfs_device_exit(void);
 int kt_sysfs_init(void);
 void kt_sysfs_exit(void);
 const char *kt_counter_name(enum kt_counter idx);
+const char *kt_pkg_counter_name(enum kt_event ev, bool high);
+long kt_pkg_count(int pkg, enum kt_event ev, bool high);
+struct device *kt_pkg_device(int pkg);
 
 #endif /* _KTHERMAL_H */

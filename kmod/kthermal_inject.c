@@ -12,6 +12,13 @@
  *   kt_irq_work_fn, in hard IRQ on cpu (the irq_work self-IPI, raised when
  *   kt_kick re-enables interrupts): kt_thermal_interrupt()
  *
+ * A package register is shared by the package's cores, and so is its
+ * interrupt (Intel SDM vol. 3B, "Package Level Thermal Management"): the
+ * new package state is applied once, then the interrupt is raised on
+ * every online CPU of the package in ascending order, each handled (and
+ * its messages out) before the next is raised, so that which CPU reports
+ * the package's change does not depend on timing.
+ *
  * Fence: the writer returns only after the handler has run and every
  * netlink message it caused (kmessages from the handler, uevents from the
  * ordered workqueue) has been broadcast.  The handler's completion,
@@ -39,6 +46,7 @@
 #include <linux/percpu.h>
 #include <linux/printk.h>
 #include <linux/smp.h>
+#include <linux/topology.h>
 #include <linux/wait.h>
 
 #include "kthermal.h"
@@ -62,15 +70,18 @@ static atomic64_t kt_stat_injections;
 static atomic64_t kt_stat_timeouts;
 
 /**
- * struct kt_kick - one injection, on the writer's stack
+ * struct kt_kick - one interrupt, on the writer's stack
  * @reg: register that changes
  * @val: its new hardware state
- * @fence: fence number of the injection
+ * @apply: whether the target applies @val (a package's state is applied
+ *	   once, before its CPUs are interrupted)
+ * @fence: fence number of the interrupt
  * @ret: result of applying @val on the target CPU
  */
 struct kt_kick {
 	enum kt_reg reg;
 	u64 val;
+	bool apply;
 	u64 fence;
 	int ret;
 };
@@ -104,7 +115,7 @@ static void kt_kick(void *info)
 {
 	struct kt_kick *k = info;
 
-	k->ret = kt_regs_hw_set(smp_processor_id(), k->reg, k->val);
+	k->ret = k->apply ? kt_regs_hw_set(smp_processor_id(), k->reg, k->val) : 0;
 	if (k->ret)
 		return;
 	__this_cpu_write(kt_irq_fence, k->fence);
@@ -116,22 +127,53 @@ static bool kt_fence_passed(u64 fence)
 	return atomic64_read(&kt_fence_done) >= (s64)fence;
 }
 
+/*
+ * Interrupt @cpu (online, hotplug lock held) and wait, bounded, until its
+ * handler has run and every message it caused is out.  Under
+ * kt_inject_lock.
+ */
+static int kt_interrupt(unsigned int cpu, struct kt_kick *k)
+{
+	int ret;
+
+	k->fence = ++kt_inject_seq;
+	ret = smp_call_function_single(cpu, kt_kick, k, 1);
+	if (!ret)
+		ret = k->ret;
+	if (ret)
+		return ret == -ENOSPC ? ret : -EINVAL;
+	pr_debug("injection %llu: register %d of CPU%u is %#llx, interrupt raised\n",
+		 k->fence, k->reg, cpu, k->val);
+
+	if (!wait_event_timeout(kt_fence_wq, kt_fence_passed(k->fence),
+				KT_FENCE_TIMEOUT_S * HZ)) {
+		atomic64_inc(&kt_stat_timeouts);
+		pr_err("injection %llu on CPU%u: handler and its messages not done after %d s\n",
+		       k->fence, cpu, KT_FENCE_TIMEOUT_S);
+		return -ETIMEDOUT;
+	}
+	return 0;
+}
+
 /**
- * kt_inject() - give a CPU or its package a new state, interrupt that CPU
+ * kt_inject() - give a CPU or its package a new state, interrupt the CPU,
+ * or every online CPU of the package
  * @cpu: target CPU, must be online
  * @reg: KT_REG_THERM_STATUS or KT_REG_PKG_THERM_STATUS
  * @val: new hardware state, see kt_regs_hw_check()
  *
- * Sleeps.  Returns after the handler has run on @cpu in hard IRQ and all
- * the kmessages and uevents it caused have been broadcast, or after
- * KT_FENCE_TIMEOUT_S seconds.
+ * Sleeps.  Returns after the handler has run in hard IRQ on @cpu (on each
+ * online CPU of @cpu's package, in ascending order, for the package
+ * register) and all the kmessages and uevents it caused have been
+ * broadcast, or after KT_FENCE_TIMEOUT_S seconds for one of them.
  *
  * Return: 0, -EINVAL for an invalid @cpu, @reg or @val (nothing changed),
  * -EINTR if killed while waiting for another injection, -ETIMEDOUT.
  */
 int kt_inject(unsigned int cpu, enum kt_reg reg, u64 val)
 {
-	struct kt_kick k = { .reg = reg, .val = val };
+	struct kt_kick k = { .reg = reg, .val = val, .apply = true };
+	unsigned int sibling;
 	int ret;
 
 	ret = kt_regs_hw_check(reg, val);
@@ -153,24 +195,23 @@ int kt_inject(unsigned int cpu, enum kt_reg reg, u64 val)
 		ret = -EINVAL;
 		goto out;
 	}
-	k.fence = ++kt_inject_seq;
-	ret = smp_call_function_single(cpu, kt_kick, &k, 1);
-	if (!ret)
-		ret = k.ret;
-	if (ret) {
-		ret = ret == -ENOSPC ? ret : -EINVAL;
+	if (reg != KT_REG_PKG_THERM_STATUS) {
+		ret = kt_interrupt(cpu, &k);
+		if (ret != -EINVAL && ret != -ENOSPC)
+			atomic64_inc(&kt_stat_injections);
 		goto out;
 	}
-	atomic64_inc(&kt_stat_injections);
-	pr_debug("injection %llu: register %d of CPU%u is %#llx, interrupt raised\n",
-		 k.fence, reg, cpu, val);
 
-	if (!wait_event_timeout(kt_fence_wq, kt_fence_passed(k.fence),
-				KT_FENCE_TIMEOUT_S * HZ)) {
-		atomic64_inc(&kt_stat_timeouts);
-		pr_err("injection %llu on CPU%u: handler and its messages not done after %d s\n",
-		       k.fence, cpu, KT_FENCE_TIMEOUT_S);
-		ret = -ETIMEDOUT;
+	/* Once for the package, then its online CPUs (the sibling map's). */
+	ret = kt_regs_hw_set(cpu, reg, val);
+	if (ret)
+		goto out;
+	atomic64_inc(&kt_stat_injections);
+	k.apply = false;
+	for_each_cpu(sibling, topology_core_cpumask(cpu)) {
+		ret = kt_interrupt(sibling, &k);
+		if (ret)
+			break;
 	}
 out:
 	cpus_read_unlock();

@@ -20,12 +20,18 @@
  *  4. core status bits 2, 4, 6, 8, 10 in ascending order, on a change since
  *     the last interrupt handled on this CPU;
  *  5. package status bits 0, 2, 4, 6, 8, 10 in ascending order, on a change
- *     since the last interrupt handled on any CPU of the package.
+ *     since the last interrupt handled on any CPU of the package: the
+ *     register is the package's, so is its interrupt (every core of the
+ *     package takes it), and each change is reported once, by the first
+ *     CPU of the package to handle an interrupt after it.
  *
  * Each event is sent as a kmessage right away (from hard IRQ, like the
- * seed) and as a KOBJ_CHANGE uevent on the CPU device, deferred to an
- * ordered workqueue because kobject_uevent_env() sleeps.  The ordered
- * workqueue keeps the global order of the uevents.
+ * seed) and as a KOBJ_CHANGE uevent, deferred to an ordered workqueue
+ * because kobject_uevent_env() sleeps.  The ordered workqueue keeps the
+ * global order of the uevents.  A core event is the CPU's: "Cpu: N", a
+ * uevent on the CPU device.  A package event is the package's, whichever
+ * CPU handled it: "Package: P", a uevent on the package's device
+ * (kthermal_sysfs.c).
  *
  * The caller's completion (an injection fence, a device's ack) goes
  * through the same workqueue, behind the interrupt's last uevent or, when
@@ -112,7 +118,7 @@ static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
  * @done: completion to call once sent, NULL for none
  * @token: argument of @done
  * @count: value of the event's counter after this event
- * @cpu: CPU that handled the interrupt
+ * @cpu: CPU that handled the interrupt (its counters count a lost uevent)
  * @pkg: its physical package id
  * @event: event kind
  * @high: signal "high" (status bit set) or "normal"
@@ -160,20 +166,23 @@ static void kt_uevent_workfn(struct work_struct *work)
 	snprintf(signal, sizeof(signal), "KEVENT_SIGNAL=%s",
 		 w->high ? "high" : "normal");
 	envp[n++] = signal;
-	snprintf(cpu, sizeof(cpu), "KEVENT_CPU=%d", w->cpu);
-	envp[n++] = cpu;
 	if (d->package) {
 		snprintf(pkg, sizeof(pkg), "KEVENT_PACKAGE=%d", w->pkg);
 		envp[n++] = pkg;
+		snprintf(attr, sizeof(attr), "KEVENT_ATTR=%s",
+			 kt_pkg_counter_name(w->event, w->high));
+	} else {
+		snprintf(cpu, sizeof(cpu), "KEVENT_CPU=%d", w->cpu);
+		envp[n++] = cpu;
+		snprintf(attr, sizeof(attr), "KEVENT_ATTR=%s/%s", KT_SYSFS_GROUP,
+			 kt_counter_name(KT_CNT_EVENT(w->event, w->high)));
 	}
-	snprintf(attr, sizeof(attr), "KEVENT_ATTR=%s/%s", KT_SYSFS_GROUP,
-		 kt_counter_name(KT_CNT_EVENT(w->event, w->high)));
 	envp[n++] = attr;
 	snprintf(count, sizeof(count), "KEVENT_COUNT=%ld", w->count);
 	envp[n++] = count;
 	envp[n] = NULL;
 
-	dev = get_cpu_device(w->cpu);
+	dev = d->package ? kt_pkg_device(w->pkg) : get_cpu_device(w->cpu);
 	if (dev)
 		ret = kobject_uevent_env(&dev->kobj, KOBJ_CHANGE, envp);
 	if (ret)
@@ -266,13 +275,16 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 	int pending;
 	int ret;
 
-	count = atomic_long_inc_return(&ctx->st->cnt[KT_CNT_EVENT(ev, high)]);
+	if (d->package)
+		count = kt_pkg_count(ctx->pkg, ev, high);
+	else
+		count = atomic_long_inc_return(&ctx->st->cnt[KT_CNT_EVENT(ev, high)]);
 	if (ev == KT_EV_PROCHOT)
 		kt_print(ctx->cpu, high);
 
 	if (d->package)
 		ret = send_kmessage(KMSG_POWER, d->object, signal,
-				    "Package: %d\nCpu: %d\n", ctx->pkg, ctx->cpu);
+				    "Package: %d\n", ctx->pkg);
 	else
 		ret = send_kmessage(KMSG_POWER, d->object, signal,
 				    "Cpu: %d\n", ctx->cpu);

@@ -3,17 +3,18 @@
  * kevent_thermal - simulated IA32_THERM_STATUS sensor and the thermal
  * interrupt handler of Robert Love's kernel events layer patch (2004),
  * reporting through send_kmessage() (kmessage.ko) and KOBJ_CHANGE uevents
- * on the CPU devices.  See docs/events.md for the contract.
+ * on the CPU devices (and on the package devices, for package events).
+ * See docs/events.md for the contract.
  *
  * Lifecycle: load resets the register file, creates the per-CPU sysfs
- * counters, the ordered workqueue, the per-CPU irq_work of the injection
+ * counters and the package devices, the ordered workqueue, the per-CPU irq_work of the injection
  * path and the debugfs interface, and registers the sensor device driver
  * last, because its probe may run at once and take interrupts.  Unload,
  * and the unwinding of a failed load, are the exact reverse: the driver
  * goes first (the device stops interrupting, its acks drain), then
  * debugfs (waiting for an injection in progress), every CPU's irq_work
- * is synced, the workqueue drained and destroyed, the sysfs groups
- * removed (so each attribute a uevent's KEVENT_ATTR names outlives the
+ * is synced, the workqueue drained and destroyed, the sysfs groups and
+ * package devices removed (so each attribute a uevent's KEVENT_ATTR names outlives the
  * uevent), and the register file freed.
  */
 

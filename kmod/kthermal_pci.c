@@ -11,8 +11,16 @@
  * i to CPU i with kt_ring_irq() (kthermal_ring.c, the consumer of the
  * rings) as its hard-IRQ handler.
  *
- * Vector i must run on CPU i, so CPUs 0 .. n-1 must be online at probe and
- * stay online.
+ * Vector i must run on CPU i, so CPUs 0 .. n-1 must be online at probe.
+ * A CPU taken offline later has its vector freed, and requested again,
+ * pinned to it, when it comes back: left requested, the kernel would
+ * move the IRQ to another CPU, and x86 moves an MSI back only lazily, at
+ * its next interrupt, which would be handled on the wrong CPU.  The
+ * header's online mask tells the host which CPUs the guest has online;
+ * the host publishes nothing to a CPU that is offline.
+ *
+ * The device's topology (packages of cores, numbered package by package)
+ * must be the guest's: the package register and its interrupt follow it.
  *
  * One device at most: the register file it drives and the completion it
  * receives (kt_done_fn has no device argument) are global.
@@ -21,6 +29,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/build_bug.h>
+#include <linux/cpuhotplug.h>
 #include <linux/cpumask.h>
 #include <linux/err.h>
 #include <linux/errno.h>
@@ -28,6 +37,7 @@
 #include <linux/io.h>
 #include <linux/pci.h>
 #include <linux/sprintf.h>
+#include <linux/topology.h>
 
 #include "kevent_sensor.h"
 #include "kthermal.h"
@@ -43,6 +53,10 @@ static_assert(offsetof(struct ks_entry, interval_ns) == KS_ENTRY_INTERVAL_NS);
 static_assert(sizeof(struct ks_cpu) == KS_CPU_SIZE);
 static_assert(offsetof(struct ks_header, ready) == KS_HEADER_READY);
 static_assert(offsetof(struct ks_header, guest_cpus) == KS_HEADER_GUEST_CPUS);
+static_assert(offsetof(struct ks_header, nr_packages) == KS_HEADER_NR_PACKAGES);
+static_assert(offsetof(struct ks_header, cores_per_package) == KS_HEADER_CORES);
+static_assert(offsetof(struct ks_header, online) == KS_HEADER_ONLINE);
+static_assert(KS_MAX_CPUS <= 32);	/* the online mask is a u32 */
 static_assert(offsetof(struct ks_cpu, head) == KS_CPU_HEAD);
 static_assert(offsetof(struct ks_cpu, tail) == KS_CPU_TAIL);
 static_assert(offsetof(struct ks_cpu, rejected_errno) == KS_CPU_REJECTED_ERRNO);
@@ -61,10 +75,12 @@ static_assert(sizeof(struct ks_region) <= KS_REGION_SIZE);
  * struct kt_pci_vec - the IRQ of one MSI-X vector
  * @irq: Linux IRQ number
  * @name: IRQ name, one line per CPU in /proc/interrupts
+ * @requested: the handler is installed (not while its CPU is offline)
  */
 struct kt_pci_vec {
 	int irq;
 	char name[32];
+	bool requested;
 };
 
 /**
@@ -74,6 +90,9 @@ struct kt_pci_vec {
  * @region: BAR2
  * @rings: the consumer of its rings (kthermal_ring.c)
  * @vecs: the IRQs of vectors 0 .. kt_ring_nr() - 1
+ * @online: the header's online mask, as last published (under the CPU
+ *	    hotplug lock)
+ * @hp_state: the dynamic CPU hotplug state of the online mask, 0 for none
  */
 struct kt_pci_dev {
 	struct pci_dev *pdev;
@@ -81,6 +100,8 @@ struct kt_pci_dev {
 	struct ks_region *region;
 	struct kt_rings *rings;
 	struct kt_pci_vec vecs[KS_MAX_CPUS];
+	u32 online;
+	int hp_state;
 };
 
 /* Set while a device is bound: the register file it drives is global. */
@@ -93,6 +114,8 @@ static int kt_pci_check_header(struct device *dev, const struct ks_header *h,
 	u32 version = READ_ONCE(h->version);
 	u32 nr_cpus = READ_ONCE(h->nr_cpus);
 	u32 entries = READ_ONCE(h->ring_entries);
+	u32 packages = READ_ONCE(h->nr_packages);
+	u32 cores = READ_ONCE(h->cores_per_package);
 	unsigned int cpu;
 
 	if (magic != KS_MAGIC) {
@@ -120,10 +143,22 @@ static int kt_pci_check_header(struct device *dev, const struct ks_header *h,
 			nr_cpus, n);
 		return -EINVAL;
 	}
+	if (!packages || packages > KS_MAX_PACKAGES || !cores ||
+	    packages * cores != nr_cpus) {
+		dev_err(dev, "header says %u packages of %u cores for %u CPUs: at most %u packages, and their cores must make the CPUs\n",
+			packages, cores, nr_cpus, KS_MAX_PACKAGES);
+		return -EINVAL;
+	}
 	for (cpu = 0; cpu < n; cpu++) {
 		if (!cpu_online(cpu)) {
 			dev_err(dev, "CPU%u is offline: vector i must be CPU i's interrupt for i < %u\n",
 				cpu, n);
+			return -EINVAL;
+		}
+		if (topology_physical_package_id(cpu) != (int)(cpu / cores)) {
+			dev_err(dev, "CPU%u is in package %d, the host's device puts it in package %u (%u cores per package)\n",
+				cpu, topology_physical_package_id(cpu),
+				cpu / cores, cores);
 			return -EINVAL;
 		}
 	}
@@ -151,13 +186,15 @@ static int kt_pci_request_vector(struct kt_pci_dev *kd, unsigned int i)
 	/* kt_thermal_interrupt() must run in hard IRQ, even with threadirqs. */
 	ret = request_irq(v->irq, kt_ring_irq, IRQF_NOBALANCING | IRQF_NO_THREAD,
 			  v->name, kt_ring_vec(kd->rings, i));
-	if (ret)
+	if (ret) {
 		dev_err(dev, "cannot request IRQ %d for CPU%u: %pe\n",
 			v->irq, i, ERR_PTR(ret));
-	else
-		dev_dbg(dev, "vector %u is IRQ %d, CPU%u's thermal interrupt\n",
-			i, v->irq, i);
-	return ret;
+		return ret;
+	}
+	v->requested = true;
+	dev_dbg(dev, "vector %u is IRQ %d, CPU%u's thermal interrupt\n",
+		i, v->irq, i);
+	return 0;
 }
 
 /* The first @n vectors have handlers. */
@@ -167,8 +204,58 @@ static void kt_pci_free_vectors(struct kt_pci_dev *kd, unsigned int n)
 
 	kt_ring_stop(kd->rings);
 	for (i = 0; i < n; i++)
-		free_irq(kd->vecs[i].irq, kt_ring_vec(kd->rings, i));
+		if (kd->vecs[i].requested)
+			free_irq(kd->vecs[i].irq, kt_ring_vec(kd->rings, i));
 	pci_free_irq_vectors(kd->pdev);
+}
+
+/* CPU hotplug, in its thread: the online mask and vector i's handler. */
+static void kt_pci_publish_online(struct kt_pci_dev *kd, unsigned int cpu,
+				  bool online)
+{
+	if (cpu >= KS_MAX_CPUS)
+		return;
+	if (online)
+		kd->online |= BIT(cpu);
+	else
+		kd->online &= ~BIT(cpu);
+	/* The host reads it with acquire before it publishes to a CPU. */
+	smp_store_release(&kd->region->header.online, kd->online);
+}
+
+static int kt_pci_cpu_online(unsigned int cpu)
+{
+	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
+	int ret;
+
+	if (!kd)
+		return 0;
+	/* Freed when the CPU went offline: pinned to it and requested again. */
+	if (cpu < kt_ring_nr(kd->rings) && !kd->vecs[cpu].requested) {
+		ret = kt_pci_request_vector(kd, cpu);
+		if (ret) {
+			/* The host is told the CPU is offline: no entry for it. */
+			dev_warn(&kd->pdev->dev, "CPU%u is back without its vector: %pe\n",
+				 cpu, ERR_PTR(ret));
+			return 0;
+		}
+	}
+	kt_pci_publish_online(kd, cpu, true);
+	return 0;
+}
+
+static int kt_pci_cpu_offline(unsigned int cpu)
+{
+	struct kt_pci_dev *kd = READ_ONCE(kt_pci_bound);
+
+	if (!kd)
+		return 0;
+	kt_pci_publish_online(kd, cpu, false);
+	if (cpu < kt_ring_nr(kd->rings) && kd->vecs[cpu].requested) {
+		free_irq(kd->vecs[cpu].irq, kt_ring_vec(kd->rings, cpu));
+		kd->vecs[cpu].requested = false;
+	}
+	return 0;
 }
 
 static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -236,6 +323,7 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = kt_pci_check_header(dev, hdr, n);
 	if (ret)
 		goto err;
+	WRITE_ONCE(hdr->online, 0);
 
 	/* The host waits for ready before it rings: no entry is lost here. */
 	WRITE_ONCE(hdr->ready, 0);
@@ -261,6 +349,15 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 	pci_set_drvdata(pdev, kd);
 
+	/* Runs kt_pci_cpu_online() on every online CPU: the first mask. */
+	ret = cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, KBUILD_MODNAME ":online",
+				kt_pci_cpu_online, kt_pci_cpu_offline);
+	if (ret < 0) {
+		dev_err(dev, "cannot follow CPU hotplug: %pe\n", ERR_PTR(ret));
+		goto err_vectors_all;
+	}
+	kd->hp_state = ret;
+
 	kt_debugfs_device_init(kd->rings);
 
 	WRITE_ONCE(hdr->guest_cpus, n);
@@ -270,6 +367,8 @@ static int kt_pci_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 n, READ_ONCE(hdr->nr_cpus));
 	return 0;
 
+err_vectors_all:
+	i = n;
 err_vectors:
 	kt_pci_free_vectors(kd, i);
 err_rings:
@@ -287,6 +386,8 @@ static void kt_pci_remove(struct pci_dev *pdev)
 	/* The host stops ringing before the handlers go. */
 	smp_store_release(&hdr->ready, 0);
 	WRITE_ONCE(hdr->guest_cpus, 0);
+	/* No callbacks: the vectors are freed below, whatever the CPUs do. */
+	cpuhp_remove_state_nocalls(kd->hp_state);
 	kt_debugfs_device_exit();
 	kt_pci_free_vectors(kd, kt_ring_nr(kd->rings));
 	/* devres unmaps BAR0 and BAR2 after this, with no ack left. */

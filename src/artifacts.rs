@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::qemu::{Clock, GuestSpec};
 use crate::sources::Sources;
+use crate::topology::Topology;
 
 /// Environment variable naming the artifacts file to use.
 pub const ARTIFACTS_ENV: &str = "KEVENT_BENCH_ARTIFACTS";
@@ -159,12 +160,18 @@ impl Artifacts {
             .collect()
     }
 
-    /// A guest with the agent, ready for [`crate::Machine::boot`].
+    /// A guest with the agent, ready for [`crate::Machine::boot`]: `cpus`
+    /// CPUs, each its own package.
     pub fn guest(&self, cpus: u32, memory_mib: u32, kernel_args: Vec<String>) -> GuestSpec {
+        self.guest_of(Topology::flat(cpus), memory_mib, kernel_args)
+    }
+
+    /// [`Self::guest`] with the CPUs of `topology`.
+    pub fn guest_of(&self, topology: Topology, memory_mib: u32, kernel_args: Vec<String>) -> GuestSpec {
         GuestSpec {
             kernel: self.vmlinux.clone(),
             initramfs: self.initramfs.clone(),
-            cpus,
+            topology,
             memory_mib,
             clock: Clock::default(),
             kernel_args,

@@ -128,11 +128,14 @@ pub struct RunInfo {
     pub includes: Vec<IncludeInfo>,
 }
 
-/// `--cpus`, `--memory`, `--clock`, `--injector` as the run was given them.
+/// `--cpus`, `--topology`, `--memory`, `--clock`, `--injector` as the run was given them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overrides {
     /// `--cpus`.
     pub cpus: Option<u32>,
+    /// `--topology`, as `PxC`; absent from bundles written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<String>,
     /// `--memory`.
     pub memory_mib: Option<u32>,
     /// `--clock`: `real` or `virtual`.
@@ -155,6 +158,10 @@ pub struct IncludeInfo {
 pub struct MachineInfo {
     /// Virtual CPUs.
     pub cpus: u32,
+    /// `PxC` where packages share cores; absent for a socket per CPU, and
+    /// from bundles written before packages could share cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<String>,
     /// Memory, MiB.
     pub memory_mib: u32,
     /// `real` or `virtual`.
@@ -553,6 +560,11 @@ impl Bundle {
         if let Some(cpus) = overrides.cpus {
             scenario.set_cpus(cpus).map_err(|e| invalid(format!("overrides.cpus {cpus}: {e}")))?;
         }
+        if let Some(topology) = &overrides.topology {
+            let parsed = crate::Topology::parse(topology)
+                .map_err(|e| self.member_error(member::MANIFEST, format!("overrides.topology: {e}")))?;
+            scenario.set_topology(parsed).map_err(|e| invalid(format!("overrides.topology {topology}: {e}")))?;
+        }
         if let Some(memory) = overrides.memory_mib {
             if !(scenario::limits::MIN_MEMORY_MIB..=scenario::limits::MAX_MEMORY_MIB).contains(&memory) {
                 return Err(
@@ -942,7 +954,7 @@ pub fn transcript(scenario: &Scenario, recorded: &Recorded, kernel_release: &str
         hello: Hello {
             protocol_version: kevent_wire::PROTOCOL_VERSION,
             kernel_release: kernel_release.to_owned(),
-            cpus_online: scenario.machine.cpus,
+            cpus_online: scenario.machine.cpus(),
             clocksource: String::new(),
             agent_started_ns: 0,
             greeted_ns: 0,

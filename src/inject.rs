@@ -48,9 +48,13 @@ impl fmt::Display for Injector {
 }
 
 /// One register image for one CPU: its core register, or its package's.
+/// A package's register is shared by its cores and so is its interrupt:
+/// every online CPU of the package takes it, one after the other in
+/// ascending order, whichever injector carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Injection {
-    /// The CPU whose handler sees the interrupt.
+    /// The CPU whose handler sees the interrupt (the package register: a
+    /// CPU of the package).
     pub cpu: u32,
     /// Which of the CPU's two thermal status registers takes the image.
     pub register: Register,
@@ -96,6 +100,9 @@ pub struct Injected {
     pub arrived: Vec<Instant>,
     /// Device path: when the guest's acknowledgement was seen.
     pub acknowledged: Option<Instant>,
+    /// The CPUs whose handler the injection interrupted, in order (as far
+    /// as the host knows which are online).
+    pub interrupted: Vec<u32>,
 }
 
 impl Machine {
@@ -103,6 +110,34 @@ impl Machine {
     /// (bounded) until the module has taken or refused it.
     pub fn inject(&mut self, via: Injector, injection: Injection, bound: Duration) -> Result<Injected, Failure> {
         match via {
+            Injector::Device if self.device_says_offline(injection.cpu) => Ok(Injected {
+                refused: Some(injection.refused(libc::EINVAL)),
+                datagrams: Vec::new(),
+                arrived: Vec::new(),
+                acknowledged: None,
+                interrupted: Vec::new(),
+            }),
+            Injector::Device if injection.register == Register::Package => {
+                // The hardware interrupts the package's cores, each after
+                // the last has been handled: one entry per online core.
+                let mut interrupted = Vec::new();
+                for cpu in self.package_cpus_online(injection.cpu) {
+                    let published = self.fire(cpu, injection.register, injection.value)?;
+                    let done = self.acknowledged(injection, published, Duration::ZERO)?;
+                    if done.refused.is_some() {
+                        // Refused by the first core, the image changed nothing.
+                        return Ok(Injected { interrupted, ..done });
+                    }
+                    interrupted.push(cpu);
+                }
+                Ok(Injected {
+                    refused: None,
+                    datagrams: Vec::new(),
+                    arrived: Vec::new(),
+                    acknowledged: Some(Instant::now()),
+                    interrupted,
+                })
+            }
             Injector::Device => {
                 let published = self.fire(injection.cpu, injection.register, injection.value)?;
                 self.acknowledged(injection, published, Duration::ZERO)
@@ -116,8 +151,44 @@ impl Machine {
                     Outcome::Error { errno, .. } => Some(injection.refused(errno)),
                     other => return Err(Failure::protocol(format!("an injection request answered {other:?}"))),
                 };
-                Ok(Injected { refused, datagrams: exchange.datagrams, arrived: exchange.arrived, acknowledged: None })
+                let interrupted = match (&refused, register) {
+                    (Some(_), _) => Vec::new(),
+                    (None, Register::Core) => vec![cpu],
+                    (None, Register::Package) => self.package_cpus_online(cpu),
+                };
+                Ok(Injected {
+                    refused,
+                    datagrams: exchange.datagrams,
+                    arrived: exchange.arrived,
+                    acknowledged: None,
+                    interrupted,
+                })
             }
+        }
+    }
+
+    /// Whether the sensor device's driver says `cpu` is offline. The device
+    /// then publishes nothing to it (its vector is freed while it is down)
+    /// and refuses the injection with EINVAL, as the guest's debugfs does
+    /// an injection at an offline CPU: the two injectors stay alike.
+    fn device_says_offline(&self, cpu: u32) -> bool {
+        self.sensor().filter(|d| d.is_ready()).is_some_and(|d| !d.is_online(cpu))
+    }
+
+    /// The CPUs of `cpu`'s package that the guest has online, ascending:
+    /// those a change of the package register interrupts. The sensor
+    /// device's driver says which are online; a guest without it, or a
+    /// package none of whose CPUs is online, is taken at its word: all of
+    /// the package's CPUs, or `cpu` itself.
+    pub fn package_cpus_online(&self, cpu: u32) -> Vec<u32> {
+        let topology = self.topology();
+        let all: Vec<u32> = topology.cpus_of(topology.package_of(cpu)).collect();
+        let Some(device) = self.sensor().filter(|d| d.is_ready()) else { return all };
+        let online: Vec<u32> = all.iter().copied().filter(|c| device.is_online(*c)).collect();
+        if online.is_empty() {
+            vec![cpu]
+        } else {
+            online
         }
     }
 
@@ -126,6 +197,24 @@ impl Machine {
     /// guest time does not depend on the host; the guest takes or refuses
     /// the entry whole. Device only: debugfs writes are paced by the host.
     pub fn inject_timed(&mut self, injection: Injection, timing: Timing) -> Result<Injected, Failure> {
+        if injection.register == Register::Package && self.topology().shares_packages() {
+            return Err(Failure::Host {
+                message: format!(
+                    "a timed package injection on {}: the package's cores are interrupted one after the other, and \
+                     the device times one CPU's entries",
+                    self.topology()
+                ),
+            });
+        }
+        if self.device_says_offline(injection.cpu) {
+            return Ok(Injected {
+                refused: Some(injection.refused(libc::EINVAL)),
+                datagrams: Vec::new(),
+                arrived: Vec::new(),
+                acknowledged: None,
+                interrupted: Vec::new(),
+            });
+        }
         let published = self.fire_timed(injection.cpu, injection.register, injection.value, timing)?;
         let span = Duration::from_nanos(u64::from(timing.interval_ns) * u64::from(timing.repeat.saturating_sub(1)));
         self.acknowledged(injection, published, span)
@@ -139,6 +228,7 @@ impl Machine {
     ) -> Result<Injected, Failure> {
         let refused = self.wait_acked_after(published, span)?;
         Ok(Injected {
+            interrupted: if refused.is_some() { Vec::new() } else { vec![published.cpu] },
             refused: refused.map(|errno| injection.refused(errno as i32)),
             datagrams: Vec::new(),
             arrived: Vec::new(),

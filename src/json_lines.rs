@@ -12,6 +12,7 @@ use kevent_wire::Datagram;
 use serde_json::{json, Map, Value};
 
 use crate::events::{self, Event, Normaliser};
+use crate::msr_replay::ReplayTiming;
 use crate::scenario::Scenario;
 use crate::snapshot::Totals;
 use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, TimingFlag, Transcript};
@@ -24,7 +25,13 @@ pub fn start(scenario: &Scenario) -> Value {
         "scenario": scenario.name,
         "description": scenario.description.trim(),
         "injector": scenario.injector.name(),
-        "machine": { "cpus": machine.cpus, "memory_mib": machine.memory_mib, "clock": machine.clock.to_string() },
+        "machine": {
+            "cpus": machine.cpus(),
+            "packages": machine.topology.packages,
+            "cores": machine.topology.cores,
+            "memory_mib": machine.memory_mib,
+            "clock": machine.clock.to_string(),
+        },
         "params": scenario.params_by_module(),
     })
 }
@@ -169,6 +176,29 @@ pub fn timing_flag(flag: &TimingFlag) -> Value {
     })
 }
 
+/// After a replay step's `step` line: how late its injections started
+/// after their recorded times (divided by the speed), in host time.
+pub fn replay(step: usize, timing: &ReplayTiming) -> Value {
+    let ns = |d: Option<Duration>| d.map_or(0, |d| d.as_nanos() as u64);
+    json!({
+        "type": "replay",
+        "step": step,
+        "speed": timing.speed,
+        "injections": timing.due.len(),
+        "late_p50_ns": ns(timing.late_percentile(50)),
+        "late_p99_ns": ns(timing.late_percentile(99)),
+        "late_max_ns": ns(timing.late_percentile(100)),
+        // Each injection's, in the trace's order.
+        "late_ns": timing
+            .due
+            .iter()
+            .zip(&timing.started)
+            .map(|(due, started)| started.saturating_sub(*due).as_nanos() as u64)
+            .collect::<Vec<u64>>(),
+        "message": timing.to_string(),
+    })
+}
+
 /// The last line of a run that ended well.
 pub fn summary(transcript: &Transcript, totals: &Totals, elapsed: Duration, accel: &str) -> Value {
     json!({
@@ -259,5 +289,34 @@ mod tests {
         assert_eq!(step(&record)["result"]["kind"], "exec");
         assert_eq!(step(&record)["result"]["stdout"], "hi");
         assert_eq!(background(&run)["type"], "background");
+    }
+
+    #[test]
+    fn a_replay_line_has_the_lateness_of_its_injections() {
+        let ms = Duration::from_millis;
+        let timing =
+            ReplayTiming { speed: 2.0, due: vec![ms(0), ms(10), ms(20)], started: vec![ms(1), ms(10), ms(25)] };
+        let line = replay(3, &timing);
+        assert_eq!(line["type"], "replay");
+        assert_eq!(line["step"], 3);
+        assert_eq!(line["speed"], 2.0);
+        assert_eq!(line["injections"], 3);
+        assert_eq!(line["late_p50_ns"], 1_000_000);
+        assert_eq!(line["late_p99_ns"], 5_000_000);
+        assert_eq!(line["late_max_ns"], 5_000_000);
+        assert_eq!(line["late_ns"], json!([1_000_000, 0, 5_000_000]));
+        assert!(line["message"].as_str().unwrap().starts_with("3 injection(s) at speed 2"), "{line}");
+    }
+
+    #[test]
+    fn the_start_line_has_the_machines_packages() {
+        let mut scenario =
+            crate::scenario::parse(std::path::Path::new("t.toml"), "description = \"t\"\n[[step]]\nsleep_ms = 1\n")
+                .unwrap();
+        scenario.set_topology(crate::Topology::new(2, 2).unwrap()).unwrap();
+        let line = start(&scenario);
+        assert_eq!(line["machine"]["cpus"], 4);
+        assert_eq!(line["machine"]["packages"], 2);
+        assert_eq!(line["machine"]["cores"], 2);
     }
 }

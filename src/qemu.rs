@@ -4,6 +4,8 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::topology::Topology;
+
 /// Name of QEMU's binary, looked up on PATH unless `KEVENT_BENCH_QEMU` names one.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// Environment variable naming the QEMU binary to run (a path, or a name
@@ -24,11 +26,8 @@ pub const PRIVATE_CURRENT: &str = "current";
 /// timer check busy-waits a few ticks for the timer's interrupt, which a
 /// TCG vCPU descheduled on a loaded host misses, and the kernel panicked
 /// ("IO-APIC + timer doesn't work!") in about 1 of 10 boots at load 10.
-///
-/// `acpi=off`: the kernel has ACPI for guests whose packages share cores
-/// (kernel-config/bench.config); one socket per CPU needs none, and boots
-/// as fast as before ACPI was there.
-pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "panic=-1", "tsc=reliable", "no_timer_check", "acpi=off"];
+/// `acpi=off` follows for guests that need no ACPI ([`topology_kernel_args`]).
+pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "panic=-1", "tsc=reliable", "no_timer_check"];
 
 /// The accelerator QEMU runs the guest on; [`crate::accel`] decides which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +70,8 @@ pub struct GuestSpec {
     pub kernel: PathBuf,
     /// The newc archive whose `/init` runs as PID 1.
     pub initramfs: PathBuf,
-    /// vCPUs, one socket each.
-    pub cpus: u32,
+    /// Its CPUs, as packages of cores.
+    pub topology: Topology,
     /// Guest RAM in MiB.
     pub memory_mib: u32,
     /// What guest time follows.
@@ -406,10 +405,31 @@ fn guest_tsc_khz(accel: Accel, clock: Clock) -> Option<u64> {
     }
 }
 
-/// Without ACPI the kernel finds CPUs in the BIOS's MP table, which lists
-/// one per socket: `-smp N` alone would bring up one CPU.
-pub fn topology_args(cpus: u32, memory_mib: u32) -> Vec<OsString> {
-    vec!["-smp".into(), format!("{cpus},sockets={cpus}").into(), "-m".into(), format!("{memory_mib}M").into()]
+/// Without ACPI the kernel finds CPUs in SeaBIOS's MP table, which lists
+/// the first CPU of each socket only: `-smp N` alone would bring up one
+/// CPU, and `-smp 4,sockets=2,cores=2` two. A guest whose packages have
+/// one core each gets a socket per CPU and boots without ACPI
+/// ([`topology_kernel_args`]); one whose packages share cores needs ACPI's
+/// MADT, which lists them all.
+pub fn topology_args(topology: Topology, memory_mib: u32) -> Vec<OsString> {
+    let (cpus, sockets, cores) = (topology.cpus(), topology.packages, topology.cores);
+    let smp = if topology.shares_packages() {
+        format!("{cpus},sockets={sockets},cores={cores},threads=1")
+    } else {
+        format!("{cpus},sockets={cpus}")
+    };
+    vec!["-smp".into(), smp.into(), "-m".into(), format!("{memory_mib}M").into()]
+}
+
+/// `acpi=off` where the topology does not need ACPI: the bench kernel has
+/// it for packages that share cores only, and a guest without it boots as
+/// fast as before it was there (README, "Topology").
+pub fn topology_kernel_args(topology: Topology) -> &'static [&'static str] {
+    if topology.shares_packages() {
+        &[]
+    } else {
+        &["acpi=off"]
+    }
 }
 
 /// The uncompressed vmlinux boots through PVH, the initramfs beside it.
@@ -419,6 +439,7 @@ pub fn topology_args(cpus: u32, memory_mib: u32) -> Vec<OsString> {
 pub fn boot_args(spec: &GuestSpec, tsc_khz: Option<u64>) -> Vec<OsString> {
     let tsc = tsc_khz.map(|khz| format!("tsc_early_khz={khz}"));
     let mut append: Vec<&str> = BASE_KERNEL_ARGS.to_vec();
+    append.extend(topology_kernel_args(spec.topology));
     append.extend(tsc.as_deref());
     append.extend(spec.kernel_args.iter().map(String::as_str));
     vec![
@@ -504,11 +525,11 @@ pub fn command_line(
     [
         machine_args(),
         accel_args(accel, spec.clock),
-        topology_args(spec.cpus, spec.memory_mib),
+        topology_args(spec.topology, spec.memory_mib),
         boot_args(spec, guest_tsc_khz(accel, spec.clock)),
         console_args(),
         agent_channel_args(agent_socket),
-        sensor_socket.map(|socket| sensor_args(socket, spec.cpus)).unwrap_or_default(),
+        sensor_socket.map(|socket| sensor_args(socket, spec.topology.cpus())).unwrap_or_default(),
     ]
     .concat()
 }
@@ -521,7 +542,7 @@ mod tests {
         GuestSpec {
             kernel: "/k/vmlinux".into(),
             initramfs: "/k/initramfs.cpio".into(),
-            cpus: 4,
+            topology: Topology::flat(4),
             memory_mib: 256,
             clock: Clock::Real,
             kernel_args: vec!["kevent_bench.param=kmessage.unit=30".into()],
@@ -628,8 +649,15 @@ mod tests {
     }
 
     #[test]
-    fn every_cpu_gets_its_own_socket() {
-        assert_eq!(joined(&topology_args(4, 256)), "-smp 4,sockets=4 -m 256M");
+    fn every_cpu_gets_its_own_socket_unless_packages_share_cores() {
+        assert_eq!(joined(&topology_args(Topology::flat(4), 256)), "-smp 4,sockets=4 -m 256M");
+        let shared = Topology::new(2, 2).unwrap();
+        assert_eq!(joined(&topology_args(shared, 256)), "-smp 4,sockets=2,cores=2,threads=1 -m 256M");
+        // Only a guest whose packages share cores boots with ACPI.
+        let mut spec = spec();
+        assert!(joined(&boot_args(&spec, None)).contains("no_timer_check acpi=off kevent_bench"));
+        spec.topology = shared;
+        assert!(!joined(&boot_args(&spec, None)).contains("acpi"));
     }
 
     #[test]

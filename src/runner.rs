@@ -9,6 +9,7 @@ use kevent_wire::{Command, Outcome};
 use crate::failure::Failure;
 use crate::inject::{Injection, Injector};
 use crate::machine::{Machine, MachineConfig};
+use crate::msr_replay;
 use crate::scenario::{Action, Scenario, Step};
 use crate::sensor::{Register, Timing};
 use crate::trace;
@@ -89,6 +90,7 @@ fn command_of(action: &Action) -> Command {
         Action::Exec { program, args, background } => {
             Command::Exec { program: program.clone(), args: args.clone(), background: *background }
         }
+        Action::Replay { .. } => unreachable!("replays go through msr_replay::replay"),
     }
 }
 
@@ -128,8 +130,9 @@ pub fn run(
             Some(session) => session.mark_step(&mut machine, index + 1, &record.label),
             None => Ok(()),
         };
+        let mut interrupts = Interrupts::new();
         if result.is_ok() {
-            result = run_step(&mut machine, scenario.injector, step, bound, &mut record);
+            result = run_step(&mut machine, scenario, step, bound, &mut record).map(|raised| interrupts = raised);
         }
         if let (Ok(()), Some(session)) = (&result, trace.as_mut()) {
             result = session.drain(&mut machine, index + 1);
@@ -149,9 +152,8 @@ pub fn run(
             });
         }
         record.elapsed = started.elapsed();
-        if let Action::Inject { cpu, .. } = step.action {
-            // Every repetition or firing the guest took was one interrupt.
-            ledger.add(index + 1, cpu, u64::from(record.repeat - record.failures));
+        for (cpu, count) in interrupts {
+            ledger.add(index + 1, cpu, count);
         }
         observe(&record);
         steps.push(record);
@@ -191,56 +193,74 @@ fn check_dyndbg(machine: &mut Machine, queries: &[crate::dyndbg::Query], bound: 
     }
 }
 
+/// Interrupts a step raised, per CPU.
+type Interrupts = BTreeMap<u32, u64>;
+
 /// One step, all its repetitions; a kernel report on the console by its
-/// end fails it.
+/// end fails it. Returns the interrupts it raised on each CPU.
 fn run_step(
     machine: &mut Machine,
-    injector: Injector,
+    scenario: &Scenario,
     step: &Step,
     bound: Duration,
     record: &mut StepRecord,
-) -> Result<(), Failure> {
-    match injection_of(&step.action) {
-        Some(injection) => {
-            match step.device_interval {
-                Some(interval) => {
-                    let interval_ns =
-                        u32::try_from(interval.as_nanos()).expect("the scenario bounds interval_us to 1 s");
-                    let injected = machine.inject_timed(injection, Timing { repeat: step.repeat, interval_ns })?;
-                    // The guest takes or refuses a timed entry whole.
-                    match injected.refused {
-                        Some(refusal) => {
-                            record.outcome = refusal.into();
-                            record.failures = step.repeat;
-                        }
-                        None => record.outcome = StepOutcome::Done,
+) -> Result<Interrupts, Failure> {
+    let injector = scenario.injector;
+    let mut interrupts = Interrupts::new();
+    if let Action::Replay { trace, speed, .. } = &step.action {
+        let trace = scenario.traces.get(trace).ok_or_else(|| Failure::Host {
+            message: format!("{}: the trace was not read before the run (scenario::load reads it)", trace.display()),
+        })?;
+        let replayed = msr_replay::replay(machine, injector, trace, speed.speed(), bound, record)?;
+        record.replay = Some(replayed.timing);
+        interrupts = replayed.interrupts;
+        if injector == Injector::Device {
+            record.datagrams.extend(machine.fence(bound)?.datagrams);
+        }
+    } else if let Some(injection) = injection_of(&step.action) {
+        match step.device_interval {
+            Some(interval) => {
+                let interval_ns = u32::try_from(interval.as_nanos()).expect("the scenario bounds interval_us to 1 s");
+                let injected = machine.inject_timed(injection, Timing { repeat: step.repeat, interval_ns })?;
+                // The guest takes or refuses a timed entry whole.
+                match injected.refused {
+                    Some(refusal) => {
+                        record.outcome = refusal.into();
+                        record.failures = step.repeat;
                     }
-                }
-                None => {
-                    for _ in 0..step.repeat {
-                        let injected = machine.inject(injector, injection, bound)?;
-                        record.datagrams.extend(injected.datagrams);
-                        record.note(injected.refused.map_or(StepOutcome::Done, StepOutcome::from));
+                    None => {
+                        record.outcome = StepOutcome::Done;
+                        // Every firing the guest took was one interrupt.
+                        interrupts.insert(injection.cpu, u64::from(step.repeat));
                     }
                 }
             }
-            if injector == Injector::Device {
-                // Acknowledged means broadcast; the fence brings it to the host.
-                record.datagrams.extend(machine.fence(bound)?.datagrams);
+            None => {
+                for _ in 0..step.repeat {
+                    let injected = machine.inject(injector, injection, bound)?;
+                    for cpu in injected.interrupted {
+                        *interrupts.entry(cpu).or_default() += 1;
+                    }
+                    record.datagrams.extend(injected.datagrams);
+                    record.note(injected.refused.map_or(StepOutcome::Done, StepOutcome::from));
+                }
             }
         }
-        None => {
-            let command = command_of(&step.action);
-            for _ in 0..step.repeat {
-                let exchange = machine.request(command.clone(), bound)?;
-                record.datagrams.extend(exchange.datagrams);
-                record.note(StepOutcome::from_reply(exchange.outcome)?);
-            }
+        if injector == Injector::Device {
+            // Acknowledged means broadcast; the fence brings it to the host.
+            record.datagrams.extend(machine.fence(bound)?.datagrams);
+        }
+    } else {
+        let command = command_of(&step.action);
+        for _ in 0..step.repeat {
+            let exchange = machine.request(command.clone(), bound)?;
+            record.datagrams.extend(exchange.datagrams);
+            record.note(StepOutcome::from_reply(exchange.outcome)?);
         }
     }
     match machine.crash() {
         Some(crash) => Err(crash),
-        None => Ok(()),
+        None => Ok(interrupts),
     }
 }
 

@@ -15,14 +15,16 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use crate::inject::Injector;
+use crate::msr_trace::{self as trace, Trace};
 use crate::qemu::Clock;
 use crate::thermal;
+use crate::topology::Topology;
 
 /// What a scenario may ask for: each bound keeps a run finite and inside
 /// the bounds the host puts on the guest (README, "Scenario limits").
 pub mod limits {
     /// The bench kernel's NR_CPUS and the sensor device's rings.
-    pub const MAX_CPUS: u32 = crate::sensor::abi::MAX_CPUS;
+    pub const MAX_CPUS: u32 = crate::topology::MAX_CPUS;
     /// Least guest memory, MiB: what the bench guest needs to boot.
     pub const MIN_MEMORY_MIB: u32 = 64;
     /// Most guest memory, MiB (16 GiB).
@@ -68,8 +70,8 @@ pub struct Location {
 /// The guest a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MachineSpec {
-    /// vCPUs, 1 to [`limits::MAX_CPUS`], each its own socket; default 2.
-    pub cpus: u32,
+    /// Its CPUs: `cpus` alone is that many packages of one core; default 2 CPUs.
+    pub topology: Topology,
     /// Guest RAM in MiB, [`limits::MIN_MEMORY_MIB`] to [`limits::MAX_MEMORY_MIB`]; default 256.
     pub memory_mib: u32,
     /// What guest time follows (`[machine] clock`); default real.
@@ -78,7 +80,26 @@ pub struct MachineSpec {
 
 impl Default for MachineSpec {
     fn default() -> Self {
-        MachineSpec { cpus: 2, memory_mib: 256, clock: Clock::default() }
+        MachineSpec { topology: Topology::flat(2), memory_mib: 256, clock: Clock::default() }
+    }
+}
+
+impl MachineSpec {
+    /// Every CPU of the machine.
+    pub fn cpus(&self) -> u32 {
+        self.topology.cpus()
+    }
+}
+
+impl fmt::Display for MachineSpec {
+    /// "2 CPUs, 256 MiB, real clock", with the packages where they share
+    /// cores: "4 CPUs in 2 packages × 2 cores, ...".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} CPUs", self.cpus())?;
+        if self.topology.shares_packages() {
+            write!(f, " in {}", self.topology)?;
+        }
+        write!(f, ", {} MiB, {} clock", self.memory_mib, self.clock)
     }
 }
 
@@ -113,6 +134,9 @@ pub struct Scenario {
     pub params: Vec<Param>,
     /// The `[[step]]`s in file order; never empty.
     pub steps: Vec<Step>,
+    /// The traces of `replay` steps, by path, once [`load`] (or
+    /// [`Scenario::load_traces`]) has read them: [`parse`] reads no file.
+    pub traces: BTreeMap<PathBuf, Trace>,
     /// Kernel trace events to record into the run's `trace.txt`; a
     /// command-line `--trace` replaces it.
     pub trace: Option<crate::trace::Request>,
@@ -175,6 +199,38 @@ pub enum Action {
         /// Started and left running; its result is reported when the scenario ends.
         background: bool,
     },
+    /// Replay a recorded trace (docs/trace-format.md), host-timed at its
+    /// recorded intervals divided by `speed`. `path` is relative to the
+    /// scenario's directory, as written; `trace` is where it is.
+    Replay {
+        /// The trace's path as the scenario wrote it.
+        path: String,
+        /// Where the trace is: relative to the scenario's directory.
+        trace: PathBuf,
+        /// How much faster than recorded.
+        speed: SpeedMilli,
+    },
+}
+
+/// A replay speed, in thousandths (so that a step stays `Eq`): 1000 is as
+/// recorded, 2000 twice as fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeedMilli(pub u32);
+
+impl SpeedMilli {
+    /// As recorded.
+    pub const RECORDED: SpeedMilli = SpeedMilli(1000);
+
+    /// The speed `speed` (times faster than recorded), to a thousandth.
+    pub fn from_speed(speed: f64) -> Option<SpeedMilli> {
+        let milli = (speed * 1000.0).round();
+        (trace::SPEED_RANGE.contains(&speed) && milli >= 1.0).then_some(SpeedMilli(milli as u32))
+    }
+
+    /// Times faster than recorded.
+    pub fn speed(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
 }
 
 impl fmt::Display for Action {
@@ -197,6 +253,8 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
+            Action::Replay { path, speed, .. } if *speed == SpeedMilli::RECORDED => write!(f, "replay {path}"),
+            Action::Replay { path, speed, .. } => write!(f, "replay {path} at speed {}", speed.speed()),
         }
     }
 }
@@ -231,6 +289,8 @@ struct RawScenario {
 #[serde(deny_unknown_fields)]
 struct RawMachine {
     cpus: Option<Spanned<i64>>,
+    packages: Option<Spanned<i64>>,
+    cores: Option<Spanned<i64>>,
     memory_mib: Option<Spanned<i64>>,
     clock: Option<Spanned<String>>,
 }
@@ -243,6 +303,8 @@ struct RawStep {
     read: Option<Spanned<String>>,
     write: Option<Spanned<RawWrite>>,
     exec: Option<Spanned<RawExec>>,
+    replay: Option<Spanned<String>>,
+    speed: Option<Spanned<f64>>,
     repeat: Option<Spanned<i64>>,
     interval_us: Option<Spanned<i64>>,
 }
@@ -289,15 +351,17 @@ pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads and parses the scenario file at `path`; an unreadable file is an
-/// error at 1:1.
+/// Reads and parses the scenario file at `path`, then reads and checks
+/// the traces its `replay` steps name; an unreadable file is an error at 1:1.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let bytes = std::fs::read(path).map_err(|e| ScenarioError {
         path: path.to_owned(),
         at: Location { line: 1, column: 1 },
         message: format!("cannot read: {e}"),
     })?;
-    parse_bytes(path, &bytes)
+    let mut scenario = parse_bytes(path, &bytes)?;
+    scenario.load_traces()?;
+    Ok(scenario)
 }
 
 /// The scenario in `bytes`, the contents of `path`: [`load`] without the
@@ -375,10 +439,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     })?;
 
     let defaults = MachineSpec::default();
-    let cpus = match &raw.machine.cpus {
-        Some(c) => loc.bounded(c, "cpus", 1..=limits::MAX_CPUS)?,
-        None => defaults.cpus,
-    };
+    let topology = machine_topology(&raw.machine, &loc)?.unwrap_or(defaults.topology);
+    let cpus = topology.cpus();
     let memory_mib = match &raw.machine.memory_mib {
         Some(m) => loc.bounded(m, "memory_mib", limits::MIN_MEMORY_MIB..=limits::MAX_MEMORY_MIB)?,
         None => defaults.memory_mib,
@@ -389,7 +451,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         })?,
         None => defaults.clock,
     };
-    let machine = MachineSpec { cpus, memory_mib, clock };
+    let machine = MachineSpec { topology, memory_mib, clock };
 
     let (params, tjmax) = parse_params(raw.params, &loc)?;
 
@@ -486,11 +548,36 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
             }
             actions.push(Action::Exec { program: e.program, args: e.args, background: e.background });
         }
+        if let Some(replay) = step.replay {
+            let span = replay.span();
+            let written = bounded_path(replay.into_inner(), "replay: the trace", &span, &loc)?;
+            let speed = match &step.speed {
+                None => SpeedMilli::RECORDED,
+                Some(speed) => SpeedMilli::from_speed(*speed.get_ref()).ok_or_else(|| {
+                    loc.error(
+                        &speed.span(),
+                        format!(
+                            "speed = {}: expected {} to {} (times faster than recorded)",
+                            speed.get_ref(),
+                            trace::SPEED_RANGE.start(),
+                            trace::SPEED_RANGE.end()
+                        ),
+                    )
+                })?,
+            };
+            if let Some(r) = &step.repeat {
+                return Err(loc.error(&r.span(), "repeat: a replay step plays its trace once"));
+            }
+            let trace = path.parent().unwrap_or(Path::new("")).join(&written);
+            actions.push(Action::Replay { path: written, trace, speed });
+        } else if let Some(speed) = &step.speed {
+            return Err(loc.error(&speed.span(), "speed paces a replay: this step replays no trace"));
+        }
         if actions.len() != 1 {
             return Err(loc.error(
                 &span,
                 format!(
-                    "a step has exactly one of inject, sleep_ms, read, write, exec; this one has {}",
+                    "a step has exactly one of inject, sleep_ms, read, write, exec, replay; this one has {}",
                     actions.len()
                 ),
             ));
@@ -498,7 +585,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         let action = actions.remove(0);
         let device_interval = match &step.interval_us {
             None => None,
-            Some(interval) => Some(device_interval(interval, &action, repeat, injector, &loc)?),
+            Some(interval) => Some(device_interval(interval, &action, repeat, injector, topology, &loc)?),
         };
         steps.push(Step { action, repeat, device_interval, at: loc.at(&span) });
     }
@@ -507,7 +594,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         Some(value) => parse_trace(value, &loc)?,
     };
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Scenario { name, path: path.to_owned(), description: raw.description, machine, injector, params, steps, trace })
+    Ok(Scenario {
+        name,
+        path: path.to_owned(),
+        description: raw.description,
+        machine,
+        injector,
+        params,
+        steps,
+        trace,
+        traces: BTreeMap::new(),
+    })
 }
 
 /// `trace = true` (the default set), `false`, or a list of `SYSTEM:EVENT`
@@ -543,6 +640,38 @@ fn parse_trace(value: Spanned<toml::Value>, loc: &Locator<'_>) -> Result<Option<
     }
 }
 
+/// `[machine]`'s CPUs: `cpus` (each its own package), or `packages` and
+/// `cores` (each 1 unless given), or all three if they agree. None if the
+/// scenario says nothing.
+fn machine_topology(raw: &RawMachine, loc: &Locator<'_>) -> Result<Option<Topology>, ScenarioError> {
+    let cpus = match &raw.cpus {
+        Some(c) => Some(loc.bounded(c, "cpus", 1..=limits::MAX_CPUS)?),
+        None => None,
+    };
+    let packages = match &raw.packages {
+        Some(p) => Some(loc.bounded(p, "packages", 1..=crate::topology::MAX_PACKAGES)?),
+        None => None,
+    };
+    let cores = match &raw.cores {
+        Some(c) => Some(loc.bounded(c, "cores", 1..=limits::MAX_CPUS)?),
+        None => None,
+    };
+    if packages.is_none() && cores.is_none() {
+        return Ok(cpus.map(Topology::flat));
+    }
+    let at = raw.packages.as_ref().or(raw.cores.as_ref()).map(Spanned::span).expect("one of them is given");
+    let topology = Topology::new(packages.unwrap_or(1), cores.unwrap_or(1)).map_err(|why| loc.error(&at, why))?;
+    if let (Some(cpus), Some(c)) = (cpus, &raw.cpus) {
+        if cpus != topology.cpus() {
+            return Err(loc.error(
+                &c.span(),
+                format!("cpus = {cpus}, but {topology} are {} CPUs: give one or the other", topology.cpus()),
+            ));
+        }
+    }
+    Ok(Some(topology))
+}
+
 /// A path no longer than the guest's PATH_MAX, or an error at `span`.
 fn bounded_path(path: String, what: &str, span: &Range<usize>, loc: &Locator<'_>) -> Result<String, ScenarioError> {
     if path.len() > limits::MAX_PATH_BYTES {
@@ -561,11 +690,15 @@ fn device_interval(
     action: &Action,
     repeat: u32,
     injector: Injector,
+    topology: Topology,
     loc: &Locator<'_>,
 ) -> Result<Duration, ScenarioError> {
     let span = interval.span();
     if !matches!(action, Action::Inject { .. }) {
         return Err(loc.error(&span, "interval_us times injections: this step does not inject"));
+    }
+    if matches!(action, Action::Inject { package: true, .. }) && topology.shares_packages() {
+        return Err(loc.error(&span, timed_package_refusal(topology)));
     }
     if injector != Injector::Device {
         return Err(loc.error(
@@ -596,6 +729,14 @@ fn device_interval(
         ));
     }
     Ok(Duration::from_micros(interval_us))
+}
+
+/// Why a package injection cannot be device-timed on `topology`.
+fn timed_package_refusal(topology: Topology) -> String {
+    format!(
+        "interval_us: a package injection interrupts every core of the package, one after the other, and the \
+         device times the entries of one CPU; on {topology} inject the core register, or time the steps yourself"
+    )
 }
 
 /// Characters a module name or parameter name may have: the kernel's own
@@ -685,6 +826,8 @@ fn parse_params(raw: RawParams, loc: &Locator<'_>) -> Result<(Vec<Param>, u32), 
 }
 
 fn inject_action(inject: RawInject, cpus: u32, tjmax: u32, loc: &Locator<'_>) -> Result<Action, ScenarioError> {
+    // A checked topology has at least one CPU.
+    debug_assert!(cpus >= 1);
     let cpu = loc.bounded(&inject.cpu, "cpu", 0..=cpus - 1).map_err(|mut e| {
         e.message = format!("cpu = {}: the machine has CPUs 0 to {}", inject.cpu.get_ref(), cpus - 1);
         e
@@ -763,26 +906,136 @@ impl Scenario {
         self.steps.iter().find(|s| s.device_interval.is_some())
     }
 
-    /// Runs the scenario on `cpus` CPUs instead of its own: refused, at the
-    /// step, if a step injects at a CPU the machine would not have.
+    /// Runs the scenario on `cpus` CPUs, each its own package, instead of
+    /// its own machine: see [`Self::set_topology`].
     pub fn set_cpus(&mut self, cpus: u32) -> Result<(), String> {
         if !(1..=limits::MAX_CPUS).contains(&cpus) {
             return Err(format!("{cpus} CPUs: the bench kernel runs 1 to {}", limits::MAX_CPUS));
         }
+        self.set_topology(Topology::flat(cpus))
+    }
+
+    /// Runs the scenario on `topology` instead of its own: refused, at the
+    /// step, if a step injects at a CPU the machine would not have, times
+    /// a package injection the device cannot time there, or replays a
+    /// trace recorded on another machine. Nothing changes on a refusal.
+    pub fn set_topology(&mut self, topology: Topology) -> Result<(), String> {
+        topology.check()?;
+        let cpus = topology.cpus();
         for step in &self.steps {
-            if let Action::Inject { cpu, .. } = step.action {
-                if cpu >= cpus {
-                    return Err(self
-                        .error_at(
-                            step.at,
-                            format!("this step injects at CPU {cpu}, which a {cpus}-CPU machine does not have"),
-                        )
-                        .to_string());
+            let why = match &step.action {
+                Action::Inject { cpu, .. } if *cpu >= cpus => {
+                    format!("this step injects at CPU {cpu}, which a {cpus}-CPU machine does not have")
                 }
-            }
+                Action::Inject { package: true, .. }
+                    if step.device_interval.is_some() && topology.shares_packages() =>
+                {
+                    timed_package_refusal(topology)
+                }
+                Action::Replay { trace, .. } => match self.traces.get(trace) {
+                    Some(t) if t.topology != topology => {
+                        format!("this step replays a trace recorded on {}, not {topology}", t.topology)
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            return Err(self.error_at(step.at, why).to_string());
         }
-        self.machine.cpus = cpus;
+        self.machine.topology = topology;
         Ok(())
+    }
+
+    /// Reads and checks the trace of every `replay` step: its machine must
+    /// be the scenario's, its TjMax the module's, its length bounded.
+    /// Errors name the step, and the trace's line where the trace is wrong.
+    pub fn load_traces(&mut self) -> Result<(), ScenarioError> {
+        for step in &self.steps {
+            let Action::Replay { trace: path, speed, .. } = &step.action else { continue };
+            if self.traces.contains_key(path) {
+                continue;
+            }
+            let trace = trace::load(path).map_err(|e| self.error_at(step.at, format!("replay: {e}")))?;
+            self.check_trace(step, &trace, *speed)?;
+            self.traces.insert(path.clone(), trace);
+        }
+        Ok(())
+    }
+
+    fn check_trace(&self, step: &Step, trace: &Trace, speed: SpeedMilli) -> Result<(), ScenarioError> {
+        if trace.topology != self.machine.topology {
+            return Err(self.error_at(
+                step.at,
+                format!(
+                    "replay: {} was recorded on {}; the scenario's machine is {} (set [machine] packages = {} and \
+                     cores = {})",
+                    trace.path.display(),
+                    trace.topology,
+                    self.machine.topology,
+                    trace.topology.packages,
+                    trace.topology.cores
+                ),
+            ));
+        }
+        let tjmax = self.tjmax();
+        if let Some(recorded) = trace.tjmax.filter(|t| *t != tjmax) {
+            return Err(self.error_at(
+                step.at,
+                format!(
+                    "replay: {} was recorded with TjMax {recorded} °C and the module has {tjmax} °C: its readouts \
+                     would be other temperatures (set kevent_thermal.tjmax = {recorded})",
+                    trace.path.display()
+                ),
+            ));
+        }
+        trace.check_speed(speed.speed()).map_err(|why| self.error_at(step.at, format!("replay: {why}")))
+    }
+
+    /// The module's TjMax, as `[params]` sets it.
+    pub fn tjmax(&self) -> u32 {
+        self.params
+            .iter()
+            .filter(|p| p.module.replace('-', "_") == "kevent_thermal" && p.key == "tjmax")
+            .filter_map(|p| p.value.parse().ok())
+            .next_back()
+            .unwrap_or(thermal::DEFAULT_TJMAX)
+    }
+
+    /// A scenario of one step that replays `trace` at `speed` on the
+    /// machine it was recorded on (`run --replay`), named after the trace.
+    pub fn of_replay(trace: Trace, speed: f64) -> Result<Scenario, String> {
+        let speed_milli = SpeedMilli::from_speed(speed).ok_or_else(|| {
+            format!("--speed {speed}: expected {} to {}", trace::SPEED_RANGE.start(), trace::SPEED_RANGE.end())
+        })?;
+        trace.check_speed(speed)?;
+        let path = trace.path.clone();
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut params = Vec::new();
+        if let Some(tjmax) = trace.tjmax {
+            params.push(Param {
+                module: "kevent_thermal".into(),
+                key: "tjmax".into(),
+                value: tjmax.to_string(),
+                at: Location::default(),
+            });
+        }
+        let step = Step {
+            action: Action::Replay { path: path.display().to_string(), trace: path.clone(), speed: speed_milli },
+            repeat: 1,
+            device_interval: None,
+            at: Location { line: 1, column: 1 },
+        };
+        Ok(Scenario {
+            name,
+            path: path.clone(),
+            description: format!("replay of {}, recorded on {}", path.display(), trace.topology),
+            machine: MachineSpec { topology: trace.topology, ..MachineSpec::default() },
+            injector: Injector::default(),
+            params,
+            steps: vec![step],
+            trace: None,
+            traces: BTreeMap::from([(path, trace)]),
+        })
     }
 
     /// Checks every module parameter against what the built modules accept
@@ -842,7 +1095,7 @@ impl Scenario {
         let (across, within) = self.machine.clock.rate_limit_edges_ms();
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_edge_ms", &across.to_string()));
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_burst_edge_ms", &within.to_string()));
-        let mut guest = artifacts.guest(self.machine.cpus, self.machine.memory_mib, args);
+        let mut guest = artifacts.guest_of(self.machine.topology, self.machine.memory_mib, args);
         guest.clock = self.machine.clock;
         guest
     }
@@ -915,7 +1168,7 @@ sleep_ms = 5
         )
         .unwrap();
         assert_eq!(s.name, "t");
-        assert_eq!(s.machine, MachineSpec { cpus: 4, memory_mib: 256, clock: Clock::Real });
+        assert_eq!(s.machine, MachineSpec { topology: Topology::flat(4), memory_mib: 256, clock: Clock::Real });
         assert_eq!(kernel_args(&s), ["kevent_bench.param=kevent_thermal.rate_limit_ms=0"]);
         // 95 °C is 5 below TjMax 100; the core register has the valid bit.
         assert_eq!(
@@ -1183,9 +1436,9 @@ sleep_ms = 5
         let mut s = parse_str("description = \"x\"\n[[step]]\ninject = { cpu = 1 }\n").unwrap();
         let e = s.set_cpus(1).unwrap_err();
         assert_eq!(e, "scenarios/t.toml:2:1: this step injects at CPU 1, which a 1-CPU machine does not have");
-        assert_eq!(s.machine.cpus, 2, "unchanged after a refusal");
+        assert_eq!(s.machine.cpus(), 2, "unchanged after a refusal");
         s.set_cpus(4).unwrap();
-        assert_eq!(s.machine.cpus, 4);
+        assert_eq!(s.machine.cpus(), 4);
         assert!(s.set_cpus(9).unwrap_err().contains("1 to 8"));
     }
 
@@ -1204,5 +1457,100 @@ sleep_ms = 5
             load(path).unwrap_or_else(|e| panic!("{e}"));
         }
         assert!(starters.len() >= 11, "{} starter scenarios", starters.len());
+    }
+
+    #[test]
+    fn packages_and_cores_make_the_machine_and_agree_with_cpus() {
+        let s = parse_str(&format!("description = \"x\"\n[machine]\npackages = 2\ncores = 2\n{ONE_STEP}")).unwrap();
+        assert_eq!(s.machine.topology, Topology::new(2, 2).unwrap());
+        assert_eq!(s.machine.to_string(), "4 CPUs in 2 packages × 2 cores, 256 MiB, real clock");
+        let s = parse_str(&format!("description = \"x\"\n[machine]\ncores = 3\n{ONE_STEP}")).unwrap();
+        assert_eq!(s.machine.topology, Topology::new(1, 3).unwrap(), "packages default to 1");
+        let s = parse_str(&format!("description = \"x\"\n[machine]\ncpus = 4\npackages = 2\ncores = 2\n{ONE_STEP}"));
+        assert_eq!(s.unwrap().machine.cpus(), 4, "all three, agreeing");
+        let e = err(&format!("description = \"x\"\n[machine]\ncpus = 3\npackages = 2\ncores = 2\n{ONE_STEP}"));
+        assert_eq!((e.at.line, e.at.column), (3, 8), "{e}");
+        assert!(e.message.contains("cpus = 3, but 2 packages × 2 cores are 4 CPUs: give one or the other"), "{e}");
+        let e = err(&format!("description = \"x\"\n[machine]\npackages = 3\ncores = 3\n{ONE_STEP}"));
+        assert_eq!(e.at.line, 3, "{e}");
+        assert!(e.message.contains("would be more than the 8 CPUs"), "{e}");
+        let e = err(&format!("description = \"x\"\n[machine]\npackages = 0\n{ONE_STEP}"));
+        assert_eq!(e.at.line, 3, "{e}");
+        let e = err("description = \"x\"\n[machine]\npackages = 2\ncores = 2\n[[step]]\ninject = { cpu = 4 }\n");
+        assert!(e.message.contains("the machine has CPUs 0 to 3"), "{e}");
+    }
+
+    #[test]
+    fn a_timed_package_injection_is_refused_where_packages_share_cores() {
+        let timed =
+            "[[step]]\ninject = { cpu = 1, package = true, bits = [\"prochot\"] }\nrepeat = 3\ninterval_us = 10\n";
+        let e = err(&format!("description = \"x\"\n[machine]\npackages = 2\ncores = 2\n{timed}"));
+        assert_eq!(e.at.line, 8, "{e}");
+        assert!(e.message.contains("the device times the entries of one CPU"), "{e}");
+        let mut s = parse_str(&format!("description = \"x\"\n{timed}")).unwrap();
+        let e = s.set_topology(Topology::new(1, 2).unwrap()).unwrap_err();
+        assert!(e.contains("scenarios/t.toml:2:1: interval_us: a package injection interrupts every core"), "{e}");
+        assert_eq!(s.machine.topology, Topology::flat(2), "unchanged after a refusal");
+    }
+
+    const TRACE_2X2: &str = "# kevent-bench thermal trace 1\n# cpu 0 package 0 core 0\n# cpu 1 package 0 core 1\n\
+                             # cpu 2 package 1 core 0\n# cpu 3 package 1 core 1\n# tjmax 100\n\
+                             time_us,cpu,package,register,value\n0,0,0,0x19c,0x80320000\n100,2,1,0x1b1,0x50001\n";
+
+    /// A scenario file and a trace beside it, in a fresh directory.
+    fn with_trace(scenario: &str, trace: &str) -> (tempfile::TempDir, Result<Scenario, ScenarioError>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("traces")).unwrap();
+        std::fs::write(dir.path().join("traces/t.csv"), trace).unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, scenario).unwrap();
+        let loaded = load(&path);
+        (dir, loaded)
+    }
+
+    #[test]
+    fn a_replay_step_reads_its_trace_beside_the_scenario_and_checks_its_machine() {
+        let machine = "description = \"x\"\n[machine]\npackages = 2\ncores = 2\n";
+        let (_dir, s) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/t.csv\"\nspeed = 2.5\n"), TRACE_2X2);
+        let s = s.unwrap();
+        let Action::Replay { path, trace, speed } = &s.steps[0].action else { panic!("{:?}", s.steps[0]) };
+        assert_eq!((path.as_str(), *speed), ("traces/t.csv", SpeedMilli(2500)));
+        assert_eq!(s.traces[trace].injections().len(), 1, "the reset image is not injected");
+        assert_eq!(s.steps[0].action.to_string(), "replay traces/t.csv at speed 2.5");
+
+        // The trace's machine must be the scenario's.
+        let (_dir, e) = with_trace("description = \"x\"\n[[step]]\nreplay = \"traces/t.csv\"\n", TRACE_2X2);
+        let e = e.unwrap_err();
+        assert_eq!(e.at.line, 2, "{e}");
+        assert!(e.message.contains("was recorded on 2 packages × 2 cores; the scenario's machine is 2 packages × 1 core (set [machine] packages = 2 and cores = 2)"), "{e}");
+        // And its TjMax the module's.
+        let tjmax = format!("{machine}[params]\nkevent_thermal.tjmax = 90\n[[step]]\nreplay = \"traces/t.csv\"\n");
+        let (_dir, e) = with_trace(&tjmax, TRACE_2X2);
+        assert!(e.unwrap_err().message.contains("recorded with TjMax 100 °C and the module has 90 °C"));
+        // A bad row is refused with the trace's own file and line.
+        let bad = TRACE_2X2.replace("100,2,1,0x1b1,0x50001", "100,2,1,0x1b1,0x80050001");
+        let (dir, e) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/t.csv\"\n"), &bad);
+        let e = e.unwrap_err().to_string();
+        let expected = format!("s.toml:5:1: replay: {}:9: 0x1b1", dir.path().join("traces/t.csv").display());
+        assert!(e.contains(&expected), "{e}\nexpected {expected}");
+        // A missing trace is named.
+        let (_dir, e) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/none.csv\"\n"), TRACE_2X2);
+        assert!(e.unwrap_err().message.contains("cannot read the trace"));
+        // Once loaded, the machine cannot be changed under the trace.
+        let (_dir, s) = with_trace(&format!("{machine}[[step]]\nreplay = \"traces/t.csv\"\n"), TRACE_2X2);
+        let mut s = s.unwrap();
+        assert!(s.set_cpus(4).unwrap_err().contains("this step replays a trace recorded on 2 packages × 2 cores"));
+    }
+
+    #[test]
+    fn a_replay_step_takes_speed_and_nothing_that_repeats_it() {
+        let e = err("description = \"x\"\n[[step]]\nreplay = \"t.csv\"\nspeed = 0\n");
+        assert!(e.message.contains("speed = 0: expected 0.01 to 1000"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nreplay = \"t.csv\"\nrepeat = 2\n");
+        assert!(e.message.contains("a replay step plays its trace once"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 1\nspeed = 2\n");
+        assert!(e.message.contains("speed paces a replay"), "{e}");
+        let e = err("description = \"x\"\n[[step]]\nsleep_ms = 1\nreplay = \"t.csv\"\n");
+        assert!(e.message.contains("exactly one of inject, sleep_ms, read, write, exec, replay"), "{e}");
     }
 }

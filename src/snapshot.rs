@@ -43,6 +43,10 @@ pub struct SnapshotStep {
     /// How many times it ran, if more than once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat: Option<u32>,
+    /// A replay step: how many register changes it injected. Its events
+    /// are listed whatever their number: the episode is their order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injections: Option<u32>,
     /// What a read returned, or why the step failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
@@ -144,15 +148,18 @@ pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramR
                 }
             }
             let (result, exec) = result_of(record);
+            let injections = record.replay.as_ref().map(|t| t.due.len() as u32);
+            let replay = injections.is_some();
             let mut step = SnapshotStep {
                 step: record.label.clone(),
-                repeat: (record.repeat > 1).then_some(record.repeat),
+                repeat: (record.repeat > 1 && !replay).then_some(record.repeat),
+                injections,
                 result,
                 exec,
                 events: Vec::new(),
                 event_counts: BTreeMap::new(),
             };
-            if record.repeat >= COUNT_THRESHOLD {
+            if record.repeat >= COUNT_THRESHOLD && !replay {
                 for event in &decoded {
                     *step.event_counts.entry(events::kind_of(event)).or_default() += 1;
                 }
@@ -165,7 +172,7 @@ pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramR
     let s = scenario;
     Snapshot {
         scenario: s.name.clone(),
-        machine: format!("{} CPUs, {} MiB, {} clock", s.machine.cpus, s.machine.memory_mib, s.machine.clock),
+        machine: s.machine.to_string(),
         params: s.params_by_module(),
         steps,
         background: background.iter().map(snapshot_exec).collect(),

@@ -8,6 +8,7 @@ use kevent_wire::{Datagram, ExecResult, Hello, Outcome};
 
 use crate::failure::Failure;
 use crate::inject::Refusal;
+use crate::msr_replay::ReplayTiming;
 use crate::scenario::Scenario;
 
 /// What one step came to (the first failure, for a repeated step).
@@ -93,6 +94,9 @@ pub struct StepRecord {
     pub datagrams: Vec<Datagram>,
     /// Host wall time of the step, all repetitions.
     pub elapsed: Duration,
+    /// A replay step: when each injection was due and when it started.
+    /// Host time, so never part of the snapshot.
+    pub replay: Option<ReplayTiming>,
 }
 
 impl StepRecord {
@@ -106,6 +110,7 @@ impl StepRecord {
             failures: 0,
             datagrams: Vec::new(),
             elapsed: Duration::ZERO,
+            replay: None,
         }
     }
 

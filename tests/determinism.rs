@@ -18,7 +18,7 @@ use kevent_bench::{runner, scenario};
 
 const RUNS: usize = 3;
 const TIMING_SCENARIOS: &[&str] =
-    &["rate-limit-storm", "rate-limit-swallows-normal", "interleaved-cpus", "device-timed-burst"];
+    &["rate-limit-storm", "rate-limit-swallows-normal", "interleaved-cpus", "device-timed-burst", "package-rate-limit"];
 
 #[test]
 fn timing_dependent_scenarios_give_one_snapshot_with_every_host_core_busy() {

@@ -5,6 +5,8 @@
 
 mod fuzzing;
 
+use kevent_bench::scenario::Action;
+
 use fuzzing::{Choices, Rng};
 
 /// Enough mutants to reach every edit of every starter many times, few
@@ -14,11 +16,22 @@ const MUTANTS: u64 = 3000;
 #[test]
 fn the_starter_scenarios_pass_the_checks_and_load_as_they_parse() {
     let dir = tempfile::tempdir().unwrap();
+    // The traces replay steps name, beside the scenarios as in scenarios/.
+    let traces = fuzzing::repo_root().join("scenarios/traces");
+    std::fs::create_dir(dir.path().join("traces")).unwrap();
+    for entry in std::fs::read_dir(&traces).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join("traces").join(entry.file_name())).unwrap();
+    }
     for (i, text) in fuzzing::starters().iter().enumerate() {
         assert!(fuzzing::check_scenario(text), "a starter is refused");
         let path = dir.path().join(format!("{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let loaded = kevent_bench::scenario::load(&path).unwrap();
+        let mut loaded = kevent_bench::scenario::load(&path).unwrap();
+        let replays = loaded.steps.iter().filter(|s| matches!(s.action, Action::Replay { .. })).count();
+        assert_eq!(loaded.traces.len(), replays, "load reads the trace of every replay step");
+        // Beyond the traces, loading is parsing.
+        loaded.traces.clear();
         assert_eq!(kevent_bench::scenario::parse_bytes(&path, text).unwrap(), loaded);
     }
 }
@@ -169,4 +182,51 @@ fn write_fuzz_seeds() {
         write("events_decode", &format!("{i}"), &[[selector, 4, 0, 0, 0].as_slice(), payload].concat());
     }
     write("modinfo_object", "kevent_thermal", &fuzzing::elf(fuzzing::MODINFO));
+}
+
+/// The starter trace, edited the way the scenario mutants are: every
+/// mutant is read whole or refused at a line inside it, never a panic, and
+/// what is read keeps the promises a replay relies on.
+#[test]
+fn seeded_trace_mutants_are_read_or_refused_at_a_line() {
+    use kevent_bench::msr_trace::{self, Msr};
+    let path = fuzzing::repo_root().join("scenarios/traces/throttling.csv");
+    let starter = std::fs::read(&path).unwrap();
+    let (mut read, mut refused) = (0, 0);
+    for seed in 0..MUTANTS {
+        let mut rng = Rng(seed);
+        let mut mutant = starter.clone();
+        for _ in 0..=rng.below(3) {
+            fuzzing::mutate_once(&mut mutant, &mut rng);
+        }
+        let outcome = std::panic::catch_unwind(|| msr_trace::parse_bytes(&path, &mutant));
+        let Ok(outcome) = outcome else {
+            eprintln!("seed {seed}, mutant:\n{}", String::from_utf8_lossy(&mutant));
+            panic!("the trace parser panicked");
+        };
+        match outcome {
+            Ok(trace) => {
+                read += 1;
+                let cpus = trace.topology.cpus();
+                assert!(cpus <= 8 && cpus as usize == trace.cpus.len(), "seed {seed}: {:?}", trace.topology);
+                assert!(trace.rows.windows(2).all(|w| w[0].time_us <= w[1].time_us), "seed {seed}");
+                for row in &trace.rows {
+                    assert_eq!(row.value & !row.msr.modelled_bits(), 0, "seed {seed}: {row:?}");
+                }
+                for injection in trace.injections() {
+                    assert!(injection.cpu < cpus, "seed {seed}: {injection:?}");
+                    if injection.msr == Msr::PackageThermStatus {
+                        assert!(trace.topology.package_of(injection.cpu) < trace.topology.packages);
+                    }
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                let lines = mutant.iter().filter(|b| **b == b'\n').count() + 1;
+                assert!((1..=lines).contains(&e.line), "seed {seed}: line {} of {lines}: {e}", e.line);
+                assert!(!e.message.trim().is_empty(), "seed {seed}");
+            }
+        }
+    }
+    assert!(read > MUTANTS / 20 && refused > MUTANTS / 10, "{read} read, {refused} refused");
 }

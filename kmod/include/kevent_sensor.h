@@ -47,6 +47,17 @@
  *     soon after, so hard-IRQ time stays bounded.
  * A host keeps at most 1024 firings unacknowledged over all CPUs: each can
  * queue up to 12 uevents, and the guest queues 16384 before it drops.
+ *
+ * Topology (version 3): the host's CPUs are nr_packages packages of
+ * cores_per_package cores, numbered package by package (CPU i is core
+ * i % cores_per_package of package i / cores_per_package), as QEMU's
+ * -smp sockets=,cores= numbers them; the guest refuses a device whose
+ * topology is not its own.  The package register is one per package, and
+ * a change of it interrupts every core of the package: the host publishes
+ * one entry per CPU of the package that the guest has online (@online),
+ * all with the same image, in ascending CPU order, each after the previous
+ * one is acknowledged.  The first entry handled changes the register; the
+ * others find it in that state already.
  */
 #ifndef _KEVENT_SENSOR_H
 #define _KEVENT_SENSOR_H
@@ -57,8 +68,9 @@
 #define KS_PCI_DEVICE		0x1110
 
 #define KS_MAGIC		0x314d524854564b45ULL	/* "EKVTHRM1" */
-#define KS_VERSION		2
+#define KS_VERSION		3
 #define KS_MAX_CPUS		8
+#define KS_MAX_PACKAGES		8
 #define KS_RING_ENTRIES		256	/* power of two */
 #define KS_REGION_SIZE		0x20000	/* BAR2, power of two */
 #define KS_MAX_REPEAT		1024	/* ks_entry.repeat */
@@ -81,6 +93,11 @@
  * @ring_entries: KS_RING_ENTRIES (host)
  * @ready: 1 once every vector has its handler, 0 after remove (guest)
  * @guest_cpus: rings the guest serves (guest)
+ * @nr_packages: packages, at most KS_MAX_PACKAGES (host)
+ * @cores_per_package: CPUs of each package; nr_cpus is
+ *	nr_packages * cores_per_package (host)
+ * @online: bit i set while CPU i is online, kept by the guest across CPU
+ *	hotplug (guest)
  * @reserved: zero
  */
 struct ks_header {
@@ -90,20 +107,26 @@ struct ks_header {
 	u32 ring_entries;
 	u32 ready;
 	u32 guest_cpus;
-	u32 reserved[9];
+	u32 nr_packages;
+	u32 cores_per_package;
+	u32 online;
+	u32 reserved[6];
 };
 
 #define KS_HEADER_READY		20
 #define KS_HEADER_GUEST_CPUS	24
+#define KS_HEADER_NR_PACKAGES	28
+#define KS_HEADER_CORES		32
+#define KS_HEADER_ONLINE	36
 
 /**
  * struct ks_regs - the live hardware state, offset 64 (host)
  * @therm_status: IA32_THERM_STATUS of each CPU
- * @pkg_therm_status: IA32_PACKAGE_THERM_STATUS of each CPU's package
+ * @pkg_therm_status: IA32_PACKAGE_THERM_STATUS of each package
  */
 struct ks_regs {
 	u64 therm_status[KS_MAX_CPUS];
-	u64 pkg_therm_status[KS_MAX_CPUS];
+	u64 pkg_therm_status[KS_MAX_PACKAGES];
 };
 
 /**

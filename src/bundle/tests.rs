@@ -53,6 +53,7 @@ fn manifest() -> Manifest {
         run: RunInfo::default(),
         machine: MachineInfo {
             cpus: 2,
+            topology: None,
             memory_mib: 256,
             clock: "real".into(),
             injector: "device".into(),

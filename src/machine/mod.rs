@@ -33,6 +33,7 @@ use crate::process::{self};
 use crate::qemu::Accel;
 use crate::qemu::{self, GuestSpec};
 use crate::sensor::SensorDevice;
+use crate::topology::Topology;
 use guest::{wait_exit, Guest};
 use pump::{spawn_ack_watcher, spawn_agent_reader, Event};
 use sensor::Sensor;
@@ -157,6 +158,7 @@ pub struct Machine {
     pub console_log: PathBuf,
     sensor: Option<Sensor>,
     timeouts: Timeouts,
+    topology: Topology,
     /// The gdbstub's UNIX socket, removed once QEMU is gone.
     _gdb_socket: Option<RemovedOnDrop>,
     /// Dropped last: QEMU must be gone before its socket is removed.
@@ -234,7 +236,7 @@ impl Machine {
             File::create(&console_log).map_err(|e| Failure::io(format!("create {}", console_log.display()), e))?;
 
         let sensor_setup = if config.sensor {
-            let device = SensorDevice::new(config.guest.cpus)
+            let device = SensorDevice::new(config.guest.topology)
                 .map_err(|e| Failure::io("set up the emulated sensor device", e))?;
             let path = socket_dir.path().join("sensor.sock");
             // QEMU reads the device's setup while it starts: listen first.
@@ -308,6 +310,20 @@ impl Machine {
             Err(hello) => (guest.spawned.elapsed(), hello),
         };
         let timings = BootTimings { qemu_started, kernel_booted, greeted: guest.spawned.elapsed() };
+        let topology = config.guest.topology;
+        if topology.shares_packages() && hello.cpus_online < topology.cpus() {
+            // The sensor device would refuse the guest's topology later,
+            // and every package injection would miss cores: say why now.
+            return Err(Failure::Host {
+                message: format!(
+                    "the guest brought up {} of the {} CPUs of {topology}: packages that share cores need the \
+                     kernel's ACPI (CONFIG_ACPI, for the MADT; SeaBIOS's MP table lists one CPU per socket) and no \
+                     acpi=off, maxcpus= or nosmp on its command line",
+                    hello.cpus_online,
+                    topology.cpus()
+                ),
+            });
+        }
         // The sensor's readiness is waited for at its first use: a run that
         // injects through debugfs does not depend on the guest's driver.
         Ok(Machine {
@@ -317,6 +333,7 @@ impl Machine {
             console_log,
             sensor,
             timeouts: config.timeouts,
+            topology: config.guest.topology,
             _gdb_socket: gdb_socket,
             socket_dir,
         })
@@ -403,6 +420,11 @@ impl Machine {
     /// machine is dropped.
     pub fn socket_dir(&self) -> &Path {
         self.socket_dir.path()
+    }
+
+    /// The guest's CPUs, as packages of cores.
+    pub fn topology(&self) -> Topology {
+        self.topology
     }
 
     /// QEMU's command line, as a shell would read it back (also in the run

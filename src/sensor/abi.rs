@@ -11,10 +11,12 @@ pub const PCI_DEVICE: u16 = 0x1110;
 
 /// "EKVTHRM1" read as a little-endian u64.
 pub const MAGIC: u64 = 0x314d_5248_5456_4b45;
-/// Layout version (KS_VERSION); 2 added timed entries (`repeat`, `interval_ns`).
-pub const VERSION: u32 = 2;
+/// Layout version (KS_VERSION); 2 added timed entries (`repeat`, `interval_ns`), 3 the topology and a register per package.
+pub const VERSION: u32 = 3;
 /// Most CPUs, and so rings and MSI-X vectors, the region has room for (KS_MAX_CPUS).
 pub const MAX_CPUS: u32 = 8;
+/// Most packages, and so package registers (KS_MAX_PACKAGES).
+pub const MAX_PACKAGES: u32 = 8;
 /// Slots of each CPU's ring (KS_RING_ENTRIES), a power of two so free-running indices wrap onto it.
 pub const RING_ENTRIES: u32 = 256;
 /// BAR2's size: QEMU takes it from the file, and PCI wants a power of two.
@@ -62,8 +64,14 @@ pub struct Header {
     pub ready: u32,
     /// Guest: rings it serves.
     pub guest_cpus: u32,
+    /// Packages; CPUs are numbered package by package.
+    pub nr_packages: u32,
+    /// CPUs of each package.
+    pub cores_per_package: u32,
+    /// Guest: bit i set while CPU i is online.
+    pub online: u32,
     /// Zero; pads the header to 64 bytes.
-    pub reserved: [u32; 9],
+    pub reserved: [u32; 6],
 }
 
 /// One injection, as the host publishes it: the guest fires `value`
@@ -114,15 +122,25 @@ unsafe impl ByteValued for Entry {}
 pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
 /// [`Header::guest_cpus`] (KS_HEADER_GUEST_CPUS).
 pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
+/// [`Header::nr_packages`] (KS_HEADER_NR_PACKAGES).
+pub const NR_PACKAGES_OFFSET: usize = HEADER_OFFSET + 28;
+/// [`Header::cores_per_package`] (KS_HEADER_CORES).
+pub const CORES_OFFSET: usize = HEADER_OFFSET + 32;
+/// [`Header::online`] (KS_HEADER_ONLINE), stored by the guest with release.
+pub const ONLINE_OFFSET: usize = HEADER_OFFSET + 36;
 /// No more firings than this wait for their entries' acknowledgement, over
 /// all CPUs: each can queue up to 12 uevents in the guest, whose queue
 /// holds 16384 (KT_UEVENT_MAX_PENDING) before it drops.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
-/// Where CPU `cpu`'s IA32_THERM_STATUS (or its package's) image lives.
-pub fn register_offset(cpu: u32, reg: u32) -> usize {
-    let base = if reg == REG_PKG_THERM_STATUS { REGS_OFFSET + 8 * MAX_CPUS as usize } else { REGS_OFFSET };
-    base + 8 * cpu as usize
+/// Where CPU `cpu`'s IA32_THERM_STATUS image lives.
+pub fn core_register_offset(cpu: u32) -> usize {
+    REGS_OFFSET + 8 * cpu as usize
+}
+
+/// Where package `package`'s IA32_PACKAGE_THERM_STATUS image lives.
+pub fn package_register_offset(package: u32) -> usize {
+    REGS_OFFSET + 8 * MAX_CPUS as usize + 8 * package as usize
 }
 
 /// The words of one CPU's block, by who writes them.
@@ -203,6 +221,7 @@ mod tests {
             ("KS_MAGIC", MAGIC),
             ("KS_VERSION", u64::from(VERSION)),
             ("KS_MAX_CPUS", u64::from(MAX_CPUS)),
+            ("KS_MAX_PACKAGES", u64::from(MAX_PACKAGES)),
             ("KS_RING_ENTRIES", u64::from(RING_ENTRIES)),
             ("KS_REGION_SIZE", REGION_SIZE as u64),
             ("KS_MAX_REPEAT", u64::from(MAX_REPEAT)),
@@ -216,6 +235,9 @@ mod tests {
             ("KS_CPUS_OFFSET", CPUS_OFFSET as u64),
             ("KS_HEADER_READY", READY_OFFSET as u64),
             ("KS_HEADER_GUEST_CPUS", GUEST_CPUS_OFFSET as u64),
+            ("KS_HEADER_NR_PACKAGES", NR_PACKAGES_OFFSET as u64),
+            ("KS_HEADER_CORES", CORES_OFFSET as u64),
+            ("KS_HEADER_ONLINE", ONLINE_OFFSET as u64),
             ("KS_CPU_HEAD", cpu::HEAD as u64),
             ("KS_CPU_TAIL", cpu::TAIL as u64),
             ("KS_CPU_REJECTED_ERRNO", cpu::REJECTED_ERRNO as u64),
@@ -268,6 +290,13 @@ mod tests {
         assert_eq!(std::mem::offset_of!(Entry, interval_ns), entry::INTERVAL_NS);
         assert_eq!(std::mem::offset_of!(Header, ready), READY_OFFSET);
         assert_eq!(std::mem::offset_of!(Header, guest_cpus), GUEST_CPUS_OFFSET);
+        assert_eq!(std::mem::offset_of!(Header, nr_packages), NR_PACKAGES_OFFSET);
+        assert_eq!(std::mem::offset_of!(Header, cores_per_package), CORES_OFFSET);
+        assert_eq!(std::mem::offset_of!(Header, online), ONLINE_OFFSET);
+        // The package registers end before the rings begin.
+        assert!(package_register_offset(MAX_PACKAGES) <= CPUS_OFFSET);
+        // The online mask has a bit for every CPU.
+        const { assert!(MAX_CPUS <= 32) };
         assert_eq!(CPU_SIZE, cpu::RING + std::mem::size_of::<Entry>() * RING_ENTRIES as usize);
         assert!(cpu_offset(MAX_CPUS) <= REGION_SIZE, "the rings fit in BAR2");
         assert!(REGION_SIZE.is_power_of_two());
@@ -275,9 +304,10 @@ mod tests {
 
     #[test]
     fn offsets_follow_the_c_layout() {
-        assert_eq!(register_offset(0, REG_THERM_STATUS), 64);
-        assert_eq!(register_offset(7, REG_THERM_STATUS), 64 + 56);
-        assert_eq!(register_offset(0, REG_PKG_THERM_STATUS), 128);
+        assert_eq!(core_register_offset(0), 64);
+        assert_eq!(core_register_offset(7), 64 + 56);
+        assert_eq!(package_register_offset(0), 128);
+        assert_eq!(package_register_offset(7), 128 + 56);
         assert_eq!(cpu_offset(1), 256 + CPU_SIZE);
         assert_eq!(entry_offset(1, 0), 256 + CPU_SIZE + 128);
         // Free-running indices wrap onto the ring.

@@ -13,6 +13,7 @@ use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
 
 use super::abi::{self, Entry, Header};
 use super::ivshmem::{self, EventFd, Setup};
+use crate::topology::Topology;
 
 /// The ivshmem peer id QEMU's device gets; the host is [`abi::HOST_PEER`].
 const GUEST_PEER: u16 = 1;
@@ -118,6 +119,7 @@ pub struct CpuStatus {
 pub struct SensorDevice {
     region: MmapRegion<()>,
     shared_memory: File,
+    topology: Topology,
     cpus: u32,
     /// The host's vectors: QEMU signals [`abi::ACK_VECTOR`] when the guest rings.
     host_vectors: Vec<EventFd>,
@@ -147,13 +149,18 @@ fn access_error(e: vm_memory::VolatileMemoryError) -> io::Error {
 }
 
 impl SensorDevice {
-    /// A device for `cpus` CPUs: the region initialised with its header and
-    /// the reset register images, no vector connected yet.
-    pub fn new(cpus: u32) -> io::Result<SensorDevice> {
-        if cpus == 0 || cpus > abi::MAX_CPUS {
+    /// A device for the CPUs of `topology`: the region initialised with
+    /// its header, no vector connected yet.
+    pub fn new(topology: Topology) -> io::Result<SensorDevice> {
+        let cpus = topology.cpus();
+        if topology.check().is_err() || cpus > abi::MAX_CPUS || topology.packages > abi::MAX_PACKAGES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{cpus} CPUs: the sensor device serves 1 to {}", abi::MAX_CPUS),
+                format!(
+                    "{topology}: the sensor device serves 1 to {} CPUs in at most {} packages",
+                    abi::MAX_CPUS,
+                    abi::MAX_PACKAGES
+                ),
             ));
         }
         let shared_memory = ivshmem::shared_memory("kevent-sensor", abi::REGION_SIZE)?;
@@ -164,6 +171,7 @@ impl SensorDevice {
         let device = SensorDevice {
             region,
             shared_memory,
+            topology,
             cpus,
             host_vectors,
             guest_vectors,
@@ -177,6 +185,8 @@ impl SensorDevice {
             version: abi::VERSION,
             nr_cpus: cpus,
             ring_entries: abi::RING_ENTRIES,
+            nr_packages: topology.packages,
+            cores_per_package: topology.cores,
             ..Header::default()
         };
         device.memory().write_obj(header, abi::HEADER_OFFSET).map_err(access_error)?;
@@ -190,6 +200,17 @@ impl SensorDevice {
     /// CPUs the device serves: its rings and vectors, 1 to [`abi::MAX_CPUS`].
     pub fn cpus(&self) -> u32 {
         self.cpus
+    }
+
+    /// The packages and cores the device's header announces.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// Whether the guest has `cpu` online, as its driver last said (CPU
+    /// hotplug): a package's change interrupts the cores that are up.
+    pub fn is_online(&self, cpu: u32) -> bool {
+        cpu < self.cpus && self.load_u32(abi::ONLINE_OFFSET) & (1 << cpu) != 0
     }
 
     /// Hands QEMU the shared memory and every vector over `stream`
@@ -232,10 +253,18 @@ impl SensorDevice {
         assert!(cpu < self.cpus, "CPU {cpu} of a {}-CPU sensor device", self.cpus);
     }
 
-    /// The live image of a register, as the host last set it.
+    /// The live image of a register of `cpu` (its package's, for the
+    /// package register), as the host last set it.
     pub fn register(&self, cpu: u32, register: Register) -> u64 {
         self.check_cpu(cpu);
-        self.load_u64(abi::register_offset(cpu, register.abi()))
+        self.load_u64(self.register_offset(cpu, register))
+    }
+
+    fn register_offset(&self, cpu: u32, register: Register) -> usize {
+        match register {
+            Register::Core => abi::core_register_offset(cpu),
+            Register::Package => abi::package_register_offset(self.topology.package_of(cpu)),
+        }
     }
 
     /// Firings of unacknowledged entries over all CPUs, forgetting the
@@ -297,7 +326,7 @@ impl SensorDevice {
         let Timing { repeat, interval_ns } = timing;
         let entry = Entry { seq, cpu, reg: register.abi(), value, repeat, interval_ns };
         let memory = self.memory();
-        memory.store(value, abi::register_offset(cpu, register.abi()), Ordering::Relaxed).expect("in the region");
+        memory.store(value, self.register_offset(cpu, register), Ordering::Relaxed).expect("in the region");
         memory.write_obj(entry, abi::entry_offset(cpu, index)).expect("in the region");
         // The guest loads head with Acquire before it reads the entry.
         let head = index.wrapping_add(1);
@@ -430,7 +459,7 @@ mod tests {
 
     #[test]
     fn the_handshake_is_the_ivshmem_protocol_in_order() {
-        let mut device = SensorDevice::new(2).unwrap();
+        let mut device = SensorDevice::new(Topology::flat(2)).unwrap();
         let (guest, values) = StandInGuest::connect(&mut device);
         // Version 0, the client's id 1, -1 with the memory, the host peer's
         // two vectors, then the client's own two.
@@ -452,8 +481,28 @@ mod tests {
     }
 
     #[test]
+    fn the_package_register_is_one_per_package_and_the_guest_says_which_cpus_are_online() {
+        let mut device = SensorDevice::new(Topology::new(2, 2).unwrap()).unwrap();
+        let (guest, _) = StandInGuest::connect(&mut device);
+        let header: Header = guest.memory().read_obj(abi::HEADER_OFFSET).unwrap();
+        assert_eq!((header.nr_cpus, header.nr_packages, header.cores_per_package), (4, 2, 2));
+        device.publish(3, Register::Package, 0x0005_0001, Timing::ONCE).unwrap();
+        // CPUs 2 and 3 share package 1's register; package 0's is untouched.
+        assert_eq!(device.register(2, Register::Package), 0x0005_0001);
+        assert_eq!(device.register(0, Register::Package), 0);
+        let package_1: u64 = guest.memory().read_obj(abi::package_register_offset(1)).unwrap();
+        assert_eq!(package_1, 0x0005_0001);
+        assert_eq!(device.register(3, Register::Core), 0, "a package image is not the core's");
+        assert!(!device.is_online(0), "nothing is online before the guest says so");
+        guest.memory().store(0b1011u32, abi::ONLINE_OFFSET, Ordering::Release).unwrap();
+        let online: Vec<bool> = (0..5).map(|cpu| device.is_online(cpu)).collect();
+        assert_eq!(online, [true, true, false, true, false], "CPU 4 is not the device's");
+        assert!(SensorDevice::new(Topology { packages: 3, cores: 3 }).is_err());
+    }
+
+    #[test]
     fn an_injection_is_latched_published_rung_and_acknowledged() {
-        let mut device = SensorDevice::new(2).unwrap();
+        let mut device = SensorDevice::new(Topology::flat(2)).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         assert!(!device.is_ready());
         guest.set_ready(2);
@@ -488,7 +537,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_refuses_until_the_guest_consumes() {
-        let mut device = SensorDevice::new(1).unwrap();
+        let mut device = SensorDevice::new(Topology::flat(1)).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         for _ in 0..abi::RING_ENTRIES {
             device.publish(0, Register::Core, 0x8000_0000, Timing::ONCE).unwrap();
@@ -506,7 +555,7 @@ mod tests {
     #[test]
     fn no_more_than_max_in_flight_entries_wait_for_their_acknowledgement() {
         let cpus = abi::MAX_CPUS;
-        let mut device = SensorDevice::new(cpus).unwrap();
+        let mut device = SensorDevice::new(Topology::flat(cpus)).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         let mut published = Vec::new();
         for k in 0..abi::MAX_IN_FLIGHT {
@@ -530,7 +579,7 @@ mod tests {
 
     #[test]
     fn a_timed_entry_counts_its_firings_not_itself_against_max_in_flight() {
-        let mut device = SensorDevice::new(2).unwrap();
+        let mut device = SensorDevice::new(Topology::flat(2)).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         let storm = Timing { repeat: 1000, interval_ns: 380_000 };
         let timed = device.publish(1, Register::Core, 0x8000_0001, storm).unwrap();
@@ -580,7 +629,7 @@ mod tests {
 
     #[test]
     fn a_refused_entry_is_reported_with_its_errno() {
-        let mut device = SensorDevice::new(1).unwrap();
+        let mut device = SensorDevice::new(Topology::flat(1)).unwrap();
         let (guest, _) = StandInGuest::connect(&mut device);
         let good = device.publish(0, Register::Core, 0x8000_0001, Timing::ONCE).unwrap();
         let bad = device.publish(0, Register::Core, 0x4000_0000, Timing::ONCE).unwrap();
@@ -593,8 +642,8 @@ mod tests {
 
     #[test]
     fn a_device_serves_one_to_eight_cpus() {
-        assert!(SensorDevice::new(0).is_err());
-        assert!(SensorDevice::new(abi::MAX_CPUS + 1).is_err());
-        assert!(SensorDevice::new(abi::MAX_CPUS).is_ok());
+        assert!(SensorDevice::new(Topology::flat(0)).is_err());
+        assert!(SensorDevice::new(Topology::flat(abi::MAX_CPUS + 1)).is_err());
+        assert!(SensorDevice::new(Topology::flat(abi::MAX_CPUS)).is_ok());
     }
 }

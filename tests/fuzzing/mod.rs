@@ -145,7 +145,7 @@ fn known_params() -> BTreeMap<String, BTreeSet<String>> {
 
 fn check_parsed(s: &Scenario, bytes: &[u8]) {
     let m = &s.machine;
-    assert!((1..=limits::MAX_CPUS).contains(&m.cpus), "cpus = {}", m.cpus);
+    assert!((1..=limits::MAX_CPUS).contains(&m.cpus()), "cpus = {}", m.cpus());
     assert!((limits::MIN_MEMORY_MIB..=limits::MAX_MEMORY_MIB).contains(&m.memory_mib), "memory {}", m.memory_mib);
     assert!(!s.steps.is_empty(), "a scenario without steps");
 
@@ -158,7 +158,7 @@ fn check_parsed(s: &Scenario, bytes: &[u8]) {
         total += u64::from(step.repeat);
         match &step.action {
             Action::Inject { cpu, label, .. } => {
-                assert!(*cpu < m.cpus, "{what}: CPU {cpu} of {}", m.cpus);
+                assert!(*cpu < m.cpus(), "{what}: CPU {cpu} of {}", m.cpus());
                 assert!(!label.is_empty(), "{what}: no label");
             }
             Action::Sleep { ms } => assert!(*ms <= limits::MAX_SLEEP_MS, "{what}"),
@@ -170,6 +170,11 @@ fn check_parsed(s: &Scenario, bytes: &[u8]) {
                 if *bg {
                     background += step.repeat;
                 }
+            }
+            Action::Replay { path, speed, .. } => {
+                assert!(path.len() <= limits::MAX_PATH_BYTES, "{what}: {} bytes", path.len());
+                assert_eq!(step.repeat, 1, "{what}: a replay plays once");
+                assert!(speed.0 >= 1, "{what}: speed {speed:?}");
             }
         }
         if let Some(interval) = step.device_interval {
@@ -219,7 +224,7 @@ fn check_parsed(s: &Scenario, bytes: &[u8]) {
         match copy.set_cpus(cpus) {
             Ok(()) => {
                 assert!((needed..=limits::MAX_CPUS).contains(&cpus), "set_cpus({cpus}) accepted");
-                assert_eq!(copy.machine.cpus, cpus);
+                assert_eq!(copy.machine.cpus(), cpus);
             }
             Err(message) => {
                 assert!(!(needed..=limits::MAX_CPUS).contains(&cpus), "set_cpus({cpus}) refused: {message}");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kevent_bench::{accel, qemu, Accel, AccelDecision, Artifacts, Clock, GuestSpec, Machine, MachineConfig};
+use kevent_bench::{accel, qemu, Accel, AccelDecision, Artifacts, Clock, GuestSpec, Machine, MachineConfig, Topology};
 
 use crate::flags::{AccelArg, BootFlags, GuestFlags};
 
@@ -22,8 +22,8 @@ pub fn run(flags: &BootFlags) -> anyhow::Result<()> {
     let guest_ms = |ns: u64| ns as f64 / 1e6;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "guest         Linux {} on {} CPU(s), clocksource {}",
-        hello.kernel_release, hello.cpus_online, hello.clocksource
+        "guest         Linux {} on {} CPU(s) online of {}, clocksource {}",
+        hello.kernel_release, hello.cpus_online, config.guest.topology, hello.clocksource
     );
     println!("accelerator   {} ({})", decision.accel, decision.reason);
     println!("qemu          {}", config.qemu);
@@ -69,9 +69,14 @@ pub fn decide_accel(artifacts: &Artifacts, choice: AccelArg, clock: Clock) -> an
 }
 
 impl GuestFlags {
+    /// `--topology`, else `--cpus` CPUs each its own package.
+    pub fn topology(&self) -> Topology {
+        self.topology.unwrap_or(Topology::flat(self.cpus))
+    }
+
     /// The bench guest these flags describe.
     pub fn spec(&self, artifacts: &Artifacts, kernel_args: Vec<String>) -> GuestSpec {
-        let mut guest = artifacts.guest(self.cpus, self.memory_mib, kernel_args);
+        let mut guest = artifacts.guest_of(self.topology(), self.memory_mib, kernel_args);
         guest.clock = self.clock.into();
         guest
     }

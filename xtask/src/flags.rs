@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kevent_bench::scenario::{limits, Injector};
-use kevent_bench::{AccelChoice, Clock};
+use kevent_bench::{msr_trace as trace, AccelChoice, Clock, Topology};
 
 const ENVIRONMENT: &str = "\
 Environment:
@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build, boot, run a scenario's steps, print every event live, then a summary
+    /// Build, boot, run a scenario's steps (or replay a recorded trace), print every event live, then a summary
     Run(RunFlags),
     /// Run a reproducer bundle (written by `run --bundle`) again here and compare its events with the bundle's
     #[command(
@@ -54,6 +54,30 @@ pub enum Command {
     Bench(BenchFlags),
     /// Print the QEMU binary the bench runs, installing or extracting one if there is none
     Qemu(QemuFlags),
+    /// On a real machine: record IA32_THERM_STATUS and IA32_PACKAGE_THERM_STATUS of every CPU into a trace; builds and boots nothing
+    Record(RecordFlags),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecordFlags {
+    /// The trace file to write (docs/trace-format.md)
+    #[arg(long, value_name = "TRACE.csv")]
+    pub out: PathBuf,
+    /// Microseconds between two samples of every register
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub interval_us: u64,
+    /// Seconds to record (Ctrl-C ends it early, the trace whole up to there)
+    #[arg(long, value_name = "S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: u64,
+    /// Only these online CPUs (a cpulist such as 0-3): a guest has at most 8, as many in each package
+    #[arg(long, value_name = "LIST", value_parser = cpulist_parser)]
+    pub cpus: Option<Vec<u32>>,
+    /// Where the per-CPU MSR devices are (N/msr under it), for tests and fake recordings
+    #[arg(long, value_name = "DIR", default_value = "/dev/cpu")]
+    pub msr_dir: PathBuf,
+    /// Where sysfs is mounted (devices/system/cpu/cpuN/topology under it), for tests and fake recordings
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs_root: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -203,6 +227,25 @@ fn cpus_parser() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..=i64::from(limits::MAX_CPUS))
 }
 
+fn cpulist_parser(text: &str) -> Result<Vec<u32>, String> {
+    kevent_bench::record::parse_cpulist(text)
+        .filter(|cpus| !cpus.is_empty())
+        .ok_or_else(|| format!("{text:?} is not a CPU list such as 0-3 or 0,2,4"))
+}
+
+fn topology_parser(text: &str) -> Result<Topology, String> {
+    Topology::parse(text)
+}
+
+fn speed_parser(text: &str) -> Result<f64, String> {
+    let speed: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if trace::SPEED_RANGE.contains(&speed) {
+        Ok(speed)
+    } else {
+        Err(format!("{speed} is not in {}..={}", trace::SPEED_RANGE.start(), trace::SPEED_RANGE.end()))
+    }
+}
+
 fn memory_parser() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(i64::from(limits::MIN_MEMORY_MIB)..=i64::from(limits::MAX_MEMORY_MIB))
 }
@@ -214,8 +257,11 @@ pub struct GuestFlags {
     #[arg(long, value_enum, default_value_t)]
     pub accel: AccelArg,
     /// Virtual CPUs, each its own socket
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = cpus_parser())]
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = cpus_parser(), conflicts_with = "topology")]
     pub cpus: u32,
+    /// PACKAGESxCORES, e.g. 2x2: packages whose cores share them (the guest boots with ACPI)
+    #[arg(long, value_name = "PxC", value_parser = topology_parser)]
+    pub topology: Option<Topology>,
     /// Guest memory in MiB
     #[arg(long = "memory", value_name = "MIB", default_value_t = 256, value_parser = memory_parser())]
     pub memory_mib: u32,
@@ -227,16 +273,25 @@ pub struct GuestFlags {
 #[derive(Debug, Clone, Args)]
 pub struct RunFlags {
     /// The scenario file
-    #[arg(value_name = "SCENARIO.toml")]
-    pub scenario: PathBuf,
+    #[arg(value_name = "SCENARIO.toml", required_unless_present = "replay", conflicts_with = "replay")]
+    pub scenario: Option<PathBuf>,
+    /// Replay a thermal trace that `cargo xtask record` made (docs/trace-format.md; not a reproducer bundle) into a guest of the recorded topology, instead of a scenario
+    #[arg(long, value_name = "TRACE.csv", conflicts_with = "bundle")]
+    pub replay: Option<PathBuf>,
+    /// With --replay: times faster than recorded
+    #[arg(long, value_name = "X", default_value = "1", value_parser = speed_parser, requires = "replay")]
+    pub speed: f64,
     #[command(flatten)]
     pub build: BuildArgs,
     /// Accelerator
     #[arg(long, value_enum, default_value_t)]
     pub accel: AccelArg,
-    /// Virtual CPUs, replacing the scenario's [machine] cpus
-    #[arg(long, value_name = "N", value_parser = cpus_parser())]
+    /// Virtual CPUs, each its own package, replacing the scenario's [machine]
+    #[arg(long, value_name = "N", value_parser = cpus_parser(), conflicts_with = "topology")]
     pub cpus: Option<u32>,
+    /// PACKAGESxCORES, e.g. 2x2, replacing the scenario's [machine]
+    #[arg(long, value_name = "PxC", value_parser = topology_parser)]
+    pub topology: Option<Topology>,
     /// Guest memory in MiB, replacing the scenario's [machine] memory_mib
     #[arg(long = "memory", value_name = "MIB", value_parser = memory_parser())]
     pub memory_mib: Option<u32>,
@@ -480,7 +535,7 @@ mod tests {
         };
         assert_eq!(r.dyndbg, ["module kevent_thermal +p"]);
         assert_eq!(r.trace.as_deref(), Some(""), "--trace alone: the default set, not the scenario's path");
-        assert_eq!(r.scenario, PathBuf::from("a.toml"));
+        assert_eq!(r.scenario, Some(PathBuf::from("a.toml")));
         let Command::Run(r) = parse("run a.toml --trace=irq:*,kmessage:*").unwrap() else { panic!() };
         assert_eq!(r.trace.as_deref(), Some("irq:*,kmessage:*"));
         let Command::Run(r) = parse("run --gdb a.toml --gdb-wait").unwrap() else { panic!() };

@@ -18,6 +18,7 @@ mod private_qemu;
 mod process;
 mod project;
 mod qemu;
+mod record;
 mod replay;
 mod reproducer;
 mod run;
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
     if let Err(e) = kevent_bench::process::exit_on_signals() {
         eprintln!("warning: cannot handle SIGINT and SIGTERM ({e}): an interrupted run may leave its guest behind");
     }
+    // Ctrl-C is how a recording is ended early: its trace is whole.
+    let stops_on_signal = matches!(command, flags::Command::Record(_));
     let result = match command {
         flags::Command::Build(build) => build::run(&build.resolve()).map(|_| ()),
         flags::Command::Check(check) => check::run(&check),
@@ -44,7 +47,12 @@ fn main() -> ExitCode {
         flags::Command::Test(test) => test::run(&test),
         flags::Command::Bench(bench) => bench::run(&bench),
         flags::Command::Qemu(qemu) => qemu::run(&qemu),
+        // A host program for real machines: no build, no prerequisites.
+        flags::Command::Record(record) => record::run(&record),
     };
+    if stops_on_signal && result.is_ok() {
+        return ExitCode::SUCCESS;
+    }
     if let Some(signal) = kevent_bench::process::interrupted() {
         // Whatever the command was doing ended because its children were
         // stopped; its own error would only describe that.

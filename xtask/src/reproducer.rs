@@ -193,7 +193,12 @@ pub fn manifest(run: &RunRecord) -> anyhow::Result<Manifest> {
             includes,
         },
         machine: bundle::MachineInfo {
-            cpus: scenario.machine.cpus,
+            cpus: scenario.machine.cpus(),
+            topology: scenario
+                .machine
+                .topology
+                .shares_packages()
+                .then(|| format!("{}x{}", scenario.machine.topology.packages, scenario.machine.topology.cores)),
             memory_mib: scenario.machine.memory_mib,
             clock: scenario.machine.clock.to_string(),
             injector: scenario.injector.to_string(),

@@ -22,16 +22,43 @@ use crate::flags::{BuildFlags, KernelProfile, RunFlags};
 use crate::reproducer;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
-    // A malformed scenario is reported before anything is built.
-    let mut scenario = scenario::load(&flags.scenario)?;
+    // A malformed scenario or trace is reported before anything is built.
+    let mut scenario = match (&flags.scenario, &flags.replay) {
+        (Some(path), _) => scenario::load(path)?,
+        (None, Some(trace)) => {
+            let trace = kevent_bench::msr_trace::load(trace)?;
+            eprintln!(
+                "replay: {} recorded on {}, {} rows, {:.3} s; {} injection(s) where a value changed",
+                trace.path.display(),
+                trace.topology,
+                trace.rows.len(),
+                trace.duration().as_secs_f64(),
+                trace.injections().len()
+            );
+            if trace.renumbered() {
+                let pairs: Vec<String> = trace
+                    .cpus
+                    .iter()
+                    .map(|c| {
+                        format!("{} (package {}, core {}) → {}", c.cpu, c.package, c.core, trace.guest_cpus[&c.cpu])
+                    })
+                    .collect();
+                eprintln!("replay: the guest numbers the recorded CPUs package by package: {}", pairs.join(", "));
+            }
+            scenario::Scenario::of_replay(trace, flags.speed).map_err(anyhow::Error::msg)?
+        }
+        (None, None) => unreachable!("clap requires a scenario or --replay"),
+    };
     apply_overrides(&mut scenario, flags)?;
+    if flags.bundle.is_some() && !scenario.traces.is_empty() {
+        bail!("--bundle: a reproducer bundle carries the scenario file, not the traces its replay steps read");
+    }
     check_appended(&flags.append)?;
     let dyndbg =
         flags.dyndbg.iter().map(|q| Query::parse(q)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
     let gdb = gdb_stub(flags)?;
     // So is a bundle that could not be written: its directory is tried now.
     let bundle_target = flags.bundle.as_deref().map(reproducer::Target::prepare).transpose()?;
-    let scenario_text = std::fs::read(&flags.scenario).with_context(|| format!("read {}", flags.scenario.display()))?;
     let build = kernel_for_trace(flags.build.resolve(), &scenario)?;
     let artifacts = crate::build::run(&build)?;
     scenario.check_params(&artifacts.module_parameters()?)?;
@@ -56,11 +83,13 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         eprintln!("trace: {request}, into the run directory's {} (asked by {})", trace::TRACE_FILE, request.origin);
     }
     let execution = execute(&scenario, &config, &decision, Output { json: flags.json, raw: flags.raw });
-    if let Some(target) = bundle_target {
+    if let (Some(target), Some(scenario_file)) = (bundle_target, &flags.scenario) {
         if kevent_bench::process::interrupted().is_none() {
+            let scenario_text =
+                std::fs::read(scenario_file).with_context(|| format!("read {}", scenario_file.display()))?;
             let run = reproducer::RunRecord {
                 scenario: &scenario,
-                scenario_file: &flags.scenario,
+                scenario_file,
                 scenario_text,
                 overrides: overrides_of(flags),
                 append: appended(flags, &config),
@@ -76,6 +105,10 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     }
     execution.outcome.map(|_| ()).map_err(anyhow::Error::from)
 }
+
+/// A replay whose median injection starts later than this after its
+/// recorded time is said to have fallen behind.
+const REPLAY_BEHIND: Duration = Duration::from_millis(10);
 
 /// How a run prints.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +172,20 @@ pub fn execute(
         }
         if finished {
             keep(json_lines::step(record), lines);
+            if let Some(timing) = &record.replay {
+                keep(json_lines::replay(record.index + 1, timing), lines);
+            }
+        }
+        if let (Some(timing), false) = (&record.replay, output.json) {
+            eprintln!("replay: {timing}");
+            if timing.late_percentile(50).is_some_and(|late| late > REPLAY_BEHIND) {
+                eprintln!(
+                    "warning: the replay fell behind the trace: the {} injector took longer per injection than the \
+                     trace's spacing{}; a --speed below 1 (or the device injector) keeps closer to it",
+                    scenario.injector,
+                    if timing.speed > 1.0 { " at this speed" } else { "" }
+                );
+            }
         }
         if output.json {
             return;
@@ -315,6 +362,7 @@ fn appended(flags: &RunFlags, config: &MachineConfig) -> Vec<String> {
 fn overrides_of(flags: &RunFlags) -> bundle::Overrides {
     bundle::Overrides {
         cpus: flags.cpus,
+        topology: flags.topology.map(|t| format!("{}x{}", t.packages, t.cores)),
         memory_mib: flags.memory_mib,
         clock: flags.clock.map(|c| kevent_bench::Clock::from(c).to_string()),
         injector: flags.injector.map(|i| Injector::from(i).to_string()),
@@ -328,7 +376,11 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
     let said = scenario.machine;
     if let Some(cpus) = flags.cpus {
         scenario.set_cpus(cpus).map_err(|e| anyhow::anyhow!("--cpus {cpus}: {e}"))?;
-        eprintln!("machine: {cpus} CPUs (--cpus; the scenario says {})", said.cpus);
+        eprintln!("machine: {cpus} CPUs (--cpus; the scenario says {})", said.topology);
+    }
+    if let Some(topology) = flags.topology {
+        scenario.set_topology(topology).map_err(|e| anyhow::anyhow!("--topology {topology}: {e}"))?;
+        eprintln!("machine: {topology} (--topology; the scenario says {})", said.topology);
     }
     if let Some(memory) = flags.memory_mib {
         scenario.machine.memory_mib = memory;

@@ -2,60 +2,115 @@
 //!
 //! The floor is the same kernel and QEMU command line with an init that
 //! restarts the machine at once; floor and bench boots alternate, so both
-//! see the same host load.
+//! see the same host load. A topology whose packages share cores (ACPI) is
+//! measured beside the same CPUs one per socket (acpi=off), in one run.
 
 use std::time::Duration;
 
-use kevent_bench::{run_to_exit, GuestSpec, Machine, MachineConfig, Timeouts};
+use kevent_bench::{run_to_exit, GuestSpec, Machine, MachineConfig, Timeouts, Topology};
 
-use super::stats::median;
 use crate::flags::BenchRuns;
+use kevent_bench::stats::median;
 
 /// Median boot-to-greeting over the floor's median: the target.
 const TARGET_RATIO: f64 = 1.15;
 
+/// One guest's samples: the floor (trivial init) and the agent's boots.
+#[derive(Default)]
+struct Samples {
+    floor: Vec<Duration>,
+    greeting: Vec<Duration>,
+    exit: Vec<Duration>,
+}
+
+fn boot_once(
+    guest: &GuestSpec,
+    floor_guest: &GuestSpec,
+    accel: kevent_bench::Accel,
+    run_dir: std::path::PathBuf,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    let timeouts = Timeouts::default();
+    samples.floor.push(run_to_exit(floor_guest, accel, timeouts.kernel_boot)?);
+    let config = MachineConfig::new(guest.clone(), accel, run_dir)?;
+    let machine = Machine::boot(&config)?;
+    let greeted = machine.timings.greeted;
+    let report = machine.shutdown(timeouts.shutdown)?;
+    let _ = std::fs::remove_dir_all(&config.run_dir);
+    samples.greeting.push(greeted);
+    samples.exit.push(report.total);
+    Ok(())
+}
+
+fn describe(topology: Topology) -> String {
+    let acpi = if topology.shares_packages() { "ACPI" } else { "acpi=off" };
+    format!("{topology}, {acpi}")
+}
+
+/// A guest whose packages share cores is measured, in the same run, beside
+/// the same CPUs one per socket: what ACPI costs the boot.
 pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build.resolve())?;
     let guest = flags.guest.spec(&artifacts, Vec::new());
     let decision = crate::boot::decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
-    let floor_guest = GuestSpec { initramfs: artifacts.floor_initramfs.clone(), ..guest.clone() };
-    let timeouts = Timeouts::default();
-    let (mut floor, mut greeting, mut exit) = (Vec::new(), Vec::new(), Vec::new());
-    // Run 0 of each is untimed: page cache and QEMU's own start-up.
+    let floor_of = |guest: &GuestSpec| GuestSpec { initramfs: artifacts.floor_initramfs.clone(), ..guest.clone() };
+    let mut guests = vec![guest.clone()];
+    if guest.topology.shares_packages() {
+        guests.insert(0, GuestSpec { topology: Topology::flat(guest.topology.cpus()), ..guest.clone() });
+    }
+    let mut samples: Vec<Samples> = guests.iter().map(|_| Samples::default()).collect();
+    // Run 0 of each is untimed: page cache and QEMU's own start-up. The
+    // guests alternate, so that all see the same host load.
     for run in 0..=flags.runs {
-        floor.push(run_to_exit(&floor_guest, decision.accel, timeouts.kernel_boot)?);
-        let config = MachineConfig::new(guest.clone(), decision.accel, crate::boot::run_dir(&artifacts, "bench"))?;
-        let machine = Machine::boot(&config)?;
-        let greeted = machine.timings.greeted;
-        let report = machine.shutdown(timeouts.shutdown)?;
-        let _ = std::fs::remove_dir_all(&config.run_dir);
-        if run == 0 {
-            floor.clear();
-            continue;
+        for (guest, samples) in guests.iter().zip(&mut samples) {
+            boot_once(guest, &floor_of(guest), decision.accel, crate::boot::run_dir(&artifacts, "bench"), samples)?;
+            if run == 0 {
+                *samples = Samples::default();
+            }
         }
-        greeting.push(greeted);
-        exit.push(report.total);
     }
     println!(
         "boot benchmark: {} runs, {} vCPU(s), {}, {} clock, {} kernel {}",
-        flags.runs, guest.cpus, decision.accel, guest.clock, artifacts.profile, artifacts.kernel_release
+        flags.runs,
+        guest.topology.cpus(),
+        decision.accel,
+        guest.clock,
+        artifacts.profile,
+        artifacts.kernel_release
     );
-    println!("{:<34}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
+    println!("{:<66}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
     let row = |name: &str, samples: &mut Vec<Duration>| {
         samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{name:<34}{:>9.0}{:>9.0}{:>9.0}",
+            "{name:<66}{:>9.0}{:>9.0}{:>9.0}",
             ms(samples[0]),
             ms(median(samples)),
             ms(*samples.last().expect("at least one run"))
         );
     };
-    row("floor: trivial init, spawn → exit", &mut floor);
-    row("agent: spawn → greeting", &mut greeting);
-    row("agent: spawn → exit (after shutdown)", &mut exit);
-    let ratio = median(&greeting).as_secs_f64() / median(&floor).as_secs_f64();
-    let verdict = if ratio <= TARGET_RATIO { "within" } else { "OVER" };
-    println!("median greeting / median floor = {ratio:.3} ({verdict} the {TARGET_RATIO} target)");
+    for (guest, samples) in guests.iter().zip(&mut samples) {
+        let machine = describe(guest.topology);
+        row(&format!("floor ({machine}): trivial init, spawn → exit"), &mut samples.floor);
+        row(&format!("agent ({machine}): spawn → greeting"), &mut samples.greeting);
+        row(&format!("agent ({machine}): spawn → exit"), &mut samples.exit);
+    }
+    for (guest, samples) in guests.iter().zip(&samples) {
+        let ratio = median(&samples.greeting).as_secs_f64() / median(&samples.floor).as_secs_f64();
+        let verdict = if ratio <= TARGET_RATIO { "within" } else { "OVER" };
+        println!(
+            "{}: median greeting / median floor = {ratio:.3} ({verdict} the {TARGET_RATIO} target)",
+            describe(guest.topology)
+        );
+    }
+    if let [flat, shared] = &samples[..] {
+        let floor = median(&shared.floor).as_secs_f64() / median(&flat.floor).as_secs_f64();
+        let greeting = median(&shared.greeting).as_secs_f64() / median(&flat.greeting).as_secs_f64();
+        println!(
+            "{} over {}: floor {floor:.3}, greeting {greeting:.3} (medians: what ACPI costs the boot)",
+            describe(guests[1].topology),
+            describe(guests[0].topology)
+        );
+    }
     Ok(())
 }

@@ -21,8 +21,8 @@ use kevent_bench::thermal;
 use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Command, Outcome};
 
-use super::stats::percentile;
 use crate::flags::BenchRuns;
+use kevent_bench::stats::percentile;
 
 /// PROCHOT on and off: each injection is a "high" or "normal", so each
 /// produces exactly one kmessage and one uevent.
@@ -78,7 +78,7 @@ fn inject(machine: &mut Machine, via: Injector, k: usize, cpus: u32, bound: Dura
 
 pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build.resolve())?;
-    let cpus = flags.guest.cpus;
+    let cpus = flags.guest.topology().cpus();
     let no_rate_limit = kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0");
     let guest = flags.guest.spec(&artifacts, vec![no_rate_limit]);
     let decision = crate::boot::decide_accel(&artifacts, flags.guest.accel, guest.clock)?;

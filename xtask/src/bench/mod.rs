@@ -7,7 +7,6 @@ mod boot;
 mod determinism;
 mod inject;
 mod scenarios;
-mod stats;
 
 use crate::flags::{BenchFlags, BenchTarget};
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::bail;
 use kevent_bench::{run_to_exit, runner, scenario, MachineConfig, Timeouts};
 
-use super::stats::median;
 use crate::flags::BenchSuite;
+use kevent_bench::stats::median;
 
 /// The starter suite, warm: each scenario alone (boot to exit), then the
 /// whole suite with one runner per host core, beside the boot floor.

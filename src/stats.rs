@@ -1,4 +1,5 @@
-//! Order statistics of benchmark samples.
+//! Order statistics of timing samples: the benchmarks' tables, and how far
+//! a replay's injections were from their recorded times.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[rank - 1]
 }
 
+/// The median of sorted samples.
 pub fn median(sorted: &[Duration]) -> Duration {
     let n = sorted.len();
     if n % 2 == 1 {
