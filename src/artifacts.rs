@@ -24,6 +24,9 @@ pub struct Artifacts {
     pub vmlinux: PathBuf,
     /// Agent, modules and module list.
     pub initramfs: PathBuf,
+    /// The same with the D-Bus side appended: dbus-daemon and its
+    /// libraries, the bench's bus configuration, kdbusd and its tap.
+    pub dbus_initramfs: PathBuf,
     /// The floor: only an init that restarts the machine at once.
     pub floor_initramfs: PathBuf,
     /// Host directory of the kernel cache, for the accelerator probe verdict.
@@ -49,6 +52,7 @@ impl Artifacts {
         line("kernel_tree", &self.kernel_tree.to_string_lossy());
         line("vmlinux", &self.vmlinux.to_string_lossy());
         line("initramfs", &self.initramfs.to_string_lossy());
+        line("dbus_initramfs", &self.dbus_initramfs.to_string_lossy());
         line("floor_initramfs", &self.floor_initramfs.to_string_lossy());
         line("cache_dir", &self.cache_dir.to_string_lossy());
         line("runs_dir", &self.runs_dir.to_string_lossy());
@@ -86,6 +90,7 @@ impl Artifacts {
             kernel_tree: take("kernel_tree")?.into(),
             vmlinux: take("vmlinux")?.into(),
             initramfs: take("initramfs")?.into(),
+            dbus_initramfs: take("dbus_initramfs")?.into(),
             floor_initramfs: take("floor_initramfs")?.into(),
             cache_dir: take("cache_dir")?.into(),
             runs_dir: take("runs_dir")?.into(),
@@ -162,6 +167,13 @@ impl Artifacts {
         }
     }
 
+    /// The bench guest with the D-Bus side: its archive, and the agent told
+    /// to start it.
+    pub fn dbus_guest(&self, cpus: u32, memory_mib: u32, mut kernel_args: Vec<String>) -> GuestSpec {
+        kernel_args.push(kevent_wire::DBUS_ARG.to_owned());
+        GuestSpec { initramfs: self.dbus_initramfs.clone(), ..self.guest(cpus, memory_mib, kernel_args) }
+    }
+
     /// The same kernel with the floor init.
     pub fn floor_guest(&self, cpus: u32, memory_mib: u32) -> GuestSpec {
         GuestSpec { initramfs: self.floor_initramfs.clone(), ..self.guest(cpus, memory_mib, Vec::new()) }
@@ -198,6 +210,7 @@ mod tests {
             kernel_tree: "/c/src/linux".into(),
             vmlinux: "/c/vmlinux".into(),
             initramfs: "/o/initramfs.cpio".into(),
+            dbus_initramfs: "/o/initramfs-dbus.cpio".into(),
             floor_initramfs: "/o/floor.cpio".into(),
             cache_dir: "/c".into(),
             runs_dir: "/o/runs".into(),

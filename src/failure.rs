@@ -41,6 +41,9 @@ pub mod exit_code {
     pub const SENSOR_NOT_READY: i32 = 35;
     /// The guest did not acknowledge an injection on the sensor device.
     pub const SENSOR_NO_ACK: i32 = 36;
+    /// The guest's D-Bus side failed: dbus-daemon, kdbusd or the bench's
+    /// tap died or did not come up, or kdbusd did not answer a fence.
+    pub const DBUS_FAILED: i32 = 37;
 }
 
 /// The stages of a run, each with its own bound.
@@ -207,6 +210,17 @@ pub enum Failure {
         /// The console's last lines.
         console_tail: Vec<String>,
     },
+    /// The guest's D-Bus side failed: a program died or failed its part.
+    #[error("the guest's D-Bus side failed: {why}{}{}", service_words(services), lines("last console lines", console_tail))]
+    DbusFailed {
+        /// What failed first.
+        why: String,
+        /// Every program that had ended or failed, the bus daemon first,
+        /// with its last words.
+        services: Vec<kevent_wire::ServiceFailure>,
+        /// The console's last lines.
+        console_tail: Vec<String>,
+    },
     /// A host-side system call failed.
     #[error("{what}")]
     Io {
@@ -233,7 +247,7 @@ pub enum Failure {
         line: String,
     },
     /// A failure in the middle of a scenario, with the step it happened in.
-    #[error("step {step} ({label}){}", captured_note(captured.len()))]
+    #[error("step {step} ({label}){}", captured_note(captured.len() + captured_dbus.len()))]
     AtStep {
         /// 1-based, as the run's output numbers steps.
         step: usize,
@@ -241,6 +255,8 @@ pub enum Failure {
         label: String,
         /// Datagrams of this step that reached the host before the failure.
         captured: Vec<kevent_wire::Datagram>,
+        /// Messages of the guest's bus of this step that reached the host.
+        captured_dbus: Vec<kevent_wire::DbusMessage>,
         /// What went wrong.
         #[source]
         failure: Box<Failure>,
@@ -270,12 +286,14 @@ impl Failure {
             },
             Failure::Timeout { .. } => exit_code::TIMEOUT,
             Failure::QemuExited { .. } => exit_code::QEMU_EXITED,
+            Failure::AgentFatal { stage: AgentStage::Dbus, .. } => exit_code::DBUS_FAILED,
             Failure::AgentFatal { .. } => exit_code::AGENT_FATAL,
             Failure::Protocol { .. } => exit_code::PROTOCOL,
             Failure::EventsLost { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNotReady { .. } => exit_code::SENSOR_NOT_READY,
             Failure::GuestDropped { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNoAck { .. } => exit_code::SENSOR_NO_ACK,
+            Failure::DbusFailed { .. } => exit_code::DBUS_FAILED,
             Failure::Io { .. } | Failure::Host { .. } | Failure::IgnoredInput { .. } => exit_code::BENCH_ERROR,
             Failure::AtStep { failure, .. } => failure.exit_code(),
         }
@@ -324,6 +342,22 @@ fn errno_note(errno: i32) -> String {
     }
 }
 
+/// Each program: how it ended and its last words.
+fn service_words(services: &[kevent_wire::ServiceFailure]) -> String {
+    let mut out = String::new();
+    for service in services {
+        let words = String::from_utf8_lossy(&service.last_words);
+        let words: Vec<String> = words.lines().map(str::to_owned).collect();
+        out.push_str(&format!("\n{} {}", service.program, service.status));
+        if words.is_empty() {
+            out.push_str(", and wrote nothing to stderr");
+        } else {
+            out.push_str(&lines(", its last words (stderr)", &words).replacen('\n', "", 1));
+        }
+    }
+    out
+}
+
 fn captured_note(captured: usize) -> String {
     match captured {
         0 => String::new(),
@@ -370,6 +404,7 @@ mod tests {
             step: 2,
             label: "read /proc/uptime".into(),
             captured: Vec::new(),
+            captured_dbus: Vec::new(),
             failure: Box::new(Failure::io("create target/run/console.log", io)),
         };
         assert_eq!(failure.to_string(), "step 2 (read /proc/uptime)", "Display is this layer only");

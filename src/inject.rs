@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use kevent_wire::{Command, Datagram, Outcome};
+use kevent_wire::{Command, Datagram, DbusMessage, Outcome};
 
 use crate::failure::Failure;
 use crate::machine::Machine;
@@ -94,6 +94,9 @@ pub struct Injected {
     pub datagrams: Vec<Datagram>,
     /// When each of those datagrams reached the host.
     pub arrived: Vec<Instant>,
+    /// Messages of the guest's bus that reached the host meanwhile (the
+    /// debugfs path's request is fenced through the bus too).
+    pub dbus: Vec<DbusMessage>,
     /// Device path: when the guest's acknowledgement was seen.
     pub acknowledged: Option<Instant>,
 }
@@ -116,7 +119,13 @@ impl Machine {
                     Outcome::Error { errno, .. } => Some(injection.refused(errno)),
                     other => return Err(Failure::protocol(format!("an injection request answered {other:?}"))),
                 };
-                Ok(Injected { refused, datagrams: exchange.datagrams, arrived: exchange.arrived, acknowledged: None })
+                Ok(Injected {
+                    refused,
+                    datagrams: exchange.datagrams,
+                    arrived: exchange.arrived,
+                    dbus: exchange.dbus,
+                    acknowledged: None,
+                })
             }
         }
     }
@@ -142,6 +151,7 @@ impl Machine {
             refused: refused.map(|errno| injection.refused(errno as i32)),
             datagrams: Vec::new(),
             arrived: Vec::new(),
+            dbus: Vec::new(),
             acknowledged: Some(Instant::now()),
         })
     }

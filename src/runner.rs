@@ -114,11 +114,14 @@ pub fn run(
         let started = Instant::now();
         if let Err(failure) = run_step(&mut machine, scenario.injector, step, bound, &mut record) {
             // What the step had received is the most useful part of a failure.
-            record.datagrams.extend(machine.take_captured());
+            let captured = machine.take_captured();
+            record.datagrams.extend(captured.datagrams);
+            record.dbus.extend(captured.dbus);
             return Err(Failure::AtStep {
                 step: index + 1,
                 label: record.label,
                 captured: record.datagrams,
+                captured_dbus: record.dbus,
                 failure: Box::new(failure),
             });
         }
@@ -173,13 +176,16 @@ fn run_step(
                     for _ in 0..step.repeat {
                         let injected = machine.inject(injector, injection, bound)?;
                         record.datagrams.extend(injected.datagrams);
+                        record.dbus.extend(injected.dbus);
                         record.note(injected.refused.map_or(StepOutcome::Done, StepOutcome::from));
                     }
                 }
             }
             if injector == Injector::Device {
                 // Acknowledged means broadcast; the fence brings it to the host.
-                record.datagrams.extend(machine.fence(bound)?.datagrams);
+                let fenced = machine.fence(bound)?;
+                record.datagrams.extend(fenced.datagrams);
+                record.dbus.extend(fenced.dbus);
             }
         }
         None => {
@@ -187,6 +193,7 @@ fn run_step(
             for _ in 0..step.repeat {
                 let exchange = machine.request(command.clone(), bound)?;
                 record.datagrams.extend(exchange.datagrams);
+                record.dbus.extend(exchange.dbus);
                 record.note(StepOutcome::from_reply(exchange.outcome)?);
             }
         }

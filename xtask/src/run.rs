@@ -3,10 +3,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kevent_bench::cpio::Archive;
 use kevent_bench::events;
 use kevent_bench::json_lines;
@@ -16,6 +15,7 @@ use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
 use kevent_bench::{scenario, Failure, MachineConfig};
 
 use crate::flags::RunFlags;
+use crate::initramfs;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
@@ -27,7 +27,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
     let mut guest = scenario.guest(&artifacts);
     if !flags.includes.is_empty() {
-        guest.initramfs = initramfs_with(&artifacts.initramfs, &flags.includes, &run_dir)?;
+        guest.initramfs = initramfs_with(&guest.initramfs, &flags.includes, &run_dir)?;
     }
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;
@@ -77,10 +77,11 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         Ok(transcript) => transcript,
         Err(failure) => {
             let mut failed_step = None;
-            if let Failure::AtStep { step, label, captured, .. } = &failure {
+            if let Failure::AtStep { step, label, captured, captured_dbus, .. } = &failure {
                 // Nothing captured is lost: the failed step's events so far.
                 let mut partial = StepRecord::new(step - 1, format!("{label} (failed)"), 1);
                 partial.datagrams = captured.clone();
+                partial.dbus = captured_dbus.clone();
                 print_step(&partial, false);
                 failed_step = Some(*step);
             }
@@ -170,46 +171,14 @@ fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyhow::R
             }
         };
         let data = std::fs::read(&host).with_context(|| format!("--include {include}: read {}", host.display()))?;
-        let elf = is_elf(&data);
-        if elf {
-            for library in shared_libraries(&host)? {
-                let bytes = std::fs::read(&library).with_context(|| format!("read {}", library.display()))?;
-                archive.file(&library.to_string_lossy(), 0o755, bytes);
-            }
+        if initramfs::is_elf(&data) {
+            initramfs::add_elf(&mut archive, &host, &guest).with_context(|| format!("--include {include}"))?;
+        } else {
+            archive.file(&guest, 0o644, data);
         }
-        archive.file(&guest, if elf { 0o755 } else { 0o644 }, data);
     }
     std::fs::create_dir_all(run_dir)?;
     let path = run_dir.join("initramfs.cpio");
     archive.append_to(base, &path).with_context(|| format!("append the included files to {}", base.display()))?;
     Ok(path)
-}
-
-fn is_elf(data: &[u8]) -> bool {
-    data.starts_with(b"\x7fELF")
-}
-
-/// The shared libraries (and loader) an ELF needs, as `ldd` resolves them
-/// on the host; none for a static binary.
-fn shared_libraries(elf: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(elf).output().context("run ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        if text.contains("not a dynamic executable") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic") {
-            return Ok(Vec::new());
-        }
-        bail!("ldd {} failed: {}", elf.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let mut libraries = Vec::new();
-    for line in text.lines() {
-        if line.contains("not found") {
-            bail!("{}: a shared library is missing on the host: {}", elf.display(), line.trim());
-        }
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
-        if path.starts_with('/') {
-            libraries.push(PathBuf::from(path));
-        }
-    }
-    Ok(libraries)
 }
