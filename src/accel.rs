@@ -17,9 +17,12 @@ pub use crate::qemu::{Accel, ACCEL_ENV};
 /// What the user asked for with `--accel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccelChoice {
+    /// KVM if a probe guest boots on it in time, else TCG (see [`decide`]).
     #[default]
     Auto,
+    /// KVM, unprobed: a KVM that does not work fails the run.
     Kvm,
+    /// TCG, whatever the host offers.
     Tcg,
 }
 
@@ -38,7 +41,9 @@ impl std::str::FromStr for AccelChoice {
 /// The accelerator to use and why, for the run's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccelDecision {
+    /// The accelerator every guest of the run gets.
     pub accel: Accel,
+    /// Why, in a few words: "asked for", the probe's outcome, or why there was no probe.
     pub reason: String,
 }
 

@@ -15,12 +15,17 @@ use crate::sources::Sources;
 /// Environment variable naming the artifacts file to use.
 pub const ARTIFACTS_ENV: &str = "KEVENT_BENCH_ARTIFACTS";
 
+/// One kernel profile's built guest: where its parts are and what they were
+/// built from. The artifacts file is [`Self::to_text`] of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifacts {
+    /// The kernel profile (`default` or `debug`, `--kernel-profile`).
     pub profile: String,
+    /// The kernel's `include/config/kernel.release`; the agent's greeting must report it.
     pub kernel_release: String,
     /// The kernel source tree, for its scripts (checkpatch).
     pub kernel_tree: PathBuf,
+    /// The uncompressed kernel every guest boots (PVH).
     pub vmlinux: PathBuf,
     /// Agent, modules and module list.
     pub initramfs: PathBuf,
@@ -44,6 +49,8 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
+    /// The artifacts file: one `key=value` per line, `modules` joined by `:`,
+    /// `fragments` by `,`, then one `source=FINGERPRINT PATH` per source.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: &str| writeln!(out, "{k}={v}").expect("writing to a String");
@@ -66,6 +73,8 @@ impl Artifacts {
         out
     }
 
+    /// Reads [`Self::to_text`]'s format back; a missing, repeated or unknown
+    /// key, or no `source` line, is an error.
     pub fn parse(text: &str) -> anyhow::Result<Artifacts> {
         let mut fields = BTreeMap::new();
         let mut sources = Sources::default();

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// Environment variable naming the cache directory; empty counts as unset.
 pub const CACHE_ENV: &str = "KEVENT_BENCH_CACHE";
 
 /// `KEVENT_BENCH_CACHE`, else `$XDG_CACHE_HOME/kevent-bench`, else

@@ -88,6 +88,8 @@ fn is_bug_trap(line: &str) -> bool {
     message.strip_prefix("Oops: ").unwrap_or(message).starts_with("invalid opcode:")
 }
 
+/// Whether `line` closes a report (`---[ end trace`, `---[ end Kernel panic`):
+/// the excerpt kept for a failure stops there.
 pub fn is_report_end(line: &str) -> bool {
     let message = message_of(line);
     END_MARKERS.iter().any(|m| message.starts_with(m))

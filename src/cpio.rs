@@ -9,9 +9,33 @@ use std::io::{self, Write};
 /// One entry of the archive, in the order it is added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Directory { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
-    CharDevice { path: String, mode: u32, major: u32, minor: u32 },
+    /// A directory; [`Archive::dir`] adds them with mode 0755.
+    Directory {
+        /// Relative to the archive's root, no leading or trailing `/`.
+        path: String,
+        /// Permission bits; the type bits are added when written.
+        mode: u32,
+    },
+    /// A regular file with its contents.
+    File {
+        /// Relative to the archive's root, no leading `/`.
+        path: String,
+        /// Permission bits; the type bits are added when written.
+        mode: u32,
+        /// The contents, under 4 GiB (newc's size field is 32 bits).
+        data: Vec<u8>,
+    },
+    /// A character device node, e.g. `dev/console`.
+    CharDevice {
+        /// Relative to the archive's root, no leading `/`.
+        path: String,
+        /// Permission bits; the type bits are added when written.
+        mode: u32,
+        /// Device major number.
+        major: u32,
+        /// Device minor number.
+        minor: u32,
+    },
 }
 
 const S_IFDIR: u32 = 0o040000;
@@ -25,6 +49,7 @@ pub struct Archive {
 }
 
 impl Archive {
+    /// An empty archive.
     pub fn new() -> Self {
         Archive::default()
     }
@@ -66,6 +91,7 @@ impl Archive {
         self.entries.iter().any(|e| e.path() == path)
     }
 
+    /// The entries so far, parents before their children, in archive order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -83,6 +109,7 @@ impl Archive {
         w.write_all(&vec![0; padding(offset, 512)])
     }
 
+    /// The whole archive in memory, as [`Self::write_to`] writes it.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_to(&mut out).expect("writing to a Vec cannot fail");
@@ -99,6 +126,7 @@ impl Archive {
 }
 
 impl Entry {
+    /// The entry's name in the archive.
     pub fn path(&self) -> &str {
         match self {
             Entry::Directory { path, .. } | Entry::File { path, .. } | Entry::CharDevice { path, .. } => path,

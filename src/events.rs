@@ -8,26 +8,43 @@ use std::fmt::Write;
 use kevent_wire::Datagram;
 use serde::Serialize;
 
+/// The uevent netlink protocol (15), as [`Datagram::protocol`] carries it;
+/// datagrams of any other protocol are decoded as kmessages.
 pub const NETLINK_KOBJECT_UEVENT: u32 = libc::NETLINK_KOBJECT_UEVENT as u32;
 
+/// One captured datagram, decoded (docs/events.md has both formats).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
+    /// `From: <object>\nSignal: <signal>\n<aux>\0` on the kmessage unit.
     Kmessage {
+        /// The kmessage type its group mask names (`power`, ...), or
+        /// `mask 0x..` if the mask names no single known type.
         group: String,
+        /// The `From:` object path, e.g. `/org/kernel/devices/system/cpu/temperature`.
         from: String,
+        /// The `Signal:` word, e.g. `high`.
         signal: String,
+        /// The aux lines without their newlines; `(no final newline)` last
+        /// if the aux text did not end with one.
         aux: Vec<String>,
     },
+    /// `action@devpath\0KEY=value\0...` from the kernel's uevent socket.
     Uevent {
+        /// `change`, `add`, ...: the part before `@`.
         action: String,
+        /// Under /sys, e.g. `/devices/system/cpu/cpu1`.
         devpath: String,
         /// `KEY=value` pairs in the order the kernel sent them.
         env: Vec<String>,
     },
+    /// A datagram that does not parse, kept rather than dropped.
     Malformed {
+        /// Netlink protocol it came on.
         protocol: u32,
+        /// The first thing found wrong.
         why: String,
+        /// The whole datagram, [`escape`]d.
         bytes: String,
     },
 }
@@ -53,6 +70,7 @@ fn group_name(mask: u32) -> String {
     kevent_wire::kmessage_type(mask).map_or_else(|| format!("mask {mask:#x}"), str::to_owned)
 }
 
+/// Decodes a datagram by its protocol; never fails (see [`Event::Malformed`]).
 pub fn decode(datagram: &Datagram) -> Event {
     let malformed = |why: &str| Event::Malformed {
         protocol: datagram.protocol,
@@ -104,9 +122,12 @@ pub struct Normaliser {
     first_seqnum: Option<u64>,
 }
 
+/// What [`Normaliser`] puts after a CPU MODALIAS's `cpu:type:...` prefix.
 pub const MODALIAS_PLACEHOLDER: &str = "[CPU model and features]";
 
 impl Normaliser {
+    /// Rewrites a uevent's SEQNUM and CPU MODALIAS in place; the first
+    /// uevent seen fixes SEQNUM +0. Kmessages are left alone.
     pub fn normalise(&mut self, event: &mut Event) {
         let Event::Uevent { env, .. } = event else { return };
         for entry in env.iter_mut() {

@@ -21,9 +21,13 @@ pub mod exit_code {
     pub const USAGE: i32 = 2;
     /// A prerequisite is missing and could not be installed.
     pub const MISSING_PREREQUISITE: i32 = 3;
+    /// A `Kernel panic` on the console and the machine going down after it.
     pub const KERNEL_PANIC: i32 = 10;
+    /// A kernel oops: a fault in kernel code (NULL dereference, GPF, ...).
     pub const KERNEL_OOPS: i32 = 11;
+    /// A kernel BUG, sleeping in atomic context or UBSAN; BUG()'s invalid-opcode oops too.
     pub const KERNEL_BUG: i32 = 12;
+    /// A kernel WARN or lockdep report; the kernel went on, the run does not.
     pub const KERNEL_WARNING: i32 = 13;
     /// A bounded wait ran out; the message names the stage.
     pub const TIMEOUT: i32 = 20;

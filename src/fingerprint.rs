@@ -14,6 +14,7 @@ impl Default for Fingerprint {
 }
 
 impl Fingerprint {
+    /// The empty fingerprint: FNV-1a's 64-bit offset basis.
     pub fn new() -> Self {
         Fingerprint(0xcbf2_9ce4_8422_2325)
     }
@@ -31,6 +32,8 @@ impl Fingerprint {
         self
     }
 
+    /// The hash as 16 lowercase hex digits: the form in cache directory
+    /// names and `source=` records, so it must never change.
     pub fn hex(&self) -> String {
         format!("{:016x}", self.0)
     }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// `#define NAME value` lines of a file of kmod/, values as written, up to
-/// a trailing comment.
+/// `#define NAME value` lines of a file of kmod/, continuation lines
+/// joined, values as written with single spaces, up to a trailing comment.
 pub fn defines(file: &str) -> BTreeMap<String, String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kmod").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
         .filter_map(|line| line.strip_prefix("#define "))
         .filter_map(|rest| {
             let mut words = rest.split_whitespace();

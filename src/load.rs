@@ -10,10 +10,12 @@ pub struct CpuHog {
 }
 
 impl CpuHog {
+    /// Threads [`Self::start`] spins: the host's available parallelism, 2 if unknown.
     pub fn threads() -> usize {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
+    /// Starts [`Self::threads`] spinning threads; they run until [`Self::stop`] or drop.
     pub fn start() -> CpuHog {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let threads = (0..Self::threads())

@@ -8,19 +8,39 @@ use std::path::Path;
 /// A module's name and the parameters it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleInfo {
+    /// `name=` of `.modinfo` (else the file's stem), with `-` read as `_`
+    /// as the kernel does.
     pub name: String,
+    /// Every parameter named by a `parm=` or `parmtype=` entry, as written.
     pub parameters: BTreeSet<String>,
 }
 
 /// Why a file could not be read as a kernel module.
 #[derive(Debug, thiserror::Error)]
 pub enum ModinfoError {
+    /// The file could not be read.
     #[error("read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The file, as displayed.
+        path: String,
+        /// What reading it returned.
+        source: std::io::Error,
+    },
+    /// The bytes are not an ELF64 little-endian object, or its headers or
+    /// section table are cut short or point outside the file.
     #[error("{path}: not a 64-bit little-endian ELF object: {why}")]
-    NotElf { path: String, why: &'static str },
+    NotElf {
+        /// The file, as displayed.
+        path: String,
+        /// What check failed.
+        why: &'static str,
+    },
+    /// A valid ELF object with no `.modinfo` section.
     #[error("{path}: no .modinfo section: not a kernel module")]
-    NoModinfo { path: String },
+    NoModinfo {
+        /// The file, as displayed.
+        path: String,
+    },
 }
 
 /// Reads `path`'s `.modinfo`.

@@ -51,6 +51,7 @@ pub fn spawn(command: &mut Command) -> io::Result<Child> {
 }
 
 impl Child {
+    /// The child's pid, which is also its process group id.
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -60,10 +61,14 @@ impl Child {
         &mut self.child
     }
 
+    /// The leader's exit status if it has exited, without blocking; the rest
+    /// of the group dies when this is dropped.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         self.child.try_wait()
     }
 
+    /// Blocks until the leader exits, without a bound: for children that end
+    /// on their own (builds, the test runner); guests use [`Self::wait_timeout`].
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
         self.child.wait()
     }

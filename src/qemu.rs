@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// Name of QEMU's binary, looked up on PATH unless `KEVENT_BENCH_QEMU` names one.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// Environment variable naming the QEMU binary to run (a path, or a name
+/// looked up on PATH); empty counts as unset.
 pub const QEMU_ENV: &str = "KEVENT_BENCH_QEMU";
 /// The private QEMU's directory under the cache: one prefix per Debian
 /// version of qemu-system-x86, and [`PRIVATE_CURRENT`] naming the one in use.
 pub const PRIVATE_DIR: &str = "qemu";
+/// File under [`PRIVATE_DIR`] holding the name of the complete prefix in
+/// use; written last, so a half-extracted prefix is never run.
 pub const PRIVATE_CURRENT: &str = "current";
 
 /// Kernel arguments every boot gets. `panic=-1` restarts at once on a panic
@@ -20,11 +24,19 @@ pub const PRIVATE_CURRENT: &str = "current";
 /// timer check busy-waits a few ticks for the timer's interrupt, which a
 /// TCG vCPU descheduled on a loaded host misses, and the kernel panicked
 /// ("IO-APIC + timer doesn't work!") in about 1 of 10 boots at load 10.
-pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "panic=-1", "tsc=reliable", "no_timer_check"];
+///
+/// `acpi=off`: the kernel has ACPI for guests whose packages share cores
+/// (kernel-config/bench.config); one socket per CPU needs none, and boots
+/// as fast as before ACPI was there.
+pub const BASE_KERNEL_ARGS: &[&str] = &["console=ttyS0", "panic=-1", "tsc=reliable", "no_timer_check", "acpi=off"];
 
+/// The accelerator QEMU runs the guest on; [`crate::accel`] decides which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
+    /// Hardware virtualisation through /dev/kvm, `-cpu host`; the real clock only.
     Kvm,
+    /// QEMU's emulator, `-cpu max`: works everywhere, and the only one
+    /// that runs the virtual clock.
     Tcg,
 }
 
@@ -55,10 +67,15 @@ impl Accel {
 /// What one guest is made of.
 #[derive(Debug, Clone)]
 pub struct GuestSpec {
+    /// The uncompressed vmlinux, booted through PVH.
     pub kernel: PathBuf,
+    /// The newc archive whose `/init` runs as PID 1.
     pub initramfs: PathBuf,
+    /// vCPUs, one socket each.
     pub cpus: u32,
+    /// Guest RAM in MiB.
     pub memory_mib: u32,
+    /// What guest time follows.
     pub clock: Clock,
     /// Appended after [`BASE_KERNEL_ARGS`].
     pub kernel_args: Vec<String>,
@@ -79,8 +96,10 @@ pub enum Clock {
 }
 
 impl Clock {
+    /// The accepted names, quoted as a scenario writes them, for error messages.
     pub const NAMES: &'static str = "\"real\" or \"virtual\"";
 
+    /// The name scenarios, `--clock` and snapshots use.
     pub fn name(self) -> &'static str {
         match self {
             Clock::Real => "real",
@@ -88,6 +107,7 @@ impl Clock {
         }
     }
 
+    /// The clock called `name` ([`Self::name`]), if any.
     pub fn from_name(name: &str) -> Option<Clock> {
         [Clock::Real, Clock::Virtual].into_iter().find(|c| c.name() == name)
     }
@@ -137,8 +157,11 @@ const VIRTUAL_TSC_KHZ: u64 = 1_000_000;
 /// Where the QEMU in use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
+    /// Named by [`QEMU_ENV`].
     Variable,
+    /// [`QEMU_BINARY`] found on PATH.
     Path,
+    /// Debian's packages extracted into the cache by `cargo xtask build`.
     Private,
 }
 
@@ -155,7 +178,9 @@ impl fmt::Display for Origin {
 /// The QEMU binary every guest of this process runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Qemu {
+    /// Path of an executable file, checked when resolved.
     pub binary: PathBuf,
+    /// Where it was found, for messages.
     pub origin: Origin,
 }
 
@@ -170,9 +195,18 @@ impl fmt::Display for Qemu {
 pub enum QemuNotFound {
     /// The variable is set but names no executable file. The user chose
     /// this binary: installing another would not be what they asked for.
-    Variable { value: OsString, why: String },
+    Variable {
+        /// The variable's value.
+        value: OsString,
+        /// Why it is not an executable file.
+        why: String,
+    },
     /// Not set, not on PATH, and no private QEMU in the cache (or no cache).
-    Nowhere { private: Result<PathBuf, String> },
+    Nowhere {
+        /// The private QEMU's directory that was looked in, or why there
+        /// is no cache directory to look in.
+        private: Result<PathBuf, String>,
+    },
 }
 
 impl fmt::Display for QemuNotFound {
@@ -367,6 +401,9 @@ pub fn machine_args() -> Vec<OsString> {
     os(&["-nodefaults", "-no-reboot", "-nographic", "-machine", "pc"])
 }
 
+/// The accelerator and CPU model; the virtual clock adds single-threaded
+/// TCG and `-icount` at [`VIRTUAL_CLOCK_SHIFT`]. KVM ignores the clock
+/// (the virtual one is TCG only).
 pub fn accel_args(accel: Accel, clock: Clock) -> Vec<OsString> {
     match (accel, clock) {
         (Accel::Kvm, _) => os(&["-accel", "kvm", "-cpu", "host"]),
@@ -618,10 +655,10 @@ mod tests {
         let args = joined(&boot_args(&spec(), None));
         assert_eq!(
             args,
-            "-kernel /k/vmlinux -initrd /k/initramfs.cpio -append console=ttyS0 panic=-1 tsc=reliable no_timer_check kevent_bench.param=kmessage.unit=30"
+            "-kernel /k/vmlinux -initrd /k/initramfs.cpio -append console=ttyS0 panic=-1 tsc=reliable no_timer_check acpi=off kevent_bench.param=kmessage.unit=30"
         );
         let args = joined(&boot_args(&spec(), Some(3_295_012)));
-        assert!(args.contains("no_timer_check tsc_early_khz=3295012 kevent_bench"), "{args}");
+        assert!(args.contains("no_timer_check acpi=off tsc_early_khz=3295012 kevent_bench"), "{args}");
     }
 
     #[test]

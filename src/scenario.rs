@@ -23,7 +23,9 @@ use crate::thermal;
 pub mod limits {
     /// The bench kernel's NR_CPUS and the sensor device's rings.
     pub const MAX_CPUS: u32 = crate::sensor::abi::MAX_CPUS;
+    /// Least guest memory, MiB: what the bench guest needs to boot.
     pub const MIN_MEMORY_MIB: u32 = 64;
+    /// Most guest memory, MiB (16 GiB).
     pub const MAX_MEMORY_MIB: u32 = 16384;
     /// Repetitions of one step.
     pub const MAX_REPEAT: u32 = 10_000;
@@ -57,15 +59,20 @@ pub mod limits {
 /// Where in the scenario file something was written (1-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Location {
+    /// Line, from 1.
     pub line: usize,
+    /// Column, from 1, counted in characters (not bytes).
     pub column: usize,
 }
 
 /// The guest a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MachineSpec {
+    /// vCPUs, 1 to [`limits::MAX_CPUS`], each its own socket; default 2.
     pub cpus: u32,
+    /// Guest RAM in MiB, [`limits::MIN_MEMORY_MIB`] to [`limits::MAX_MEMORY_MIB`]; default 256.
     pub memory_mib: u32,
+    /// What guest time follows (`[machine] clock`); default real.
     pub clock: Clock,
 }
 
@@ -78,27 +85,40 @@ impl Default for MachineSpec {
 /// One module parameter, as the scenario gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
+    /// Module name as written (`-` and `_` both accepted, as the kernel does).
     pub module: String,
+    /// Parameter name as written.
     pub key: String,
+    /// The value as one kernel command-line word: integers in decimal,
+    /// booleans as `1`/`0`, strings as given.
     pub value: String,
+    /// Where the key was written.
     pub at: Location,
 }
 
+/// A parsed scenario file: a guest, module parameters and the steps to run on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
+    /// The file's stem; names its snapshot and its tests.
     pub name: String,
+    /// The file it was parsed from, for error messages.
     pub path: PathBuf,
+    /// The file's `description`, shown in the snapshot.
     pub description: String,
+    /// `[machine]`, defaults filled in.
     pub machine: MachineSpec,
     /// The scenario's injector; a command-line choice replaces it.
     pub injector: Injector,
     /// Module parameters, in file order.
     pub params: Vec<Param>,
+    /// The `[[step]]`s in file order; never empty.
     pub steps: Vec<Step>,
 }
 
+/// One `[[step]]`: an action, how often, and where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// What the step does, exactly one per step.
     pub action: Action,
     /// How many times to do it; events of a repeated step are counted.
     pub repeat: u32,
@@ -106,16 +126,52 @@ pub struct Step {
     /// apart on the guest's clock (zero: back to back), without the host
     /// or the agent in between.
     pub device_interval: Option<Duration>,
+    /// Where the step's table starts, for errors that name the step.
     pub at: Location,
 }
 
+/// What one step does in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Inject { cpu: u32, package: bool, value: u64, label: String },
-    Sleep { ms: u64 },
-    Read { path: String },
-    Write { path: String, value: String },
-    Exec { program: String, args: Vec<String>, background: bool },
+    /// A simulated thermal interrupt.
+    Inject {
+        /// Target CPU, below the machine's CPU count.
+        cpu: u32,
+        /// IA32_PACKAGE_THERM_STATUS of the CPU's package instead of the core register.
+        package: bool,
+        /// The register image: status bits, the readout, and for the core
+        /// register the reading-valid bit (see [`crate::thermal`]).
+        value: u64,
+        /// How the file described it (bits and °C, or the raw image), for
+        /// the snapshot and messages.
+        label: String,
+    },
+    /// The agent sleeps, on the guest's clock.
+    Sleep {
+        /// Milliseconds, up to [`limits::MAX_SLEEP_MS`].
+        ms: u64,
+    },
+    /// The agent reads a guest file (sysfs, debugfs, ...); its contents go in the snapshot.
+    Read {
+        /// Guest path, at most [`limits::MAX_PATH_BYTES`].
+        path: String,
+    },
+    /// The agent writes to a guest file in one write(2).
+    Write {
+        /// Guest path, at most [`limits::MAX_PATH_BYTES`].
+        path: String,
+        /// Exactly the bytes written, possibly none.
+        value: String,
+    },
+    /// The agent runs a guest program.
+    Exec {
+        /// Guest path of the program.
+        program: String,
+        /// Its arguments, after argv\[0\].
+        args: Vec<String>,
+        /// Started and left running; its result is reported when the scenario ends.
+        background: bool,
+    },
 }
 
 impl fmt::Display for Action {
@@ -146,8 +202,11 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{}:{}: {message}", path.display(), at.line, at.column)]
 pub struct ScenarioError {
+    /// The scenario file.
     pub path: PathBuf,
+    /// Where in it the problem is.
     pub at: Location,
+    /// What is wrong and what was expected, without the location.
     pub message: String,
 }
 
@@ -226,6 +285,8 @@ pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Reads and parses the scenario file at `path`; an unreadable file is an
+/// error at 1:1.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let bytes = std::fs::read(path).map_err(|e| ScenarioError {
         path: path.to_owned(),
@@ -297,6 +358,9 @@ impl Locator<'_> {
     }
 }
 
+/// Parses and checks scenario `text`; `path` names it in errors and gives
+/// the scenario its name. Module parameters are checked against the built
+/// modules separately ([`Scenario::check_params`]).
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let loc = Locator { path, text };
     let raw: RawScenario = toml::from_str(text).map_err(|e| {

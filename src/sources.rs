@@ -85,6 +85,7 @@ impl Sources {
         self.0.iter().map(|(p, f)| (p.as_str(), f.as_str()))
     }
 
+    /// No file recorded: an artifacts file without `source=` lines, which is refused.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

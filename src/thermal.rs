@@ -22,20 +22,26 @@ pub const BITS: &[(&str, u32)] = &[
 pub const PROCHOT: u64 = 1;
 /// Every status bit (the log bits are one above each).
 pub const STATUS_MASK: u64 = 0x555;
+/// Every log bit: set when its status bit changes, cleared only by software (KT_LOG_MASK).
 pub const LOG_MASK: u64 = STATUS_MASK << 1;
 /// Digital readout, degrees below TjMax, bits 22:16.
 pub const READOUT_SHIFT: u32 = 16;
+/// Largest readout, the 7-bit field full: 127 degrees below TjMax.
 pub const READOUT_MAX: u64 = 0x7f;
+/// The readout field in place (KT_READOUT_MASK, bits 22:16).
 pub const READOUT_MASK: u64 = READOUT_MAX << READOUT_SHIFT;
 /// Reading valid (core register only; reserved in the package register).
 pub const VALID: u64 = 1 << 31;
-/// Bits the hardware may set; everything else is reserved.
+/// Bits the hardware may set in IA32_THERM_STATUS; everything else is reserved (KT_CORE_MASK).
 pub const CORE_MASK: u64 = STATUS_MASK | LOG_MASK | READOUT_MASK | VALID;
+/// The same for IA32_PACKAGE_THERM_STATUS, which has no valid bit (KT_PKG_MASK).
 pub const PACKAGE_MASK: u64 = STATUS_MASK | LOG_MASK | READOUT_MASK;
 /// The reading of a register nobody has changed: 50 degrees below TjMax.
 pub const RESET_READOUT: u64 = 50;
 /// IA32_TEMPERATURE_TARGET's TjMax: the module's default and range.
 pub const DEFAULT_TJMAX: u32 = 100;
+/// TjMax values (°C) the module's `tjmax` parameter accepts: bits 23:16 of
+/// IA32_TEMPERATURE_TARGET, 0 excluded.
 pub const TJMAX_RANGE: std::ops::RangeInclusive<u32> = 1..=255;
 
 /// The bit a name stands for.
@@ -43,6 +49,7 @@ pub fn bit_named(name: &str) -> Option<u32> {
     BITS.iter().find(|(known, _)| *known == name).map(|&(_, bit)| bit)
 }
 
+/// Every bit name a scenario may use, in bit order, for error messages.
 pub fn bit_names() -> Vec<&'static str> {
     BITS.iter().map(|(name, _)| *name).collect()
 }
@@ -123,5 +130,15 @@ mod tests {
             assert_eq!(value(define), format!("BIT_ULL({bit})"), "{define}");
             assert_eq!(bit_named(BITS[bit as usize].0), Some(bit));
         }
+        // The composed masks, as the header composes them.
+        assert_eq!(
+            value("KT_STATUS_MASK"),
+            "(KT_STATUS_PROCHOT | KT_STATUS_EXT_PROCHOT | KT_STATUS_CRITICAL | KT_STATUS_THRESHOLD1 | \
+             KT_STATUS_THRESHOLD2 | KT_STATUS_POWER_LIMIT)"
+        );
+        assert_eq!(STATUS_MASK, (0..6).map(|k| 1u64 << (2 * k)).fold(0, |m, b| m | b));
+        assert_eq!(value("KT_LOG_MASK"), "(KT_STATUS_MASK << 1)");
+        assert_eq!(value("KT_CORE_MASK"), "(KT_STATUS_MASK | KT_LOG_MASK | KT_READOUT_MASK | KT_VALID)");
+        assert_eq!(value("KT_PKG_MASK"), "(KT_STATUS_MASK | KT_LOG_MASK | KT_READOUT_MASK)");
     }
 }

@@ -210,16 +210,13 @@ impl Background {
         self.running
             .drain(..)
             .map(|mut p| {
-                let status = loop {
-                    match p.child.try_wait() {
-                        Ok(Some(status)) => break status,
-                        Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                        _ => {
-                            let _ = p.child.kill();
-                            break p.child.wait().expect("wait for a killed child");
-                        }
-                    }
-                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                let exited =
+                    crate::sys::wait_until(left, Duration::from_millis(5), || p.child.try_wait().ok().flatten());
+                let status = exited.unwrap_or_else(|| {
+                    let _ = p.child.kill();
+                    p.child.wait().expect("wait for a killed child")
+                });
                 let stdout = p.stdout.join().unwrap_or_default();
                 let stderr = p.stderr.join().unwrap_or_default();
                 result(&p.program, status, stdout, stderr)

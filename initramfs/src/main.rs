@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kevent_wire::{
     read_frame, write_frame, AgentStage, Command, GuestMessage, Hello, HostMessage, ModuleLoad, MODULE_DIR,
@@ -161,24 +161,17 @@ fn open_port(device: &Path) -> io::Result<HostChannel> {
 
 /// Finds `/dev/vportNpM` of the virtio-serial port called `name`.
 fn find_port(name: &str, wait: Duration) -> Result<PathBuf, AgentError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(device) = scan_ports(name) {
-            if sys::exists(&device) {
-                return Ok(device);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(AgentError::new(
-                AgentStage::Port,
-                format!(
-                    "no virtio-serial port named {name} under /sys/class/virtio-ports after {wait:?}; \
-                     is QEMU given `-device virtserialport,name={name}`?"
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let found =
+        sys::wait_until(wait, Duration::from_millis(1), || scan_ports(name).filter(|device| sys::exists(device)));
+    found.ok_or_else(|| {
+        AgentError::new(
+            AgentStage::Port,
+            format!(
+                "no virtio-serial port named {name} under /sys/class/virtio-ports after {wait:?}; \
+                 is QEMU given `-device virtserialport,name={name}`?"
+            ),
+        )
+    })
 }
 
 fn scan_ports(name: &str) -> Option<PathBuf> {

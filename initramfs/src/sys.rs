@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -144,6 +145,23 @@ pub fn cpus_online() -> u32 {
     match sysconf(SysconfVar::_NPROCESSORS_ONLN) {
         Ok(Some(n)) => u32::try_from(n).unwrap_or(0),
         _ => 0,
+    }
+}
+
+/// The agent's one look-sleep loop: calls `ready` until it gives a value,
+/// every `tick`, for at most `bound` (at least once, and once more at the
+/// bound); `None` if it never did.
+pub fn wait_until<T>(bound: Duration, tick: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(left.min(tick));
     }
 }
 

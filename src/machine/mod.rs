@@ -40,10 +40,16 @@ use sensor::Sensor;
 /// with a debug kernel; a healthy boot takes about a second.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// From QEMU's spawn until it connects to each of the host's sockets
+    /// (the sensor device's server, then the agent channel).
     pub qemu_start: Duration,
+    /// Until the agent's start marker on the console (or its greeting, if that comes first).
     pub kernel_boot: Duration,
+    /// From the start marker until the agent's greeting.
     pub agent_greeting: Duration,
+    /// One request to the agent, until its reply; the runner's bound for each step.
     pub command: Duration,
+    /// From the shutdown request until QEMU has exited.
     pub shutdown: Duration,
     /// Until the guest's sensor driver has a handler on every vector.
     pub sensor_ready: Duration,
@@ -71,7 +77,9 @@ impl Default for Timeouts {
 pub struct MachineConfig {
     /// QEMU's binary: [`qemu::resolve`] unless a caller knows better.
     pub qemu: qemu::Qemu,
+    /// Kernel, initramfs, CPUs, memory, clock and kernel arguments.
     pub guest: GuestSpec,
+    /// KVM or TCG; the virtual clock needs TCG.
     pub accel: Accel,
     /// Where `console.log` of this run is written.
     pub run_dir: PathBuf,
@@ -79,6 +87,7 @@ pub struct MachineConfig {
     pub stream_console: bool,
     /// Give the guest the emulated sensor device (see [`crate::sensor`]).
     pub sensor: bool,
+    /// Bounds of each stage of the run.
     pub timeouts: Timeouts,
 }
 
@@ -121,8 +130,12 @@ pub struct ShutdownReport {
 /// A running guest whose agent has greeted the host.
 pub struct Machine {
     guest: Guest,
+    /// The agent's greeting: what the guest runs (kernel release, CPUs online,
+    /// clocksource, modules loaded) and when the agent started.
     pub hello: Hello,
+    /// When QEMU, the kernel and the agent came up.
     pub timings: BootTimings,
+    /// The run's `console.log`, kept after the machine is gone.
     pub console_log: PathBuf,
     sensor: Option<Sensor>,
     timeouts: Timeouts,
@@ -271,6 +284,7 @@ impl Machine {
 /// A request's outcome and the datagrams received while it ran.
 #[derive(Debug, Clone)]
 pub struct Exchange {
+    /// The agent's reply: done, data, a program's result, or an error with its errno.
     pub outcome: Outcome,
     /// Every datagram the agent received before it replied, in order.
     pub datagrams: Vec<Datagram>,

@@ -4,13 +4,18 @@
 
 use vm_memory::ByteValued;
 
+/// PCI vendor id of the device (KS_PCI_VENDOR): Red Hat's, QEMU's ivshmem.
 pub const PCI_VENDOR: u16 = 0x1af4;
+/// PCI device id (KS_PCI_DEVICE): ivshmem, which the guest driver binds.
 pub const PCI_DEVICE: u16 = 0x1110;
 
 /// "EKVTHRM1" read as a little-endian u64.
 pub const MAGIC: u64 = 0x314d_5248_5456_4b45;
+/// Layout version (KS_VERSION); 2 added timed entries (`repeat`, `interval_ns`).
 pub const VERSION: u32 = 2;
+/// Most CPUs, and so rings and MSI-X vectors, the region has room for (KS_MAX_CPUS).
 pub const MAX_CPUS: u32 = 8;
+/// Slots of each CPU's ring (KS_RING_ENTRIES), a power of two so free-running indices wrap onto it.
 pub const RING_ENTRIES: u32 = 256;
 /// BAR2's size: QEMU takes it from the file, and PCI wants a power of two.
 pub const REGION_SIZE: usize = 0x20000;
@@ -19,28 +24,45 @@ pub const MAX_REPEAT: u32 = 1024;
 /// Longest guest time between two firings of one entry: 1 s.
 pub const MAX_INTERVAL_NS: u32 = 1_000_000_000;
 
+/// The host's ivshmem peer id (KS_HOST_PEER): the guest rings this peer to acknowledge.
 pub const HOST_PEER: u16 = 0;
+/// The host's vector the guest rings when it publishes `acked_seq` (KS_ACK_VECTOR).
 pub const ACK_VECTOR: u16 = 0;
 
+/// [`Entry::reg`] for the CPU's IA32_THERM_STATUS (KS_REG_THERM_STATUS).
 pub const REG_THERM_STATUS: u32 = 0;
+/// [`Entry::reg`] for IA32_PACKAGE_THERM_STATUS of the CPU's package (KS_REG_PKG_THERM_STATUS).
 pub const REG_PKG_THERM_STATUS: u32 = 1;
 
+/// Where [`Header`] starts in the region (KS_HEADER_OFFSET).
 pub const HEADER_OFFSET: usize = 0;
+/// Where the live register images start (KS_REGS_OFFSET): [`MAX_CPUS`] core
+/// images, then [`MAX_CPUS`] package images, u64 each; see [`register_offset`].
 pub const REGS_OFFSET: usize = 64;
+/// Where CPU 0's block starts (KS_CPUS_OFFSET); see [`cpu_offset`].
 pub const CPUS_OFFSET: usize = 256;
+/// Bytes of one CPU's block (KS_CPU_SIZE): two 64-byte lines of counters
+/// (see [`cpu`]), then the ring.
 pub const CPU_SIZE: usize = 128 + 32 * RING_ENTRIES as usize;
 
+/// The region's first 64 bytes, `struct ks_header`: identification, which
+/// the host writes once, and the guest's readiness.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Header {
+    /// Host: [`MAGIC`].
     pub magic: u64,
+    /// Host: [`VERSION`].
     pub version: u32,
+    /// Host: rings and MSI-X vectors it provides, 1 to [`MAX_CPUS`].
     pub nr_cpus: u32,
+    /// Host: [`RING_ENTRIES`].
     pub ring_entries: u32,
     /// Guest: 1 once every vector has its handler.
     pub ready: u32,
     /// Guest: rings it serves.
     pub guest_cpus: u32,
+    /// Zero; pads the header to 64 bytes.
     pub reserved: [u32; 9],
 }
 
@@ -50,22 +72,35 @@ pub struct Header {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Entry {
+    /// Sequence number, nonzero, increasing along the ring; `acked_seq` reports it back.
     pub seq: u64,
+    /// Target CPU, the ring's own.
     pub cpu: u32,
+    /// [`REG_THERM_STATUS`] or [`REG_PKG_THERM_STATUS`].
     pub reg: u32,
+    /// Register image; the guest refuses reserved bits (kt_regs_hw_check()).
     pub value: u64,
+    /// Firings of the image, 1 to [`MAX_REPEAT`].
     pub repeat: u32,
+    /// Guest time between firings, at most [`MAX_INTERVAL_NS`].
     pub interval_ns: u32,
 }
 
-/// Offsets in [`Entry`].
+/// Offsets in [`Entry`] (KS_ENTRY_*), checked against the struct by a test.
 pub mod entry {
+    /// [`Entry::seq`](super::Entry::seq), u64.
     pub const SEQ: usize = 0;
+    /// [`Entry::cpu`](super::Entry::cpu), u32.
     pub const CPU: usize = 8;
+    /// [`Entry::reg`](super::Entry::reg), u32.
     pub const REG: usize = 12;
+    /// [`Entry::value`](super::Entry::value), u64.
     pub const VALUE: usize = 16;
+    /// [`Entry::repeat`](super::Entry::repeat), u32.
     pub const REPEAT: usize = 24;
+    /// [`Entry::interval_ns`](super::Entry::interval_ns), u32.
     pub const INTERVAL_NS: usize = 28;
+    /// Bytes of one entry, and the ring's stride.
     pub const SIZE: usize = 32;
 }
 
@@ -75,7 +110,9 @@ unsafe impl ByteValued for Header {}
 // SAFETY: as above.
 unsafe impl ByteValued for Entry {}
 
+/// [`Header::ready`] (KS_HEADER_READY), loaded on its own with Acquire.
 pub const READY_OFFSET: usize = HEADER_OFFSET + 20;
+/// [`Header::guest_cpus`] (KS_HEADER_GUEST_CPUS).
 pub const GUEST_CPUS_OFFSET: usize = HEADER_OFFSET + 24;
 /// No more firings than this wait for their entries' acknowledgement, over
 /// all CPUs: each can queue up to 12 uevents in the guest, whose queue
@@ -106,13 +143,16 @@ pub mod cpu {
     pub const REJECTED_SEQ: usize = 96;
     /// Guest: messages the module could not send, published with the ack, u64.
     pub const EVENTS_DROPPED: usize = 104;
+    /// Host: the ring's entries, slot = index % [`RING_ENTRIES`](super::RING_ENTRIES).
     pub const RING: usize = 128;
 }
 
+/// Where CPU `cpu`'s block (its counters, then its ring) starts.
 pub fn cpu_offset(cpu: u32) -> usize {
     CPUS_OFFSET + CPU_SIZE * cpu as usize
 }
 
+/// Where the entry of CPU `cpu`'s free-running ring index `index` lives.
 pub fn entry_offset(cpu: u32, index: u32) -> usize {
     cpu_offset(cpu) + cpu::RING + std::mem::size_of::<Entry>() * (index % RING_ENTRIES) as usize
 }

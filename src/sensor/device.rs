@@ -40,7 +40,10 @@ impl Register {
 /// guest's own clock, so that their spacing owes nothing to the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
+    /// Firings; the guest accepts 1 to [`abi::MAX_REPEAT`].
     pub repeat: u32,
+    /// Guest nanoseconds between firings, at most [`abi::MAX_INTERVAL_NS`];
+    /// 0 fires them all at once.
     pub interval_ns: u32,
 }
 
@@ -76,13 +79,16 @@ impl Default for Timing {
 /// ring's entries, or not acknowledged enough firings over all CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingFull {
+    /// The CPU whose ring had no room.
     pub cpu: u32,
 }
 
 /// An injection published on a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
+    /// The ring's CPU, whose vector raises the interrupt.
     pub cpu: u32,
+    /// The entry's sequence number, which the guest acknowledges (`acked_seq`).
     pub seq: u64,
 }
 
@@ -97,8 +103,12 @@ pub struct CpuStatus {
     pub acked_seq: u64,
     /// Runs of the guest's handler for this CPU's vector.
     pub interrupts: u64,
+    /// Entries the guest refused (bad seq, CPU, timing or image) since its driver bound.
     pub rejected: u64,
+    /// Sequence number of the last refused entry, 0 if none.
     pub rejected_seq: u64,
+    /// Positive errno of the last refusal: EINVAL (seq, timing, image), EXDEV
+    /// (handled on another CPU), ENOSPC (no package slot); 0 if none.
     pub rejected_errno: u32,
     /// Messages of this CPU's interrupts the guest could not send.
     pub events_dropped: u64,
@@ -177,6 +187,7 @@ impl SensorDevice {
         self.region.as_volatile_slice()
     }
 
+    /// CPUs the device serves: its rings and vectors, 1 to [`abi::MAX_CPUS`].
     pub fn cpus(&self) -> u32 {
         self.cpus
     }
@@ -304,6 +315,8 @@ impl SensorDevice {
         self.guest_vectors[cpu as usize].notify()
     }
 
+    /// `cpu`'s ring as the guest last published it, with the host's own head.
+    /// Panics if the device has no such CPU.
     pub fn status(&self, cpu: u32) -> CpuStatus {
         self.check_cpu(cpu);
         let base = abi::cpu_offset(cpu);
@@ -325,6 +338,9 @@ impl SensorDevice {
     }
 
     /// The errno the guest refused `published` with, once acknowledged.
+    /// The guest keeps only its newest refusal per CPU: a caller that
+    /// publishes several entries before it waits learns of earlier
+    /// refusals only through [`CpuStatus`]'s `rejected` count.
     pub fn rejection(&self, published: Published) -> Option<u32> {
         let status = self.status(published.cpu);
         (status.rejected_seq == published.seq).then_some(status.rejected_errno)

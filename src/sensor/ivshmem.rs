@@ -29,15 +29,19 @@ const SHARED_MEMORY: i64 = -1;
 pub struct EventFd(OwnedFd);
 
 impl EventFd {
+    /// A fresh eventfd, counter 0, close-on-exec.
     pub fn new() -> io::Result<EventFd> {
         let fd = nix::sys::eventfd::EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?;
         Ok(EventFd(fd.into()))
     }
 
+    /// Wraps a descriptor that must be an eventfd; the tests' stand-in guest
+    /// wraps the vectors it receives.
     pub fn from_owned(fd: OwnedFd) -> EventFd {
         EventFd(fd)
     }
 
+    /// Another descriptor of the same eventfd (shared counter), for another thread.
     pub fn try_clone(&self) -> io::Result<EventFd> {
         Ok(EventFd(self.0.try_clone()?))
     }
@@ -138,6 +142,7 @@ pub fn recv_message(stream: &UnixStream) -> io::Result<(i64, Option<OwnedFd>)> {
 
 /// Descriptors of one ivshmem setup, as the server hands them out.
 pub struct Setup<'a> {
+    /// The region's memfd, sent with message -1; QEMU maps it as BAR2.
     pub shared_memory: BorrowedFd<'a>,
     /// The host's own vectors: the guest rings these.
     pub host_vectors: Vec<BorrowedFd<'a>>,

@@ -296,7 +296,7 @@ pub enum BenchTarget {
     Boot(BenchRuns),
     /// The starter suite warm: time per scenario, the suite one after another and in parallel, the boot floor
     Scenarios(BenchSuite),
-    /// In one guest: injection-to-host latency and sustained rate, sensor device beside debugfs
+    /// In one guest: injection-to-host latency and sustained rate, sensor device beside debugfs and beside the floor (the device with a handler that acknowledges at once)
     Inject(BenchRuns),
     /// Each scenario N times with every host core busy: how many different snapshots came out
     Determinism(BenchDeterminism),

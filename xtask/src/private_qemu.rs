@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use kevent_bench::qemu;
@@ -317,12 +317,11 @@ fn start_and_quit(binary: &Path) -> anyhow::Result<()> {
     // QEMU may already have exited; its status says why.
     let _ = stdin.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n");
     drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let exited = kevent_bench::wait::until(Duration::from_secs(30), Duration::from_millis(20), || {
+        child.try_wait().map_or(Some(()), |status| status.map(|_| ()))
+    });
+    if exited.is_none() {
+        let _ = child.kill();
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
