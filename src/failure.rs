@@ -215,7 +215,11 @@ pub enum Failure {
         console_tail: Vec<String>,
     },
     /// The guest's D-Bus side failed: a program died or failed its part.
-    #[error("the guest's D-Bus side failed: {why}{}{}", service_words(services), lines("last console lines", console_tail))]
+    #[error(
+        "the guest's D-Bus side failed: {why}{}{}",
+        service_words(services),
+        lines("last console lines", console_tail)
+    )]
     DbusFailed {
         /// What failed first.
         why: String,

@@ -109,6 +109,40 @@ fn split_entry(entry: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// One message of the guest's bus a step caused (`[machine] dbus`), read
+/// as the D-Bus specification says; `raw` adds its bytes, escaped.
+pub fn dbus(step: usize, message: &kevent_wire::DbusMessage, raw: bool) -> Value {
+    let mut line = match kdbusd::message::parse(&message.bytes) {
+        Ok(m) => json!({
+            "type": "dbus",
+            "step": step,
+            "guest_monotonic_ns": message.monotonic_ns,
+            "kind": m.kind.to_string(),
+            "serial": m.serial,
+            "path": m.path,
+            "interface": m.interface,
+            "member": m.member,
+            "error_name": m.error_name,
+            "reply_serial": m.reply_serial,
+            "sender": m.sender,
+            "destination": m.destination,
+            "signature": m.signature,
+            "args": m.body.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({
+            "type": "dbus",
+            "step": step,
+            "guest_monotonic_ns": message.monotonic_ns,
+            "kind": "unreadable",
+            "why": e.to_string(),
+        }),
+    };
+    if raw {
+        line["bytes"] = events::escape(&message.bytes).into();
+    }
+    line
+}
+
 /// A step's result, after its events.
 pub fn step(record: &StepRecord) -> Value {
     json!({
@@ -119,6 +153,7 @@ pub fn step(record: &StepRecord) -> Value {
         "failures": record.failures,
         "host_elapsed_ns": u64::try_from(record.elapsed.as_nanos()).unwrap_or(u64::MAX),
         "datagrams": record.datagrams.len(),
+        "dbus_messages": record.dbus.len(),
         "result": outcome(&record.outcome),
     })
 }
@@ -178,6 +213,8 @@ pub fn summary(transcript: &Transcript, totals: &Totals, elapsed: Duration, acce
         "kmessages": totals.kmessages,
         "uevents": totals.uevents,
         "malformed": totals.malformed,
+        "dbus_messages": totals.dbus_messages,
+        "dbus_mapped": totals.dbus_mapped,
         "timing_flags": transcript.timing_flags.len(),
         "timing_flags_lost": transcript.timing_flags_lost,
         "kernel_release": transcript.hello.kernel_release,

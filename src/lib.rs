@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod cache;
 pub mod console;
 pub mod cpio;
+pub mod dbus;
 pub mod events;
 pub mod failure;
 pub mod fingerprint;

@@ -74,11 +74,14 @@ pub struct MachineSpec {
     pub memory_mib: u32,
     /// What guest time follows (`[machine] clock`); default real.
     pub clock: Clock,
+    /// The guest runs the D-Bus side (`[machine] dbus`: dbus-daemon,
+    /// kdbusd, the agent's monitor; docs/dbus.md); default false.
+    pub dbus: bool,
 }
 
 impl Default for MachineSpec {
     fn default() -> Self {
-        MachineSpec { cpus: 2, memory_mib: 256, clock: Clock::default() }
+        MachineSpec { cpus: 2, memory_mib: 256, clock: Clock::default(), dbus: false }
     }
 }
 
@@ -229,6 +232,7 @@ struct RawMachine {
     cpus: Option<Spanned<i64>>,
     memory_mib: Option<Spanned<i64>>,
     clock: Option<Spanned<String>>,
+    dbus: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -385,7 +389,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         })?,
         None => defaults.clock,
     };
-    let machine = MachineSpec { cpus, memory_mib, clock };
+    let dbus = raw.machine.dbus.unwrap_or(defaults.dbus);
+    let machine = MachineSpec { cpus, memory_mib, clock, dbus };
 
     let (params, tjmax) = parse_params(raw.params, &loc)?;
 
@@ -801,7 +806,11 @@ impl Scenario {
         let (across, within) = self.machine.clock.rate_limit_edges_ms();
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_edge_ms", &across.to_string()));
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_burst_edge_ms", &within.to_string()));
-        let mut guest = artifacts.guest(self.machine.cpus, self.machine.memory_mib, args);
+        let mut guest = if self.machine.dbus {
+            artifacts.dbus_guest(self.machine.cpus, self.machine.memory_mib, args)
+        } else {
+            artifacts.guest(self.machine.cpus, self.machine.memory_mib, args)
+        };
         guest.clock = self.machine.clock;
         guest
     }
@@ -874,7 +883,7 @@ sleep_ms = 5
         )
         .unwrap();
         assert_eq!(s.name, "t");
-        assert_eq!(s.machine, MachineSpec { cpus: 4, memory_mib: 256, clock: Clock::Real });
+        assert_eq!(s.machine, MachineSpec { cpus: 4, memory_mib: 256, clock: Clock::Real, dbus: false });
         assert_eq!(kernel_args(&s), ["kevent_bench.param=kevent_thermal.rate_limit_ms=0"]);
         // 95 °C is 5 below TjMax 100; the core register has the valid bit.
         assert_eq!(
@@ -1109,6 +1118,15 @@ sleep_ms = 5
         assert_eq!(s.machine.clock, Clock::Virtual);
         let e = err(&format!("description = \"x\"\n[machine]\nclock = \"wall\"\n{ONE_STEP}"));
         assert_eq!(e.message, "clock = \"wall\": expected \"real\" or \"virtual\"");
+    }
+
+    #[test]
+    fn the_dbus_side_is_off_unless_the_scenario_asks_and_takes_only_a_boolean() {
+        assert!(!parse_str(&format!("description = \"x\"\n{ONE_STEP}")).unwrap().machine.dbus);
+        let s = parse_str(&format!("description = \"x\"\n[machine]\ndbus = true\n{ONE_STEP}")).unwrap();
+        assert!(s.machine.dbus);
+        let e = err(&format!("description = \"x\"\n[machine]\ndbus = 1\n{ONE_STEP}"));
+        assert_eq!((e.at.line, e.message.as_str()), (3, "invalid type: integer `1`, expected a boolean"));
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl Tap {
     /// Reads one frame: a bus message goes to the host; a fence's answer
     /// is returned.
     fn next(&mut self, channel: &HostChannel) -> io::Result<Option<TapEvent>> {
-        let frame = read_frame(&mut self.pipes.events).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))?;
+        let frame =
+            read_frame(&mut self.pipes.events).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))?;
         let Some((kind, body)) = frame else {
             self.open = false;
             return Ok(None);
@@ -193,7 +194,8 @@ impl Tap {
             Fence::KdbusdGone => "kdbusd's name did not lose its owner on the bus",
             _ => "kdbusd did not answer Sync",
         };
-        if let Err(e) = write_frame(&mut self.pipes.commands, &command.encode()).and_then(|()| self.pipes.commands.flush())
+        if let Err(e) =
+            write_frame(&mut self.pipes.commands, &command.encode()).and_then(|()| self.pipes.commands.flush())
         {
             return Ok(Err(format!("{} could not be asked for a fence: {e}", crate::services::TAP)));
         }
@@ -208,7 +210,9 @@ impl Tap {
             }
             match self.next(channel)? {
                 Some(TapEvent::Fenced { token: t }) if t == token => return Ok(Ok(())),
-                Some(TapEvent::FenceFailed { token: t, why }) if t == token => return Ok(Err(format!("{what}: {why}"))),
+                Some(TapEvent::FenceFailed { token: t, why }) if t == token => {
+                    return Ok(Err(format!("{what}: {why}")))
+                }
                 _ => {}
             }
         }

@@ -86,13 +86,23 @@ fn base_command(path: &str) -> Command {
 impl Services {
     /// Starts the bus, kdbusd, the tap and (if `relay_port` names the host's
     /// bus port) the relay, each once the one before is ready.
-    pub fn start(channel: &HostChannel, relay_port: Option<&std::path::Path>) -> Result<(Services, TapPipes), AgentError> {
+    pub fn start(
+        channel: &HostChannel,
+        relay_port: Option<&std::path::Path>,
+    ) -> Result<(Services, TapPipes), AgentError> {
         std::fs::create_dir_all("/run/dbus").map_err(|e| AgentError::io(STAGE, "create /run/dbus", &e))?;
-        let services =
-            Services { shared: Arc::new(Shared { state: Mutex::default(), changed: Condvar::new(), channel: channel.clone() }) };
+        let services = Services {
+            shared: Arc::new(Shared { state: Mutex::default(), changed: Condvar::new(), channel: channel.clone() }),
+        };
         let mut daemon = base_command(DBUS_DAEMON_PATH);
         daemon
-            .args([&format!("--config-file={DBUS_CONFIG_PATH}"), "--nofork", "--nopidfile", "--nosyslog", "--print-address=1"])
+            .args([
+                &format!("--config-file={DBUS_CONFIG_PATH}"),
+                "--nofork",
+                "--nopidfile",
+                "--nosyslog",
+                "--print-address=1",
+            ])
             .stdout(Stdio::piped());
         let mut child = services.spawn(DBUS_DAEMON, &mut daemon)?;
         // The address is printed once the bus listens.
@@ -153,7 +163,10 @@ impl Services {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("kdbusd did not exit within {STOP_BOUND:?} of SIGTERM")));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("kdbusd did not exit within {STOP_BOUND:?} of SIGTERM"),
+                ));
             }
             state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
         }
@@ -250,11 +263,18 @@ impl Services {
 
     fn await_tap(&self, events: &mut BufReader<ChildStdout>) -> Result<(), AgentError> {
         let mut fds = [sys::readable(events.get_ref().as_fd())];
-        let ready = sys::poll_timeout(&mut fds, READY_BOUND).map_err(|e| AgentError::io(STAGE, "wait for the tap", &e))?;
-        let frame = if ready { read_frame(events).map_err(|e| e.to_string()) } else { Err(format!("nothing within {READY_BOUND:?}")) };
+        let ready =
+            sys::poll_timeout(&mut fds, READY_BOUND).map_err(|e| AgentError::io(STAGE, "wait for the tap", &e))?;
+        let frame = if ready {
+            read_frame(events).map_err(|e| e.to_string())
+        } else {
+            Err(format!("nothing within {READY_BOUND:?}"))
+        };
         match frame.map(|f| f.map(|(kind, body)| TapEvent::decode(kind, &body))) {
             Ok(Some(Ok(TapEvent::Ready { .. }))) => Ok(()),
-            Ok(Some(other)) => Err(self.startup_failure(TAP, format!("the tap's first frame was {other:?}, not Ready"))),
+            Ok(Some(other)) => {
+                Err(self.startup_failure(TAP, format!("the tap's first frame was {other:?}, not Ready")))
+            }
             Ok(None) => Err(self.startup_failure(TAP, "the tap exited before it was ready".into())),
             Err(why) => Err(self.startup_failure(TAP, format!("the tap did not become a monitor: {why}"))),
         }

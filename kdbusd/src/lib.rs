@@ -6,6 +6,7 @@
 //! The daemons (`kdbusd` and `kevent-dbus-tap`) are this crate's binaries.
 
 pub mod mapping;
+pub mod message;
 #[cfg(feature = "daemons")]
 pub mod netlink;
 #[cfg(feature = "daemons")]

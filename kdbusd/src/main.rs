@@ -128,7 +128,12 @@ fn run() -> Result<(), Error> {
 }
 
 /// Answers method calls until the bus connection ends.
-fn serve(conn: &Connection, calls: MessageIterator, syncs: &Sender<Sender<Counters>>, wake: &File) -> Result<(), Error> {
+fn serve(
+    conn: &Connection,
+    calls: MessageIterator,
+    syncs: &Sender<Sender<Counters>>,
+    wake: &File,
+) -> Result<(), Error> {
     for call in calls {
         let call = call.map_err(context("read from the system bus"))?;
         let header = call.header();
@@ -164,7 +169,9 @@ fn sync(syncs: &Sender<Sender<Counters>>, wake: &File) -> Result<Counters, Error
     let (done, answer) = mpsc::channel();
     syncs.send(done).map_err(|_| "the netlink thread has stopped")?;
     wake_up(wake)?;
-    answer.recv_timeout(SYNC_BOUND).map_err(|e| format!("Sync: the netlink thread did not drain its sockets: {e}").into())
+    answer
+        .recv_timeout(SYNC_BOUND)
+        .map_err(|e| format!("Sync: the netlink thread did not drain its sockets: {e}").into())
 }
 
 fn wake_up(mut pipe: &File) -> io::Result<()> {
@@ -276,7 +283,13 @@ impl Emitter<'_> {
         let sent = match body {
             Body::Kmessage { aux, fields, datagram } => {
                 self.counters.0 += 1;
-                self.conn.emit_signal(None::<()>, path.as_str(), *interface, member.as_str(), &(aux, Ordered(fields), datagram))
+                self.conn.emit_signal(
+                    None::<()>,
+                    path.as_str(),
+                    *interface,
+                    member.as_str(),
+                    &(aux, Ordered(fields), datagram),
+                )
             }
             Body::Uevent { env, datagram } => {
                 self.counters.1 += 1;
@@ -289,7 +302,13 @@ impl Emitter<'_> {
                      sent as {INTERFACE}.Malformed",
                     datagram.len()
                 );
-                self.conn.emit_signal(None::<()>, path.as_str(), *interface, member.as_str(), &(why, protocol, groups, datagram))
+                self.conn.emit_signal(
+                    None::<()>,
+                    path.as_str(),
+                    *interface,
+                    member.as_str(),
+                    &(why, protocol, groups, datagram),
+                )
             }
         };
         sent.map_err(|e| format!("emit {interface}.{member} from {path}: {e}").into())

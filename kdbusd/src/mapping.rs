@@ -258,9 +258,9 @@ pub fn is_object_path(path: &[u8]) -> bool {
         return true;
     }
     match path.strip_prefix(b"/") {
-        Some(rest) => rest.split(|&b| b == b'/').all(|element| {
-            !element.is_empty() && element.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
-        }),
+        Some(rest) => rest
+            .split(|&b| b == b'/')
+            .all(|element| !element.is_empty() && element.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')),
         None => false,
     }
 }
@@ -409,7 +409,10 @@ mod tests {
             (b"", "no terminating NUL"),
         ] {
             let signal = map(POWER, datagram);
-            assert_eq!((signal.path.as_str(), signal.interface, signal.member.as_str()), (OBJECT_PATH, INTERFACE, "Malformed"));
+            assert_eq!(
+                (signal.path.as_str(), signal.interface, signal.member.as_str()),
+                (OBJECT_PATH, INTERFACE, "Malformed")
+            );
             assert_eq!(
                 signal.body,
                 Body::Malformed { why: why.into(), protocol: 31, groups: 4, datagram: datagram.to_vec() }

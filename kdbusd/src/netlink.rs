@@ -62,8 +62,9 @@ impl Listener {
 
     /// The kmessage listener of the unit the module registered.
     pub fn kmessage() -> io::Result<Listener> {
-        let text = std::fs::read_to_string(KMESSAGE_UNIT_PARAM)
-            .map_err(|e| io::Error::new(e.kind(), format!("read {KMESSAGE_UNIT_PARAM} (is kmessage.ko loaded?): {e}")))?;
+        let text = std::fs::read_to_string(KMESSAGE_UNIT_PARAM).map_err(|e| {
+            io::Error::new(e.kind(), format!("read {KMESSAGE_UNIT_PARAM} (is kmessage.ko loaded?): {e}"))
+        })?;
         let unit = text.trim().parse().map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{KMESSAGE_UNIT_PARAM} holds no unit: {text:?}"))
         })?;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kevent_bench::cpio::Archive;
+use kevent_bench::dbus;
 use kevent_bench::events;
 use kevent_bench::json_lines;
 use kevent_bench::runner;
@@ -46,6 +47,9 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             for datagram in &record.datagrams {
                 let _ = writeln!(out, "{}", json_lines::event(record.index + 1, datagram, &mut normaliser, flags.raw));
             }
+            for message in &record.dbus {
+                let _ = writeln!(out, "{}", json_lines::dbus(record.index + 1, message, flags.raw));
+            }
             if finished {
                 let _ = writeln!(out, "{}", json_lines::step(record));
             }
@@ -56,6 +60,19 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             let _ = writeln!(out, "{}", events::render_live(datagram, &events::decode(datagram)));
             if flags.raw {
                 let _ = writeln!(out, "RAW {} bytes: {}\n", datagram.bytes.len(), events::escape(&datagram.bytes));
+            }
+        }
+        let datagrams: Vec<_> = record.datagrams.iter().collect();
+        for entry in dbus::entries(&record.dbus, &datagrams) {
+            let _ = writeln!(out, "dbus {} {}", entry.message, entry.path.as_deref().unwrap_or(""));
+            if let Some(carries) = &entry.carries {
+                let _ = writeln!(out, "     carries {carries}");
+            }
+            for arg in &entry.args {
+                let _ = writeln!(out, "     {arg}");
+            }
+            if let Some(wrong) = &entry.wrong {
+                let _ = writeln!(out, "     WRONG: {wrong}");
             }
         }
         match &record.outcome {

@@ -95,7 +95,13 @@ fn monitor() -> Result<(), Error> {
     // between its reply and the first read is missed.
     let messages = MessageIterator::from(&monitor);
     let become_monitor = monitor
-        .call_method(Some(DBUS), DBUS_PATH, Some("org.freedesktop.DBus.Monitoring"), "BecomeMonitor", &(Vec::<&str>::new(), 0u32))
+        .call_method(
+            Some(DBUS),
+            DBUS_PATH,
+            Some("org.freedesktop.DBus.Monitoring"),
+            "BecomeMonitor",
+            &(Vec::<&str>::new(), 0u32),
+        )
         .map_err(context("BecomeMonitor"))?;
     let became = become_monitor.header().reply_serial();
 
@@ -130,7 +136,10 @@ fn commands(client: &Connection, out: &Out, fences: &Mutex<Fences>) -> Result<()
     while let Some((kind, body)) = read_frame(&mut stdin).map_err(context("read a command"))? {
         match TapCommand::decode(kind, &body).map_err(context("decode a command"))? {
             TapCommand::Sync { token } => {
-                let call = Message::method_call(OBJECT_PATH, "Sync")?.destination(BUS_NAME)?.interface(INTERFACE)?.build(&())?;
+                let call = Message::method_call(OBJECT_PATH, "Sync")?
+                    .destination(BUS_NAME)?
+                    .interface(INTERFACE)?
+                    .build(&())?;
                 let serial = call.primary_header().serial_num().get();
                 fences.lock().unwrap_or_else(|p| p.into_inner()).syncs.insert(serial, token);
                 // The reply is not read here: the monitor sees it, after
