@@ -57,6 +57,9 @@ struct State {
     programs: Vec<Program>,
     /// The host has been told: one report per run.
     reported: bool,
+    /// The first program that ended without being asked to, and how: the
+    /// cause that the report names, whoever noticed the failure first.
+    first_death: Option<String>,
 }
 
 struct Shared {
@@ -203,10 +206,14 @@ impl Services {
             let unplanned = {
                 let mut state = this.lock();
                 let program = state.programs.iter_mut().find(|p| p.pid == pid && p.ended.is_none());
-                program.is_some_and(|p| {
+                let unplanned = program.is_some_and(|p| {
                     p.ended = Some(status.clone());
                     !p.stopping
-                })
+                });
+                if unplanned && state.first_death.is_none() {
+                    state.first_death = Some(format!("{name} {status}"));
+                }
+                unplanned
             };
             this.shared.changed.notify_all();
             if unplanned {
@@ -226,6 +233,7 @@ impl Services {
                 return;
             }
             state.reported = true;
+            let why = state.first_death.clone().unwrap_or_else(|| why.to_owned());
             let services = state
                 .programs
                 .iter()
@@ -236,8 +244,9 @@ impl Services {
                     last_words: p.last_words.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect(),
                 })
                 .collect();
-            GuestMessage::ServicesFailed { why: why.to_owned(), services }
+            (GuestMessage::ServicesFailed { why: why.clone(), services }, why)
         };
+        let (message, why) = message;
         eprintln!("kevent-agent: the D-Bus side failed: {why}");
         let _ = self.shared.channel.send(&message);
     }

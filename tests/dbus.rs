@@ -1,0 +1,147 @@
+//! The guest's D-Bus side (docs/dbus.md): Debian's dbus-daemon, kdbusd
+//! and the agent's monitor, really started in the guest; every event of a
+//! step reaches the host as a signal before the step's reply, and a dead
+//! program of the side fails the run with its own exit code and its last
+//! words.
+
+mod common;
+
+use std::path::PathBuf;
+
+use kevent_bench::dbus;
+use kevent_bench::runner;
+use kevent_bench::scenario;
+use kevent_bench::transcript::{StepOutcome, StepRecord};
+use kevent_bench::{exit_code, Failure};
+use kevent_wire::Datagram;
+
+/// The D-Bus guest's archive with the tests' programs appended.
+fn initramfs_with(test: &str, programs: &[&str]) -> (PathBuf, PathBuf) {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, test);
+    let mut extra = kevent_bench::cpio::Archive::new();
+    for program in programs {
+        let binary = common::static_guest_program(program, &dir);
+        extra.file(&format!("/bin/{program}"), 0o755, std::fs::read(binary).unwrap());
+    }
+    let initramfs = dir.join("initramfs.cpio");
+    extra.append_to(&artifacts.dbus_initramfs, &initramfs).unwrap();
+    (dir, initramfs)
+}
+
+fn entries(record: &StepRecord) -> Vec<dbus::DbusEntry> {
+    let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
+    datagrams.sort_by_key(|d| d.protocol == kevent_bench::events::NETLINK_KOBJECT_UEVENT);
+    dbus::entries(&record.dbus, &datagrams)
+}
+
+#[test]
+fn every_event_of_a_step_is_a_signal_on_the_guests_bus_before_its_reply() {
+    let (dir, initramfs) = initramfs_with("dbus-signals", &["kmsg-send"]);
+    let scenario = scenario::parse(
+        &dir.join("dbus-signals.toml"),
+        r#"
+description = "kdbusd relays the seed's event, and names the module never sends"
+[machine]
+dbus = true
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+inject = { cpu = 1, bits = ["prochot"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["4", "From: /org/kernel/block/sda-1\nSignal: media-change\nDev: 8:1\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["0", "Signal: no from line\n"] }
+"#,
+    )
+    .unwrap();
+    assert!(scenario.machine.dbus);
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let transcript = runner::run(&scenario, &common::config("dbus-signals", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
+
+    // The seed's event: two datagrams, two signals, each exactly the
+    // mapping of the datagram it carries, before the step's reply.
+    let inject = &transcript.steps[0];
+    assert_eq!(inject.datagrams.len(), 2, "{:?}", inject.datagrams);
+    let got: Vec<String> = entries(inject)
+        .into_iter()
+        .map(|e| format!("{} {:?} {:?} {:?}", e.message, e.path, e.carries, e.wrong))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "signal org.kernel.Power.high Some(\"/org/kernel/devices/system/cpu/temperature\") Some(\"kmessage 1\") None",
+            "signal org.kernel.Uevent.change Some(\"/org/kernel/devices/system/cpu/cpu1\") Some(\"uevent 1\") None",
+        ]
+    );
+
+    // An object path and a signal word D-Bus does not allow are escaped,
+    // not dropped; the datagram is in the signal whole.
+    let sent = &transcript.steps[1];
+    assert!(matches!(&sent.outcome, StepOutcome::Ran(r) if r.exit_code == 0), "{:?}", sent.outcome);
+    let [entry] = &entries(sent)[..] else { panic!("{:?}", entries(sent)) };
+    assert_eq!(entry.message, "signal org.kernel.Hotplug.media_2dchange");
+    assert_eq!(entry.path.as_deref(), Some("/org/kernel/block/sda_2d1"));
+    assert_eq!((entry.carries.as_deref(), entry.wrong.as_deref()), (Some("kmessage 1"), None));
+    assert_eq!(entry.args, ["aux \"Dev: 8:1\\n\"", "fields {\"Dev\": \"8:1\"}"]);
+
+    // A datagram that is no kmessage is a Malformed signal from kdbusd
+    // itself, with why and the bytes.
+    let malformed = &transcript.steps[2];
+    let [entry] = &entries(malformed)[..] else { panic!("{:?}", entries(malformed)) };
+    assert_eq!(entry.message, "signal org.kernel.Events.Malformed");
+    assert_eq!(entry.path.as_deref(), Some("/org/kernel/Events"));
+    assert_eq!((entry.carries.as_deref(), entry.wrong.as_deref()), (Some("kmessage 1"), None));
+    assert_eq!(entry.args[0], "why \"does not start with \\\"From: \\\"\"");
+}
+
+#[test]
+fn a_dead_bus_daemon_fails_the_run_with_its_own_code_and_the_last_words_and_loses_nothing() {
+    let (dir, initramfs) = initramfs_with("dbus-dies", &["kill-by-name"]);
+    let scenario = scenario::parse(
+        &dir.join("dbus-dies.toml"),
+        r#"
+description = "dbus-daemon is killed"
+[machine]
+dbus = true
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+inject = { cpu = 0, bits = ["prochot"] }
+[[step]]
+exec = { program = "/bin/kill-by-name", args = ["dbus-daemon"] }
+[[step]]
+inject = { cpu = 1, bits = ["prochot"] }
+"#,
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let mut finished = Vec::new();
+    let failure = runner::run(&scenario, &common::config("dbus-dies", guest), &mut |r| finished.push(r.clone()))
+        .expect_err("the run must fail once dbus-daemon is dead");
+    assert_eq!(failure.exit_code(), exit_code::DBUS_FAILED, "{}", failure.report());
+    assert_eq!(failure.exit_code(), 37, "README's table says 37");
+
+    // What was captured before is kept: the first step, whole.
+    assert_eq!(finished.len(), 1, "{}", failure.report());
+    assert_eq!(finished[0].datagrams.len(), 2);
+    assert_eq!(finished[0].dbus.len(), 2, "the first step's signals");
+
+    let Failure::AtStep { step, failure: inner, .. } = &failure else { panic!("{}", failure.report()) };
+    assert_eq!(*step, 2, "{}", failure.report());
+    let Failure::DbusFailed { why, services, .. } = inner.as_ref() else { panic!("{}", failure.report()) };
+    assert_eq!(why, "dbus-daemon was killed by SIGKILL", "{}", failure.report());
+    let named: Vec<(&str, &str)> = services.iter().map(|s| (s.program.as_str(), s.status.as_str())).collect();
+    assert_eq!(named[0], ("dbus-daemon", "was killed by SIGKILL"), "the bus daemon first: {named:?}");
+    // kdbusd lost its bus and said so before it exited: its last words.
+    let kdbusd = services.iter().find(|s| s.program == "kdbusd").unwrap_or_else(|| panic!("{named:?}"));
+    assert_eq!(kdbusd.status, "exited with code 1");
+    let words = String::from_utf8_lossy(&kdbusd.last_words);
+    assert!(words.contains("kdbusd: "), "{words:?}");
+    let report = failure.report();
+    assert!(report.contains("dbus-daemon was killed by SIGKILL"), "{report}");
+    assert!(report.contains(words.trim()), "the report shows the last words: {report}");
+}
