@@ -18,7 +18,7 @@ use kevent_wire::Datagram;
 /// The D-Bus guest's archive with the tests' programs appended.
 fn initramfs_with(test: &str, programs: &[&str]) -> (PathBuf, PathBuf) {
     let artifacts = common::artifacts();
-    let dir = common::run_dir(&artifacts, test);
+    let dir = common::run_dir(&artifacts, &format!("{test}-initramfs"));
     let mut extra = kevent_bench::cpio::Archive::new();
     for program in programs {
         let binary = common::static_guest_program(program, &dir);
