@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(Artifacts::parse(&a.to_text()).unwrap(), a);
         let err = |text: String| Artifacts::parse(&text).unwrap_err().to_string();
         assert_eq!(err(a.to_text().replace("vmlinux=/c/vmlinux\n", "")), "missing `vmlinux`");
-        assert_eq!(err(a.to_text() + "vmlinux=/d\n"), "line 14: `vmlinux` a second time");
+        assert_eq!(err(a.to_text() + "vmlinux=/d\n"), "line 15: `vmlinux` a second time");
         assert_eq!(err(a.to_text() + "colour=blue\n"), "unknown key `colour`");
         let without_sources: String =
             a.to_text().lines().filter(|l| !l.starts_with("source=")).map(|l| l.to_owned() + "\n").collect();

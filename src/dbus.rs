@@ -187,79 +187,8 @@ mod tests {
         Datagram { protocol, groups, portid: 0, monotonic_ns: 0, bytes: bytes.to_vec() }
     }
 
-    /// A signal with the given header and body, marshalled as the D-Bus
-    /// specification says (little-endian), for the checks below.
     fn marshal(path: &str, interface: &str, member: &str, body: &[Value]) -> Vec<u8> {
-        fn pad(out: &mut Vec<u8>, to: usize) {
-            while !out.len().is_multiple_of(to) {
-                out.push(0);
-            }
-        }
-        fn string(out: &mut Vec<u8>, s: &str) {
-            pad(out, 4);
-            out.extend((s.len() as u32).to_le_bytes());
-            out.extend(s.as_bytes());
-            out.push(0);
-        }
-        fn value(out: &mut Vec<u8>, v: &Value) -> String {
-            match v {
-                Value::Str(s) => {
-                    string(out, s);
-                    "s".into()
-                }
-                Value::Uint(u) => {
-                    pad(out, 4);
-                    out.extend((*u as u32).to_le_bytes());
-                    "u".into()
-                }
-                Value::Bytes(b) => {
-                    pad(out, 4);
-                    out.extend((b.len() as u32).to_le_bytes());
-                    out.extend(b);
-                    "ay".into()
-                }
-                Value::Dict(entries) => {
-                    pad(out, 4);
-                    let len_at = out.len();
-                    out.extend([0; 4]);
-                    pad(out, 8);
-                    let start = out.len();
-                    for (k, v) in entries {
-                        pad(out, 8);
-                        value(out, k);
-                        value(out, v);
-                    }
-                    let len = (out.len() - start) as u32;
-                    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
-                    "a{ss}".into()
-                }
-                other => unreachable!("{other:?}"),
-            }
-        }
-        let mut body_bytes = Vec::new();
-        let signature: String = body.iter().map(|v| value(&mut body_bytes, v)).collect();
-        let mut fields = Vec::new();
-        for (code, sig, text) in [(1u8, "o", path), (2, "s", interface), (3, "s", member), (8, "g", signature.as_str())]
-        {
-            // Fields start at offset 16 of the message, itself 8-aligned.
-            pad(&mut fields, 8);
-            fields.extend([code, 1, sig.as_bytes()[0], 0]);
-            if sig == "g" {
-                fields.push(text.len() as u8);
-                fields.extend(text.as_bytes());
-                fields.push(0);
-            } else {
-                string(&mut fields, text);
-            }
-        }
-        let mut m = vec![b'l', 4, 0, 1];
-        m.extend((body_bytes.len() as u32).to_le_bytes());
-        m.extend(1u32.to_le_bytes());
-        m.extend((fields.len() as u32).to_le_bytes());
-        m.extend(fields);
-        pad(&mut m, 8);
-        m.extend(body_bytes);
-        m
+        message::marshal_signal(1, path, interface, member, body).unwrap()
     }
 
     fn mapped(source: Source, bytes: &[u8]) -> Vec<u8> {
