@@ -173,6 +173,7 @@ impl Artifacts {
             memory_mib,
             clock: Clock::default(),
             kernel_args,
+            dbus_socket: None,
         }
     }
 

@@ -145,3 +145,91 @@ inject = { cpu = 1, bits = ["prochot"] }
     assert!(report.contains("dbus-daemon was killed by SIGKILL"), "{report}");
     assert!(report.contains(words.trim()), "the report shows the last words: {report}");
 }
+
+/// Reads `child`'s stdout on a thread; `wait_for` returns once the text so
+/// far contains `needle` (bounded).
+struct Output {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Output {
+    fn of(child: &mut std::process::Child) -> Output {
+        use std::io::Read;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let kept = std::sync::Arc::clone(&text);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buffer) {
+                if n == 0 {
+                    return;
+                }
+                kept.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Output { text }
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let found =
+            kevent_bench::wait::until(std::time::Duration::from_secs(60), std::time::Duration::from_millis(20), || {
+                let text = self.text.lock().unwrap();
+                text.contains(needle).then(|| text.clone())
+            });
+        found.unwrap_or_else(|| panic!("no {needle:?} within 60 s in:\n{}", self.text.lock().unwrap()))
+    }
+}
+
+/// `--dbus-socket`: Debian's dbus-monitor, run on the host as an ordinary
+/// user (nobody), sees kdbusd's signals of an injection live, through the
+/// second virtio-serial port and the guest's relay.
+#[test]
+fn debians_dbus_monitor_on_the_host_sees_the_guests_signals_as_an_ordinary_user() {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "dbus-socket-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The socket's directory is the user's to reach; QEMU makes the socket.
+    let socket = dir.join("bus");
+    let mut guest =
+        artifacts.dbus_guest(2, 256, vec![kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0")]);
+    guest.dbus_socket = Some(socket.clone());
+    let mut machine = common::boot(&common::config("dbus-socket", guest));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let mut monitor = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "dbus-monitor", "--address"])
+        .arg(format!("unix:path={}", socket.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dbus-monitor (Debian's dbus-bin)");
+    let output = Output::of(&mut monitor);
+    // BecomeMonitor's answer: the monitor's connection loses its unique name.
+    output.wait_for("member=NameLost");
+
+    let exchange = machine
+        .request(kevent_wire::Command::Inject { package: false, cpu: 1, value: 0x8032_0001 }, common::BOUND)
+        .unwrap();
+    assert_eq!(exchange.outcome, kevent_wire::Outcome::Done);
+    // The agent's monitor saw both signals before the reply (and the host
+    // client's own traffic with the bus before them: it sees everything).
+    let datagrams: Vec<&Datagram> = exchange.datagrams.iter().collect();
+    let carried = dbus::entries(&exchange.dbus, &datagrams).into_iter().filter(|e| e.carries.is_some()).count();
+    assert_eq!(carried, 2, "{:?}", dbus::entries(&exchange.dbus, &datagrams));
+    let text = output.wait_for("member=change");
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    common::shut_down(machine);
+    assert!(
+        text.contains("path=/org/kernel/devices/system/cpu/temperature; interface=org.kernel.Power; member=high"),
+        "{text}"
+    );
+    assert!(text.contains("string \"Cpu: 1\n\""), "{text}");
+    assert!(
+        text.contains("path=/org/kernel/devices/system/cpu/cpu1; interface=org.kernel.Uevent; member=change"),
+        "{text}"
+    );
+    assert!(text.contains("string \"KEVENT_SIGNAL\"\n         string \"high\""), "{text}");
+}

@@ -247,6 +247,9 @@ pub struct RunFlags {
     /// Stream the serial console to stderr
     #[arg(long)]
     pub console: bool,
+    /// Expose the guest's system bus on the host as a UNIX socket at PATH while the scenario runs (needs [machine] dbus = true)
+    #[arg(long, value_name = "PATH")]
+    pub dbus_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
 use kevent_bench::dbus;
 use kevent_bench::events;
@@ -22,6 +22,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
     let mut scenario = scenario::load(&flags.scenario)?;
     apply_overrides(&mut scenario, flags)?;
+    let dbus_socket = flags.dbus_socket.as_deref().map(|path| dbus_socket_path(&scenario, path)).transpose()?;
     let artifacts = crate::build::run(&flags.build.resolve())?;
     scenario.check_params(&artifacts.module_parameters()?)?;
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
@@ -30,6 +31,12 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     if !flags.includes.is_empty() {
         guest.initramfs = initramfs_with(&guest.initramfs, &flags.includes, &run_dir)?;
     }
+    guest.dbus_socket = dbus_socket.clone();
+    if let Some(path) = &dbus_socket {
+        eprintln!("the guest's system bus: unix:path={} (once the guest has booted)", path.display());
+    }
+    // QEMU leaves its listening socket behind: it is removed however the run ends.
+    let _socket_guard = dbus_socket.map(RemoveOnDrop);
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
@@ -151,6 +158,36 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
 /// The command line's choices replace the scenario's own, each said out
 /// loud; one that cannot apply (a CPU a step injects at would be gone) is
 /// refused before anything is built.
+/// `--dbus-socket PATH`, absolute (QEMU resolves it in its own working
+/// directory), refused for a scenario without the D-Bus side or a path
+/// that is taken.
+fn dbus_socket_path(scenario: &scenario::Scenario, path: &Path) -> anyhow::Result<PathBuf> {
+    if !scenario.machine.dbus {
+        bail!(
+            "--dbus-socket {}: scenario {} has no D-Bus side to expose (add `dbus = true` under [machine])",
+            path.display(),
+            scenario.name
+        );
+    }
+    if path.symlink_metadata().is_ok() {
+        bail!("--dbus-socket {}: the path exists; the guest's bus needs a new socket there", path.display());
+    }
+    let absolute = std::path::absolute(path).with_context(|| format!("--dbus-socket {}", path.display()))?;
+    let parent = absolute.parent().unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        bail!("--dbus-socket {}: {} is not a directory", path.display(), parent.display());
+    }
+    Ok(absolute)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyhow::Result<()> {
     let said = scenario.machine;
     if let Some(cpus) = flags.cpus {
