@@ -264,6 +264,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bus_message_is_read_into_its_header_and_arguments() {
+        use kdbusd::message::{marshal_signal, Value};
+        let body = [Value::Str("Cpu: 1\n".into()), Value::Bytes(vec![0, 1])];
+        let bytes = marshal_signal(5, "/org/kernel/x", "org.kernel.Power", "high", &body).unwrap();
+        let message = kevent_wire::DbusMessage { monotonic_ns: 9, bytes };
+        let line = dbus(2, &message, false);
+        assert_eq!(
+            line,
+            json!({
+                "type": "dbus", "step": 2, "guest_monotonic_ns": 9, "kind": "signal", "serial": 5,
+                "path": "/org/kernel/x", "interface": "org.kernel.Power", "member": "high",
+                "error_name": null, "reply_serial": null, "sender": null, "destination": null,
+                "signature": "say", "args": ["\"Cpu: 1\\n\"", "2 bytes b\"\\x00\\x01\""],
+            })
+        );
+        assert!(dbus(2, &message, true)["bytes"].as_str().unwrap().starts_with("l\\x04"));
+        let junk = kevent_wire::DbusMessage { monotonic_ns: 0, bytes: b"x".to_vec() };
+        assert_eq!(dbus(1, &junk, false)["kind"], "unreadable");
+    }
+
+    #[test]
     fn kmessages_and_malformed_datagrams_say_which_they_are() {
         let mut normaliser = Normaliser::default();
         let kmessage = event(1, &datagram(31, b"From: /t\nSignal: high\nCpu: 1\n\0"), &mut normaliser, false);
