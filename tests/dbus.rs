@@ -52,6 +52,16 @@ inject = { cpu = 1, bits = ["prochot"] }
 exec = { program = "/bin/kmsg-send", args = ["4", "From: /org/kernel/block/sda-1\nSignal: media-change\nDev: 8:1\n"] }
 [[step]]
 exec = { program = "/bin/kmsg-send", args = ["0", "Signal: no from line\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["0", "From: /org/kernel/t\nSignal: general\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["1", "From: /org/kernel/t\nSignal: storage\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["2", "From: /org/kernel/t\nSignal: power\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["3", "From: /org/kernel/t\nSignal: fs\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["4", "From: /org/kernel/t\nSignal: hotplug\n"] }
 "#,
     )
     .unwrap();
@@ -95,6 +105,54 @@ exec = { program = "/bin/kmsg-send", args = ["0", "Signal: no from line\n"] }
     assert_eq!(entry.path.as_deref(), Some("/org/kernel/Events"));
     assert_eq!((entry.carries.as_deref(), entry.wrong.as_deref()), (Some("kmessage 1"), None));
     assert_eq!(entry.args[0], "why \"does not start with \\\"From: \\\"\"");
+
+    // Each of the five kmessage types has its interface.
+    let interfaces: Vec<String> = transcript.steps[3..8]
+        .iter()
+        .map(|step| {
+            let [entry] = &entries(step)[..] else { panic!("{:?}", entries(step)) };
+            assert_eq!((entry.carries.as_deref(), entry.wrong.as_deref()), (Some("kmessage 1"), None));
+            entry.message.clone()
+        })
+        .collect();
+    assert_eq!(
+        interfaces,
+        [
+            "signal org.kernel.General.general",
+            "signal org.kernel.Storage.storage",
+            "signal org.kernel.Power.power",
+            "signal org.kernel.Fs.fs",
+            "signal org.kernel.Hotplug.hotplug"
+        ]
+    );
+}
+
+#[test]
+fn a_dead_kdbusd_fails_the_run_with_its_own_code() {
+    let (dir, initramfs) = initramfs_with("kdbusd-dies", &["kill-by-name"]);
+    let scenario = scenario::parse(
+        &dir.join("kdbusd-dies.toml"),
+        r#"
+description = "kdbusd is killed"
+[machine]
+dbus = true
+[[step]]
+exec = { program = "/bin/kill-by-name", args = ["kdbusd"] }
+[[step]]
+read = "/proc/uptime"
+"#,
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let failure = runner::run(&scenario, &common::config("kdbusd-dies", guest), &mut |_| {})
+        .expect_err("the run must fail once kdbusd is dead");
+    assert_eq!(failure.exit_code(), exit_code::DBUS_FAILED, "{}", failure.report());
+    let Failure::AtStep { step: 1, failure: inner, .. } = &failure else { panic!("{}", failure.report()) };
+    let Failure::DbusFailed { why, services, .. } = inner.as_ref() else { panic!("{}", failure.report()) };
+    assert_eq!(why, "kdbusd was killed by SIGKILL");
+    let named: Vec<(&str, &str)> = services.iter().map(|s| (s.program.as_str(), s.status.as_str())).collect();
+    assert_eq!(named, [("kdbusd", "was killed by SIGKILL")], "the bus and the monitor live on");
 }
 
 #[test]
