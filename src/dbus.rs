@@ -70,7 +70,30 @@ fn channel_rank(entry: &DbusEntry) -> u8 {
 /// carried, in the bus's order.
 pub fn entries(messages: &[DbusMessage], datagrams: &[&Datagram]) -> Vec<DbusEntry> {
     let mut used = vec![false; datagrams.len()];
-    let mut out: Vec<DbusEntry> = messages.iter().map(|m| entry(&m.bytes, datagrams, &mut used)).collect();
+    // Calls by (sender, serial), so that a reply names what it answers.
+    let mut calls: Vec<((String, u32), String)> = Vec::new();
+    let mut out: Vec<DbusEntry> = messages
+        .iter()
+        .map(|m| {
+            let mut entry = entry(&m.bytes, datagrams, &mut used);
+            if let Ok(message) = message::parse(&m.bytes) {
+                match message.kind {
+                    Kind::MethodCall => {
+                        let key = (message.sender.clone().unwrap_or_default(), message.serial);
+                        calls.push((key, entry.message.trim_start_matches("method call ").to_owned()));
+                    }
+                    Kind::MethodReturn | Kind::Error => {
+                        let key = (message.destination.clone().unwrap_or_default(), message.reply_serial.unwrap_or(0));
+                        if let Some((_, call)) = calls.iter().find(|(k, _)| *k == key) {
+                            entry.message = format!("{} (to {call})", entry.message);
+                        }
+                    }
+                    Kind::Signal => {}
+                }
+            }
+            entry
+        })
+        .collect();
     out.sort_by_key(channel_rank);
     out
 }

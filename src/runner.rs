@@ -88,6 +88,7 @@ fn command_of(action: &Action) -> Command {
         Action::Exec { program, args, background } => {
             Command::Exec { program: program.clone(), args: args.clone(), background: *background }
         }
+        Action::Kdbusd { start } => Command::Kdbusd { start: *start },
     }
 }
 

@@ -175,6 +175,13 @@ pub enum Action {
         /// Started and left running; its result is reported when the scenario ends.
         background: bool,
     },
+    /// The agent stops kdbusd (and waits until its name is gone from the
+    /// bus) or starts it again (and waits until it owns its name); needs
+    /// `[machine] dbus` (docs/dbus.md).
+    Kdbusd {
+        /// Start rather than stop.
+        start: bool,
+    },
 }
 
 impl fmt::Display for Action {
@@ -197,6 +204,7 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
+            Action::Kdbusd { start } => write!(f, "{} kdbusd", if *start { "start" } else { "stop" }),
         }
     }
 }
@@ -245,6 +253,7 @@ struct RawStep {
     exec: Option<Spanned<RawExec>>,
     repeat: Option<Spanned<i64>>,
     interval_us: Option<Spanned<i64>>,
+    kdbusd: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -487,11 +496,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
             }
             actions.push(Action::Exec { program: e.program, args: e.args, background: e.background });
         }
+        if let Some(k) = step.kdbusd {
+            let start = match k.get_ref().as_str() {
+                "stop" => false,
+                "start" => true,
+                other => {
+                    return Err(loc.error(&k.span(), format!("kdbusd = {other:?}: expected \"stop\" or \"start\"")))
+                }
+            };
+            if !machine.dbus {
+                return Err(
+                    loc.error(&k.span(), "kdbusd: the guest has no D-Bus side (add `dbus = true` under [machine])")
+                );
+            }
+            actions.push(Action::Kdbusd { start });
+        }
         if actions.len() != 1 {
             return Err(loc.error(
                 &span,
                 format!(
-                    "a step has exactly one of inject, sleep_ms, read, write, exec; this one has {}",
+                    "a step has exactly one of inject, sleep_ms, read, write, exec, kdbusd; this one has {}",
                     actions.len()
                 ),
             ));
@@ -1118,6 +1142,23 @@ sleep_ms = 5
         assert_eq!(s.machine.clock, Clock::Virtual);
         let e = err(&format!("description = \"x\"\n[machine]\nclock = \"wall\"\n{ONE_STEP}"));
         assert_eq!(e.message, "clock = \"wall\": expected \"real\" or \"virtual\"");
+    }
+
+    #[test]
+    fn kdbusd_steps_stop_and_start_it_on_a_dbus_guest_only() {
+        let s = parse_str(
+            "description = \"x\"\n[machine]\ndbus = true\n[[step]]\nkdbusd = \"stop\"\n[[step]]\nkdbusd = \"start\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.steps[0].action, Action::Kdbusd { start: false });
+        assert_eq!(s.steps[1].action.to_string(), "start kdbusd");
+        let e = err("description = \"x\"\n[[step]]\nkdbusd = \"stop\"\n");
+        assert_eq!(
+            (e.at.line, e.message.as_str()),
+            (3, "kdbusd: the guest has no D-Bus side (add `dbus = true` under [machine])")
+        );
+        let e = err("description = \"x\"\n[machine]\ndbus = true\n[[step]]\nkdbusd = \"restart\"\n");
+        assert_eq!(e.message, "kdbusd = \"restart\": expected \"stop\" or \"start\"");
     }
 
     #[test]

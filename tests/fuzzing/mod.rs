@@ -193,6 +193,7 @@ fn check_parsed(s: &Scenario, bytes: &[u8]) {
                     background += step.repeat;
                 }
             }
+            Action::Kdbusd { .. } => assert!(m.dbus, "{what}: kdbusd without the D-Bus side"),
         }
         if let Some(interval) = step.device_interval {
             assert!(matches!(step.action, Action::Inject { .. }), "{what}: timed but not an injection");

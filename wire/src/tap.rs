@@ -47,8 +47,9 @@ pub enum TapCommand {
         /// Echoed in the answer.
         token: u64,
     },
-    /// Answer once the monitor has seen kdbusd's well-known name lose its
-    /// owner (at once if it has none).
+    /// Answer once the monitor has seen kdbusd's connection leave the bus
+    /// (its unique name released, after its well-known name), at once if
+    /// it has already.
     AwaitKdbusdGone {
         /// Echoed in the answer.
         token: u64,

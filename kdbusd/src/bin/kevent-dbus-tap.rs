@@ -62,7 +62,8 @@ struct Fences {
     syncs: HashMap<u32, u64>,
     /// Tokens waiting for kdbusd's name to lose its owner.
     awaiting_gone: Vec<u64>,
-    /// The owner of kdbusd's name as the monitor last saw it; empty if none.
+    /// The unique name of kdbusd's connection, as the monitor last saw
+    /// it own kdbusd's name; empty once that connection is gone.
     kdbusd: String,
 }
 
@@ -206,12 +207,14 @@ fn watch(
                     if sender == DBUS && header.member().is_some_and(|m| m.as_str() == "NameOwnerChanged") =>
                 {
                     if let Ok((name, _old, new)) = message.body().deserialize::<(String, String, String)>() {
-                        if name == BUS_NAME {
+                        if name == BUS_NAME && !new.is_empty() {
                             fences.kdbusd = new;
-                            if fences.kdbusd.is_empty() {
-                                for token in std::mem::take(&mut fences.awaiting_gone) {
-                                    out.send(&TapEvent::Fenced { token })?;
-                                }
+                        } else if name == fences.kdbusd && new.is_empty() {
+                            // kdbusd's connection is gone: the bus releases
+                            // its well-known name first, its unique name last.
+                            fences.kdbusd.clear();
+                            for token in std::mem::take(&mut fences.awaiting_gone) {
+                                out.send(&TapEvent::Fenced { token })?;
                             }
                         }
                     }
