@@ -301,6 +301,8 @@ pub enum BenchTarget {
     Scenarios(BenchSuite),
     /// In one guest: injection-to-host latency and sustained rate, sensor device beside debugfs and beside the floor (the device with a handler that acknowledges at once)
     Inject(BenchRuns),
+    /// In one D-Bus guest: injection-to-signal latency and the sustained rate with zero loss, beside the netlink figures of the same injections
+    Dbus(BenchRuns),
     /// Each scenario N times with every host core busy: how many different snapshots came out
     Determinism(BenchDeterminism),
 }
