@@ -406,6 +406,39 @@ mod tests {
     }
 
     #[test]
+    fn the_dbus_side_failing_exits_37_with_each_programs_last_words() {
+        let failure = Failure::DbusFailed {
+            why: "dbus-daemon was killed by SIGKILL".into(),
+            services: vec![
+                kevent_wire::ServiceFailure {
+                    program: "dbus-daemon".into(),
+                    status: "was killed by SIGKILL".into(),
+                    last_words: Vec::new(),
+                },
+                kevent_wire::ServiceFailure {
+                    program: "kdbusd".into(),
+                    status: "exited with code 1".into(),
+                    last_words: b"kdbusd: the system bus closed the connection\n".to_vec(),
+                },
+            ],
+            console_tail: Vec::new(),
+        };
+        assert_eq!(failure.exit_code(), 37);
+        let text = failure.to_string();
+        assert!(text.starts_with("the guest's D-Bus side failed: dbus-daemon was killed by SIGKILL\n"), "{text}");
+        assert!(text.contains("dbus-daemon was killed by SIGKILL, and wrote nothing to stderr"), "{text}");
+        assert!(text.contains("kdbusd exited with code 1, its last words (stderr):"), "{text}");
+        assert!(text.contains("kdbusd: the system bus closed the connection"), "{text}");
+        let at_start = Failure::AgentFatal {
+            stage: AgentStage::Dbus,
+            errno: 0,
+            message: "kdbusd did not own its name".into(),
+            console_tail: Vec::new(),
+        };
+        assert_eq!(at_start.exit_code(), 37, "a side that does not come up is the side's failure too");
+    }
+
+    #[test]
     fn a_step_failure_keeps_its_cause_and_the_system_error_under_it() {
         let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let failure = Failure::AtStep {
