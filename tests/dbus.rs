@@ -291,3 +291,48 @@ fn debians_dbus_monitor_on_the_host_sees_the_guests_signals_as_an_ordinary_user(
     );
     assert!(text.contains("string \"KEVENT_SIGNAL\"\n         string \"high\""), "{text}");
 }
+
+/// A subscriber that asked for every signal and reads nothing: dbus-daemon
+/// queues for it (up to the configuration's `max_outgoing_bytes`, far
+/// above a 1000-injection burst's signals), it is not disconnected, and
+/// neither kdbusd nor the monitor is slowed into losing a signal.
+#[test]
+fn a_subscriber_that_reads_nothing_costs_kdbusd_and_the_monitor_no_signal() {
+    let (dir, initramfs) = initramfs_with("dbus-slow-subscriber", &["slow-subscriber"]);
+    let scenario = scenario::parse(
+        &dir.join("slow-subscriber.toml"),
+        r#"
+description = "a subscriber that never reads"
+[machine]
+dbus = true
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+exec = { program = "/bin/slow-subscriber" }
+[[step]]
+inject = { cpu = 1, bits = ["prochot"] }
+repeat = 1000
+[[step]]
+read = "/proc/uptime"
+"#,
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let transcript = runner::run(&scenario, &common::config("dbus-slow-subscriber", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
+    let subscribed = &transcript.steps[0];
+    let StepOutcome::Ran(run) = &subscribed.outcome else { panic!("{:?}", subscribed.outcome) };
+    assert_eq!(run.exit_code, 0, "{}", String::from_utf8_lossy(&run.stdout));
+    let calls: Vec<String> = entries(subscribed).into_iter().map(|e| e.message).collect();
+    assert!(calls.contains(&"method call org.freedesktop.DBus.AddMatch".to_owned()), "{calls:?}");
+
+    let burst = &transcript.steps[1];
+    assert_eq!(burst.datagrams.len(), 2000);
+    let burst_entries = entries(burst);
+    let mapped = burst_entries.iter().filter(|e| e.carries.is_some() && e.wrong.is_none()).count();
+    assert_eq!(mapped, 2000, "every signal reached the monitor");
+    let others: Vec<&dbus::DbusEntry> = burst_entries.iter().filter(|e| e.carries.is_none()).collect();
+    assert!(others.is_empty(), "nobody was disconnected, nothing else happened: {others:?}");
+    assert!(entries(&transcript.steps[2]).is_empty());
+}
