@@ -63,7 +63,7 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     let samples = flags.runs as usize * 100;
 
     latency(&mut machine, cpus, WARM_UP, bound)?;
-    let (mut netlink, mut bus) = latency(&mut machine, cpus, samples, bound)?;
+    let (mut netlink, mut bus, mut in_guest) = latency(&mut machine, cpus, samples, bound)?;
     let rate = burst(&mut machine, cpus, bound)?;
     machine.shutdown(config.timeouts.shutdown)?;
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -87,6 +87,7 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     };
     row("netlink: kmessage and uevent on the host", &mut netlink);
     row("D-Bus: both kdbusd signals on the host", &mut bus);
+    row("guest clock: agent's datagram → monitor's signal", &mut in_guest);
     println!();
     println!("sustained rate, {BURST} device injections back to back over {cpus} CPU(s), every event counted:");
     println!("{:<52}{:>12}{:>12}{:>8}", "", "inject/s", "events", "lost");
@@ -126,29 +127,40 @@ fn latency(
     cpus: u32,
     samples: usize,
     bound: Duration,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
     let (mut netlink, mut bus) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    let mut in_guest = Vec::with_capacity(samples);
     for k in 0..samples {
         let started = Instant::now();
         let injected = machine.inject(Injector::Device, injection(k, cpus), bound)?;
         ensure!(injected.refused.is_none(), "injection {k} refused");
         let mut arrived = injected.arrived;
-        let mut signals = injected.dbus.len();
+        let mut datagrams = injected.datagrams;
+        let mut messages = injected.dbus;
         let mut signal_arrivals = Vec::new();
-        if signals < 2 {
-            let exchange = machine.wait_dbus(2 - signals, bound)?;
+        if messages.len() < 2 {
+            let exchange = machine.wait_dbus(2 - messages.len(), bound)?;
             arrived.extend(exchange.arrived);
-            signals += exchange.dbus.len();
+            datagrams.extend(exchange.datagrams);
+            messages.extend(exchange.dbus);
             signal_arrivals = exchange.dbus_arrived;
         }
         if arrived.len() < 2 {
-            arrived.extend(machine.wait_datagrams(2 - arrived.len(), bound)?.arrived);
+            let exchange = machine.wait_datagrams(2 - arrived.len(), bound)?;
+            arrived.extend(exchange.arrived);
+            datagrams.extend(exchange.datagrams);
         }
+        let signals = messages.len();
         ensure!(arrived.len() == 2 && signals == 2, "injection {k}: {} datagrams, {signals} signals", arrived.len());
         netlink.push(arrived[1] - started);
+        // Guest clock: the agent's netlink receive of the last datagram to
+        // the monitor's receive of the last signal.
+        let last_datagram = datagrams.iter().map(|d| d.monotonic_ns).max().unwrap_or(0);
+        let last_signal = messages.iter().map(|m| m.monotonic_ns).max().unwrap_or(0);
+        in_guest.push(Duration::from_nanos(last_signal.saturating_sub(last_datagram)));
         bus.push(*signal_arrivals.last().expect("two signals waited for") - started);
     }
-    Ok((netlink, bus))
+    Ok((netlink, bus, in_guest))
 }
 
 struct Rate {
