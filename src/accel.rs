@@ -120,15 +120,6 @@ fn read_cached(cache: &Path, key: &str) -> Option<AccelDecision> {
     Some(AccelDecision { accel, reason })
 }
 
-/// Resolves a bare program name on PATH.
-pub fn which(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_owned());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

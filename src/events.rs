@@ -66,6 +66,35 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
+/// The inverse of [`escape`], for text read back (a bundle's `events.jsonl`):
+/// Err says what is not an escape [`escape`] writes, and where.
+pub fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes().enumerate();
+    while let Some((at, b)) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next().map(|(_, b)| b) {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'0') => out.push(0),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).map(|(_, b)| b).collect();
+                let value = std::str::from_utf8(&hex)
+                    .ok()
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(value.ok_or_else(|| format!("character {at}: \\x needs two hex digits"))?);
+            }
+            Some(other) => return Err(format!("character {at}: unknown escape \\{}", other as char)),
+            None => return Err(format!("character {at}: a backslash ends the text")),
+        }
+    }
+    Ok(out)
+}
+
 fn group_name(mask: u32) -> String {
     kevent_wire::kmessage_type(mask).map_or_else(|| format!("mask {mask:#x}"), str::to_owned)
 }

@@ -48,6 +48,9 @@ pub mod exit_code {
     /// The guest's D-Bus side failed: dbus-daemon, kdbusd or the bench's
     /// tap died or did not come up, or kdbusd did not answer a fence.
     pub const DBUS_FAILED: i32 = 37;
+    /// `replay`: the run did not reproduce the bundle's: it completed with
+    /// other events, or completed where the bundle's run failed.
+    pub const REPLAY_MISMATCH: i32 = 40;
 }
 
 /// The stages of a run, each with its own bound.

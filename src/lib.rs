@@ -6,6 +6,7 @@
 
 pub mod accel;
 pub mod artifacts;
+pub mod bundle;
 pub mod cache;
 pub mod console;
 pub mod cpio;
@@ -15,6 +16,7 @@ pub mod failure;
 pub mod fingerprint;
 pub mod inject;
 pub mod json_lines;
+pub mod ktap;
 pub mod load;
 pub mod machine;
 pub mod modinfo;

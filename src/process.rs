@@ -15,10 +15,12 @@
 //! Groups are used rather than direct children because make and the test
 //! runner have children of their own, and a QEMU wrapper may not exec.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -288,6 +290,39 @@ fn guard_main(pipe: &OwnedFd) -> ! {
         }
         libc::_exit(0)
     }
+}
+
+/// A path as it is, a bare name on `path`; Err says why not.
+pub fn find_executable(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, String> {
+    let program = Path::new(program);
+    if program.components().count() > 1 {
+        return executable(program).map(|()| program.to_owned());
+    }
+    let path = path.ok_or("PATH is not set")?;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate).is_ok())
+        .ok_or_else(|| format!("no executable {} on PATH", program.display()))
+}
+
+/// Err says why `path` is not an executable regular file.
+pub(crate) fn executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err("not executable".into());
+    }
+    Ok(())
+}
+
+/// A bare program name resolved on PATH, or a path that names an
+/// executable file.
+pub fn which(program: &Path) -> Option<PathBuf> {
+    find_executable(program.as_os_str(), std::env::var_os("PATH").as_deref()).ok()
 }
 
 #[cfg(test)]

@@ -256,12 +256,12 @@ fn resolve_from(
 ) -> Result<Qemu, QemuNotFound> {
     // Empty counts as unset, as for the cache variable.
     if let Some(value) = variable.filter(|v| !v.is_empty()) {
-        return match find_executable(&value, path.as_deref()) {
+        return match crate::process::find_executable(&value, path.as_deref()) {
             Ok(binary) => Ok(Qemu { binary, origin: Origin::Variable }),
             Err(why) => Err(QemuNotFound::Variable { value, why }),
         };
     }
-    if let Ok(binary) = find_executable(OsStr::new(QEMU_BINARY), path.as_deref()) {
+    if let Ok(binary) = crate::process::find_executable(OsStr::new(QEMU_BINARY), path.as_deref()) {
         return Ok(Qemu { binary, origin: Origin::Path });
     }
     let private = cache.map(|cache| cache.join(PRIVATE_DIR));
@@ -269,32 +269,6 @@ fn resolve_from(
         return Ok(Qemu { binary, origin: Origin::Private });
     }
     Err(QemuNotFound::Nowhere { private })
-}
-
-/// A path as it is, a bare name on `path`; Err says why not.
-fn find_executable(program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, String> {
-    let program = Path::new(program);
-    if program.components().count() > 1 {
-        return executable(program).map(|()| program.to_owned());
-    }
-    let path = path.ok_or("PATH is not set")?;
-    std::env::split_paths(path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| executable(candidate).is_ok())
-        .ok_or_else(|| format!("no executable {} on PATH", program.display()))
-}
-
-fn executable(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err("not executable".into());
-    }
-    Ok(())
 }
 
 /// The binary of the private QEMU in `private_dir` (`<cache>/qemu`), if one
@@ -307,7 +281,7 @@ pub fn private_qemu(private_dir: &Path) -> Option<PathBuf> {
         return None;
     }
     let binary = private_binary(&private_dir.join(key));
-    executable(&binary).ok().map(|()| binary)
+    crate::process::executable(&binary).ok().map(|()| binary)
 }
 
 /// Where `dpkg-deb -x` puts qemu-system-x86_64 under a prefix. QEMU finds

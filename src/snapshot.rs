@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::dbus::{self, DbusEntry};
 use crate::events::{self, Event, Normaliser};
+use crate::scenario::Scenario;
 use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, Transcript};
 
 /// Steps repeated this many times or more are snapshotted as counts.
@@ -128,80 +129,86 @@ fn result_of(record: &StepRecord) -> (Option<String>, Option<SnapshotExec>) {
 impl Transcript {
     /// The deterministic form of the run, for review and comparison.
     pub fn snapshot(&self) -> Snapshot {
-        let mut normaliser = Normaliser::default();
-        let mut totals = Totals::default();
-        if self.scenario.machine.dbus {
-            totals.dbus_messages = Some(0);
-            totals.dbus_mapped = Some(0);
-        }
-        let steps = self
-            .steps
-            .iter()
-            .map(|record| {
-                // Each channel in its own order, kmessages first: the two
-                // sockets are independent, and which one the agent reads
-                // first when both have data is scheduling, not the kernel's
-                // contract (docs/events.md, "Ordering across the two channels").
-                let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
-                datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
-                let bus = dbus::entries(&record.dbus, &datagrams);
-                if let (Some(messages), Some(mapped)) = (&mut totals.dbus_messages, &mut totals.dbus_mapped) {
-                    *messages += bus.len();
-                    *mapped += bus.iter().filter(|e| e.carries_datagram() && e.wrong.is_none()).count();
+        project(&self.scenario, &self.steps, &self.background)
+    }
+}
+
+/// The snapshot of `steps` and `background` of a run of `scenario`: a whole
+/// run's, or the steps a failed run completed, or a run read back from a
+/// reproducer bundle (`crate::bundle`).
+pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramRun]) -> Snapshot {
+    let mut normaliser = Normaliser::default();
+    let mut totals = Totals::default();
+    if scenario.machine.dbus {
+        totals.dbus_messages = Some(0);
+        totals.dbus_mapped = Some(0);
+    }
+    let steps = steps
+        .iter()
+        .map(|record| {
+            // Each channel in its own order, kmessages first: the two
+            // sockets are independent, and which one the agent reads
+            // first when both have data is scheduling, not the kernel's
+            // contract (docs/events.md, "Ordering across the two channels").
+            let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
+            datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
+            let bus = dbus::entries(&record.dbus, &datagrams);
+            if let (Some(messages), Some(mapped)) = (&mut totals.dbus_messages, &mut totals.dbus_mapped) {
+                *messages += bus.len();
+                *mapped += bus.iter().filter(|e| e.carries_datagram() && e.wrong.is_none()).count();
+            }
+            let mut decoded: Vec<Event> = datagrams.into_iter().map(events::decode).collect();
+            for event in &mut decoded {
+                normaliser.normalise(event);
+                match event {
+                    Event::Kmessage { .. } => totals.kmessages += 1,
+                    Event::Uevent { .. } => totals.uevents += 1,
+                    Event::Malformed { .. } => totals.malformed += 1,
                 }
-                let mut decoded: Vec<Event> = datagrams.into_iter().map(events::decode).collect();
-                for event in &mut decoded {
-                    normaliser.normalise(event);
-                    match event {
-                        Event::Kmessage { .. } => totals.kmessages += 1,
-                        Event::Uevent { .. } => totals.uevents += 1,
-                        Event::Malformed { .. } => totals.malformed += 1,
+            }
+            let (result, exec) = result_of(record);
+            let mut step = SnapshotStep {
+                step: record.label.clone(),
+                repeat: (record.repeat > 1).then_some(record.repeat),
+                result,
+                exec,
+                events: Vec::new(),
+                event_counts: BTreeMap::new(),
+                dbus: Vec::new(),
+            };
+            if record.repeat >= COUNT_THRESHOLD {
+                for event in &decoded {
+                    *step.event_counts.entry(events::kind_of(event)).or_default() += 1;
+                }
+                for entry in &bus {
+                    // A wrong or stray message is shown whole, never only counted.
+                    if entry.wrong.is_some() {
+                        step.dbus.push(entry.clone());
+                    } else {
+                        *step.event_counts.entry(entry.kind()).or_default() += 1;
                     }
                 }
-                let (result, exec) = result_of(record);
-                let mut step = SnapshotStep {
-                    step: record.label.clone(),
-                    repeat: (record.repeat > 1).then_some(record.repeat),
-                    result,
-                    exec,
-                    events: Vec::new(),
-                    event_counts: BTreeMap::new(),
-                    dbus: Vec::new(),
-                };
-                if record.repeat >= COUNT_THRESHOLD {
-                    for event in &decoded {
-                        *step.event_counts.entry(events::kind_of(event)).or_default() += 1;
-                    }
-                    for entry in &bus {
-                        // A wrong or stray message is shown whole, never only counted.
-                        if entry.wrong.is_some() {
-                            step.dbus.push(entry.clone());
-                        } else {
-                            *step.event_counts.entry(entry.kind()).or_default() += 1;
-                        }
-                    }
-                } else {
-                    step.events = decoded;
-                    step.dbus = bus;
-                }
-                step
-            })
-            .collect();
-        let s = &self.scenario;
-        Snapshot {
-            scenario: s.name.clone(),
-            machine: format!(
-                "{} CPUs, {} MiB, {} clock{}",
-                s.machine.cpus,
-                s.machine.memory_mib,
-                s.machine.clock,
-                if s.machine.dbus { ", D-Bus" } else { "" }
-            ),
-            params: s.params_by_module(),
-            steps,
-            background: self.background.iter().map(snapshot_exec).collect(),
-            totals,
-        }
+            } else {
+                step.events = decoded;
+                step.dbus = bus;
+            }
+            step
+        })
+        .collect();
+    let s = scenario;
+    Snapshot {
+        scenario: s.name.clone(),
+        machine: format!(
+            "{} CPUs, {} MiB, {} clock{}",
+            s.machine.cpus,
+            s.machine.memory_mib,
+            s.machine.clock,
+            if s.machine.dbus { ", D-Bus" } else { "" }
+        ),
+        params: s.params_by_module(),
+        steps,
+        background: background.iter().map(snapshot_exec).collect(),
+        totals,
     }
 }
 

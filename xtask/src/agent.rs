@@ -37,11 +37,20 @@ pub fn build(project: &Project) -> anyhow::Result<AgentBinaries> {
         "agent build",
         &project.out.join("agent-build.log"),
     )?;
-    let bin_dir = target_dir.join(TARGET).join(PROFILE);
+    let bin_dir = bin_dir(project);
     Ok(AgentBinaries {
         agent: bin_dir.join("kevent-agent"),
         floor_init: bin_dir.join("floor-init"),
         kdbusd: bin_dir.join("kdbusd"),
         dbus_tap: bin_dir.join("kevent-dbus-tap"),
     })
+}
+
+/// The agent binary the last build of this checkout made.
+pub fn binary(project: &Project) -> PathBuf {
+    bin_dir(project).join("kevent-agent")
+}
+
+fn bin_dir(project: &Project) -> PathBuf {
+    project.out.join("agent-target").join(TARGET).join(PROFILE)
 }

@@ -31,6 +31,17 @@ pub struct Cli {
 pub enum Command {
     /// Build, boot, run a scenario's steps, print every event live, then a summary
     Run(RunFlags),
+    /// Run a reproducer bundle (written by `run --bundle`) again here and compare its events with the bundle's
+    #[command(
+        long_about = "Run a reproducer bundle again on this machine and compare its events with the bundle's.\n\n\
+        BUNDLE is a file written by `cargo xtask run SCENARIO --bundle BUNDLE` (docs/bundle.md): the scenario, the \
+        kernel, modules, agent, QEMU and commit it ran with, its console and events. The bundle is checked whole \
+        before anything is built; the scenario is then built for and run on this machine, its snapshot compared \
+        with the bundle's, and every difference in the environment (kernel release and .config, module and agent \
+        sources, QEMU, accelerator, clock) is named. Exit 0 if the run reproduces the bundle's (a failure included), \
+        40 if it completed with other events or where the bundle's failed."
+    )]
+    Replay(ReplayFlags),
     /// Parse and check scenarios without booting: keys, values, limits, module parameters
     Check(CheckFlags),
     /// Build the kernel, the events modules, the agent and the initramfs
@@ -247,9 +258,30 @@ pub struct RunFlags {
     /// Stream the serial console to stderr
     #[arg(long)]
     pub console: bool,
+    /// Write a reproducer bundle of the run to FILE (xz tar: scenario, kernel, modules, QEMU, console, events; docs/bundle.md), whether the run succeeds or fails
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
     /// Expose the guest's system bus on the host as a UNIX socket at PATH while the scenario runs (needs [machine] dbus = true)
     #[arg(long, value_name = "PATH")]
     pub dbus_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayFlags {
+    /// The reproducer bundle, as `run --bundle` wrote it
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Accelerator
+    #[arg(long, value_enum, default_value_t)]
+    pub accel: AccelArg,
+    /// Stream the serial console to stderr
+    #[arg(long)]
+    pub console: bool,
+    /// Write this run's own reproducer bundle to FILE
+    #[arg(long = "bundle", value_name = "FILE")]
+    pub bundle_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -282,6 +314,9 @@ pub struct TestFlags {
     /// Accelerator
     #[arg(long, value_enum, default_value_t)]
     pub accel: AccelArg,
+    /// Run only the scenario suite, on one kernel profile, and print its results as KTAP version 1 on stdout
+    #[arg(long)]
+    pub ktap: bool,
     /// Passed to the test runner (cargo-nextest, else cargo test), e.g. `-- --partition count:1/2` or `-- scenario::burst`
     #[arg(last = true, value_name = "ARGS")]
     pub runner_args: Vec<String>,

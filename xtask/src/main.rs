@@ -18,6 +18,8 @@ mod private_qemu;
 mod process;
 mod project;
 mod qemu;
+mod replay;
+mod reproducer;
 mod run;
 mod test;
 
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         flags::Command::Check(check) => check::run(&check),
         flags::Command::Boot(boot) => boot::run(&boot),
         flags::Command::Run(run) => run::run(&run),
+        flags::Command::Replay(replay) => replay::run(&replay),
         flags::Command::Test(test) => test::run(&test),
         flags::Command::Bench(bench) => bench::run(&bench),
         flags::Command::Qemu(qemu) => qemu::run(&qemu),
@@ -73,6 +76,9 @@ fn exit_code_of(e: &anyhow::Error) -> i32 {
     }
     if let Some(test::TestsFailed(code)) = e.downcast_ref::<test::TestsFailed>() {
         return *code;
+    }
+    if e.downcast_ref::<replay::Mismatch>().is_some() {
+        return exit_code::REPLAY_MISMATCH;
     }
     exit_code::BENCH_ERROR
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use kevent_bench::accel::which;
+use kevent_bench::process::which;
 use kevent_bench::qemu::{self, QemuNotFound};
 
 use crate::{apt, private_qemu};

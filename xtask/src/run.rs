@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
@@ -13,22 +13,28 @@ use kevent_bench::json_lines;
 use kevent_bench::runner;
 use kevent_bench::scenario::Injector;
 use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
-use kevent_bench::{scenario, Failure, MachineConfig};
+use kevent_bench::{bundle, scenario, AccelDecision, Failure, MachineConfig};
 
 use crate::flags::RunFlags;
 use crate::initramfs;
+use crate::reproducer;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
     let mut scenario = scenario::load(&flags.scenario)?;
     apply_overrides(&mut scenario, flags)?;
+    // So is a bundle that could not be written: its directory is tried now.
+    let bundle_target = flags.bundle.as_deref().map(reproducer::Target::prepare).transpose()?;
     let dbus_socket = flags.dbus_socket.as_deref().map(|path| dbus_socket_path(&scenario, path)).transpose()?;
-    let artifacts = crate::build::run(&flags.build.resolve())?;
+    let scenario_text = std::fs::read(&flags.scenario).with_context(|| format!("read {}", flags.scenario.display()))?;
+    let build = flags.build.resolve();
+    let artifacts = crate::build::run(&build)?;
     scenario.check_params(&artifacts.module_parameters()?)?;
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
     let mut guest = scenario.guest(&artifacts);
     if !flags.includes.is_empty() {
+        // The scenario's archive: the D-Bus guest's, if it asks for one.
         guest.initramfs = initramfs_with(&guest.initramfs, &flags.includes, &run_dir)?;
     }
     guest.dbus_socket = dbus_socket.clone();
@@ -42,30 +48,102 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
     eprintln!("injector: {}", scenario.injector);
     eprintln!("console log: {}", run_dir.join("console.log").display());
+    let execution = execute(&scenario, &config, &decision, Output { json: flags.json, raw: flags.raw });
+    if let Some(target) = bundle_target {
+        if kevent_bench::process::interrupted().is_none() {
+            let run = reproducer::RunRecord {
+                scenario: &scenario,
+                scenario_file: &flags.scenario,
+                scenario_text,
+                overrides: overrides_of(flags),
+                append: Vec::new(),
+                includes: &flags.includes,
+                build: &build,
+                artifacts: &artifacts,
+                config: &config,
+                decision: &decision,
+                execution: &execution,
+            };
+            target.write(&run)?;
+        }
+    }
+    execution.outcome.map(|_| ()).map_err(anyhow::Error::from)
+}
+
+/// How a run prints.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// Each datagram's bytes as well.
+    pub raw: bool,
+}
+
+/// A scenario run as it happened, whether it completed or not.
+pub struct Execution {
+    /// Every step completed, as the runner reported it.
+    pub steps: Vec<StepRecord>,
+    /// The run as `run --json --raw` prints it, every line.
+    pub lines: Vec<serde_json::Value>,
+    /// The transcript, or how the run failed.
+    pub outcome: Result<kevent_bench::transcript::Transcript, Failure>,
+    /// Host wall time.
+    pub elapsed: Duration,
+}
+
+impl Execution {
+    /// The 1-based step the run failed at, if it failed in one.
+    pub fn failed_step(&self) -> Option<usize> {
+        match &self.outcome {
+            Err(Failure::AtStep { step, .. }) => Some(*step),
+            _ => None,
+        }
+    }
+}
+
+/// Boots, runs every step of `scenario`, prints each event live and a
+/// summary, and keeps every line `run --json --raw` would print.
+pub fn execute(
+    scenario: &scenario::Scenario,
+    config: &MachineConfig,
+    decision: &AccelDecision,
+    output: Output,
+) -> Execution {
     let started = Instant::now();
     let mut normaliser = events::Normaliser::default();
-    let print = |line: serde_json::Value| println!("{line}");
-    if flags.json {
-        print(json_lines::start(&scenario));
-    }
-    let mut print_step = |record: &StepRecord, finished: bool| {
-        let mut out = std::io::stdout().lock();
-        if flags.json {
-            for datagram in &record.datagrams {
-                let _ = writeln!(out, "{}", json_lines::event(record.index + 1, datagram, &mut normaliser, flags.raw));
+    let mut lines = Vec::new();
+    let keep = |line: serde_json::Value, lines: &mut Vec<serde_json::Value>| {
+        if output.json {
+            let mut shown = line.clone();
+            if !output.raw {
+                if let Some(fields) = shown.as_object_mut() {
+                    fields.remove("bytes");
+                }
             }
-            for message in &record.dbus {
-                let _ = writeln!(out, "{}", json_lines::dbus(record.index + 1, message, flags.raw));
-            }
-            if finished {
-                let _ = writeln!(out, "{}", json_lines::step(record));
-            }
+            println!("{shown}");
+        }
+        lines.push(line);
+    };
+    keep(json_lines::start(scenario), &mut lines);
+    let mut steps = Vec::new();
+    let mut print_step = |record: &StepRecord, finished: bool, lines: &mut Vec<serde_json::Value>| {
+        for datagram in &record.datagrams {
+            keep(json_lines::event(record.index + 1, datagram, &mut normaliser, true), lines);
+        }
+        for message in &record.dbus {
+            keep(json_lines::dbus(record.index + 1, message, true), lines);
+        }
+        if finished {
+            keep(json_lines::step(record), lines);
+        }
+        if output.json {
             return;
         }
+        let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "── step {}: {}", record.index + 1, record.label);
         for datagram in &record.datagrams {
             let _ = writeln!(out, "{}", events::render_live(datagram, &events::decode(datagram)));
-            if flags.raw {
+            if output.raw {
                 let _ = writeln!(out, "RAW {} bytes: {}\n", datagram.bytes.len(), events::escape(&datagram.bytes));
             }
         }
@@ -97,7 +175,11 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
             StepOutcome::Done => {}
         }
     };
-    let transcript = match runner::run(&scenario, &config, &mut |record| print_step(record, true)) {
+    let result = runner::run(scenario, config, &mut |record| {
+        print_step(record, true, &mut lines);
+        steps.push(record.clone());
+    });
+    let transcript = match result {
         Ok(transcript) => transcript,
         Err(failure) => {
             let mut failed_step = None;
@@ -106,28 +188,23 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
                 let mut partial = StepRecord::new(step - 1, format!("{label} (failed)"), 1);
                 partial.datagrams = captured.clone();
                 partial.dbus = captured_dbus.clone();
-                print_step(&partial, false);
+                print_step(&partial, false, &mut lines);
                 failed_step = Some(*step);
             }
-            if flags.json {
-                print(json_lines::failure(failed_step, &failure.report(), failure.exit_code()));
-            }
-            return Err(failure.into());
+            keep(json_lines::failure(failed_step, &failure.report(), failure.exit_code()), &mut lines);
+            return Execution { steps, lines, outcome: Err(failure), elapsed: started.elapsed() };
         }
     };
     for r in &transcript.background {
-        if flags.json {
-            print(json_lines::background(r));
-        } else {
+        keep(json_lines::background(r), &mut lines);
+        if !output.json {
             println!("── background {}: exit code {} (signal {})", r.program, r.exit_code, r.signal);
             println!("stdout:\n{}", String::from_utf8_lossy(&r.stdout));
             println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
         }
     }
     for flag in &transcript.timing_flags {
-        if flags.json {
-            print(json_lines::timing_flag(flag));
-        }
+        keep(json_lines::timing_flag(flag), &mut lines);
         eprintln!("warning: {flag}");
     }
     if transcript.timing_flags_lost > 0 {
@@ -139,9 +216,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     }
     let totals = transcript.snapshot().totals;
     let elapsed = started.elapsed();
-    if flags.json {
-        print(json_lines::summary(&transcript, &totals, elapsed, &decision.accel.to_string()));
-    }
+    keep(json_lines::summary(&transcript, &totals, elapsed, &decision.accel.to_string()), &mut lines);
     eprintln!(
         "{}: {} step(s), {} kmessage(s), {} uevent(s), none lost; {:.2} s on {} ({})",
         scenario.name,
@@ -152,12 +227,19 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
         decision.accel,
         transcript.hello.kernel_release
     );
-    Ok(())
+    Execution { steps, lines, outcome: Ok(transcript), elapsed }
 }
 
-/// The command line's choices replace the scenario's own, each said out
-/// loud; one that cannot apply (a CPU a step injects at would be gone) is
-/// refused before anything is built.
+/// The command line's choices over the scenario's, as a bundle records them.
+fn overrides_of(flags: &RunFlags) -> bundle::Overrides {
+    bundle::Overrides {
+        cpus: flags.cpus,
+        memory_mib: flags.memory_mib,
+        clock: flags.clock.map(|c| kevent_bench::Clock::from(c).to_string()),
+        injector: flags.injector.map(|i| Injector::from(i).to_string()),
+    }
+}
+
 /// `--dbus-socket PATH`, absolute (QEMU resolves it in its own working
 /// directory), refused for a scenario without the D-Bus side or a path
 /// that is taken.
@@ -188,6 +270,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// The command line's choices replace the scenario's own, each said out
+/// loud; one that cannot apply (a CPU a step injects at would be gone) is
+/// refused before anything is built.
 fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyhow::Result<()> {
     let said = scenario.machine;
     if let Some(cpus) = flags.cpus {
@@ -212,7 +297,7 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
 
 /// The run's initramfs: the bench's, with the user's files appended as a
 /// second archive (the kernel unpacks concatenated archives in order).
-fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyhow::Result<PathBuf> {
     let mut archive = Archive::new();
     for include in includes {
         let (host, guest) = match include.split_once(':') {

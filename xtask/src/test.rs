@@ -6,7 +6,7 @@ use std::fmt;
 use std::process::Command;
 
 use anyhow::Context;
-use kevent_bench::accel::which;
+use kevent_bench::process::which;
 
 use crate::flags::{BuildFlags, KernelProfile, TestFlags};
 use crate::prereq::Host;
@@ -24,13 +24,16 @@ impl fmt::Display for TestsFailed {
 impl std::error::Error for TestsFailed {}
 
 /// The test binaries that boot guests: they run again on the debug kernel.
-const GUEST_TESTS: &[&str] = &["boot", "clock", "events", "exec", "sensor", "scenarios"];
+const GUEST_TESTS: &[&str] = &["boot", "bundle", "clock", "events", "exec", "sensor", "scenarios"];
 
 /// Every test on the chosen kernel profile; without a choice, every test on
 /// the default kernel, then the guest tests on the debug kernel (lockdep,
 /// sleeping-in-atomic checks), where any report on the console fails them.
 pub fn run(flags: &TestFlags) -> anyhow::Result<()> {
     let build = flags.build.resolve();
+    if flags.ktap {
+        return run_ktap(flags, &build);
+    }
     if build.profile_chosen {
         return run_profile(flags, &build, None);
     }
@@ -68,6 +71,31 @@ fn run_profile(flags: &TestFlags, build: &BuildFlags, only: Option<&[&str]>) -> 
         .env(kevent_bench::accel::ACCEL_ENV, decision.accel.to_string());
     let status =
         kevent_bench::process::spawn(&mut cmd).and_then(|mut runner| runner.wait()).context("run the test runner")?;
+    if !status.success() {
+        return Err(TestsFailed(status.code().unwrap_or(1)).into());
+    }
+    Ok(())
+}
+
+/// The scenario suite alone, as KTAP version 1 on stdout: the scenarios
+/// harness prints it itself (`tests/scenarios.rs`, `--ktap`), so it runs
+/// under `cargo test`, which hands its stdout through; nextest would
+/// capture each test's output apart. ARGS filter the scenarios as they do
+/// the harness's tests.
+fn run_ktap(flags: &TestFlags, build: &BuildFlags) -> anyhow::Result<()> {
+    let artifacts = crate::build::run(build)?;
+    let decision = crate::boot::decide_accel(&artifacts, flags.accel, kevent_bench::Clock::Real)?;
+    let project = crate::project::Project::locate()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&project.root)
+        .args(["test", "--quiet", "--test", "scenarios", "--", "--ktap"])
+        .args(&flags.runner_args)
+        .env(kevent_bench::artifacts::ARTIFACTS_ENV, project.artifacts_file(&artifacts.profile))
+        .env(kevent_bench::accel::ACCEL_ENV, decision.accel.to_string());
+    let status = kevent_bench::process::spawn(&mut cmd)
+        .and_then(|mut runner| runner.wait())
+        .context("run the scenarios harness")?;
     if !status.success() {
         return Err(TestsFailed(status.code().unwrap_or(1)).into());
     }

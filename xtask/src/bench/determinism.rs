@@ -62,7 +62,7 @@ pub fn run(flags: &BenchDeterminism) -> anyhow::Result<()> {
         println!(
             "{:<32}{:>9}{:>7}{:>10}{:>10.1}  {}",
             s.name,
-            s.machine.clock,
+            s.machine.clock.to_string(),
             flags.runs,
             snapshots.len(),
             per_run,
