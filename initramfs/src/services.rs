@@ -29,10 +29,12 @@ const STAGE: AgentStage = AgentStage::Dbus;
 const READY_BOUND: Duration = Duration::from_secs(20);
 /// How long a stopped program may take to exit.
 const STOP_BOUND: Duration = Duration::from_secs(10);
-/// After the first death, how long to wait for the others that follow from
-/// it (kdbusd and the tap lose their bus when dbus-daemon dies), so the
-/// report names the cause first.
+/// After the first failure, how long its program's stderr may take to reach
+/// its supervisor, and a death that caused the failure to be recorded.
 const FOLLOWERS_GRACE: Duration = Duration::from_millis(300);
+/// Once dbus-daemon is dead, kdbusd and the monitor lose their bus and
+/// exit saying so: their last words are waited for, this long at most.
+const FOLLOWERS_BOUND: Duration = Duration::from_secs(10);
 /// The last words kept of each program.
 const LAST_WORDS: usize = 4096;
 
@@ -227,8 +229,21 @@ impl Services {
     /// daemon first. Waits a little for the deaths that follow the first.
     pub fn report(&self, why: &str) {
         thread::sleep(FOLLOWERS_GRACE);
+        let deadline = Instant::now() + FOLLOWERS_BOUND;
         let message = {
             let mut state = self.lock();
+            // Without the bus, every program that uses it ends (the relay
+            // only between host clients): wait for their words.
+            loop {
+                let bus_dead = state.programs.iter().any(|p| p.name == DBUS_DAEMON && p.ended.is_some());
+                let following =
+                    state.programs.iter().any(|p| p.name != RELAY && p.name != DBUS_DAEMON && p.ended.is_none());
+                let left = deadline.saturating_duration_since(Instant::now());
+                if state.reported || !bus_dead || !following || left.is_zero() {
+                    break;
+                }
+                state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
             if state.reported {
                 return;
             }
