@@ -46,6 +46,9 @@
 
 #include "kmessage.h"
 
+#define CREATE_TRACE_POINTS
+#include "kmessage_trace.h"
+
 #define KMSG_FROM	"From: "
 #define KMSG_SIGNAL	"\nSignal: "
 
@@ -94,6 +97,14 @@ static atomic_long_t kmessage_type_sent[KMSG_NR_TYPES];
 static void kmessage_count(enum kmessage_stat stat)
 {
 	atomic_long_inc(&kmessage_stats[stat]);
+}
+
+/* A message refused before it was built: its strings may be NULL or huge. */
+static int kmessage_refuse(int type, enum kmessage_stat stat)
+{
+	kmessage_count(stat);
+	trace_kmessage_send(type, NULL, NULL, 0, kmessage_stat_names[stat]);
+	return -EINVAL;
 }
 
 /*
@@ -148,22 +159,16 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 	char *p;
 	int ret;
 
-	if (type < 0 || type >= KMSG_NR_TYPES || !object || !signal) {
-		kmessage_count(KMSG_STAT_INVALID);
-		return -EINVAL;
-	}
+	if (type < 0 || type >= KMSG_NR_TYPES || !object || !signal)
+		return kmessage_refuse(type, KMSG_STAT_INVALID);
 	olen = strnlen(object, PAGE_SIZE + 1);
-	if (olen > PAGE_SIZE) {
-		kmessage_count(KMSG_STAT_INVALID);
-		return -EINVAL;
-	}
+	if (olen > PAGE_SIZE)
+		return kmessage_refuse(type, KMSG_STAT_INVALID);
 	slen = strnlen(signal, PAGE_SIZE);
 	/* "From: <object>\nSignal: <signal>\n" and the final NUL must fit. */
 	hlen = strlen(KMSG_FROM) + olen + strlen(KMSG_SIGNAL) + slen + 1;
-	if (hlen + 1 > PAGE_SIZE) {
-		kmessage_count(KMSG_STAT_TOO_LONG);
-		return -EINVAL;
-	}
+	if (hlen + 1 > PAGE_SIZE)
+		return kmessage_refuse(type, KMSG_STAT_TOO_LONG);
 
 	alen = 0;
 	if (fmt) {
@@ -181,6 +186,8 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 	/* Nothing is built when nobody listens: not an error. */
 	if (!netlink_has_listeners(kmessage_sock, type + 1)) {
 		kmessage_count(KMSG_STAT_NO_LISTENER);
+		trace_kmessage_send(type, object, signal, len,
+				    kmessage_stat_names[KMSG_STAT_NO_LISTENER]);
 		return 0;
 	}
 
@@ -188,6 +195,8 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 	skb = alloc_skb(len, gfp);
 	if (!skb) {
 		kmessage_count(KMSG_STAT_ALLOC_FAILED);
+		trace_kmessage_send(type, object, signal, len,
+				    kmessage_stat_names[KMSG_STAT_ALLOC_FAILED]);
 		return -ENOMEM;
 	}
 	p = skb_put(skb, len);
@@ -218,9 +227,12 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 	ret = netlink_broadcast(kmessage_sock, skb, 0, type + 1, gfp);
 	if (ret) {
 		kmessage_count(KMSG_STAT_UNDELIVERED);
+		trace_kmessage_send(type, object, signal, len,
+				    kmessage_stat_names[KMSG_STAT_UNDELIVERED]);
 		return 0;
 	}
 	atomic_long_inc(&kmessage_type_sent[type]);
+	trace_kmessage_send(type, object, signal, len, "sent");
 	return 0;
 }
 

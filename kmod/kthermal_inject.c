@@ -162,6 +162,8 @@ int kt_inject(unsigned int cpu, enum kt_reg reg, u64 val)
 		goto out;
 	}
 	atomic64_inc(&kt_stat_injections);
+	pr_debug("injection %llu: register %d of CPU%u is %#llx, interrupt raised\n",
+		 k.fence, reg, cpu, val);
 
 	if (!wait_event_timeout(kt_fence_wq, kt_fence_passed(k.fence),
 				KT_FENCE_TIMEOUT_S * HZ)) {

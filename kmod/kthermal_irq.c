@@ -67,6 +67,9 @@
 #include "kmessage.h"
 #include "kthermal.h"
 
+#define CREATE_TRACE_POINTS
+#include "kthermal_trace.h"
+
 #define KT_OBJ		"/org/kernel/devices/system/cpu/"
 #define KT_PKG_OBJ	KT_OBJ "package/"
 
@@ -134,6 +137,13 @@ struct kt_irq_ctx {
 	struct kt_uevent_work *works[KT_EV_NR];
 };
 
+/* Every completion goes through here, whatever context it is called in. */
+static void kt_call_done(kt_done_fn done, unsigned int cpu, u64 token)
+{
+	trace_thermal_done(cpu, token);
+	done(cpu, token);
+}
+
 static void kt_uevent_workfn(struct work_struct *work)
 {
 	struct kt_uevent_work *w = container_of(work, struct kt_uevent_work,
@@ -168,9 +178,10 @@ static void kt_uevent_workfn(struct work_struct *work)
 		ret = kobject_uevent_env(&dev->kobj, KOBJ_CHANGE, envp);
 	if (ret)
 		atomic_long_inc(&per_cpu(kt_cpu_state, w->cpu).cnt[KT_CNT_UEVENT_FAILED]);
+	trace_thermal_uevent_send(w->cpu, d->object, w->high, w->count, ret);
 
 	if (w->done)
-		w->done(w->cpu, w->token);
+		kt_call_done(w->done, w->cpu, w->token);
 	atomic_dec(&kt_uevent_pending);
 	kfree(w);
 }
@@ -193,7 +204,7 @@ static void kt_done_workfn(struct work_struct *work)
 {
 	struct kt_done_work *w = container_of(work, struct kt_done_work, work);
 
-	w->done(w->cpu, w->token);
+	kt_call_done(w->done, w->cpu, w->token);
 	kfree(w);
 }
 
@@ -223,7 +234,7 @@ void kt_thermal_defer_done(kt_done_fn done, unsigned int cpu, u64 token)
 		 * The count makes the broken ordering visible.
 		 */
 		atomic64_inc(&kt_stat_done_direct);
-		done(cpu, token);
+		kt_call_done(done, cpu, token);
 		return;
 	}
 	INIT_WORK(&w->work, kt_done_workfn);
@@ -252,6 +263,7 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 	const char *signal = high ? "high" : "normal";
 	struct kt_uevent_work *w;
 	long count;
+	int pending;
 	int ret;
 
 	count = atomic_long_inc_return(&ctx->st->cnt[KT_CNT_EVENT(ev, high)]);
@@ -267,15 +279,20 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 	if (ret)
 		atomic_long_inc(&ctx->st->cnt[KT_CNT_KMESSAGE_FAILED]);
 
-	if (atomic_inc_return(&kt_uevent_pending) > KT_UEVENT_MAX_PENDING) {
+	pending = atomic_inc_return(&kt_uevent_pending);
+	if (pending > KT_UEVENT_MAX_PENDING) {
 		atomic_dec(&kt_uevent_pending);
 		atomic_long_inc(&ctx->st->cnt[KT_CNT_UEVENT_QUEUE_FULL]);
+		trace_thermal_uevent_queue(ctx->cpu, d->object, high, count,
+					   pending - 1, "dropped_queue_full");
 		return;
 	}
 	w = kmalloc(sizeof(*w), GFP_ATOMIC);
 	if (!w) {
 		atomic_dec(&kt_uevent_pending);
 		atomic_long_inc(&ctx->st->cnt[KT_CNT_UEVENT_ALLOC_FAILED]);
+		trace_thermal_uevent_queue(ctx->cpu, d->object, high, count,
+					   pending - 1, "dropped_alloc_failed");
 		return;
 	}
 	INIT_WORK(&w->work, kt_uevent_workfn);
@@ -287,6 +304,8 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 	w->event = ev;
 	w->high = high;
 	ctx->works[ctx->nr++] = w;
+	trace_thermal_uevent_queue(ctx->cpu, d->object, high, count, pending,
+				   "queued");
 }
 
 static void kt_edge_record(int cpu, long interrupt, s64 margin_ns,
@@ -356,6 +375,7 @@ u64 kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst)
 {
 	struct kt_irq_ctx ctx = { .nr = 0 };
 	u64 core, pkg, pkg_prev, changed, now;
+	bool within_burst;
 	unsigned int rl;
 	long interrupt;
 	s64 margin;
@@ -371,16 +391,25 @@ u64 kt_thermal_interrupt(kt_done_fn done, u64 token, u64 burst)
 	ctx.cpu = smp_processor_id();
 	ctx.st = this_cpu_ptr(&kt_cpu_state);
 	interrupt = atomic_long_inc_return(&ctx.st->cnt[KT_CNT_INTERRUPTS]);
+	if (trace_thermal_interrupt_enabled())
+		trace_thermal_interrupt(ctx.cpu, interrupt,
+					kt_regs_read(ctx.cpu, KT_REG_THERM_STATUS),
+					burst);
 
 	rl = READ_ONCE(kt_rate_limit_ms);
 	now = ktime_get_ns();
 	if (rl && ctx.st->handled) {
+		within_burst = burst && burst == ctx.st->last_burst;
 		margin = (s64)(now - ctx.st->last_handled_ns) -
 			 (s64)rl * NSEC_PER_MSEC;
-		kt_edge_record(ctx.cpu, interrupt, margin,
-			       burst && burst == ctx.st->last_burst);
+		trace_thermal_rate_limit(ctx.cpu, interrupt, rl, margin,
+					 within_burst);
+		kt_edge_record(ctx.cpu, interrupt, margin, within_burst);
 		if (margin < 0) {
 			atomic_long_inc(&ctx.st->cnt[KT_CNT_RATE_LIMITED]);
+			/* The seed's lines have no prefix; this one has. */
+			pr_debug(KBUILD_MODNAME ": CPU%d: interrupt %ld rate-limited, %lld ns inside the %u ms window\n",
+				 ctx.cpu, interrupt, -margin, rl);
 			goto out;
 		}
 	}

@@ -154,6 +154,9 @@ static int kt_pci_request_vector(struct kt_pci_dev *kd, unsigned int i)
 	if (ret)
 		dev_err(dev, "cannot request IRQ %d for CPU%u: %pe\n",
 			v->irq, i, ERR_PTR(ret));
+	else
+		dev_dbg(dev, "vector %u is IRQ %d, CPU%u's thermal interrupt\n",
+			i, v->irq, i);
 	return ret;
 }
 

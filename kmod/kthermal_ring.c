@@ -44,6 +44,8 @@
  * completions find the rings through kt_ring_bound.
  */
 
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
 #include <linux/atomic.h>
 #include <linux/bug.h>
 #include <linux/device.h>
@@ -53,6 +55,7 @@
 #include <linux/io.h>
 #include <linux/lockdep.h>
 #include <linux/minmax.h>
+#include <linux/printk.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/spinlock.h>
@@ -247,6 +250,8 @@ static void kt_ring_reject(struct kt_vec *v, u64 seq, int err,
 	struct ks_cpu *ring = v->ring;
 
 	lockdep_assert_held(&v->lock);
+	pr_debug("CPU%u: ring entry %llu refused: %pe\n", v->cpu, seq,
+		 ERR_PTR(err));
 	kt_vec_inc(v, why);
 	kt_vec_inc(v, KT_VS_REJECTED);
 	WRITE_ONCE(ring->rejected_seq, seq);

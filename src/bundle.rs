@@ -969,6 +969,7 @@ pub fn transcript(scenario: &Scenario, recorded: &Recorded, kernel_release: &str
         background: recorded.background.clone(),
         timing_flags: Vec::new(),
         timing_flags_lost: 0,
+        trace: None,
     }
 }
 

@@ -257,6 +257,16 @@ pub enum Failure {
         /// The kernel's line.
         line: String,
     },
+    /// An input of the run that the guest cannot honour, found once the
+    /// guest could be asked (a trace event it does not have, a dynamic
+    /// debug query that matches nothing): refused rather than ignored.
+    #[error("{input}: {reason}")]
+    Refused {
+        /// The input as the user gave it, and where (`--trace irq:x`).
+        input: String,
+        /// Why it cannot be honoured, and what would be.
+        reason: String,
+    },
     /// A failure in the middle of a scenario, with the step it happened in.
     #[error("step {step} ({label}){}", captured_note(captured.len() + captured_dbus.len()))]
     AtStep {
@@ -305,7 +315,9 @@ impl Failure {
             Failure::GuestDropped { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNoAck { .. } => exit_code::SENSOR_NO_ACK,
             Failure::DbusFailed { .. } => exit_code::DBUS_FAILED,
-            Failure::Io { .. } | Failure::Host { .. } | Failure::IgnoredInput { .. } => exit_code::BENCH_ERROR,
+            Failure::Io { .. } | Failure::Host { .. } | Failure::IgnoredInput { .. } | Failure::Refused { .. } => {
+                exit_code::BENCH_ERROR
+            }
             Failure::AtStep { failure, .. } => failure.exit_code(),
         }
     }

@@ -493,6 +493,29 @@ pub fn sensor_args(socket: &Path, cpus: u32) -> Vec<OsString> {
     ]
 }
 
+/// The gdbstub (and `-S`, the guest held before its first instruction,
+/// if asked), and QEMU's monitor in control mode (QMP) on the host's
+/// listening socket: the host asks it whether a debugger stopped the guest.
+pub fn debug_args(gdb: &crate::gdb::GdbStub, qmp_socket: &Path) -> Vec<OsString> {
+    let mut args = vec!["-gdb".into(), gdb.endpoint.qemu_device()];
+    if gdb.wait {
+        args.push("-S".into());
+    }
+    let mut chardev = OsString::from("socket,id=qmp,path=");
+    chardev.push(qmp_socket);
+    args.extend(["-chardev".into(), chardev, "-mon".into(), "chardev=qmp,mode=control".into()]);
+    args
+}
+
+/// `binary` and `args` as one line a shell reads back into them.
+pub fn shell_command(binary: &Path, args: &[OsString]) -> String {
+    let words: Vec<String> = std::iter::once(binary.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    crate::gdb::shell_line(&words)
+}
+
 /// Every argument for one guest; the sensor device if its socket is given.
 pub fn command_line(
     spec: &GuestSpec,
@@ -681,6 +704,22 @@ mod tests {
         assert!(args.contains("-chardev socket,id=agent,path=/tmp/x/agent.sock"), "{args}");
         assert!(args.contains("virtserialport,chardev=agent,name=org.kevent-bench.agent"), "{args}");
         assert!(args.contains("-serial stdio"), "{args}");
+    }
+
+    #[test]
+    fn a_debugged_guest_has_a_gdbstub_and_a_monitor_for_the_host() {
+        let stub = crate::gdb::GdbStub { endpoint: crate::gdb::Endpoint::Tcp(1234), wait: true };
+        assert_eq!(
+            joined(&debug_args(&stub, Path::new("/s/qmp.sock"))),
+            "-gdb tcp:127.0.0.1:1234 -S -chardev socket,id=qmp,path=/s/qmp.sock -mon chardev=qmp,mode=control"
+        );
+        let stub = crate::gdb::GdbStub { wait: false, ..stub };
+        assert!(!joined(&debug_args(&stub, Path::new("/q"))).contains("-S"));
+        let args = [OsString::from("-append"), OsString::from("console=ttyS0 x=\"a b\"")];
+        assert_eq!(
+            shell_command(Path::new("/usr/bin/qemu-system-x86_64"), &args),
+            "/usr/bin/qemu-system-x86_64 -append 'console=ttyS0 x=\"a b\"'"
+        );
     }
 
     #[test]

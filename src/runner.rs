@@ -11,6 +11,7 @@ use crate::inject::{Injection, Injector};
 use crate::machine::{Machine, MachineConfig};
 use crate::scenario::{Action, Scenario, Step};
 use crate::sensor::{Register, Timing};
+use crate::trace;
 use crate::transcript::{StepOutcome, StepRecord, TimingFlag, Transcript};
 
 /// The interrupts each step raised on each CPU, in the numbering of the
@@ -106,6 +107,17 @@ pub fn run(
     scenario.check_injector().map_err(|e| Failure::Host { message: e.to_string() })?;
     let mut machine = Machine::boot(config)?;
     let bound = config.timeouts.command;
+    if !config.dyndbg.is_empty() {
+        check_dyndbg(&mut machine, &config.dyndbg, bound)?;
+    }
+    let mut trace = match &scenario.trace {
+        Some(request) => {
+            let title = format!("{}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
+            let memory = config.guest.memory_mib;
+            Some(trace::Session::start(&mut machine, request, &config.run_dir, &title, memory, bound)?)
+        }
+        None => None,
+    };
     let mut steps = Vec::new();
     let mut any_background = false;
     let mut ledger = InterruptLedger::default();
@@ -113,11 +125,25 @@ pub fn run(
         any_background |= matches!(step.action, Action::Exec { background: true, .. });
         let mut record = StepRecord::new(index, step_label(step), step.repeat);
         let started = Instant::now();
-        if let Err(failure) = run_step(&mut machine, scenario.injector, step, bound, &mut record) {
+        let mut result = match trace.as_mut() {
+            Some(session) => session.mark_step(&mut machine, index + 1, &record.label),
+            None => Ok(()),
+        };
+        if result.is_ok() {
+            result = run_step(&mut machine, scenario.injector, step, bound, &mut record);
+        }
+        if let (Ok(()), Some(session)) = (&result, trace.as_mut()) {
+            result = session.drain(&mut machine, index + 1);
+        }
+        if let Err(failure) = result {
             // What the step had received is the most useful part of a failure.
             let captured = machine.take_captured();
             record.datagrams.extend(captured.datagrams);
             record.dbus.extend(captured.dbus);
+            if let Some(session) = trace.take() {
+                // The failed step's trace too, if the guest still answers.
+                let _ = session.finish_within(&mut machine, index + 1, SALVAGE_BOUND);
+            }
             return Err(Failure::AtStep {
                 step: index + 1,
                 label: record.label,
@@ -143,9 +169,30 @@ pub fn run(
         Vec::new()
     };
     let (timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
+    let trace = match trace {
+        Some(session) => Some(session.finish(&mut machine, steps.len())?),
+        None => None,
+    };
     let hello = machine.hello.clone();
     machine.shutdown(config.timeouts.shutdown)?;
-    Ok(Transcript { scenario: scenario.clone(), hello, steps, background, timing_flags, timing_flags_lost })
+    Ok(Transcript { scenario: scenario.clone(), hello, steps, background, timing_flags, timing_flags_lost, trace })
+}
+
+/// How long a failed run waits for the guest to hand over the rest of its
+/// trace: the guest may be gone, and the failure is what matters.
+const SALVAGE_BOUND: Duration = Duration::from_secs(5);
+
+/// Refuses a dynamic debug query that selected nothing in the guest.
+fn check_dyndbg(machine: &mut Machine, queries: &[crate::dyndbg::Query], bound: Duration) -> Result<(), Failure> {
+    match trace::read_all(machine, crate::dyndbg::CONTROL, bound)? {
+        Ok(control) => crate::dyndbg::check(queries, &control).map(|_| ()),
+        Err((_, message)) => Err(Failure::Refused {
+            input: format!("--dyndbg {:?}", queries[0].text),
+            reason: format!(
+                "the guest kernel has no dynamic debug ({message}): it was built without CONFIG_DYNAMIC_DEBUG"
+            ),
+        }),
+    }
 }
 
 /// One step, all its repetitions; a kernel report on the console by its

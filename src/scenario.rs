@@ -116,6 +116,9 @@ pub struct Scenario {
     pub params: Vec<Param>,
     /// The `[[step]]`s in file order; never empty.
     pub steps: Vec<Step>,
+    /// Kernel trace events to record into the run's `trace.txt`; a
+    /// command-line `--trace` replaces it.
+    pub trace: Option<crate::trace::Request>,
 }
 
 /// One `[[step]]`: an action, how often, and where it was written.
@@ -232,6 +235,7 @@ struct RawScenario {
     params: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
     #[serde(default)]
     step: Vec<Spanned<RawStep>>,
+    trace: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -527,8 +531,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         };
         steps.push(Step { action, repeat, device_interval, at: loc.at(&span) });
     }
+    let trace = match raw.trace {
+        None => None,
+        Some(value) => parse_trace(value, &loc)?,
+    };
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Scenario { name, path: path.to_owned(), description: raw.description, machine, injector, params, steps })
+    Ok(Scenario { name, path: path.to_owned(), description: raw.description, machine, injector, params, steps, trace })
+}
+
+/// `trace = true` (the default set), `false`, or a list of `SYSTEM:EVENT`
+/// patterns.
+fn parse_trace(value: Spanned<toml::Value>, loc: &Locator<'_>) -> Result<Option<crate::trace::Request>, ScenarioError> {
+    let span = value.span();
+    let at = loc.at(&span);
+    let origin = format!("{}:{}:{}: trace", loc.path.display(), at.line, at.column);
+    match value.into_inner() {
+        toml::Value::Boolean(false) => Ok(None),
+        toml::Value::Boolean(true) => Ok(Some(crate::trace::Request::default_set(origin))),
+        toml::Value::Array(items) => {
+            let mut events = Vec::new();
+            for item in items {
+                match item {
+                    toml::Value::String(event) => events.push(event),
+                    other => {
+                        return Err(
+                            loc.error(&span, format!("trace: expected event names, found a {}", other.type_str()))
+                        )
+                    }
+                }
+            }
+            crate::trace::Request::new(events, origin).map(Some).map_err(|e| loc.error(&span, format!("trace: {e}")))
+        }
+        other => Err(loc.error(
+            &span,
+            format!(
+                "trace = {other}: expected true (the default set), false, or a list of SYSTEM:EVENT patterns such as \
+                 [\"irq:*\", \"kevent_thermal:*\"]"
+            ),
+        )),
+    }
 }
 
 /// A path no longer than the guest's PATH_MAX, or an error at `span`.
@@ -851,7 +892,7 @@ fn suggestion<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> Str
 }
 
 /// Levenshtein distance, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -252,6 +252,7 @@ mod tests {
             background: Vec::new(),
             timing_flags: Vec::new(),
             timing_flags_lost: 0,
+            trace: None,
         };
         let events = &transcript.snapshot().steps[0].events;
         let kinds: Vec<String> = events

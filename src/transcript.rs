@@ -141,6 +141,8 @@ pub struct Transcript {
     /// More such decisions, overwritten in the module's ring before they
     /// were read: uncertain too, but no longer placed.
     pub timing_flags_lost: u64,
+    /// The kernel trace written to the run directory, if one was asked for.
+    pub trace: Option<crate::trace::Summary>,
 }
 
 /// A rate-limit decision close enough to its window's edge that host load

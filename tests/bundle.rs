@@ -109,6 +109,52 @@ fn a_bundle_written_by_run_replays_as_a_match_and_a_changed_one_as_a_mismatch() 
 }
 
 #[test]
+fn a_traced_run_with_dynamic_debug_bundles_both_and_replays_with_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("traced.tar.xz");
+    let path_arg = path.to_str().unwrap();
+    let scenario = "scenarios/prochot-high-then-normal.toml";
+    let debugging = ["--dyndbg", "module kevent_thermal +p", "--append", "loglevel=8", "--bundle", path_arg];
+    if common::artifacts().profile == "default" {
+        // Trace events are the debug profile's: refused here before anything is built.
+        let refused = xtask(&["run", scenario, "--trace"]);
+        assert_eq!(refused.status.code(), Some(exit_code::BENCH_ERROR), "{}", text(&refused));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("the default kernel profile has no trace events"), "{stderr}");
+        assert!(!stderr.contains("console log:"), "nothing booted: {stderr}");
+        let run = xtask(&[&["run", scenario][..], &debugging].concat());
+        assert!(run.status.success(), "{}", text(&run));
+        let bundle = Bundle::read(&path).unwrap();
+        assert_eq!(bundle.manifest.run.trace, None);
+        assert_eq!(bundle.manifest.run.append, ["loglevel=8", "kevent_thermal.dyndbg=\"+p\""]);
+        assert!(bundle.text(member::CONSOLE).unwrap().contains("CPU1's thermal interrupt"), "the probe's dev_dbg");
+        return;
+    }
+    let run = xtask(&[&["run", scenario, "--trace=kevent_thermal:*,kmessage:*"][..], &debugging].concat());
+    assert!(run.status.success(), "{}", text(&run));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("trace: kevent_thermal:*,kmessage:*, into the run directory's trace.txt"), "{stderr}");
+    assert!(stderr.contains(" of 6 event(s) in "), "the module's five and kmessage's one: {stderr}");
+
+    let bundle = Bundle::read(&path).unwrap();
+    let run_info = &bundle.manifest.run;
+    assert_eq!(run_info.trace.as_deref(), Some("kevent_thermal:*,kmessage:*"));
+    assert_eq!(run_info.append, ["loglevel=8", "kevent_thermal.dyndbg=\"+p\""]);
+    let trace = bundle.text(member::TRACE).unwrap();
+    assert!(trace.contains("tracing_mark_write: kevent-bench step 2: "), "{trace}");
+    assert!(trace.contains("thermal_interrupt: cpu=1 interrupt=2 "), "{trace}");
+    assert!(!trace.contains("irq_handler_entry"), "only the events asked for: {trace}");
+    let console = bundle.text(member::CONSOLE).unwrap();
+    assert!(console.contains("kevent_thermal.dyndbg=\"+p\""), "the kernel command line");
+    assert!(console.contains("CPU1's thermal interrupt"), "the probe's dev_dbg");
+
+    let replay = xtask(&["replay", path_arg]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert!(stderr.contains(" of 6 event(s) in ") && stderr.contains("/trace.txt"), "{stderr}");
+}
+
+#[test]
 fn broken_bundles_are_refused_before_anything_is_built_or_booted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("whole.tar.xz");

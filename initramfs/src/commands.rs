@@ -1,12 +1,14 @@
 //! The host's requests, carried out in the guest.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Child, Command as Process, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -14,7 +16,7 @@ use crate::capture::Fence;
 use crate::services::Services;
 use kevent_wire::{
     Command, ExecResult, Outcome, MAX_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_PROGRAMS, MAX_OUTPUT_BYTES,
-    MAX_READ_BYTES,
+    MAX_READ_BYTES, READ_CHUNK_BYTES,
 };
 
 /// The debugfs trigger of the events module: `core|package <cpu> <hex>`.
@@ -69,6 +71,10 @@ pub fn execute(command: Command, background: &mut Background) -> Outcome {
         },
         Command::FinishBackground => Outcome::Background(background.finish()),
         Command::Fence => Outcome::Done,
+        Command::ReadChunk { path, offset, max } => match read_chunk(&path, offset, max) {
+            Ok(data) => Outcome::Data(data),
+            Err(e) => error(e, &format!("read {path} from byte {offset}")),
+        },
         Command::Kdbusd { .. } => no_dbus(),
     }
 }
@@ -101,6 +107,31 @@ pub fn kdbusd(services: &Services, start: bool) -> (Outcome, Fence) {
             Err(e) => (error(e, "stop kdbusd"), Fence::Netlink),
         }
     }
+}
+
+/// What `path` gives now from `offset`, at most `max` bytes (and at most
+/// [`MAX_READ_BYTES`]): reads until the end, until a read would block, or
+/// until no whole [`READ_CHUNK_BYTES`] read fits (one read of `max` bytes
+/// if `max` is smaller).
+fn read_chunk(path: &str, offset: u64, max: u32) -> io::Result<Vec<u8>> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX).min(MAX_READ_BYTES);
+    let mut file = fs::OpenOptions::new().read(true).custom_flags(OFlag::O_NONBLOCK.bits()).open(path)?;
+    if offset != 0 {
+        file.seek(SeekFrom::Start(offset))?;
+    }
+    let step = READ_CHUNK_BYTES.min(max);
+    let mut data = Vec::new();
+    let mut buffer = vec![0; step];
+    while step > 0 && max - data.len() >= step {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(data)
 }
 
 /// One write(2) of exactly `data`, an empty one included: the file sees the

@@ -24,6 +24,9 @@ use kevent_wire::{
 
 use crate::error::AgentError;
 
+/// Where tracefs is mounted, if the kernel has it.
+const TRACEFS: &str = kevent_wire::TRACEFS;
+
 /// virtio-console registers ports while the kernel boots, but the sysfs entry
 /// can trail PID 1's start by a little: wait this long at most.
 const PORT_WAIT: Duration = Duration::from_secs(5);
@@ -107,6 +110,14 @@ fn mount_kernel_filesystems() -> Result<(), AgentError> {
         sys::mount(source, target, fstype)
             .map_err(|e| AgentError::io(AgentStage::Mount, format_args!("mount {fstype} on {target}"), &e))?;
     }
+    // Where the kernel has tracing: the host's traces (`run --trace`) and
+    // anyone's `exec` step find tracefs where the kernel documents it.
+    let filesystems = fs::read_to_string("/proc/filesystems")
+        .map_err(|e| AgentError::io(AgentStage::Mount, "read /proc/filesystems", &e))?;
+    if filesystems.lines().any(|l| l.split_whitespace().last() == Some("tracefs")) {
+        sys::mount("tracefs", TRACEFS, "tracefs")
+            .map_err(|e| AgentError::io(AgentStage::Mount, format_args!("mount tracefs on {TRACEFS}"), &e))?;
+    }
     Ok(())
 }
 
@@ -134,19 +145,48 @@ fn load_event_modules() -> Result<Vec<ModuleLoad>, AgentError> {
     Ok(loaded)
 }
 
-/// The parameters the kernel command line gives `module`, space separated.
-/// Module names treat `-` and `_` alike, as the kernel does.
+/// The parameters the kernel command line gives `module`, space separated:
+/// each `kevent_bench.param=MODULE.KEY=VALUE`, and `MODULE.dyndbg[=QUERY]`
+/// as modprobe passes it (the kernel applies it only to code loaded at
+/// boot). Module names treat `-` and `_` alike, as the kernel does.
 fn module_params(cmdline: &str, module: &str) -> String {
     let normalise = |s: &str| s.replace('-', "_");
     let module = normalise(module);
-    cmdline
-        .split_ascii_whitespace()
-        .filter_map(|word| word.strip_prefix(kevent_wire::MODULE_PARAM_KEY))
-        .filter_map(|assignment| assignment.split_once('.'))
+    cmdline_words(cmdline)
+        .filter_map(|word| {
+            let assignment = word.strip_prefix(kevent_wire::MODULE_PARAM_KEY);
+            let dyndbg = word.split_once('.').filter(|(_, p)| *p == "dyndbg" || p.starts_with("dyndbg="));
+            assignment.and_then(|a| a.split_once('.')).or(dyndbg)
+        })
         .filter(|(target, _)| normalise(target) == module)
         .map(|(_, param)| param)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The words of a kernel command line as the kernel splits them: at
+/// spaces outside double quotes, quotes kept (`a.dyndbg="func f +p"` is
+/// one word).
+fn cmdline_words(cmdline: &str) -> impl Iterator<Item = &str> {
+    let mut rest = cmdline.trim_start();
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut quoted = false;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                c.is_ascii_whitespace() && !quoted
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let word = &rest[..end];
+        rest = rest[end..].trim_start();
+        Some(word)
+    })
 }
 
 fn open_host_channel() -> Result<HostChannel, AgentError> {
@@ -275,5 +315,20 @@ mod tests {
         assert_eq!(module_params(cmdline, "kevent_thermal"), "rate_limit_ms=0 tjmax=90");
         assert_eq!(module_params(cmdline, "kmessage"), "unit=30");
         assert_eq!(module_params(cmdline, "other"), "");
+    }
+
+    #[test]
+    fn dynamic_debug_queries_reach_their_module_as_modprobe_passes_them() {
+        let cmdline = "console=ttyS0 kevent_thermal.dyndbg=\"func kt_inject +p\" kmessage.dyndbg \
+                       dyndbg=\"file x.c +p\" kevent_bench.param=kevent_thermal.tjmax=90 kevent_thermal.dyndbgx=1\n";
+        assert_eq!(module_params(cmdline, "kevent_thermal"), "dyndbg=\"func kt_inject +p\" tjmax=90");
+        assert_eq!(module_params(cmdline, "kmessage"), "dyndbg");
+    }
+
+    #[test]
+    fn the_command_line_splits_at_spaces_outside_quotes() {
+        let words: Vec<&str> = cmdline_words("  a b=\"c d\"  e\"f g\"h i=\"unterminated j\n").collect();
+        assert_eq!(words, ["a", "b=\"c d\"", "e\"f g\"h", "i=\"unterminated j\n"]);
+        assert_eq!(cmdline_words("").count(), 0);
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use kevent_wire::{write_frame, Datagram, DbusMessage, GuestMessage, HostMessage, Outcome};
 
 use super::pump::{spawn_console_reader, spawn_stderr_collector, Event};
+use super::qmp::PauseClock;
 use super::{Exchange, MachineConfig};
 use crate::console::CrashDetector;
 use crate::failure::{Failure, Stage};
@@ -59,16 +60,30 @@ pub(super) struct Guest {
     pub(super) captured_dbus: Vec<DbusMessage>,
     pub(super) dbus_arrived: Vec<Instant>,
     pub(super) next_request: u32,
+    /// QEMU's command line, as a shell would read it back.
+    pub(super) command_line: String,
+    /// Set when a debugger may stop the guest: the time it held it, which
+    /// no wait counts against its bound.
+    pub(super) pause: Option<Arc<PauseClock>>,
 }
+
+/// How often a wait looks again whether a debugger stopped or resumed the
+/// guest, when one may.
+const PAUSE_TICK: Duration = Duration::from_millis(100);
 
 impl Guest {
     pub(super) fn spawn(
         config: &MachineConfig,
         socket_path: &Path,
         sensor_socket: Option<&Path>,
+        qmp_socket: Option<&Path>,
         log_file: File,
     ) -> Result<Guest, Failure> {
-        let args = qemu::command_line(&config.guest, config.accel, socket_path, sensor_socket);
+        let mut args = qemu::command_line(&config.guest_spec(), config.accel, socket_path, sensor_socket);
+        if let (Some(gdb), Some(qmp)) = (&config.gdb, qmp_socket) {
+            args.extend(qemu::debug_args(gdb, qmp));
+        }
+        let command_line = qemu::shell_command(&config.qemu.binary, &args);
         let spawned = Instant::now();
         let mut child = process::spawn(
             qemu::command(&config.qemu.binary)
@@ -102,7 +117,24 @@ impl Guest {
             captured_dbus: Vec::new(),
             dbus_arrived: Vec::new(),
             next_request: 1,
+            command_line,
+            pause: None,
         })
+    }
+
+    /// How long a debugger has held the guest so far.
+    fn stopped_total(&self) -> Duration {
+        self.pause.as_ref().map_or(Duration::ZERO, |p| p.stopped_total())
+    }
+
+    /// The most a wait blocks before looking at the deadline again: the
+    /// time left, or less where a debugger may stop the guest and move it.
+    fn wait_slice(&self, left: Duration) -> Duration {
+        if self.pause.is_some() {
+            left.min(PAUSE_TICK)
+        } else {
+            left
+        }
     }
 
     /// Waits for QEMU to connect to one of the host's sockets.
@@ -149,17 +181,21 @@ impl Guest {
 
     /// Waits for the event `pick` selects, failing on anything that ends
     /// the run: a kernel report, QEMU's exit, a fatal agent error, the bound.
+    /// The bound does not run while a debugger holds the guest.
     pub(super) fn wait_for<T>(
         &mut self,
         stage: Stage,
         bound: Duration,
         mut pick: impl FnMut(&Event) -> Option<T>,
     ) -> Result<T, Failure> {
-        let deadline = Instant::now() + bound;
+        // Time a debugger holds the guest moves the deadline by as much.
+        let (started, stopped_before) = (Instant::now(), self.stopped_total());
+        let deadline = |guest: &Guest| started + bound + (guest.stopped_total() - stopped_before);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = match self.events.recv_timeout(left) {
+            let left = deadline(self).saturating_duration_since(Instant::now());
+            let event = match self.events.recv_timeout(self.wait_slice(left)) {
                 Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline(self) => continue,
                 Err(RecvTimeoutError::Timeout) => return Err(self.timeout(stage, bound)),
                 Err(RecvTimeoutError::Disconnected) => Event::ConsoleClosed,
             };
@@ -179,16 +215,17 @@ impl Guest {
         tick: Duration,
         mut done: impl FnMut(&Guest) -> bool,
     ) -> Result<bool, Failure> {
-        let deadline = Instant::now() + bound;
+        let (started, stopped_before) = (Instant::now(), self.stopped_total());
         loop {
             if done(self) {
                 return Ok(true);
             }
+            let deadline = started + bound + (self.stopped_total() - stopped_before);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(false);
             }
-            match self.events.recv_timeout(left.min(tick)) {
+            match self.events.recv_timeout(self.wait_slice(left.min(tick))) {
                 Ok(event) => self.absorb(stage, event)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => self.absorb(stage, Event::ConsoleClosed)?,

@@ -15,6 +15,7 @@
 
 mod guest;
 mod pump;
+mod qmp;
 mod sensor;
 
 use std::fs::{self, File};
@@ -89,9 +90,24 @@ pub struct MachineConfig {
     pub sensor: bool,
     /// Bounds of each stage of the run.
     pub timeouts: Timeouts,
+    /// QEMU's gdbstub, for a debugger (see [`crate::gdb`]): every wait is
+    /// then suspended while the debugger holds the guest.
+    pub gdb: Option<crate::gdb::GdbStub>,
+    /// Dynamic debug queries, on the kernel command line (see
+    /// [`crate::dyndbg`]); [`crate::runner::run`] refuses one that
+    /// selected nothing.
+    pub dyndbg: Vec<crate::dyndbg::Query>,
 }
 
 impl MachineConfig {
+    /// The guest as QEMU boots it: [`MachineConfig::guest`], the
+    /// [`MachineConfig::dyndbg`] queries' kernel command-line words added.
+    pub fn guest_spec(&self) -> GuestSpec {
+        let mut spec = self.guest.clone();
+        spec.kernel_args.extend(crate::dyndbg::kernel_args(&self.dyndbg, &self.guest.kernel_args));
+        spec
+    }
+
     /// `guest` under `accel`, logging to `run_dir`: QEMU from
     /// [`qemu::resolve`], default bounds, console not streamed.
     pub fn new(guest: GuestSpec, accel: Accel, run_dir: PathBuf) -> Result<Self, Failure> {
@@ -103,6 +119,8 @@ impl MachineConfig {
             stream_console: false,
             sensor: true,
             timeouts: Timeouts::default(),
+            gdb: None,
+            dyndbg: Vec::new(),
         })
     }
 }
@@ -139,9 +157,23 @@ pub struct Machine {
     pub console_log: PathBuf,
     sensor: Option<Sensor>,
     timeouts: Timeouts,
+    /// The gdbstub's UNIX socket, removed once QEMU is gone.
+    _gdb_socket: Option<RemovedOnDrop>,
     /// Dropped last: QEMU must be gone before its socket is removed.
     socket_dir: SocketDir,
 }
+
+/// A path QEMU created for the run, removed with the machine.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Where a run keeps QEMU's command line (a shell reads it back).
+pub const QEMU_COMMAND_FILE: &str = "qemu-command.txt";
 
 /// A private directory for the run's sockets, removed on drop; its name is
 /// not predictable, so nothing else can take the path first.
@@ -188,6 +220,10 @@ impl Machine {
     }
 
     fn boot_once(config: &MachineConfig) -> Result<Machine, Failure> {
+        // Before anything starts: QEMU would fail half-way.
+        if let Some(gdb) = &config.gdb {
+            gdb.endpoint.check_free()?;
+        }
         let socket_dir = SocketDir::create().map_err(|e| Failure::io("create the agent socket directory", e))?;
         let socket_path = socket_dir.path().join("agent.sock");
         // Listening before QEMU starts: QEMU connects as a client at startup.
@@ -208,7 +244,23 @@ impl Machine {
             None
         };
         let sensor_socket = sensor_setup.as_ref().map(|(_, _, path)| path.as_path());
-        let mut guest = Guest::spawn(config, &socket_path, sensor_socket, log_file)?;
+        let qmp_setup = match &config.gdb {
+            Some(_) => {
+                let path = socket_dir.path().join("qmp.sock");
+                let listener = UnixListener::bind(&path).map_err(|e| Failure::io("bind the QMP socket", e))?;
+                Some((listener, path))
+            }
+            None => None,
+        };
+        let qmp_socket = qmp_setup.as_ref().map(|(_, path)| path.as_path());
+        let mut guest = Guest::spawn(config, &socket_path, sensor_socket, qmp_socket, log_file)?;
+        let gdb_socket = match config.gdb.as_ref().map(|g| &g.endpoint) {
+            Some(crate::gdb::Endpoint::Unix(path)) => Some(RemovedOnDrop(path.clone())),
+            _ => None,
+        };
+        let command_file = config.run_dir.join(QEMU_COMMAND_FILE);
+        fs::write(&command_file, format!("{}\n", guest.command_line))
+            .map_err(|e| Failure::io(format!("write {}", command_file.display()), e))?;
         let sensor = match sensor_setup {
             Some((mut device, listener, _)) => {
                 let stream = guest.accept(&listener, "the sensor device's server", config.timeouts.qemu_start)?;
@@ -224,6 +276,14 @@ impl Machine {
             }
             None => None,
         };
+        if let Some((listener, _)) = qmp_setup {
+            let stream = guest.accept(&listener, "the QMP monitor", config.timeouts.qemu_start)?;
+            let clock = qmp::watch(stream, config.timeouts.qemu_start).map_err(|e| Failure::QemuStart {
+                message: format!("ask QEMU's monitor whether the guest runs: {e}"),
+                qemu_stderr: guest.qemu_said(),
+            })?;
+            guest.pause = Some(clock);
+        }
         let channel = guest.accept(&listener, "the agent channel", config.timeouts.qemu_start)?;
         let qemu_started = guest.spawned.elapsed();
         let reader = channel.try_clone().map_err(|e| Failure::io("clone the agent socket", e))?;
@@ -250,7 +310,16 @@ impl Machine {
         let timings = BootTimings { qemu_started, kernel_booted, greeted: guest.spawned.elapsed() };
         // The sensor's readiness is waited for at its first use: a run that
         // injects through debugfs does not depend on the guest's driver.
-        Ok(Machine { guest, hello, timings, console_log, sensor, timeouts: config.timeouts, socket_dir })
+        Ok(Machine {
+            guest,
+            hello,
+            timings,
+            console_log,
+            sensor,
+            timeouts: config.timeouts,
+            _gdb_socket: gdb_socket,
+            socket_dir,
+        })
     }
 
     /// Asks the agent to power off and waits for QEMU to exit; a kernel
@@ -322,6 +391,21 @@ impl Machine {
         Ok(guest.exchange(outcome))
     }
 
+    /// Sends one request and waits (bounded) for its reply, leaving the
+    /// datagrams that arrive meanwhile to the next step's request: for the
+    /// bench's own business between steps (trace markers and drains),
+    /// which must not take a step's events.
+    pub fn ask(&mut self, command: kevent_wire::Command, bound: Duration) -> Result<Outcome, Failure> {
+        let guest = &mut self.guest;
+        let id = guest.next_request;
+        guest.next_request += 1;
+        guest.send(&HostMessage::Request { id, command })?;
+        guest.wait_for(Stage::Command, bound, |e| match e {
+            Event::Agent(GuestMessage::Reply { id: reply, outcome }) if *reply == id => Some(outcome.clone()),
+            _ => None,
+        })
+    }
+
     /// The datagrams and bus messages received and not yet handed out:
     /// after a failure, what the failed request had brought in.
     pub fn take_captured(&mut self) -> Captured {
@@ -333,6 +417,12 @@ impl Machine {
     /// machine is dropped.
     pub fn socket_dir(&self) -> &Path {
         self.socket_dir.path()
+    }
+
+    /// QEMU's command line, as a shell would read it back (also in the run
+    /// directory's [`QEMU_COMMAND_FILE`]); its sockets are the run's own.
+    pub fn qemu_command(&self) -> &str {
+        &self.guest.command_line
     }
 
     /// QEMU's process id.

@@ -964,6 +964,7 @@ pub fn sample_frames() -> Vec<Vec<u8>> {
         },
         HostMessage::Request { id: 6, command: Command::FinishBackground },
         HostMessage::Request { id: 7, command: Command::Fence },
+        HostMessage::Request { id: 8, command: Command::ReadChunk { path: "/t".into(), offset: 9, max: 4096 } },
     ];
     guest.iter().map(GuestMessage::encode).chain(host.iter().map(HostMessage::encode)).collect()
 }

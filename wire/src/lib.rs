@@ -26,7 +26,7 @@ pub use message::{
 pub use tap::{TapCommand, TapEvent};
 
 /// Version of this protocol; bump it whenever a message's layout changes.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Name of the virtio-serial port the agent talks on (`virtserialport,name=`).
 pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
@@ -77,9 +77,17 @@ pub const DBUS_DAEMON_PATH: &str = "/usr/bin/dbus-daemon";
 pub const KDBUSD_PATH: &str = "/sbin/kdbusd";
 /// The bench's tap on the bus (monitor, fences, host relay) in the initramfs.
 pub const DBUS_TAP_PATH: &str = "/sbin/kevent-dbus-tap";
+/// Where the agent mounts tracefs when the guest kernel has it.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Most bytes a read step returns: the reply must fit in a frame.
 pub const MAX_READ_BYTES: usize = 1 << 20;
+/// Room of each read(2) the agent makes for [`Command::ReadChunk`]: a
+/// reply shorter than `max - READ_CHUNK_BYTES` ended where the file did (or
+/// where a read would block), not at `max`. tracefs's `trace_pipe` formats
+/// up to 8 KiB per read and keeps what did not fit in the open file, which
+/// a chunk then closes: every read has room for a whole one.
+pub const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Most bytes kept of a program's stdout, and of its stderr.
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// Programs running in the background at once: all their results travel in

@@ -294,6 +294,20 @@ pub enum Command {
     FinishBackground,
     /// Reply once every datagram received so far has been sent.
     Fence,
+    /// Return what a file has to give now, without waiting for more: open
+    /// it non-blocking, seek to `offset` (if not 0), and read until the end
+    /// of the file, until it would block, or until `max` bytes (at most
+    /// [`crate::MAX_READ_BYTES`]). Reads of a file larger than a frame
+    /// take one request per chunk; a pipe-like file (`trace_pipe`) is
+    /// drained by asking again until a reply is empty.
+    ReadChunk {
+        /// Absolute path in the guest.
+        path: String,
+        /// Where to start, in bytes; 0 reads from where the file opens.
+        offset: u64,
+        /// The most bytes to return.
+        max: u32,
+    },
     /// Stop kdbusd (and wait until it is gone from the bus), or start it
     /// again (and wait until it owns its name).
     Kdbusd {
@@ -340,7 +354,8 @@ const COMMAND_SLEEP: u8 = 3;
 const COMMAND_EXEC: u8 = 4;
 const COMMAND_FINISH_BACKGROUND: u8 = 5;
 const COMMAND_FENCE: u8 = 6;
-const COMMAND_KDBUSD: u8 = 7;
+const COMMAND_READ_CHUNK: u8 = 7;
+const COMMAND_KDBUSD: u8 = 8;
 
 fn encode_exec(e: &mut Encoder, r: &ExecResult) {
     e.str(&r.program).i32(r.exit_code).i32(r.signal).bytes(&r.stdout).bytes(&r.stderr);
@@ -560,6 +575,9 @@ impl HostMessage {
                     Command::Fence => {
                         e.u8(COMMAND_FENCE);
                     }
+                    Command::ReadChunk { path, offset, max } => {
+                        e.u8(COMMAND_READ_CHUNK).str(path).u64(*offset).u32(*max);
+                    }
                     Command::Kdbusd { start } => {
                         e.u8(COMMAND_KDBUSD).bool(*start);
                     }
@@ -595,6 +613,9 @@ impl HostMessage {
                     }
                     COMMAND_FINISH_BACKGROUND => Command::FinishBackground,
                     COMMAND_FENCE => Command::Fence,
+                    COMMAND_READ_CHUNK => {
+                        Command::ReadChunk { path: d.str("path")?, offset: d.u64("offset")?, max: d.u32("max")? }
+                    }
                     COMMAND_KDBUSD => Command::Kdbusd { start: d.bool("start")? },
                     other => return Err(d.bad_value("command", other.into())),
                 };
@@ -695,8 +716,12 @@ mod tests {
             },
             HostMessage::Request { id: 6, command: Command::FinishBackground },
             HostMessage::Request { id: 7, command: Command::Fence },
-            HostMessage::Request { id: 8, command: Command::Kdbusd { start: false } },
-            HostMessage::Request { id: 9, command: Command::Kdbusd { start: true } },
+            HostMessage::Request {
+                id: 8,
+                command: Command::ReadChunk { path: "/sys/kernel/tracing/trace_pipe".into(), offset: 3, max: 65536 },
+            },
+            HostMessage::Request { id: 9, command: Command::Kdbusd { start: false } },
+            HostMessage::Request { id: 10, command: Command::Kdbusd { start: true } },
         ];
         for m in &messages {
             let frame = m.encode();

@@ -258,6 +258,21 @@ pub struct RunFlags {
     /// Stream the serial console to stderr
     #[arg(long)]
     pub console: bool,
+    /// Add a kernel command-line argument (repeatable)
+    #[arg(long, value_name = "ARG")]
+    pub append: Vec<String>,
+    /// Dynamic debug query for the kernel or the events modules, e.g. 'module kevent_thermal +p' (repeatable)
+    #[arg(long, value_name = "QUERY")]
+    pub dyndbg: Vec<String>,
+    /// Record kernel trace events into trace.txt in the run directory: alone, the default set; =EVENTS, comma-separated SYSTEM:EVENT patterns (replaces the scenario's trace key)
+    #[arg(long, value_name = "EVENTS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub trace: Option<String>,
+    /// QEMU's gdbstub: alone on port 1234 of localhost; =PORT or =unix:PATH elsewhere. Waits are suspended while gdb holds the guest
+    #[arg(long, value_name = "PORT|unix:PATH", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub gdb: Option<String>,
+    /// With the gdbstub (--gdb implied), hold the guest before its first instruction until gdb continues it
+    #[arg(long)]
+    pub gdb_wait: bool,
     /// Write a reproducer bundle of the run to FILE (xz tar: scenario, kernel, modules, QEMU, console, events; docs/bundle.md), whether the run succeeds or fails
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
@@ -454,6 +469,29 @@ mod tests {
         };
         assert_eq!((r.cpus, r.memory_mib), (Some(4), Some(512)));
         assert_eq!((r.clock, r.injector), (Some(ClockArg::Virtual), Some(InjectorArg::Debugfs)));
+    }
+
+    #[test]
+    fn run_takes_kernel_arguments_dynamic_debug_and_traces() {
+        let Command::Run(r) = parse("run a.toml --append quiet --append loglevel=8").unwrap() else { panic!() };
+        assert_eq!(r.append, ["quiet", "loglevel=8"]);
+        assert_eq!((r.dyndbg.len(), r.trace.as_deref()), (0, None));
+        let Command::Run(r) =
+            Cli::try_parse_from(["x", "run", "--dyndbg", "module kevent_thermal +p", "--trace", "a.toml"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!(r.dyndbg, ["module kevent_thermal +p"]);
+        assert_eq!(r.trace.as_deref(), Some(""), "--trace alone: the default set, not the scenario's path");
+        assert_eq!(r.scenario, PathBuf::from("a.toml"));
+        let Command::Run(r) = parse("run a.toml --trace=irq:*,kmessage:*").unwrap() else { panic!() };
+        assert_eq!(r.trace.as_deref(), Some("irq:*,kmessage:*"));
+        let Command::Run(r) = parse("run --gdb a.toml --gdb-wait").unwrap() else { panic!() };
+        assert_eq!((r.gdb.as_deref(), r.gdb_wait), (Some(""), true));
+        let Command::Run(r) = parse("run a.toml --gdb=unix:/tmp/g.sock").unwrap() else { panic!() };
+        assert_eq!((r.gdb.as_deref(), r.gdb_wait), (Some("unix:/tmp/g.sock"), false));
     }
 
     #[test]

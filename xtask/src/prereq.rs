@@ -101,6 +101,7 @@ pub fn for_build(kernel_src: Option<&Path>) -> Vec<Requirement> {
         Requirement::program("bc", "bc", "bc"),
         Requirement::program("perl (kernel build scripts, checkpatch)", "perl", "perl"),
         Requirement::program("xz (kernel source tarball)", "xz", "xz-utils"),
+        Requirement::program("gdb (run --gdb, and its test)", "gdb", "gdb"),
         Requirement::file("libelf headers", &["/usr/include/libelf.h", "/usr/include/gelf.h"], "libelf-dev"),
         Requirement::file("libssl headers", &["/usr/include/openssl/ssl.h"], "libssl-dev"),
         // Packed into the D-Bus guest's initramfs from this path

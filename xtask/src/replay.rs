@@ -33,14 +33,14 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
     // Everything the bundle says is checked before anything is built.
     let bundle = Bundle::read(&flags.bundle)?;
     let manifest = &bundle.manifest;
-    let scenario = bundle.scenario()?;
+    let mut scenario = bundle.scenario()?;
     let recorded = bundle.recorded()?;
     if let Some(events) = &manifest.run.trace {
-        anyhow::bail!(
-            "{}: its run traced {events:?} (run --trace), which this kevent-bench cannot do: replaying it without the \
-             trace would not be the same run",
-            flags.bundle.display()
-        );
+        // The run traced (its scenario's key, or run --trace): so does this one.
+        let origin = format!("{}: run.trace", flags.bundle.display());
+        let request = kevent_bench::trace::Request::parse_list(events, origin.as_str())
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        scenario.trace = Some(request);
     }
     let includes = check_includes(&bundle)?;
     let target = flags.bundle_out.as_deref().map(reproducer::Target::prepare).transpose()?;

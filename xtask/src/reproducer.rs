@@ -135,7 +135,7 @@ pub fn manifest(run: &RunRecord) -> anyhow::Result<Manifest> {
     let execution = run.execution;
     let scenario = run.scenario;
     let qemu_args: Vec<String> = qemu::command_line(
-        &config.guest,
+        &config.guest_spec(),
         config.accel,
         Path::new("$SOCKETS/agent.sock"),
         config.sensor.then_some(Path::new("$SOCKETS/sensor.sock")),
@@ -189,7 +189,7 @@ pub fn manifest(run: &RunRecord) -> anyhow::Result<Manifest> {
             command,
             overrides: run.overrides.clone(),
             append: run.append.clone(),
-            trace: None,
+            trace: scenario.trace.as_ref().map(|request| request.events.join(",")),
             includes,
         },
         machine: bundle::MachineInfo {

@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
 use kevent_bench::dbus;
+use kevent_bench::dyndbg::Query;
 use kevent_bench::events;
+use kevent_bench::gdb::{self, Endpoint, GdbStub};
 use kevent_bench::json_lines;
 use kevent_bench::runner;
 use kevent_bench::scenario::Injector;
+use kevent_bench::trace;
 use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
 use kevent_bench::{bundle, scenario, AccelDecision, Failure, MachineConfig};
 
-use crate::flags::RunFlags;
+use crate::flags::{BuildFlags, KernelProfile, RunFlags};
 use crate::initramfs;
 use crate::reproducer;
 
@@ -23,16 +26,21 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     // A malformed scenario is reported before anything is built.
     let mut scenario = scenario::load(&flags.scenario)?;
     apply_overrides(&mut scenario, flags)?;
+    check_appended(&flags.append)?;
+    let dyndbg =
+        flags.dyndbg.iter().map(|q| Query::parse(q)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    let gdb = gdb_stub(flags)?;
     // So is a bundle that could not be written: its directory is tried now.
     let bundle_target = flags.bundle.as_deref().map(reproducer::Target::prepare).transpose()?;
     let dbus_socket = flags.dbus_socket.as_deref().map(|path| dbus_socket_path(&scenario, path)).transpose()?;
     let scenario_text = std::fs::read(&flags.scenario).with_context(|| format!("read {}", flags.scenario.display()))?;
-    let build = flags.build.resolve();
+    let build = kernel_for_trace(flags.build.resolve(), &scenario)?;
     let artifacts = crate::build::run(&build)?;
     scenario.check_params(&artifacts.module_parameters()?)?;
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, &format!("run-{}", scenario.name));
     let mut guest = scenario.guest(&artifacts);
+    guest.kernel_args.extend(flags.append.iter().cloned());
     if !flags.includes.is_empty() {
         // The scenario's archive: the D-Bus guest's, if it asks for one.
         guest.initramfs = initramfs_with(&guest.initramfs, &flags.includes, &run_dir)?;
@@ -45,9 +53,17 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     let _socket_guard = dbus_socket.map(RemoveOnDrop);
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;
+    config.dyndbg = dyndbg;
+    if let Some(stub) = gdb {
+        announce_gdb(&stub, &artifacts);
+        config.gdb = Some(stub);
+    }
     eprintln!("scenario {}: {}", scenario.name, scenario.description.trim().replace('\n', " "));
     eprintln!("injector: {}", scenario.injector);
     eprintln!("console log: {}", run_dir.join("console.log").display());
+    if let Some(request) = &scenario.trace {
+        eprintln!("trace: {request}, into the run directory's {} (asked by {})", trace::TRACE_FILE, request.origin);
+    }
     let execution = execute(&scenario, &config, &decision, Output { json: flags.json, raw: flags.raw });
     if let Some(target) = bundle_target {
         if kevent_bench::process::interrupted().is_none() {
@@ -56,7 +72,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
                 scenario_file: &flags.scenario,
                 scenario_text,
                 overrides: overrides_of(flags),
-                append: Vec::new(),
+                append: appended(flags, &config),
                 includes: &flags.includes,
                 build: &build,
                 artifacts: &artifacts,
@@ -192,6 +208,10 @@ pub fn execute(
                 failed_step = Some(*step);
             }
             keep(json_lines::failure(failed_step, &failure.report(), failure.exit_code()), &mut lines);
+            let trace_file = trace::trace_file(&config.run_dir);
+            if scenario.trace.is_some() && trace_file.exists() {
+                eprintln!("trace: up to the failure in {}", trace_file.display());
+            }
             return Execution { steps, lines, outcome: Err(failure), elapsed: started.elapsed() };
         }
     };
@@ -214,6 +234,9 @@ pub fn execute(
             transcript.timing_flags_lost
         );
     }
+    for line in transcript.trace.iter().flat_map(trace::Summary::report) {
+        eprintln!("{line}");
+    }
     let totals = transcript.snapshot().totals;
     let elapsed = started.elapsed();
     keep(json_lines::summary(&transcript, &totals, elapsed, &decision.accel.to_string()), &mut lines);
@@ -228,6 +251,90 @@ pub fn execute(
         transcript.hello.kernel_release
     );
     Execution { steps, lines, outcome: Ok(transcript), elapsed }
+}
+
+/// Refuses an `--append` word the guest would drop without a word: a
+/// parameter of an events module, which the kernel leaves to modprobe and
+/// the agent takes only from the scenario's `[params]` (`MODULE.dyndbg`
+/// it does take, as modprobe would).
+fn check_appended(words: &[String]) -> anyhow::Result<()> {
+    for word in words {
+        let key = word.split_once('=').map_or(word.as_str(), |(key, _)| key);
+        if let Some((module, param)) = key.split_once('.') {
+            if param != "dyndbg" && kevent_bench::dyndbg::EVENT_MODULES.contains(&module.replace('-', "_").as_str()) {
+                anyhow::bail!(
+                    "--append {word}: the agent loads {module} with the scenario's parameters, not the command \
+                     line's; set it in the scenario's [params] ({module}.{param} = ...)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--gdb` and `--gdb-wait`, the endpoint checked before anything is built.
+fn gdb_stub(flags: &RunFlags) -> anyhow::Result<Option<GdbStub>> {
+    if flags.gdb.is_none() && !flags.gdb_wait {
+        return Ok(None);
+    }
+    let endpoint = match flags.gdb.as_deref() {
+        None | Some("") => Endpoint::Tcp(gdb::DEFAULT_PORT),
+        Some(text) => Endpoint::parse(text).map_err(|e| anyhow::anyhow!("--gdb={e}"))?,
+    };
+    endpoint.check_free()?;
+    Ok(Some(GdbStub { endpoint, wait: flags.gdb_wait }))
+}
+
+/// Prints the gdb command that attaches with this kernel's symbols, and
+/// what this kernel lacks for it.
+fn announce_gdb(stub: &GdbStub, artifacts: &kevent_bench::Artifacts) {
+    let modules_dir = artifacts.modules.first().and_then(|m| m.parent()).unwrap_or(Path::new("."));
+    let symbols = gdb::Symbols::of(&artifacts.vmlinux, modules_dir);
+    eprintln!("gdb: {}", gdb::shell_line(&gdb::command(&stub.endpoint, &symbols)));
+    if !symbols.dwarf || !symbols.scripts {
+        eprintln!(
+            "warning: the {} kernel has {}: backtraces name functions, but without types, lines or the modules' \
+             symbols; --kernel-profile debug has DWARF and lx-symbols",
+            artifacts.profile,
+            if symbols.dwarf { "no gdb scripts (CONFIG_GDB_SCRIPTS)" } else { "no DWARF (CONFIG_DEBUG_INFO)" }
+        );
+    }
+    if stub.wait {
+        eprintln!("gdb: the guest waits before its first instruction until gdb continues it (`continue`)");
+    }
+    eprintln!("gdb: the run's waits are suspended while gdb holds the guest");
+}
+
+/// The kernel a traced run needs: trace events are in the debug profile
+/// only (they would slow the default guest's boot), so a run that traces
+/// without choosing a profile gets the debug one, said out loud, and one
+/// that chose the default profile is refused before anything is built.
+fn kernel_for_trace(mut build: BuildFlags, scenario: &scenario::Scenario) -> anyhow::Result<BuildFlags> {
+    let Some(request) = &scenario.trace else { return Ok(build) };
+    if build.profile != KernelProfile::Default {
+        return Ok(build);
+    }
+    if build.profile_chosen {
+        anyhow::bail!(
+            "{} {request}: the default kernel profile has no trace events (CONFIG_TRACING would slow every default \
+             boot); --kernel-profile debug has them",
+            request.origin
+        );
+    }
+    eprintln!(
+        "kernel: the debug profile ({} asks for trace events, which the default profile has not)",
+        request.origin
+    );
+    build.profile = KernelProfile::Debug;
+    Ok(build)
+}
+
+/// The kernel command-line words the run added, as a bundle records
+/// them: `--append`'s, then `--dyndbg`'s.
+fn appended(flags: &RunFlags, config: &MachineConfig) -> Vec<String> {
+    let mut words = flags.append.clone();
+    words.extend(kevent_bench::dyndbg::kernel_args(&config.dyndbg, &config.guest.kernel_args));
+    words
 }
 
 /// The command line's choices over the scenario's, as a bundle records them.
@@ -286,6 +393,17 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
     if let Some(clock) = flags.clock {
         scenario.machine.clock = clock.into();
         eprintln!("machine: {} clock (--clock; the scenario says {})", scenario.machine.clock, said.clock);
+    }
+    if let Some(events) = &flags.trace {
+        let request = if events.is_empty() {
+            trace::Request::default_set("--trace")
+        } else {
+            trace::Request::parse_list(events, "--trace").map_err(|e| anyhow::anyhow!("--trace={events}: {e}"))?
+        };
+        if let Some(said) = &scenario.trace {
+            eprintln!("trace: {request} (--trace; the scenario says {said})");
+        }
+        scenario.trace = Some(request);
     }
     if let Some(injector) = flags.injector {
         eprintln!("injector: {} (--injector; the scenario says {})", Injector::from(injector), scenario.injector);
