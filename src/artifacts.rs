@@ -30,6 +30,9 @@ pub struct Artifacts {
     pub vmlinux: PathBuf,
     /// Agent, modules and module list.
     pub initramfs: PathBuf,
+    /// The same with the D-Bus side appended: dbus-daemon and its
+    /// libraries, the bench's bus configuration, kdbusd and its tap.
+    pub dbus_initramfs: PathBuf,
     /// The floor: only an init that restarts the machine at once.
     pub floor_initramfs: PathBuf,
     /// Host directory of the kernel cache, for the accelerator probe verdict.
@@ -57,6 +60,7 @@ impl Artifacts {
         line("kernel_tree", &self.kernel_tree.to_string_lossy());
         line("vmlinux", &self.vmlinux.to_string_lossy());
         line("initramfs", &self.initramfs.to_string_lossy());
+        line("dbus_initramfs", &self.dbus_initramfs.to_string_lossy());
         line("floor_initramfs", &self.floor_initramfs.to_string_lossy());
         line("cache_dir", &self.cache_dir.to_string_lossy());
         line("runs_dir", &self.runs_dir.to_string_lossy());
@@ -96,6 +100,7 @@ impl Artifacts {
             kernel_tree: take("kernel_tree")?.into(),
             vmlinux: take("vmlinux")?.into(),
             initramfs: take("initramfs")?.into(),
+            dbus_initramfs: take("dbus_initramfs")?.into(),
             floor_initramfs: take("floor_initramfs")?.into(),
             cache_dir: take("cache_dir")?.into(),
             runs_dir: take("runs_dir")?.into(),
@@ -175,7 +180,15 @@ impl Artifacts {
             memory_mib,
             clock: Clock::default(),
             kernel_args,
+            dbus_socket: None,
         }
+    }
+
+    /// The bench guest with the D-Bus side: its archive, and the agent told
+    /// to start it.
+    pub fn dbus_guest(&self, topology: Topology, memory_mib: u32, mut kernel_args: Vec<String>) -> GuestSpec {
+        kernel_args.push(kevent_wire::DBUS_ARG.to_owned());
+        GuestSpec { initramfs: self.dbus_initramfs.clone(), ..self.guest_of(topology, memory_mib, kernel_args) }
     }
 
     /// The same kernel with the floor init.
@@ -214,6 +227,7 @@ mod tests {
             kernel_tree: "/c/src/linux".into(),
             vmlinux: "/c/vmlinux".into(),
             initramfs: "/o/initramfs.cpio".into(),
+            dbus_initramfs: "/o/initramfs-dbus.cpio".into(),
             floor_initramfs: "/o/floor.cpio".into(),
             cache_dir: "/c".into(),
             runs_dir: "/o/runs".into(),
@@ -233,7 +247,7 @@ mod tests {
         assert_eq!(Artifacts::parse(&a.to_text()).unwrap(), a);
         let err = |text: String| Artifacts::parse(&text).unwrap_err().to_string();
         assert_eq!(err(a.to_text().replace("vmlinux=/c/vmlinux\n", "")), "missing `vmlinux`");
-        assert_eq!(err(a.to_text() + "vmlinux=/d\n"), "line 14: `vmlinux` a second time");
+        assert_eq!(err(a.to_text() + "vmlinux=/d\n"), "line 15: `vmlinux` a second time");
         assert_eq!(err(a.to_text() + "colour=blue\n"), "unknown key `colour`");
         let without_sources: String =
             a.to_text().lines().filter(|l| !l.starts_with("source=")).map(|l| l.to_owned() + "\n").collect();

@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kevent_wire::{Datagram, Hello};
+use kevent_wire::{Datagram, DbusMessage, Hello};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -729,6 +729,7 @@ impl Recorded {
     pub fn parse(text: &str) -> Result<Recorded, String> {
         let mut recorded = Recorded::default();
         let mut pending: BTreeMap<usize, Vec<Datagram>> = BTreeMap::new();
+        let mut pending_dbus: BTreeMap<usize, Vec<DbusMessage>> = BTreeMap::new();
         for (number, line) in text.lines().enumerate() {
             let at = |why: String| format!("line {}: {why}", number + 1);
             let value: Value = serde_json::from_str(line).map_err(|e| at(format!("column {}: {e}", e.column())))?;
@@ -760,6 +761,13 @@ impl Recorded {
                     };
                     pending.entry(step).or_default().push(datagram);
                 }
+                // A message of the guest's bus (docs/dbus.md), as marshalled.
+                "dbus" => {
+                    let step = number_of("step")? as usize;
+                    let bytes = events::unescape(&text("bytes")?).map_err(|e| at(format!("\"bytes\": {e}")))?;
+                    let message = DbusMessage { monotonic_ns: number_of("guest_monotonic_ns")?, bytes };
+                    pending_dbus.entry(step).or_default().push(message);
+                }
                 "step" => {
                     let step = number_of("step")? as usize;
                     if step != recorded.steps.len() + 1 {
@@ -772,6 +780,12 @@ impl Recorded {
                     record.datagrams = pending.remove(&step).unwrap_or_default();
                     if record.datagrams.len() as u64 != number_of("datagrams")? {
                         return Err(at(format!("step {step} says {} datagrams", number_of("datagrams")?)));
+                    }
+                    record.dbus = pending_dbus.remove(&step).unwrap_or_default();
+                    // Runs without the D-Bus side, and bundles older than it, say nothing.
+                    let said = value.get("dbus_messages").and_then(Value::as_u64).unwrap_or(0);
+                    if record.dbus.len() as u64 != said {
+                        return Err(at(format!("step {step} says {said} D-Bus messages")));
                     }
                     recorded.steps.push(record);
                 }
@@ -794,6 +808,9 @@ impl Recorded {
         // kept in the file but belong to no completed step.
         if let Some((&step, _)) = pending.iter().find(|(&step, _)| step <= recorded.steps.len()) {
             return Err(format!("events of step {step} come after that step's line"));
+        }
+        if let Some((&step, _)) = pending_dbus.iter().find(|(&step, _)| step <= recorded.steps.len()) {
+            return Err(format!("D-Bus messages of step {step} come after that step's line"));
         }
         Ok(recorded)
     }

@@ -45,6 +45,9 @@ pub mod exit_code {
     pub const SENSOR_NOT_READY: i32 = 35;
     /// The guest did not acknowledge an injection on the sensor device.
     pub const SENSOR_NO_ACK: i32 = 36;
+    /// The guest's D-Bus side failed: dbus-daemon, kdbusd or the bench's
+    /// tap died or did not come up, or kdbusd did not answer a fence.
+    pub const DBUS_FAILED: i32 = 37;
     /// `replay`: the run did not reproduce the bundle's: it completed with
     /// other events, or completed where the bundle's run failed.
     pub const REPLAY_MISMATCH: i32 = 40;
@@ -214,6 +217,21 @@ pub enum Failure {
         /// The console's last lines.
         console_tail: Vec<String>,
     },
+    /// The guest's D-Bus side failed: a program died or failed its part.
+    #[error(
+        "the guest's D-Bus side failed: {why}{}{}",
+        service_words(services),
+        lines("last console lines", console_tail)
+    )]
+    DbusFailed {
+        /// What failed first.
+        why: String,
+        /// Every program that had ended or failed, the bus daemon first,
+        /// with its last words.
+        services: Vec<kevent_wire::ServiceFailure>,
+        /// The console's last lines.
+        console_tail: Vec<String>,
+    },
     /// A host-side system call failed.
     #[error("{what}")]
     Io {
@@ -250,7 +268,7 @@ pub enum Failure {
         reason: String,
     },
     /// A failure in the middle of a scenario, with the step it happened in.
-    #[error("step {step} ({label}){}", captured_note(captured.len()))]
+    #[error("step {step} ({label}){}", captured_note(captured.len() + captured_dbus.len()))]
     AtStep {
         /// 1-based, as the run's output numbers steps.
         step: usize,
@@ -258,6 +276,8 @@ pub enum Failure {
         label: String,
         /// Datagrams of this step that reached the host before the failure.
         captured: Vec<kevent_wire::Datagram>,
+        /// Messages of the guest's bus of this step that reached the host.
+        captured_dbus: Vec<kevent_wire::DbusMessage>,
         /// What went wrong.
         #[source]
         failure: Box<Failure>,
@@ -287,12 +307,14 @@ impl Failure {
             },
             Failure::Timeout { .. } => exit_code::TIMEOUT,
             Failure::QemuExited { .. } => exit_code::QEMU_EXITED,
+            Failure::AgentFatal { stage: AgentStage::Dbus, .. } => exit_code::DBUS_FAILED,
             Failure::AgentFatal { .. } => exit_code::AGENT_FATAL,
             Failure::Protocol { .. } => exit_code::PROTOCOL,
             Failure::EventsLost { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNotReady { .. } => exit_code::SENSOR_NOT_READY,
             Failure::GuestDropped { .. } => exit_code::EVENTS_LOST,
             Failure::SensorNoAck { .. } => exit_code::SENSOR_NO_ACK,
+            Failure::DbusFailed { .. } => exit_code::DBUS_FAILED,
             Failure::Io { .. } | Failure::Host { .. } | Failure::IgnoredInput { .. } | Failure::Refused { .. } => {
                 exit_code::BENCH_ERROR
             }
@@ -343,6 +365,22 @@ fn errno_note(errno: i32) -> String {
     }
 }
 
+/// Each program: how it ended and its last words.
+fn service_words(services: &[kevent_wire::ServiceFailure]) -> String {
+    let mut out = String::new();
+    for service in services {
+        let words = String::from_utf8_lossy(&service.last_words);
+        let words: Vec<String> = words.lines().map(str::to_owned).collect();
+        out.push_str(&format!("\n{} {}", service.program, service.status));
+        if words.is_empty() {
+            out.push_str(", and wrote nothing to stderr");
+        } else {
+            out.push_str(&lines(", its last words (stderr)", &words).replacen('\n', "", 1));
+        }
+    }
+    out
+}
+
 fn captured_note(captured: usize) -> String {
     match captured {
         0 => String::new(),
@@ -383,12 +421,46 @@ mod tests {
     }
 
     #[test]
+    fn the_dbus_side_failing_exits_37_with_each_programs_last_words() {
+        let failure = Failure::DbusFailed {
+            why: "dbus-daemon was killed by SIGKILL".into(),
+            services: vec![
+                kevent_wire::ServiceFailure {
+                    program: "dbus-daemon".into(),
+                    status: "was killed by SIGKILL".into(),
+                    last_words: Vec::new(),
+                },
+                kevent_wire::ServiceFailure {
+                    program: "kdbusd".into(),
+                    status: "exited with code 1".into(),
+                    last_words: b"kdbusd: the system bus closed the connection\n".to_vec(),
+                },
+            ],
+            console_tail: Vec::new(),
+        };
+        assert_eq!(failure.exit_code(), 37);
+        let text = failure.to_string();
+        assert!(text.starts_with("the guest's D-Bus side failed: dbus-daemon was killed by SIGKILL\n"), "{text}");
+        assert!(text.contains("dbus-daemon was killed by SIGKILL, and wrote nothing to stderr"), "{text}");
+        assert!(text.contains("kdbusd exited with code 1, its last words (stderr):"), "{text}");
+        assert!(text.contains("kdbusd: the system bus closed the connection"), "{text}");
+        let at_start = Failure::AgentFatal {
+            stage: AgentStage::Dbus,
+            errno: 0,
+            message: "kdbusd did not own its name".into(),
+            console_tail: Vec::new(),
+        };
+        assert_eq!(at_start.exit_code(), 37, "a side that does not come up is the side's failure too");
+    }
+
+    #[test]
     fn a_step_failure_keeps_its_cause_and_the_system_error_under_it() {
         let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let failure = Failure::AtStep {
             step: 2,
             label: "read /proc/uptime".into(),
             captured: Vec::new(),
+            captured_dbus: Vec::new(),
             failure: Box::new(Failure::io("create target/run/console.log", io)),
         };
         assert_eq!(failure.to_string(), "step 2 (read /proc/uptime)", "Display is this layer only");

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use kevent_wire::{Command, Datagram, Outcome};
+use kevent_wire::{Command, Datagram, DbusMessage, Outcome};
 
 use crate::failure::Failure;
 use crate::machine::Machine;
@@ -98,6 +98,9 @@ pub struct Injected {
     pub datagrams: Vec<Datagram>,
     /// When each of those datagrams reached the host.
     pub arrived: Vec<Instant>,
+    /// Messages of the guest's bus that reached the host meanwhile (the
+    /// debugfs path's request is fenced through the bus too).
+    pub dbus: Vec<DbusMessage>,
     /// Device path: when the guest's acknowledgement was seen.
     pub acknowledged: Option<Instant>,
     /// The CPUs whose handler the injection interrupted, in order (as far
@@ -114,6 +117,7 @@ impl Machine {
                 refused: Some(injection.refused(libc::EINVAL)),
                 datagrams: Vec::new(),
                 arrived: Vec::new(),
+                dbus: Vec::new(),
                 acknowledged: None,
                 interrupted: Vec::new(),
             }),
@@ -134,6 +138,7 @@ impl Machine {
                     refused: None,
                     datagrams: Vec::new(),
                     arrived: Vec::new(),
+                    dbus: Vec::new(),
                     acknowledged: Some(Instant::now()),
                     interrupted,
                 })
@@ -160,6 +165,7 @@ impl Machine {
                     refused,
                     datagrams: exchange.datagrams,
                     arrived: exchange.arrived,
+                    dbus: exchange.dbus,
                     acknowledged: None,
                     interrupted,
                 })
@@ -211,6 +217,7 @@ impl Machine {
                 refused: Some(injection.refused(libc::EINVAL)),
                 datagrams: Vec::new(),
                 arrived: Vec::new(),
+                dbus: Vec::new(),
                 acknowledged: None,
                 interrupted: Vec::new(),
             });
@@ -232,6 +239,7 @@ impl Machine {
             refused: refused.map(|errno| injection.refused(errno as i32)),
             datagrams: Vec::new(),
             arrived: Vec::new(),
+            dbus: Vec::new(),
             acknowledged: Some(Instant::now()),
         })
     }

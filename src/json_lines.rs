@@ -116,6 +116,40 @@ fn split_entry(entry: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// One message of the guest's bus a step caused (`[machine] dbus`), read
+/// as the D-Bus specification says; `raw` adds its bytes, escaped.
+pub fn dbus(step: usize, message: &kevent_wire::DbusMessage, raw: bool) -> Value {
+    let mut line = match kdbusd::message::parse(&message.bytes) {
+        Ok(m) => json!({
+            "type": "dbus",
+            "step": step,
+            "guest_monotonic_ns": message.monotonic_ns,
+            "kind": m.kind.to_string(),
+            "serial": m.serial,
+            "path": m.path,
+            "interface": m.interface,
+            "member": m.member,
+            "error_name": m.error_name,
+            "reply_serial": m.reply_serial,
+            "sender": m.sender,
+            "destination": m.destination,
+            "signature": m.signature,
+            "args": m.body.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({
+            "type": "dbus",
+            "step": step,
+            "guest_monotonic_ns": message.monotonic_ns,
+            "kind": "unreadable",
+            "why": e.to_string(),
+        }),
+    };
+    if raw {
+        line["bytes"] = events::escape(&message.bytes).into();
+    }
+    line
+}
+
 /// A step's result, after its events.
 pub fn step(record: &StepRecord) -> Value {
     json!({
@@ -126,6 +160,7 @@ pub fn step(record: &StepRecord) -> Value {
         "failures": record.failures,
         "host_elapsed_ns": u64::try_from(record.elapsed.as_nanos()).unwrap_or(u64::MAX),
         "datagrams": record.datagrams.len(),
+        "dbus_messages": record.dbus.len(),
         "result": outcome(&record.outcome),
     })
 }
@@ -208,6 +243,8 @@ pub fn summary(transcript: &Transcript, totals: &Totals, elapsed: Duration, acce
         "kmessages": totals.kmessages,
         "uevents": totals.uevents,
         "malformed": totals.malformed,
+        "dbus_messages": totals.dbus_messages,
+        "dbus_mapped": totals.dbus_mapped,
         "timing_flags": transcript.timing_flags.len(),
         "timing_flags_lost": transcript.timing_flags_lost,
         "kernel_release": transcript.hello.kernel_release,
@@ -254,6 +291,27 @@ mod tests {
     fn repeated_keys_and_bare_entries_are_kept() {
         let env: Vec<String> = ["A=1", "B", "A=2", "A=3"].map(String::from).to_vec();
         assert_eq!(environment(&env), json!({ "A": ["1", "2", "3"], "B": null }));
+    }
+
+    #[test]
+    fn a_bus_message_is_read_into_its_header_and_arguments() {
+        use kdbusd::message::{marshal_signal, Value};
+        let body = [Value::Str("Cpu: 1\n".into()), Value::Bytes(vec![0, 1])];
+        let bytes = marshal_signal(5, "/org/kernel/x", "org.kernel.Power", "high", &body).unwrap();
+        let message = kevent_wire::DbusMessage { monotonic_ns: 9, bytes };
+        let line = dbus(2, &message, false);
+        assert_eq!(
+            line,
+            json!({
+                "type": "dbus", "step": 2, "guest_monotonic_ns": 9, "kind": "signal", "serial": 5,
+                "path": "/org/kernel/x", "interface": "org.kernel.Power", "member": "high",
+                "error_name": null, "reply_serial": null, "sender": null, "destination": null,
+                "signature": "say", "args": ["\"Cpu: 1\\n\"", "2 bytes b\"\\x00\\x01\""],
+            })
+        );
+        assert!(dbus(2, &message, true)["bytes"].as_str().unwrap().starts_with("l\\x04"));
+        let junk = kevent_wire::DbusMessage { monotonic_ns: 0, bytes: b"x".to_vec() };
+        assert_eq!(dbus(1, &junk, false)["kind"], "unreadable");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod cache;
 pub mod console;
 pub mod cpio;
+pub mod dbus;
 pub mod dyndbg;
 pub mod events;
 pub mod failure;

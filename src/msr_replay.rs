@@ -178,6 +178,7 @@ pub fn replay(
                 *interrupts.entry(*cpu).or_default() += 1;
             }
             record.datagrams.extend(injected.datagrams);
+            record.dbus.extend(injected.dbus);
             record.note(injected.refused.map_or(StepOutcome::Done, StepOutcome::from));
             Ok(())
         },

@@ -78,6 +78,11 @@ pub struct GuestSpec {
     pub clock: Clock,
     /// Appended after [`BASE_KERNEL_ARGS`].
     pub kernel_args: Vec<String>,
+    /// The host end of the guest's system bus (`cargo xtask run
+    /// --dbus-socket`): QEMU listens there, a second virtio-serial port
+    /// carries each client to the guest's relay (docs/dbus.md). Needs the
+    /// D-Bus guest.
+    pub dbus_socket: Option<PathBuf>,
 }
 
 /// What the guest's clock follows.
@@ -442,6 +447,9 @@ pub fn boot_args(spec: &GuestSpec, tsc_khz: Option<u64>) -> Vec<OsString> {
     append.extend(topology_kernel_args(spec.topology));
     append.extend(tsc.as_deref());
     append.extend(spec.kernel_args.iter().map(String::as_str));
+    if spec.dbus_socket.is_some() {
+        append.push(kevent_wire::DBUS_RELAY_ARG);
+    }
     vec![
         "-kernel".into(),
         spec.kernel.clone().into(),
@@ -468,6 +476,20 @@ pub fn agent_channel_args(socket: &Path) -> Vec<OsString> {
         chardev,
         "-device".into(),
         format!("virtserialport,chardev=agent,name={}", kevent_wire::AGENT_PORT_NAME).into(),
+    ]
+}
+
+/// The guest's bus port: QEMU listens on `socket` (one host client at a
+/// time; a client that hangs up makes room for the next) and the guest's
+/// relay connects each to the system bus.
+pub fn dbus_port_args(socket: &Path) -> Vec<OsString> {
+    let mut chardev = OsString::from("socket,id=dbus,server=on,wait=off,path=");
+    chardev.push(socket);
+    vec![
+        "-chardev".into(),
+        chardev,
+        "-device".into(),
+        format!("virtserialport,chardev=dbus,name={}", kevent_wire::DBUS_PORT_NAME).into(),
     ]
 }
 
@@ -529,6 +551,7 @@ pub fn command_line(
         boot_args(spec, guest_tsc_khz(accel, spec.clock)),
         console_args(),
         agent_channel_args(agent_socket),
+        spec.dbus_socket.as_deref().map(dbus_port_args).unwrap_or_default(),
         sensor_socket.map(|socket| sensor_args(socket, spec.topology.cpus())).unwrap_or_default(),
     ]
     .concat()
@@ -546,7 +569,22 @@ mod tests {
             memory_mib: 256,
             clock: Clock::Real,
             kernel_args: vec!["kevent_bench.param=kmessage.unit=30".into()],
+            dbus_socket: None,
         }
+    }
+
+    #[test]
+    fn the_bus_port_is_a_second_virtio_serial_port_qemu_listens_on_and_the_agent_is_told() {
+        let with_bus = GuestSpec { dbus_socket: Some("/tmp/bus".into()), ..spec() };
+        let args = joined(&command_line(&with_bus, Accel::Tcg, Path::new("/a.sock"), None));
+        assert!(
+            args.ends_with(
+                "-chardev socket,id=dbus,server=on,wait=off,path=/tmp/bus -device virtserialport,chardev=dbus,name=org.kevent-bench.dbus"
+            ),
+            "{args}"
+        );
+        assert!(args.contains(" kevent_bench.dbus_relay=1 "), "{args}");
+        assert!(!joined(&command_line(&spec(), Accel::Tcg, Path::new("/a.sock"), None)).contains("dbus"));
     }
 
     fn joined(args: &[OsString]) -> String {

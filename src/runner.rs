@@ -91,6 +91,7 @@ fn command_of(action: &Action) -> Command {
             Command::Exec { program: program.clone(), args: args.clone(), background: *background }
         }
         Action::Replay { .. } => unreachable!("replays go through msr_replay::replay"),
+        Action::Kdbusd { start } => Command::Kdbusd { start: *start },
     }
 }
 
@@ -139,7 +140,9 @@ pub fn run(
         }
         if let Err(failure) = result {
             // What the step had received is the most useful part of a failure.
-            record.datagrams.extend(machine.take_captured());
+            let captured = machine.take_captured();
+            record.datagrams.extend(captured.datagrams);
+            record.dbus.extend(captured.dbus);
             if let Some(session) = trace.take() {
                 // The failed step's trace too, if the guest still answers.
                 let _ = session.finish_within(&mut machine, index + 1, SALVAGE_BOUND);
@@ -148,6 +151,7 @@ pub fn run(
                 step: index + 1,
                 label: record.label,
                 captured: record.datagrams,
+                captured_dbus: record.dbus,
                 failure: Box::new(failure),
             });
         }
@@ -215,7 +219,9 @@ fn run_step(
         record.replay = Some(replayed.timing);
         interrupts = replayed.interrupts;
         if injector == Injector::Device {
-            record.datagrams.extend(machine.fence(bound)?.datagrams);
+            let fenced = machine.fence(bound)?;
+            record.datagrams.extend(fenced.datagrams);
+            record.dbus.extend(fenced.dbus);
         }
     } else if let Some(injection) = injection_of(&step.action) {
         match step.device_interval {
@@ -242,19 +248,23 @@ fn run_step(
                         *interrupts.entry(cpu).or_default() += 1;
                     }
                     record.datagrams.extend(injected.datagrams);
+                    record.dbus.extend(injected.dbus);
                     record.note(injected.refused.map_or(StepOutcome::Done, StepOutcome::from));
                 }
             }
         }
         if injector == Injector::Device {
             // Acknowledged means broadcast; the fence brings it to the host.
-            record.datagrams.extend(machine.fence(bound)?.datagrams);
+            let fenced = machine.fence(bound)?;
+            record.datagrams.extend(fenced.datagrams);
+            record.dbus.extend(fenced.dbus);
         }
     } else {
         let command = command_of(&step.action);
         for _ in 0..step.repeat {
             let exchange = machine.request(command.clone(), bound)?;
             record.datagrams.extend(exchange.datagrams);
+            record.dbus.extend(exchange.dbus);
             record.note(StepOutcome::from_reply(exchange.outcome)?);
         }
     }

@@ -76,11 +76,14 @@ pub struct MachineSpec {
     pub memory_mib: u32,
     /// What guest time follows (`[machine] clock`); default real.
     pub clock: Clock,
+    /// The guest runs the D-Bus side (`[machine] dbus`: dbus-daemon,
+    /// kdbusd, the agent's monitor; docs/dbus.md); default false.
+    pub dbus: bool,
 }
 
 impl Default for MachineSpec {
     fn default() -> Self {
-        MachineSpec { topology: Topology::flat(2), memory_mib: 256, clock: Clock::default() }
+        MachineSpec { topology: Topology::flat(2), memory_mib: 256, clock: Clock::default(), dbus: false }
     }
 }
 
@@ -99,7 +102,11 @@ impl fmt::Display for MachineSpec {
         if self.topology.shares_packages() {
             write!(f, " in {}", self.topology)?;
         }
-        write!(f, ", {} MiB, {} clock", self.memory_mib, self.clock)
+        write!(f, ", {} MiB, {} clock", self.memory_mib, self.clock)?;
+        if self.dbus {
+            write!(f, ", D-Bus")?;
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +217,13 @@ pub enum Action {
         /// How much faster than recorded.
         speed: SpeedMilli,
     },
+    /// The agent stops kdbusd (and waits until its name is gone from the
+    /// bus) or starts it again (and waits until it owns its name); needs
+    /// `[machine] dbus` (docs/dbus.md).
+    Kdbusd {
+        /// Start rather than stop.
+        start: bool,
+    },
 }
 
 /// A replay speed, in thousandths (so that a step stays `Eq`): 1000 is as
@@ -255,6 +269,7 @@ impl fmt::Display for Action {
             }
             Action::Replay { path, speed, .. } if *speed == SpeedMilli::RECORDED => write!(f, "replay {path}"),
             Action::Replay { path, speed, .. } => write!(f, "replay {path} at speed {}", speed.speed()),
+            Action::Kdbusd { start } => write!(f, "{} kdbusd", if *start { "start" } else { "stop" }),
         }
     }
 }
@@ -293,6 +308,7 @@ struct RawMachine {
     cores: Option<Spanned<i64>>,
     memory_mib: Option<Spanned<i64>>,
     clock: Option<Spanned<String>>,
+    dbus: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -307,6 +323,7 @@ struct RawStep {
     speed: Option<Spanned<f64>>,
     repeat: Option<Spanned<i64>>,
     interval_us: Option<Spanned<i64>>,
+    kdbusd: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -451,7 +468,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         })?,
         None => defaults.clock,
     };
-    let machine = MachineSpec { topology, memory_mib, clock };
+    let dbus = raw.machine.dbus.unwrap_or(defaults.dbus);
+    let machine = MachineSpec { topology, memory_mib, clock, dbus };
 
     let (params, tjmax) = parse_params(raw.params, &loc)?;
 
@@ -572,12 +590,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
             actions.push(Action::Replay { path: written, trace, speed });
         } else if let Some(speed) = &step.speed {
             return Err(loc.error(&speed.span(), "speed paces a replay: this step replays no trace"));
+        } else if let Some(k) = step.kdbusd {
+            let start = match k.get_ref().as_str() {
+                "stop" => false,
+                "start" => true,
+                other => {
+                    return Err(loc.error(&k.span(), format!("kdbusd = {other:?}: expected \"stop\" or \"start\"")))
+                }
+            };
+            if !machine.dbus {
+                return Err(
+                    loc.error(&k.span(), "kdbusd: the guest has no D-Bus side (add `dbus = true` under [machine])")
+                );
+            }
+            actions.push(Action::Kdbusd { start });
         }
         if actions.len() != 1 {
             return Err(loc.error(
                 &span,
                 format!(
-                    "a step has exactly one of inject, sleep_ms, read, write, exec, replay; this one has {}",
+                    "a step has exactly one of inject, sleep_ms, read, write, exec, replay, kdbusd; this one has {}",
                     actions.len()
                 ),
             ));
@@ -1095,7 +1127,11 @@ impl Scenario {
         let (across, within) = self.machine.clock.rate_limit_edges_ms();
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_edge_ms", &across.to_string()));
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_burst_edge_ms", &within.to_string()));
-        let mut guest = artifacts.guest_of(self.machine.topology, self.machine.memory_mib, args);
+        let mut guest = if self.machine.dbus {
+            artifacts.dbus_guest(self.machine.topology, self.machine.memory_mib, args)
+        } else {
+            artifacts.guest_of(self.machine.topology, self.machine.memory_mib, args)
+        };
         guest.clock = self.machine.clock;
         guest
     }
@@ -1168,7 +1204,10 @@ sleep_ms = 5
         )
         .unwrap();
         assert_eq!(s.name, "t");
-        assert_eq!(s.machine, MachineSpec { topology: Topology::flat(4), memory_mib: 256, clock: Clock::Real });
+        assert_eq!(
+            s.machine,
+            MachineSpec { topology: Topology::flat(4), memory_mib: 256, clock: Clock::Real, dbus: false }
+        );
         assert_eq!(kernel_args(&s), ["kevent_bench.param=kevent_thermal.rate_limit_ms=0"]);
         // 95 °C is 5 below TjMax 100; the core register has the valid bit.
         assert_eq!(
@@ -1403,6 +1442,32 @@ sleep_ms = 5
         assert_eq!(s.machine.clock, Clock::Virtual);
         let e = err(&format!("description = \"x\"\n[machine]\nclock = \"wall\"\n{ONE_STEP}"));
         assert_eq!(e.message, "clock = \"wall\": expected \"real\" or \"virtual\"");
+    }
+
+    #[test]
+    fn kdbusd_steps_stop_and_start_it_on_a_dbus_guest_only() {
+        let s = parse_str(
+            "description = \"x\"\n[machine]\ndbus = true\n[[step]]\nkdbusd = \"stop\"\n[[step]]\nkdbusd = \"start\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.steps[0].action, Action::Kdbusd { start: false });
+        assert_eq!(s.steps[1].action.to_string(), "start kdbusd");
+        let e = err("description = \"x\"\n[[step]]\nkdbusd = \"stop\"\n");
+        assert_eq!(
+            (e.at.line, e.message.as_str()),
+            (3, "kdbusd: the guest has no D-Bus side (add `dbus = true` under [machine])")
+        );
+        let e = err("description = \"x\"\n[machine]\ndbus = true\n[[step]]\nkdbusd = \"restart\"\n");
+        assert_eq!(e.message, "kdbusd = \"restart\": expected \"stop\" or \"start\"");
+    }
+
+    #[test]
+    fn the_dbus_side_is_off_unless_the_scenario_asks_and_takes_only_a_boolean() {
+        assert!(!parse_str(&format!("description = \"x\"\n{ONE_STEP}")).unwrap().machine.dbus);
+        let s = parse_str(&format!("description = \"x\"\n[machine]\ndbus = true\n{ONE_STEP}")).unwrap();
+        assert!(s.machine.dbus);
+        let e = err(&format!("description = \"x\"\n[machine]\ndbus = 1\n{ONE_STEP}"));
+        assert_eq!((e.at.line, e.message.as_str()), (3, "invalid type: integer `1`, expected a boolean"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use kevent_wire::Datagram;
 use serde::Serialize;
 
+use crate::dbus::{self, DbusEntry};
 use crate::events::{self, Event, Normaliser};
 use crate::scenario::Scenario;
 use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, Transcript};
@@ -60,6 +61,12 @@ pub struct SnapshotStep {
     /// For repeated steps: how many events of each kind.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub event_counts: BTreeMap<String, usize>,
+    /// The guest's bus during the step (`[machine] dbus`), after the
+    /// netlink events: kdbusd's signals checked against the datagrams
+    /// they carry (docs/dbus.md), kmessages' first (steps repeated fewer
+    /// than [`COUNT_THRESHOLD`] times; counts are in `event_counts`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dbus: Vec<DbusEntry>,
 }
 
 /// A program's end and its output, as text.
@@ -86,6 +93,13 @@ pub struct Totals {
     pub uevents: usize,
     /// Datagrams that did not decode (kept with their bytes).
     pub malformed: usize,
+    /// Messages of the guest's bus, with the D-Bus side only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dbus_messages: Option<usize>,
+    /// Of those, kdbusd's signals that carry one of the run's datagrams
+    /// and are exactly its mapping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dbus_mapped: Option<usize>,
 }
 
 fn snapshot_exec(r: &ProgramRun) -> SnapshotExec {
@@ -129,6 +143,10 @@ impl Transcript {
 pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramRun]) -> Snapshot {
     let mut normaliser = Normaliser::default();
     let mut totals = Totals::default();
+    if scenario.machine.dbus {
+        totals.dbus_messages = Some(0);
+        totals.dbus_mapped = Some(0);
+    }
     let steps = steps
         .iter()
         .map(|record| {
@@ -138,6 +156,11 @@ pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramR
             // contract (docs/events.md, "Ordering across the two channels").
             let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
             datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
+            let bus = dbus::entries(&record.dbus, &datagrams);
+            if let (Some(messages), Some(mapped)) = (&mut totals.dbus_messages, &mut totals.dbus_mapped) {
+                *messages += bus.len();
+                *mapped += bus.iter().filter(|e| e.carries_datagram() && e.wrong.is_none()).count();
+            }
             let mut decoded: Vec<Event> = datagrams.into_iter().map(events::decode).collect();
             for event in &mut decoded {
                 normaliser.normalise(event);
@@ -158,13 +181,23 @@ pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramR
                 exec,
                 events: Vec::new(),
                 event_counts: BTreeMap::new(),
+                dbus: Vec::new(),
             };
             if record.repeat >= COUNT_THRESHOLD && !replay {
                 for event in &decoded {
                     *step.event_counts.entry(events::kind_of(event)).or_default() += 1;
                 }
+                for entry in &bus {
+                    // A wrong or stray message is shown whole, never only counted.
+                    if entry.wrong.is_some() {
+                        step.dbus.push(entry.clone());
+                    } else {
+                        *step.event_counts.entry(entry.kind()).or_default() += 1;
+                    }
+                }
             } else {
                 step.events = decoded;
+                step.dbus = bus;
             }
             step
         })

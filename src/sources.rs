@@ -8,8 +8,9 @@
 //! What counts, relative to the workspace root:
 //! - `kmod/`, at any depth: `Kbuild`, `Makefile`, `*.c` and `*.h`, except
 //!   `*.mod.c`, which Kbuild writes;
-//! - `initramfs/` and `wire/` (the agent and its protocol crate):
-//!   `Cargo.toml`, `build.rs` and every `*.rs` under `src/`;
+//! - `initramfs/`, `wire/` and `kdbusd/` (the agent, its protocol crate,
+//!   kdbusd and its tap): `Cargo.toml`, `build.rs` and every `*.rs` under
+//!   `src/`; and the guest's bus configuration, `kdbusd/dbus/system.conf`;
 //! - the workspace's `Cargo.toml` (the agent's build profile) and
 //!   `Cargo.lock` (its dependencies' versions);
 //! - the profile's fragments in `kernel-config/`.
@@ -30,8 +31,8 @@ use anyhow::{bail, Context};
 use crate::fingerprint::Fingerprint;
 
 /// Crates whose sources make the agent, beside the workspace manifest.
-const AGENT_CRATES: &[&str] = &["initramfs", "wire"];
-const WORKSPACE_FILES: &[&str] = &["Cargo.toml", "Cargo.lock"];
+const AGENT_CRATES: &[&str] = &["initramfs", "wire", "kdbusd"];
+const WORKSPACE_FILES: &[&str] = &["Cargo.toml", "Cargo.lock", "kdbusd/dbus/system.conf"];
 
 /// Source files by path relative to the workspace root (`/`-separated), each
 /// with the fingerprint of its contents.

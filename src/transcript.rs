@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kevent_wire::{Datagram, ExecResult, Hello, Outcome};
+use kevent_wire::{Datagram, DbusMessage, ExecResult, Hello, Outcome};
 
 use crate::failure::Failure;
 use crate::inject::Refusal;
@@ -92,6 +92,8 @@ pub struct StepRecord {
     pub failures: u32,
     /// Every datagram the step caused, in the order the host received them.
     pub datagrams: Vec<Datagram>,
+    /// Every message the guest's bus carried during the step, in the bus's order.
+    pub dbus: Vec<DbusMessage>,
     /// Host wall time of the step, all repetitions.
     pub elapsed: Duration,
     /// A replay step: when each injection was due and when it started.
@@ -109,6 +111,7 @@ impl StepRecord {
             outcome: StepOutcome::Done,
             failures: 0,
             datagrams: Vec::new(),
+            dbus: Vec::new(),
             elapsed: Duration::ZERO,
             replay: None,
         }

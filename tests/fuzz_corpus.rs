@@ -114,6 +114,21 @@ fn seeded_datagram_mutants_decode_or_are_kept_as_malformed() {
         fuzzing::mutate_bytes(&mut bytes, &mut c);
         let groups = *c.pick(&[0, 1, 4, 1 << 4, 1 << 5, 3, u32::MAX]);
         fuzzing::check_datagram(protocol, groups, &bytes);
+        fuzzing::check_mapping(protocol, groups, &bytes);
+    }
+}
+
+/// Marshalled messages (a kdbusd signal as the monitor forwards it), cut,
+/// flipped and spliced: read or refused with an offset, never a panic.
+#[test]
+fn seeded_dbus_message_mutants_are_read_or_refused() {
+    let seed = fuzzing::sample_dbus_message();
+    assert!(kdbusd::message::parse(&seed).is_ok());
+    for s in 0..MUTANTS {
+        let mut c = Rng(s);
+        let mut bytes = seed.clone();
+        fuzzing::mutate_bytes(&mut bytes, &mut c);
+        fuzzing::check_dbus_message(&bytes);
     }
 }
 
@@ -169,6 +184,11 @@ fn write_fuzz_seeds() {
     };
     // The starters themselves are the text target's seeds (README).
     write("scenario_text", "minimal.toml", b"description = \"x\"\n[[step]]\nsleep_ms = 1\n");
+    for (i, &(protocol, payload)) in fuzzing::DATAGRAMS.iter().enumerate() {
+        let selector = if protocol == kevent_bench::events::NETLINK_KOBJECT_UEVENT { 0 } else { 1 };
+        write("kdbusd_mapping", &format!("{i}"), &[[selector, 4, 0, 0, 0].as_slice(), payload].concat());
+    }
+    write("dbus_message", "signal", &fuzzing::sample_dbus_message());
     // All zeros: the first starter, with one edit.
     write("scenario_mutants", "zeros", &[0; 16]);
     for (i, frame) in fuzzing::sample_frames().iter().enumerate() {

@@ -7,21 +7,32 @@
 //! the host before that request's reply. The events module's trigger returns
 //! only once its datagrams are queued, so an injection's events always come
 //! before its reply.
+//!
+//! With the D-Bus side, the same thread reads the tap's frames (every
+//! message on the bus) and forwards them; a reply then also waits for a
+//! fence through the bus: kdbusd's `Sync` returns only after kdbusd has
+//! sent the signals of everything its own sockets held, and the tap sees
+//! that return after those signals. So a step's D-Bus signals are on the
+//! host before its reply too.
 
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use kevent_wire::{AgentStage, DatagramRef, GuestMessage, Outcome};
+use kevent_wire::{
+    read_frame, write_frame, AgentStage, DatagramRef, DbusMessage, GuestMessage, Outcome, TapCommand, TapEvent,
+};
 use nix::errno::Errno;
 use nix::libc;
 use nix::poll::PollFd;
 use nix::sys::socket::{bind, recvmsg, setsockopt, sockopt, MsgFlags, NetlinkAddr, SockProtocol};
 
 use crate::error::AgentError;
+use crate::services::{Services, TapPipes};
 use crate::sys;
 use crate::HostChannel;
 
@@ -109,9 +120,108 @@ impl Listener {
     }
 }
 
+/// How long a fence through the bus may take: kdbusd drains and signals
+/// everything of a step, and the bus carries it, within this (TCG, loaded host).
+const BUS_FENCE_BOUND: Duration = Duration::from_secs(20);
+
+/// What a reply waits for besides the netlink sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// Nothing: no D-Bus side, or kdbusd is stopped.
+    Netlink,
+    /// kdbusd's `Sync`, seen returned by the tap.
+    Sync,
+    /// kdbusd's name seen without an owner (after kdbusd was stopped).
+    KdbusdGone,
+}
+
+/// The tap as the capture thread drives it.
+struct Tap {
+    pipes: TapPipes,
+    services: Services,
+    /// The tap's stdout is open.
+    open: bool,
+    /// The D-Bus side failed and was reported: no more fences.
+    failed: bool,
+    next_token: u64,
+}
+
+impl Tap {
+    /// Handles every frame the tap has written so far, without waiting.
+    fn pump(&mut self, channel: &HostChannel) -> io::Result<()> {
+        while self.open && self.readable(Duration::ZERO)? {
+            self.next(channel)?;
+        }
+        Ok(())
+    }
+
+    fn readable(&mut self, bound: Duration) -> io::Result<bool> {
+        if !self.pipes.events.buffer().is_empty() {
+            return Ok(true);
+        }
+        let mut fds = [sys::readable(self.pipes.events.get_ref().as_fd())];
+        sys::poll_timeout(&mut fds, bound)
+    }
+
+    /// Reads one frame: a bus message goes to the host; a fence's answer
+    /// is returned.
+    fn next(&mut self, channel: &HostChannel) -> io::Result<Option<TapEvent>> {
+        let frame =
+            read_frame(&mut self.pipes.events).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))?;
+        let Some((kind, body)) = frame else {
+            self.open = false;
+            return Ok(None);
+        };
+        match TapEvent::decode(kind, &body).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))? {
+            TapEvent::Message { monotonic_ns, bytes } => {
+                channel.send(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }))?;
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Asks the tap for `fence` and forwards what it sees until it answers.
+    fn fence(&mut self, fence: Fence, channel: &HostChannel) -> io::Result<Result<(), String>> {
+        self.next_token += 1;
+        let token = self.next_token;
+        let command = match fence {
+            Fence::Netlink => return Ok(Ok(())),
+            Fence::Sync => TapCommand::Sync { token },
+            Fence::KdbusdGone => TapCommand::AwaitKdbusdGone { token },
+        };
+        let what = match fence {
+            Fence::KdbusdGone => "kdbusd's name did not lose its owner on the bus",
+            _ => "kdbusd did not answer Sync",
+        };
+        if let Err(e) =
+            write_frame(&mut self.pipes.commands, &command.encode()).and_then(|()| self.pipes.commands.flush())
+        {
+            return Ok(Err(format!("{} could not be asked for a fence: {e}", crate::services::TAP)));
+        }
+        let deadline = Instant::now() + BUS_FENCE_BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !self.open {
+                return Ok(Err(format!("{} ended in a fence ({what})", crate::services::TAP)));
+            }
+            if !self.readable(left)? {
+                return Ok(Err(format!("{what} within {BUS_FENCE_BOUND:?}")));
+            }
+            match self.next(channel)? {
+                Some(TapEvent::Fenced { token: t }) if t == token => return Ok(Ok(())),
+                Some(TapEvent::FenceFailed { token: t, why }) if t == token => {
+                    return Ok(Err(format!("{what}: {why}")))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Handle for the command side: replies are sent through the capture thread.
 pub struct Capture {
-    replies: Sender<(u32, Outcome)>,
+    replies: Sender<(u32, Outcome, Fence)>,
     /// Write end of the capture thread's wake-up pipe.
     wake: File,
 }
@@ -143,16 +253,22 @@ impl Sockets {
 }
 
 impl Capture {
-    /// Starts the capture thread on `sockets`.
-    pub fn start(channel: HostChannel, sockets: Sockets) -> Result<Capture, AgentError> {
+    /// Starts the capture thread on `sockets`, and on the tap's pipes if
+    /// the D-Bus side runs.
+    pub fn start(
+        channel: HostChannel,
+        sockets: Sockets,
+        dbus: Option<(Services, TapPipes)>,
+    ) -> Result<Capture, AgentError> {
         let listeners = sockets.0;
+        let tap = dbus.map(|(services, pipes)| Tap { pipes, services, open: true, failed: false, next_token: 0 });
         let (read_end, write_end) = sys::pipe().map_err(|e| AgentError::io(STAGE, "make the wake-up pipe", &e))?;
         let (read_end, write_end) = (File::from(read_end), File::from(write_end));
         let (replies, pending) = mpsc::channel();
         thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
-                if let Err(e) = capture_loop(listeners, read_end, pending, &channel) {
+                if let Err(e) = capture_loop(listeners, read_end, pending, &channel, tap) {
                     crate::fail(Some(&channel), &AgentError::io(STAGE, "netlink capture", &e));
                 }
             })
@@ -161,9 +277,9 @@ impl Capture {
     }
 
     /// Sends `outcome` as the reply to request `id`, after every datagram
-    /// already queued in the capture sockets.
-    pub fn reply(&self, id: u32, outcome: Outcome) -> io::Result<()> {
-        self.replies.send((id, outcome)).map_err(|_| io::Error::other("the capture thread has stopped"))?;
+    /// already queued in the capture sockets, and after what `fence` waits for.
+    pub fn reply(&self, id: u32, outcome: Outcome, fence: Fence) -> io::Result<()> {
+        self.replies.send((id, outcome, fence)).map_err(|_| io::Error::other("the capture thread has stopped"))?;
         sys::wake(&self.wake)
     }
 }
@@ -171,23 +287,47 @@ impl Capture {
 fn capture_loop(
     listeners: Vec<Listener>,
     wake: File,
-    pending: Receiver<(u32, Outcome)>,
+    pending: Receiver<(u32, Outcome, Fence)>,
     channel: &HostChannel,
+    mut tap: Option<Tap>,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; 64 << 10];
-    // Built once: poll fills in `revents` on every wake-up.
-    let mut fds: Vec<PollFd<'_>> =
-        listeners.iter().map(|l| l.fd.as_fd()).chain([wake.as_fd()]).map(sys::readable).collect();
+    let wake_at = listeners.len();
     loop {
+        // The tap's stdout leaves the set once it has closed (its end is
+        // reported by its supervisor): poll would report it forever.
+        let mut fds: Vec<PollFd<'_>> = listeners
+            .iter()
+            .map(|l| l.fd.as_fd())
+            .chain([wake.as_fd()])
+            .chain(tap.as_ref().filter(|t| t.open).map(|t| t.pipes.events.get_ref().as_fd()))
+            .map(sys::readable)
+            .collect();
         sys::poll(&mut fds)?;
-        for (listener, _) in listeners.iter().zip(&fds).filter(|(_, p)| sys::ready(p)) {
+        let ready: Vec<bool> = fds.iter().map(sys::ready).collect();
+        drop(fds);
+        for (listener, _) in listeners.iter().zip(&ready).filter(|(_, r)| **r) {
             listener.drain(channel, &mut buffer)?;
         }
-        if fds.last().is_some_and(sys::ready) {
+        if ready.get(wake_at + 1).copied().unwrap_or(false) {
+            if let Some(tap) = &mut tap {
+                tap.pump(channel)?;
+            }
+        }
+        if ready[wake_at] {
             sys::drain_pipe(&wake)?;
-            while let Ok((id, outcome)) = pending.try_recv() {
+            while let Ok((id, outcome, fence)) = pending.try_recv() {
                 for listener in &listeners {
                     listener.drain(channel, &mut buffer)?;
+                }
+                if let Some(tap) = tap.as_mut().filter(|t| !t.failed) {
+                    if let Err(why) = tap.fence(fence, channel)? {
+                        // The host fails the run on the report; no reply
+                        // could claim the fence held.
+                        tap.failed = true;
+                        tap.services.report(&why);
+                        continue;
+                    }
                 }
                 channel.send(&GuestMessage::Reply { id, outcome })?;
             }

@@ -12,6 +12,8 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::capture::Fence;
+use crate::services::Services;
 use kevent_wire::{
     Command, ExecResult, Outcome, MAX_BACKGROUND_OUTPUT_BYTES, MAX_BACKGROUND_PROGRAMS, MAX_OUTPUT_BYTES,
     MAX_READ_BYTES, READ_CHUNK_BYTES,
@@ -73,6 +75,37 @@ pub fn execute(command: Command, background: &mut Background) -> Outcome {
             Ok(data) => Outcome::Data(data),
             Err(e) => error(e, &format!("read {path} from byte {offset}")),
         },
+        Command::Kdbusd { .. } => no_dbus(),
+    }
+}
+
+/// A request for the D-Bus side in a run without one.
+pub fn no_dbus() -> Outcome {
+    Outcome::Error {
+        errno: Errno::ENOTSUP as i32,
+        message: "this run has no D-Bus side (the scenario's [machine] dbus is false)".into(),
+    }
+}
+
+/// Stops or starts kdbusd, and the fence its reply waits for: a stopped
+/// kdbusd's name gone from the bus, a started one's `Sync` answered.
+pub fn kdbusd(services: &Services, start: bool) -> (Outcome, Fence) {
+    let running = services.kdbusd_running();
+    if start == running {
+        let message = if running { "kdbusd runs already" } else { "kdbusd is stopped already" };
+        let errno = if running { Errno::EALREADY } else { Errno::ESRCH };
+        return (Outcome::Error { errno: errno as i32, message: message.into() }, Fence::Netlink);
+    }
+    if start {
+        match services.start_kdbusd() {
+            Ok(()) => (Outcome::Done, Fence::Sync),
+            Err(e) => (Outcome::Error { errno: e.errno(), message: format!("start kdbusd: {e}") }, Fence::Netlink),
+        }
+    } else {
+        match services.stop_kdbusd() {
+            Ok(()) => (Outcome::Done, Fence::KdbusdGone),
+            Err(e) => (error(e, "stop kdbusd"), Fence::Netlink),
+        }
     }
 }
 

@@ -46,6 +46,11 @@ impl AgentError {
         self
     }
 
+    /// The errno, 0 if no system call gave one.
+    pub fn errno(&self) -> i32 {
+        self.errno.map_or(0, |e| e as i32)
+    }
+
     /// The failure as the host receives it.
     pub fn to_message(&self) -> GuestMessage {
         GuestMessage::Fatal {

@@ -8,6 +8,7 @@
 mod capture;
 mod commands;
 mod error;
+mod services;
 mod sys;
 
 use std::fs::{self, File, OpenOptions};
@@ -17,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kevent_wire::{
-    read_frame, write_frame, AgentStage, GuestMessage, Hello, HostMessage, ModuleLoad, MODULE_DIR, MODULE_LIST_PATH,
+    read_frame, write_frame, AgentStage, Command, GuestMessage, Hello, HostMessage, ModuleLoad, MODULE_DIR,
+    MODULE_LIST_PATH,
 };
 
 use crate::error::AgentError;
@@ -56,7 +58,7 @@ fn main() {
     // The channel comes first, as soon as /sys and /dev are there to find it
     // by: from then on every failure reaches the host, a module's included.
     let channel = mount_kernel_filesystems().and_then(|()| open_host_channel()).unwrap_or_else(|e| fail(None, &e));
-    if let Err(e) = boot(&channel, started_ns).and_then(|sockets| serve(&channel, sockets)) {
+    if let Err(e) = boot(&channel, started_ns).and_then(|(sockets, dbus)| serve(&channel, sockets, dbus)) {
         fail(Some(&channel), &e);
     }
     sys::restart_machine();
@@ -67,11 +69,34 @@ fn main() {
 /// once the capture sockets are bound: the host's sensor device may inject
 /// as soon as the host is greeted, without asking the agent anything. The
 /// greeting stays the first frame: nothing reads the sockets before it.
-fn boot(channel: &HostChannel, started_ns: u64) -> Result<capture::Sockets, AgentError> {
+/// The D-Bus side, if asked for, is up before the greeting, kdbusd's
+/// sockets bound, so that it hears every event the host causes.
+fn boot(channel: &HostChannel, started_ns: u64) -> Result<(capture::Sockets, Option<Dbus>), AgentError> {
     let modules = load_event_modules()?;
     let sockets = capture::Sockets::open()?;
+    let dbus = start_dbus(channel)?;
     greet(channel, started_ns, modules)?;
-    Ok(sockets)
+    Ok((sockets, dbus))
+}
+
+type Dbus = (services::Services, services::TapPipes);
+
+/// The D-Bus side, if the kernel command line asks for it; the relay too if
+/// it asks for that and QEMU has the port.
+fn start_dbus(channel: &HostChannel) -> Result<Option<Dbus>, AgentError> {
+    let failed = |e: &io::Error| AgentError::io(AgentStage::Dbus, "read /proc/cmdline", e);
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| failed(&e))?;
+    let words: Vec<&str> = cmdline.split_ascii_whitespace().collect();
+    if !words.contains(&kevent_wire::DBUS_ARG) {
+        return Ok(None);
+    }
+    let relay = if words.contains(&kevent_wire::DBUS_RELAY_ARG) {
+        let port = find_port(kevent_wire::DBUS_PORT_NAME, PORT_WAIT)?;
+        Some(port)
+    } else {
+        None
+    };
+    services::Services::start(channel, relay.as_deref()).map(Some)
 }
 
 fn mount_kernel_filesystems() -> Result<(), AgentError> {
@@ -215,9 +240,10 @@ fn greet(channel: &HostChannel, started_ns: u64, modules: Vec<ModuleLoad>) -> Re
 
 /// Captures netlink traffic and obeys the host until it asks for a
 /// shutdown or goes away. Requests are carried out one at a time, in order.
-fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), AgentError> {
+fn serve(channel: &HostChannel, sockets: capture::Sockets, dbus: Option<Dbus>) -> Result<(), AgentError> {
     const STAGE: AgentStage = AgentStage::Serve;
-    let capture = capture::Capture::start(channel.clone(), sockets)?;
+    let services = dbus.as_ref().map(|(services, _)| services.clone());
+    let capture = capture::Capture::start(channel.clone(), sockets, dbus)?;
     let mut background = commands::Background::default();
     let port = channel.port.lock().unwrap_or_else(|p| p.into_inner()).try_clone();
     let mut port = port.map_err(|e| AgentError::io(STAGE, "duplicate the port's descriptor", &e))?;
@@ -236,8 +262,18 @@ fn serve(channel: &HostChannel, sockets: capture::Sockets) -> Result<(), AgentEr
                 return Ok(());
             }
             HostMessage::Request { id, command } => {
-                let outcome = commands::execute(command, &mut background);
-                capture.reply(id, outcome).map_err(|e| AgentError::io(STAGE, "reply to the host", &e))?;
+                let (outcome, fence) = match (command, &services) {
+                    (Command::Kdbusd { start }, Some(services)) => commands::kdbusd(services, start),
+                    (Command::Kdbusd { .. }, None) => (commands::no_dbus(), capture::Fence::Netlink),
+                    (command, services) => {
+                        let fence = match services {
+                            Some(s) if s.kdbusd_running() => capture::Fence::Sync,
+                            _ => capture::Fence::Netlink,
+                        };
+                        (commands::execute(command, &mut background), fence)
+                    }
+                };
+                capture.reply(id, outcome, fence).map_err(|e| AgentError::io(STAGE, "reply to the host", &e))?;
             }
         }
     }

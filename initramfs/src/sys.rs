@@ -124,6 +124,22 @@ pub fn poll(fds: &mut [PollFd<'_>]) -> io::Result<()> {
     }
 }
 
+/// Waits at most `bound` for an event on one of `fds`; false if none came.
+pub fn poll_timeout(fds: &mut [PollFd<'_>], bound: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis().min(u128::from(u16::MAX))).unwrap_or(u16::MAX);
+        match nix::poll::poll(fds, PollTimeout::from(ms)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) => {}
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Processors online, as the kernel counts them; 0 if it cannot say.
 pub fn cpus_online() -> u32 {
     match sysconf(SysconfVar::_NPROCESSORS_ONLN) {

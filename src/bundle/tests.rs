@@ -33,6 +33,7 @@ fn events_jsonl(scenario: &Scenario, steps: &[StepRecord], last: Value) -> Strin
     let mut lines = vec![json_lines::start(scenario)];
     for record in steps {
         lines.extend(record.datagrams.iter().map(|d| json_lines::event(record.index + 1, d, &mut normaliser, true)));
+        lines.extend(record.dbus.iter().map(|m| json_lines::dbus(record.index + 1, m, true)));
         lines.push(json_lines::step(record));
     }
     lines.push(last);
@@ -267,6 +268,13 @@ fn the_recorded_run_reads_back_as_it_was_run() {
         );
         assert_eq!(a.elapsed, b.elapsed);
     }
+    // The D-Bus channel reads back byte for byte.
+    let mut with_bus = original.clone();
+    let signal = kdbusd::message::marshal_signal(3, "/org/kernel/x", "org.kernel.Power", "high", &[]).unwrap();
+    with_bus[0].dbus.push(kevent_wire::DbusMessage { monotonic_ns: 77, bytes: signal });
+    let recorded = Recorded::parse(&events_jsonl(&s, &with_bus, summary())).unwrap();
+    assert_eq!(recorded.steps[0].dbus, with_bus[0].dbus);
+    assert!(recorded.steps[1].dbus.is_empty());
     let failure = json_lines::failure(Some(3), "step 3 (read /x): kernel oops", 11);
     let partial = events_jsonl(&s, &original, failure);
     let recorded = Recorded::parse(&partial).unwrap();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kevent_wire::{write_frame, Datagram, GuestMessage, HostMessage, Outcome};
+use kevent_wire::{write_frame, Datagram, DbusMessage, GuestMessage, HostMessage, Outcome};
 
 use super::pump::{spawn_console_reader, spawn_stderr_collector, Event};
 use super::qmp::PauseClock;
@@ -56,6 +56,9 @@ pub(super) struct Guest {
     /// Datagrams received and not yet handed out, with when each arrived.
     pub(super) captured: Vec<Datagram>,
     pub(super) arrived: Vec<Instant>,
+    /// Messages of the guest's bus likewise.
+    pub(super) captured_dbus: Vec<DbusMessage>,
+    pub(super) dbus_arrived: Vec<Instant>,
     pub(super) next_request: u32,
     /// QEMU's command line, as a shell would read it back.
     pub(super) command_line: String,
@@ -111,6 +114,8 @@ impl Guest {
             sender: Some(tx),
             captured: Vec::new(),
             arrived: Vec::new(),
+            captured_dbus: Vec::new(),
+            dbus_arrived: Vec::new(),
             next_request: 1,
             command_line,
             pause: None,
@@ -279,6 +284,20 @@ impl Guest {
                 self.captured.push(datagram);
                 self.arrived.push(Instant::now());
             }
+            Event::Dbus(message, at) => {
+                self.captured_dbus.push(message);
+                self.dbus_arrived.push(at);
+            }
+            Event::Agent(GuestMessage::Dbus(message)) => {
+                self.captured_dbus.push(message);
+                self.dbus_arrived.push(Instant::now());
+            }
+            Event::Agent(GuestMessage::ServicesFailed { why, services }) => {
+                // What the agent sent before its report is already here;
+                // the guest has nothing more for this run.
+                let console_tail = self.console_tail();
+                return Err(self.fail(Failure::DbusFailed { why, services, console_tail }));
+            }
             Event::Agent(GuestMessage::Overrun { protocol, occurrences }) => {
                 self.kill();
                 return Err(Failure::EventsLost { protocol, occurrences, captured: self.captured.len() });
@@ -314,6 +333,13 @@ impl Guest {
                 Ok(Event::Datagram(datagram, at)) => {
                     self.captured.push(datagram);
                     self.arrived.push(at);
+                }
+                Ok(Event::Dbus(message, at)) => {
+                    self.captured_dbus.push(message);
+                    self.dbus_arrived.push(at);
+                }
+                Ok(Event::Agent(GuestMessage::ServicesFailed { why, services })) => {
+                    return Some(Failure::DbusFailed { why, services, console_tail: self.console_tail() });
                 }
                 Ok(Event::AgentClosed) | Err(_) => return None,
                 Ok(_) => {}
@@ -390,7 +416,13 @@ impl Guest {
     }
 
     pub(super) fn exchange(&mut self, outcome: Outcome) -> Exchange {
-        Exchange { outcome, datagrams: std::mem::take(&mut self.captured), arrived: std::mem::take(&mut self.arrived) }
+        Exchange {
+            outcome,
+            datagrams: std::mem::take(&mut self.captured),
+            arrived: std::mem::take(&mut self.arrived),
+            dbus: std::mem::take(&mut self.captured_dbus),
+            dbus_arrived: std::mem::take(&mut self.dbus_arrived),
+        }
     }
 
     pub(super) fn sensor_not_ready(&mut self, waited: Duration, detail: String) -> Failure {

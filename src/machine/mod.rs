@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kevent_wire::{Datagram, GuestMessage, Hello, HostMessage, Outcome};
+use kevent_wire::{Datagram, DbusMessage, GuestMessage, Hello, HostMessage, Outcome};
 
 use crate::failure::{Failure, Stage};
 use crate::process::{self};
@@ -376,6 +376,20 @@ pub struct Exchange {
     pub datagrams: Vec<Datagram>,
     /// When each datagram reached the host.
     pub arrived: Vec<Instant>,
+    /// Every message of the guest's bus the agent forwarded before it
+    /// replied (with the D-Bus side: after kdbusd's signals for the datagrams).
+    pub dbus: Vec<DbusMessage>,
+    /// When each of those reached the host.
+    pub dbus_arrived: Vec<Instant>,
+}
+
+/// What reached the host and was not handed out yet.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    /// Netlink datagrams, in order.
+    pub datagrams: Vec<Datagram>,
+    /// Messages of the guest's bus, in order.
+    pub dbus: Vec<DbusMessage>,
 }
 
 impl Machine {
@@ -409,11 +423,11 @@ impl Machine {
         })
     }
 
-    /// The datagrams received and not yet handed out: after a failure,
-    /// what the failed request had brought in.
-    pub fn take_captured(&mut self) -> Vec<Datagram> {
-        self.guest.arrived.clear();
-        std::mem::take(&mut self.guest.captured)
+    /// The datagrams and bus messages received and not yet handed out:
+    /// after a failure, what the failed request had brought in.
+    pub fn take_captured(&mut self) -> Captured {
+        let exchange = self.guest.exchange(Outcome::Done);
+        Captured { datagrams: exchange.datagrams, dbus: exchange.dbus }
     }
 
     /// The private directory of this guest's sockets, removed when the
@@ -449,6 +463,17 @@ impl Machine {
     /// fence only after draining its sockets.
     pub fn fence(&mut self, bound: Duration) -> Result<Exchange, Failure> {
         self.request(kevent_wire::Command::Fence, bound)
+    }
+
+    /// Waits until at least `count` bus messages are waiting on the host,
+    /// and hands out all that was captured, without asking the agent anything.
+    pub fn wait_dbus(&mut self, count: usize, bound: Duration) -> Result<Exchange, Failure> {
+        let guest = &mut self.guest;
+        let tick = Duration::from_millis(50);
+        if !guest.wait_until(Stage::Command, bound, tick, |g| g.captured_dbus.len() >= count)? {
+            return Err(guest.timeout(Stage::Command, bound));
+        }
+        Ok(guest.exchange(Outcome::Done))
     }
 
     /// Waits until at least `count` datagrams are waiting on the host, and

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kevent_wire::{read_frame, Datagram, GuestMessage, WireError};
+use kevent_wire::{read_frame, Datagram, DbusMessage, GuestMessage, WireError};
 
 use super::guest::{ConsoleState, CONSOLE_MEMORY};
 
@@ -26,6 +26,8 @@ pub(super) enum Event {
     Agent(GuestMessage),
     /// A datagram, stamped when the agent reader decoded it.
     Datagram(Datagram, Instant),
+    /// A message of the guest's bus, stamped likewise.
+    Dbus(DbusMessage, Instant),
     AgentClosed,
     AgentError(WireError),
     /// The guest rang the host's sensor vector: an acknowledgement.
@@ -120,6 +122,7 @@ pub(super) fn spawn_agent_reader(mut stream: UnixStream, tx: Sender<Event>) {
         let event = match read_frame(&mut stream) {
             Ok(Some((kind, body))) => match GuestMessage::decode(kind, &body) {
                 Ok(GuestMessage::Datagram(datagram)) => Event::Datagram(datagram, Instant::now()),
+                Ok(GuestMessage::Dbus(message)) => Event::Dbus(message, Instant::now()),
                 Ok(message) => Event::Agent(message),
                 Err(e) => Event::AgentError(e),
             },
@@ -128,7 +131,7 @@ pub(super) fn spawn_agent_reader(mut stream: UnixStream, tx: Sender<Event>) {
             Ok(None) | Err(WireError::Io(_) | WireError::TruncatedFrame { .. }) => Event::AgentClosed,
             Err(e) => Event::AgentError(e),
         };
-        let last = !matches!(event, Event::Agent(_) | Event::Datagram(..));
+        let last = !matches!(event, Event::Agent(_) | Event::Datagram(..) | Event::Dbus(..));
         if tx.send(event).is_err() || last {
             return;
         }

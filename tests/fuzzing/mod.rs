@@ -41,8 +41,16 @@ pub fn starters() -> Vec<Vec<u8>> {
 
 /// The fuzz targets, each a name of `fuzz/fuzz_targets/` and a folder of
 /// `fuzz/inputs/`.
-pub const TARGETS: &[&str] =
-    &["scenario_text", "scenario_mutants", "wire_message", "wire_stream", "events_decode", "modinfo_object"];
+pub const TARGETS: &[&str] = &[
+    "scenario_text",
+    "scenario_mutants",
+    "wire_message",
+    "wire_stream",
+    "events_decode",
+    "modinfo_object",
+    "kdbusd_mapping",
+    "dbus_message",
+];
 
 /// Runs fuzz target `target` on one input: how each target reads its
 /// bytes is defined here alone, so a reproducer means the same thing to
@@ -86,6 +94,20 @@ pub fn run(target: &str, data: &[u8]) {
             }
         }
         "modinfo_object" => check_modinfo(data),
+        // As events_decode: what kdbusd's sockets deliver, through its mapping.
+        "kdbusd_mapping" => {
+            if data.len() >= 5 {
+                let protocol = match data[0] % 3 {
+                    0 => events::NETLINK_KOBJECT_UEVENT,
+                    1 => 31,
+                    _ => u32::from(data[0]),
+                };
+                let groups = u32::from_le_bytes(data[1..5].try_into().unwrap());
+                check_mapping(protocol, groups, &data[5..]);
+            }
+        }
+        // Any bytes as a message the guest's monitor forwarded.
+        "dbus_message" => check_dbus_message(data),
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -176,6 +198,7 @@ fn check_parsed(s: &Scenario, bytes: &[u8]) {
                 assert_eq!(step.repeat, 1, "{what}: a replay plays once");
                 assert!(speed.0 >= 1, "{what}: speed {speed:?}");
             }
+            Action::Kdbusd { .. } => assert!(m.dbus, "{what}: kdbusd without the D-Bus side"),
         }
         if let Some(interval) = step.device_interval {
             assert!(matches!(step.action, Action::Inject { .. }), "{what}: timed but not an injection");
@@ -772,6 +795,75 @@ pub fn check_datagram(protocol: u32, groups: u32, bytes: &[u8]) {
     let mut n = events::Normaliser::default();
     n.normalise(&mut event);
     n.normalise(&mut event);
+}
+
+/// kdbusd's mapping (docs/dbus.md) of any datagram: a valid object path,
+/// one of the documented interfaces, a valid member, and the datagram
+/// itself as the body's last argument; a valid `From:` object is kept as
+/// it is; a Malformed signal says why.
+pub fn check_mapping(protocol: u32, groups: u32, bytes: &[u8]) {
+    use kdbusd::mapping::{self, Body, Source};
+    let source = if protocol == events::NETLINK_KOBJECT_UEVENT {
+        Source::Uevent
+    } else {
+        Source::Kmessage { unit: protocol, groups }
+    };
+    let signal = mapping::map(source, bytes);
+    assert!(mapping::is_object_path(signal.path.as_bytes()), "{:?} is no object path", signal.path);
+    assert!(mapping::is_member(signal.member.as_bytes()), "{:?} is no member", signal.member);
+    let interfaces: Vec<&str> = mapping::KMESSAGE_INTERFACES.iter().map(|(_, i)| *i).collect();
+    assert!(
+        interfaces.contains(&signal.interface)
+            || signal.interface == mapping::UEVENT_INTERFACE
+            || signal.interface == mapping::INTERFACE,
+        "{}",
+        signal.interface
+    );
+    assert_eq!(signal.body.datagram(), bytes, "the datagram is not carried whole");
+    match &signal.body {
+        Body::Malformed { why, .. } => assert!(!why.is_empty()),
+        Body::Kmessage { .. } => {
+            let from = bytes.strip_prefix(b"From: ").and_then(|r| r.split(|&b| b == b'\n').next()).unwrap();
+            if mapping::is_object_path(from) {
+                assert_eq!(signal.path.as_bytes(), from);
+            }
+        }
+        Body::Uevent { .. } => assert!(signal.path.starts_with(mapping::UEVENT_PATH_PREFIX)),
+    }
+    // Every escaped element unescapes; a uevent's path is all escaped.
+    for element in signal.path.split('/').skip(1).filter(|e| !e.is_empty()) {
+        if matches!(signal.body, Body::Uevent { .. }) {
+            assert!(mapping::unescape_label(element).is_some(), "{element:?}");
+        }
+    }
+    // What the host checks a forwarded signal against is these values.
+    let _ = kevent_bench::dbus::body_values(&signal.body);
+}
+
+/// kdbusd's signal of the seed's kmessage, marshalled.
+pub fn sample_dbus_message() -> Vec<u8> {
+    let (protocol, datagram) = DATAGRAMS[0];
+    let signal = kdbusd::mapping::map(kdbusd::mapping::Source::Kmessage { unit: protocol, groups: 4 }, datagram);
+    let body = kevent_bench::dbus::body_values(&signal.body);
+    kdbusd::message::marshal_signal(1, &signal.path, signal.interface, &signal.member, &body).expect("kdbusd's types")
+}
+
+/// The host's reader of D-Bus messages: an error with an offset inside the
+/// bytes, or a message whose every value renders.
+pub fn check_dbus_message(bytes: &[u8]) {
+    match kdbusd::message::parse(bytes) {
+        Ok(message) => {
+            for value in &message.body {
+                let _ = value.to_string();
+            }
+        }
+        Err(e) => {
+            assert!(e.offset <= bytes.len(), "{e}");
+            assert!(!e.why.is_empty());
+        }
+    }
+    let message = kevent_wire::DbusMessage { monotonic_ns: 0, bytes: bytes.to_vec() };
+    let _ = kevent_bench::dbus::entries(&[message], &[]);
 }
 
 // ---------------------------------------------------------------------------

@@ -16,14 +16,17 @@
 
 mod codec;
 mod message;
+mod tap;
 
 pub use codec::{read_frame, write_frame, Decoder, Encoder, WireError, MAX_FRAME_LEN};
 pub use message::{
-    AgentStage, Command, Datagram, DatagramRef, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad, Outcome,
+    AgentStage, Command, Datagram, DatagramRef, DbusMessage, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad,
+    Outcome, ServiceFailure,
 };
+pub use tap::{TapCommand, TapEvent};
 
 /// Version of this protocol; bump it whenever a message's layout changes.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Name of the virtio-serial port the agent talks on (`virtserialport,name=`).
 pub const AGENT_PORT_NAME: &str = "org.kevent-bench.agent";
@@ -53,6 +56,27 @@ pub fn kmessage_type(groups: u32) -> Option<&'static str> {
     KMESSAGE_TYPES.get(groups.trailing_zeros() as usize).copied()
 }
 
+/// The kernel command-line word that has the agent start the guest's D-Bus
+/// side (dbus-daemon, kdbusd, the monitor) before it greets.
+pub const DBUS_ARG: &str = "kevent_bench.dbus=1";
+/// The kernel command-line word that has the agent relay the host's bus
+/// port ([`DBUS_PORT_NAME`]) to the guest's system bus.
+pub const DBUS_RELAY_ARG: &str = "kevent_bench.dbus_relay=1";
+/// Name of the virtio-serial port bridged to the guest's system bus
+/// (`cargo xtask run --dbus-socket`).
+pub const DBUS_PORT_NAME: &str = "org.kevent-bench.dbus";
+/// Where the guest's system bus listens, and the address its clients use.
+pub const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
+/// The guest's system bus address, as `DBUS_SYSTEM_BUS_ADDRESS`.
+pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
+/// The bench's configuration of the guest's system bus.
+pub const DBUS_CONFIG_PATH: &str = "/etc/kevent-bench/dbus/system.conf";
+/// Debian's dbus-daemon, at the path it has on the host.
+pub const DBUS_DAEMON_PATH: &str = "/usr/bin/dbus-daemon";
+/// kdbusd in the initramfs.
+pub const KDBUSD_PATH: &str = "/sbin/kdbusd";
+/// The bench's tap on the bus (monitor, fences, host relay) in the initramfs.
+pub const DBUS_TAP_PATH: &str = "/sbin/kevent-dbus-tap";
 /// Where the agent mounts tracefs when the guest kernel has it.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 

@@ -76,6 +76,28 @@ impl DatagramRef<'_> {
     }
 }
 
+/// One D-Bus message the guest's bus monitor saw, as marshalled on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbusMessage {
+    /// Guest CLOCK_MONOTONIC when the monitor received it.
+    pub monotonic_ns: u64,
+    /// The message's bytes: header, fields and body, as the bus sent them.
+    pub bytes: Vec<u8>,
+}
+
+/// A program of the guest's D-Bus side (dbus-daemon, kdbusd, the tap, the
+/// relay) that ended or failed while the run needed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFailure {
+    /// The program's name.
+    pub program: String,
+    /// How it ended ("killed by signal 9", "exited with code 1"), or
+    /// "running" if it is alive but failed its part.
+    pub status: String,
+    /// The end of what it wrote to stderr: its last words.
+    pub last_words: Vec<u8>,
+}
+
 /// How a program run by the agent ended, and what it printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecResult {
@@ -130,11 +152,13 @@ pub enum AgentStage {
     Serve,
     /// A panic, wherever it happened.
     Panic,
+    /// Starting the D-Bus side: dbus-daemon, kdbusd, the tap, the relay.
+    Dbus,
 }
 
 impl AgentStage {
     /// Every stage, in boot order.
-    pub const ALL: [AgentStage; 7] = [
+    pub const ALL: [AgentStage; 8] = [
         AgentStage::Mount,
         AgentStage::Port,
         AgentStage::ModuleLoad,
@@ -142,6 +166,7 @@ impl AgentStage {
         AgentStage::Greet,
         AgentStage::Serve,
         AgentStage::Panic,
+        AgentStage::Dbus,
     ];
 
     /// The stage's byte on the wire.
@@ -154,6 +179,7 @@ impl AgentStage {
             AgentStage::Greet => 4,
             AgentStage::Serve => 5,
             AgentStage::Panic => 6,
+            AgentStage::Dbus => 7,
         }
     }
 
@@ -172,6 +198,7 @@ impl fmt::Display for AgentStage {
             AgentStage::Greet => "greeting",
             AgentStage::Serve => "serve",
             AgentStage::Panic => "panic",
+            AgentStage::Dbus => "D-Bus start",
         })
     }
 }
@@ -200,8 +227,20 @@ pub enum GuestMessage {
         /// How many times that socket has overflowed so far.
         occurrences: u32,
     },
+    /// A message the guest's system bus carried, seen by the monitor.
+    Dbus(DbusMessage),
+    /// The guest's D-Bus side failed: a program died, or kdbusd could not
+    /// answer a fence. The run cannot go on with the bus channel it asked for.
+    ServicesFailed {
+        /// What failed first, in words.
+        why: String,
+        /// Every program of the D-Bus side that had ended or failed by the
+        /// time the agent reported, the bus daemon first.
+        services: Vec<ServiceFailure>,
+    },
     /// The answer to a request; for every request the reply comes after all
-    /// datagrams received before the request finished.
+    /// datagrams received before the request finished (and, with the bus
+    /// channel, after every D-Bus message kdbusd sent for them).
     Reply {
         /// The request's id.
         id: u32,
@@ -269,6 +308,12 @@ pub enum Command {
         /// The most bytes to return.
         max: u32,
     },
+    /// Stop kdbusd (and wait until it is gone from the bus), or start it
+    /// again (and wait until it owns its name).
+    Kdbusd {
+        /// Start it rather than stop it.
+        start: bool,
+    },
 }
 
 /// Messages from the host to the agent.
@@ -290,6 +335,8 @@ const GUEST_FATAL: u8 = 0x02;
 const GUEST_DATAGRAM: u8 = 0x03;
 const GUEST_OVERRUN: u8 = 0x04;
 const GUEST_REPLY: u8 = 0x05;
+const GUEST_DBUS: u8 = 0x06;
+const GUEST_SERVICES_FAILED: u8 = 0x07;
 
 const HOST_SHUTDOWN: u8 = 0x81;
 const HOST_REQUEST: u8 = 0x82;
@@ -308,6 +355,7 @@ const COMMAND_EXEC: u8 = 4;
 const COMMAND_FINISH_BACKGROUND: u8 = 5;
 const COMMAND_FENCE: u8 = 6;
 const COMMAND_READ_CHUNK: u8 = 7;
+const COMMAND_KDBUSD: u8 = 8;
 
 fn encode_exec(e: &mut Encoder, r: &ExecResult) {
     e.str(&r.program).i32(r.exit_code).i32(r.signal).bytes(&r.stdout).bytes(&r.stderr);
@@ -356,6 +404,18 @@ impl GuestMessage {
             GuestMessage::Overrun { protocol, occurrences } => {
                 let mut e = Encoder::new(GUEST_OVERRUN);
                 e.u32(*protocol).u32(*occurrences);
+                e.finish()
+            }
+            GuestMessage::Dbus(m) => {
+                let mut e = Encoder::with_capacity(GUEST_DBUS, 12 + m.bytes.len());
+                e.u64(m.monotonic_ns).bytes(&m.bytes);
+                e.finish()
+            }
+            GuestMessage::ServicesFailed { why, services } => {
+                let mut e = Encoder::new(GUEST_SERVICES_FAILED);
+                e.str(why).list(services, |e, s| {
+                    e.str(&s.program).str(&s.status).bytes(&s.last_words);
+                });
                 e.finish()
             }
             GuestMessage::Reply { id, outcome } => {
@@ -445,6 +505,25 @@ impl GuestMessage {
                 d.end()?;
                 Ok(GuestMessage::Overrun { protocol, occurrences })
             }
+            GUEST_DBUS => {
+                let mut d = Decoder::new("Dbus", body);
+                let message = DbusMessage { monotonic_ns: d.u64("monotonic_ns")?, bytes: d.bytes("bytes")? };
+                d.end()?;
+                Ok(GuestMessage::Dbus(message))
+            }
+            GUEST_SERVICES_FAILED => {
+                let mut d = Decoder::new("ServicesFailed", body);
+                let why = d.str("why")?;
+                let services = d.list("services", |d| {
+                    Ok(ServiceFailure {
+                        program: d.str("services.program")?,
+                        status: d.str("services.status")?,
+                        last_words: d.bytes("services.last_words")?,
+                    })
+                })?;
+                d.end()?;
+                Ok(GuestMessage::ServicesFailed { why, services })
+            }
             GUEST_REPLY => {
                 let mut d = Decoder::new("Reply", body);
                 let id = d.u32("id")?;
@@ -499,6 +578,9 @@ impl HostMessage {
                     Command::ReadChunk { path, offset, max } => {
                         e.u8(COMMAND_READ_CHUNK).str(path).u64(*offset).u32(*max);
                     }
+                    Command::Kdbusd { start } => {
+                        e.u8(COMMAND_KDBUSD).bool(*start);
+                    }
                 }
                 e.finish()
             }
@@ -534,6 +616,7 @@ impl HostMessage {
                     COMMAND_READ_CHUNK => {
                         Command::ReadChunk { path: d.str("path")?, offset: d.u64("offset")?, max: d.u32("max")? }
                     }
+                    COMMAND_KDBUSD => Command::Kdbusd { start: d.bool("start")? },
                     other => return Err(d.bad_value("command", other.into())),
                 };
                 d.end()?;
@@ -595,6 +678,15 @@ mod tests {
                 bytes: b"From: x\nSignal: high\n\0".to_vec(),
             }),
             GuestMessage::Overrun { protocol: 15, occurrences: 2 },
+            GuestMessage::Dbus(DbusMessage { monotonic_ns: 8, bytes: b"l\x04\x01\x01\0\0\0\0".to_vec() }),
+            GuestMessage::ServicesFailed {
+                why: "kdbusd died".into(),
+                services: vec![ServiceFailure {
+                    program: "kdbusd".into(),
+                    status: "killed by signal 9".into(),
+                    last_words: b"kdbusd: ready\n".to_vec(),
+                }],
+            },
             GuestMessage::Reply { id: 1, outcome: Outcome::Done },
             GuestMessage::Reply { id: 2, outcome: Outcome::Data(vec![1, 2]) },
             GuestMessage::Reply { id: 3, outcome: Outcome::Exec(exec.clone()) },
@@ -628,6 +720,8 @@ mod tests {
                 id: 8,
                 command: Command::ReadChunk { path: "/sys/kernel/tracing/trace_pipe".into(), offset: 3, max: 65536 },
             },
+            HostMessage::Request { id: 9, command: Command::Kdbusd { start: false } },
+            HostMessage::Request { id: 10, command: Command::Kdbusd { start: true } },
         ];
         for m in &messages {
             let frame = m.encode();
@@ -697,12 +791,12 @@ mod tests {
     #[test]
     fn every_stage_has_its_own_byte_and_an_unknown_one_is_named() {
         let codes: Vec<u8> = AgentStage::ALL.iter().map(|s| s.code()).collect();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6], "stage bytes are the protocol: never renumber one");
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6, 7], "stage bytes are the protocol: never renumber one");
         let mut e = Encoder::new(GUEST_FATAL);
-        e.u8(7).i32(0).str("x");
+        e.u8(8).i32(0).str("x");
         let frame = e.finish();
         let err = GuestMessage::decode(frame[4], &frame[5..]).unwrap_err().to_string();
-        assert_eq!(err, "Fatal: field `stage` has invalid value 7");
+        assert_eq!(err, "Fatal: field `stage` has invalid value 8");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The guest agent and the floor init: static glibc binaries.
+//! The guest agent, the floor init, kdbusd and its tap: static glibc
+//! binaries, built by one cargo invocation.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,6 +17,8 @@ const PROFILE: &str = "agent";
 pub struct AgentBinaries {
     pub agent: PathBuf,
     pub floor_init: PathBuf,
+    pub kdbusd: PathBuf,
+    pub dbus_tap: PathBuf,
 }
 
 pub fn build(project: &Project) -> anyhow::Result<AgentBinaries> {
@@ -27,14 +30,20 @@ pub fn build(project: &Project) -> anyhow::Result<AgentBinaries> {
     run_logged(
         Command::new(cargo)
             .current_dir(&project.root)
-            .args(["build", "--quiet", "--package", "kevent-agent", "--bins", "--profile", PROFILE, "--target", TARGET])
+            .args(["build", "--quiet", "--package", "kevent-agent", "--package", "kdbusd", "--bins"])
+            .args(["--profile", PROFILE, "--target", TARGET])
             .env("CARGO_TARGET_DIR", &target_dir)
             .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static"),
         "agent build",
         &project.out.join("agent-build.log"),
     )?;
     let bin_dir = bin_dir(project);
-    Ok(AgentBinaries { agent: bin_dir.join("kevent-agent"), floor_init: bin_dir.join("floor-init") })
+    Ok(AgentBinaries {
+        agent: bin_dir.join("kevent-agent"),
+        floor_init: bin_dir.join("floor-init"),
+        kdbusd: bin_dir.join("kdbusd"),
+        dbus_tap: bin_dir.join("kevent-dbus-tap"),
+    })
 }
 
 /// The agent binary the last build of this checkout made.

@@ -331,6 +331,9 @@ pub struct RunFlags {
     /// Write a reproducer bundle of the run to FILE (xz tar: scenario, kernel, modules, QEMU, console, events; docs/bundle.md), whether the run succeeds or fails
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
+    /// Expose the guest's system bus on the host as a UNIX socket at PATH while the scenario runs (needs [machine] dbus = true)
+    #[arg(long, value_name = "PATH")]
+    pub dbus_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -403,6 +406,8 @@ pub enum BenchTarget {
     Scenarios(BenchSuite),
     /// In one guest: injection-to-host latency and sustained rate, sensor device beside debugfs and beside the floor (the device with a handler that acknowledges at once)
     Inject(BenchRuns),
+    /// In one D-Bus guest: injection-to-signal latency and the sustained rate with zero loss, beside the netlink figures of the same injections
+    Dbus(BenchRuns),
     /// Each scenario N times with every host core busy: how many different snapshots came out
     Determinism(BenchDeterminism),
 }

@@ -104,6 +104,12 @@ pub fn for_build(kernel_src: Option<&Path>) -> Vec<Requirement> {
         Requirement::program("gdb (run --gdb, and its test)", "gdb", "gdb"),
         Requirement::file("libelf headers", &["/usr/include/libelf.h", "/usr/include/gelf.h"], "libelf-dev"),
         Requirement::file("libssl headers", &["/usr/include/openssl/ssl.h"], "libssl-dev"),
+        // Packed into the D-Bus guest's initramfs from this path
+        // (kevent_wire::DBUS_DAEMON_PATH), with its shared libraries.
+        Requirement::file("dbus-daemon (the guest's system bus)", &["/usr/bin/dbus-daemon"], "dbus-daemon"),
+        // A D-Bus client nobody here wrote, run by the tests on the guest's
+        // bus through `--dbus-socket`.
+        Requirement::program("dbus-monitor (the tests' client of the guest's bus)", "dbus-monitor", "dbus-bin"),
         Requirement::file(
             "static glibc (the agent is linked with +crt-static)",
             &["/usr/lib/x86_64-linux-gnu/libc.a", "/usr/lib64/libc.a", "/usr/lib/libc.a"],

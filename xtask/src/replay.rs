@@ -63,7 +63,7 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
     let mut guest = scenario.guest(&artifacts);
     guest.kernel_args.extend(manifest.run.append.iter().cloned());
     if !includes.is_empty() {
-        guest.initramfs = run::initramfs_with(&artifacts.initramfs, &includes, &run_dir)?;
+        guest.initramfs = run::initramfs_with(&guest.initramfs, &includes, &run_dir)?;
     }
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;

@@ -3,11 +3,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kevent_bench::cpio::Archive;
+use kevent_bench::dbus;
 use kevent_bench::dyndbg::Query;
 use kevent_bench::events;
 use kevent_bench::gdb::{self, Endpoint, GdbStub};
@@ -19,6 +19,7 @@ use kevent_bench::transcript::{errno_name, StepOutcome, StepRecord};
 use kevent_bench::{bundle, scenario, AccelDecision, Failure, MachineConfig};
 
 use crate::flags::{BuildFlags, KernelProfile, RunFlags};
+use crate::initramfs;
 use crate::reproducer;
 
 pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
@@ -59,6 +60,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     let gdb = gdb_stub(flags)?;
     // So is a bundle that could not be written: its directory is tried now.
     let bundle_target = flags.bundle.as_deref().map(reproducer::Target::prepare).transpose()?;
+    let dbus_socket = flags.dbus_socket.as_deref().map(|path| dbus_socket_path(&scenario, path)).transpose()?;
     let build = kernel_for_trace(flags.build.resolve(), &scenario)?;
     let artifacts = crate::build::run(&build)?;
     scenario.check_params(&artifacts.module_parameters()?)?;
@@ -67,8 +69,15 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
     let mut guest = scenario.guest(&artifacts);
     guest.kernel_args.extend(flags.append.iter().cloned());
     if !flags.includes.is_empty() {
-        guest.initramfs = initramfs_with(&artifacts.initramfs, &flags.includes, &run_dir)?;
+        // The scenario's archive: the D-Bus guest's, if it asks for one.
+        guest.initramfs = initramfs_with(&guest.initramfs, &flags.includes, &run_dir)?;
     }
+    guest.dbus_socket = dbus_socket.clone();
+    if let Some(path) = &dbus_socket {
+        eprintln!("the guest's system bus: unix:path={} (once the guest has booted)", path.display());
+    }
+    // QEMU leaves its listening socket behind: it is removed however the run ends.
+    let _socket_guard = dbus_socket.map(RemoveOnDrop);
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;
     config.dyndbg = dyndbg;
@@ -170,6 +179,9 @@ pub fn execute(
         for datagram in &record.datagrams {
             keep(json_lines::event(record.index + 1, datagram, &mut normaliser, true), lines);
         }
+        for message in &record.dbus {
+            keep(json_lines::dbus(record.index + 1, message, true), lines);
+        }
         if finished {
             keep(json_lines::step(record), lines);
             if let Some(timing) = &record.replay {
@@ -198,6 +210,19 @@ pub fn execute(
                 let _ = writeln!(out, "RAW {} bytes: {}\n", datagram.bytes.len(), events::escape(&datagram.bytes));
             }
         }
+        let datagrams: Vec<_> = record.datagrams.iter().collect();
+        for entry in dbus::entries(&record.dbus, &datagrams) {
+            let _ = writeln!(out, "dbus {} {}", entry.message, entry.path.as_deref().unwrap_or(""));
+            if let Some(carries) = &entry.carries {
+                let _ = writeln!(out, "     carries {carries}");
+            }
+            for arg in &entry.args {
+                let _ = writeln!(out, "     {arg}");
+            }
+            if let Some(wrong) = &entry.wrong {
+                let _ = writeln!(out, "     WRONG: {wrong}");
+            }
+        }
         match &record.outcome {
             StepOutcome::Read(data) => {
                 let _ = writeln!(out, "{}\n", String::from_utf8_lossy(data).trim_end());
@@ -221,10 +246,11 @@ pub fn execute(
         Ok(transcript) => transcript,
         Err(failure) => {
             let mut failed_step = None;
-            if let Failure::AtStep { step, label, captured, .. } = &failure {
+            if let Failure::AtStep { step, label, captured, captured_dbus, .. } = &failure {
                 // Nothing captured is lost: the failed step's events so far.
                 let mut partial = StepRecord::new(step - 1, format!("{label} (failed)"), 1);
                 partial.datagrams = captured.clone();
+                partial.dbus = captured_dbus.clone();
                 print_step(&partial, false, &mut lines);
                 failed_step = Some(*step);
             }
@@ -369,6 +395,36 @@ fn overrides_of(flags: &RunFlags) -> bundle::Overrides {
     }
 }
 
+/// `--dbus-socket PATH`, absolute (QEMU resolves it in its own working
+/// directory), refused for a scenario without the D-Bus side or a path
+/// that is taken.
+fn dbus_socket_path(scenario: &scenario::Scenario, path: &Path) -> anyhow::Result<PathBuf> {
+    if !scenario.machine.dbus {
+        bail!(
+            "--dbus-socket {}: scenario {} has no D-Bus side to expose (add `dbus = true` under [machine])",
+            path.display(),
+            scenario.name
+        );
+    }
+    if path.symlink_metadata().is_ok() {
+        bail!("--dbus-socket {}: the path exists; the guest's bus needs a new socket there", path.display());
+    }
+    let absolute = std::path::absolute(path).with_context(|| format!("--dbus-socket {}", path.display()))?;
+    let parent = absolute.parent().unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        bail!("--dbus-socket {}: {} is not a directory", path.display(), parent.display());
+    }
+    Ok(absolute)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The command line's choices replace the scenario's own, each said out
 /// loud; one that cannot apply (a CPU a step injects at would be gone) is
 /// refused before anything is built.
@@ -424,46 +480,14 @@ pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyho
             }
         };
         let data = std::fs::read(&host).with_context(|| format!("--include {include}: read {}", host.display()))?;
-        let elf = is_elf(&data);
-        if elf {
-            for library in shared_libraries(&host)? {
-                let bytes = std::fs::read(&library).with_context(|| format!("read {}", library.display()))?;
-                archive.file(&library.to_string_lossy(), 0o755, bytes);
-            }
+        if initramfs::is_elf(&data) {
+            initramfs::add_elf(&mut archive, &host, &guest).with_context(|| format!("--include {include}"))?;
+        } else {
+            archive.file(&guest, 0o644, data);
         }
-        archive.file(&guest, if elf { 0o755 } else { 0o644 }, data);
     }
     std::fs::create_dir_all(run_dir)?;
     let path = run_dir.join("initramfs.cpio");
     archive.append_to(base, &path).with_context(|| format!("append the included files to {}", base.display()))?;
     Ok(path)
-}
-
-fn is_elf(data: &[u8]) -> bool {
-    data.starts_with(b"\x7fELF")
-}
-
-/// The shared libraries (and loader) an ELF needs, as `ldd` resolves them
-/// on the host; none for a static binary.
-fn shared_libraries(elf: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(elf).output().context("run ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        if text.contains("not a dynamic executable") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic") {
-            return Ok(Vec::new());
-        }
-        bail!("ldd {} failed: {}", elf.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let mut libraries = Vec::new();
-    for line in text.lines() {
-        if line.contains("not found") {
-            bail!("{}: a shared library is missing on the host: {}", elf.display(), line.trim());
-        }
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
-        if path.starts_with('/') {
-            libraries.push(PathBuf::from(path));
-        }
-    }
-    Ok(libraries)
 }

@@ -4,6 +4,7 @@
 //! anything.
 
 mod boot;
+mod dbus;
 mod determinism;
 mod inject;
 mod scenarios;
@@ -15,6 +16,7 @@ pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
         BenchTarget::Boot(runs) => boot::run(runs),
         BenchTarget::Scenarios(suite) => scenarios::run(suite),
         BenchTarget::Inject(runs) => inject::run(runs),
+        BenchTarget::Dbus(runs) => dbus::run(runs),
         BenchTarget::Determinism(determinism) => determinism::run(determinism),
     }
 }

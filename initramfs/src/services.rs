@@ -1,0 +1,352 @@
+//! The guest's D-Bus side, when the run asks for it (`kevent_bench.dbus=1`):
+//! Debian's dbus-daemon with the bench's configuration, kdbusd, the tap
+//! that monitors the bus for the agent, and the relay of the host's bus
+//! port if QEMU has one. Each is its own process, started in that order,
+//! each waited for until it is ready, and each supervised: one that ends
+//! without being asked to is reported to the host with its last words
+//! (the end of its stderr), and the run fails there.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::AsFd;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kevent_wire::{
+    read_frame, AgentStage, GuestMessage, ServiceFailure, TapEvent, DBUS_CONFIG_PATH, DBUS_DAEMON_PATH, DBUS_TAP_PATH,
+    KDBUSD_PATH, SYSTEM_BUS_ADDRESS,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::error::AgentError;
+use crate::{sys, HostChannel};
+
+const STAGE: AgentStage = AgentStage::Dbus;
+/// How long a program may take to say it is ready: TCG on a loaded host.
+const READY_BOUND: Duration = Duration::from_secs(20);
+/// How long a stopped program may take to exit.
+const STOP_BOUND: Duration = Duration::from_secs(10);
+/// After the first failure, how long its program's stderr may take to reach
+/// its supervisor, and a death that caused the failure to be recorded.
+const FOLLOWERS_GRACE: Duration = Duration::from_millis(300);
+/// Once dbus-daemon is dead, kdbusd and the monitor lose their bus and
+/// exit saying so: their last words are waited for, this long at most.
+const FOLLOWERS_BOUND: Duration = Duration::from_secs(10);
+/// The last words kept of each program.
+const LAST_WORDS: usize = 4096;
+
+pub const DBUS_DAEMON: &str = "dbus-daemon";
+pub const KDBUSD: &str = "kdbusd";
+pub const TAP: &str = "kevent-dbus-tap monitor";
+pub const RELAY: &str = "kevent-dbus-tap relay";
+
+/// One supervised program, as its supervisor thread last saw it.
+struct Program {
+    name: &'static str,
+    pid: u32,
+    /// Asked to stop: its end is no failure.
+    stopping: bool,
+    /// How it ended, once it has.
+    ended: Option<String>,
+    last_words: Arc<Mutex<VecDeque<u8>>>,
+}
+
+#[derive(Default)]
+struct State {
+    programs: Vec<Program>,
+    /// The host has been told: one report per run.
+    reported: bool,
+    /// The first program that ended without being asked to, and how: the
+    /// cause that the report names, whoever noticed the failure first.
+    first_death: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    channel: HostChannel,
+}
+
+/// The running D-Bus side.
+#[derive(Clone)]
+pub struct Services {
+    shared: Arc<Shared>,
+}
+
+/// The tap's pipes, which the capture thread owns.
+pub struct TapPipes {
+    pub commands: ChildStdin,
+    pub events: BufReader<ChildStdout>,
+}
+
+fn base_command(path: &str) -> Command {
+    let mut command = Command::new(path);
+    command.env("DBUS_SYSTEM_BUS_ADDRESS", SYSTEM_BUS_ADDRESS).stdin(Stdio::null()).stderr(Stdio::piped());
+    command
+}
+
+impl Services {
+    /// Starts the bus, kdbusd, the tap and (if `relay_port` names the host's
+    /// bus port) the relay, each once the one before is ready.
+    pub fn start(
+        channel: &HostChannel,
+        relay_port: Option<&std::path::Path>,
+    ) -> Result<(Services, TapPipes), AgentError> {
+        std::fs::create_dir_all("/run/dbus").map_err(|e| AgentError::io(STAGE, "create /run/dbus", &e))?;
+        let services = Services {
+            shared: Arc::new(Shared { state: Mutex::default(), changed: Condvar::new(), channel: channel.clone() }),
+        };
+        let mut daemon = base_command(DBUS_DAEMON_PATH);
+        daemon
+            .args([
+                &format!("--config-file={DBUS_CONFIG_PATH}"),
+                "--nofork",
+                "--nopidfile",
+                "--nosyslog",
+                "--print-address=1",
+            ])
+            .stdout(Stdio::piped());
+        let mut child = services.spawn(DBUS_DAEMON, &mut daemon)?;
+        // The address is printed once the bus listens.
+        let stdout = child.stdout.take().expect("piped");
+        services.supervise(DBUS_DAEMON, child);
+        services.await_line(DBUS_DAEMON, stdout, "print its address")?;
+
+        services.start_kdbusd()?;
+
+        let mut tap = base_command(DBUS_TAP_PATH);
+        tap.arg("monitor").stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = services.spawn(TAP, &mut tap)?;
+        let commands = child.stdin.take().expect("piped");
+        let mut events = BufReader::new(child.stdout.take().expect("piped"));
+        services.supervise(TAP, child);
+        services.await_tap(&mut events)?;
+
+        if let Some(port) = relay_port {
+            let mut relay = base_command(DBUS_TAP_PATH);
+            relay.arg("relay").arg(port).stdout(Stdio::null());
+            let child = services.spawn(RELAY, &mut relay)?;
+            services.supervise(RELAY, child);
+        }
+        Ok((services, TapPipes { commands, events }))
+    }
+
+    fn spawn(&self, name: &'static str, command: &mut Command) -> Result<Child, AgentError> {
+        command.spawn().map_err(|e| AgentError::io(STAGE, format_args!("start {name}"), &e))
+    }
+
+    /// Starts kdbusd and waits until it owns its name.
+    pub fn start_kdbusd(&self) -> Result<(), AgentError> {
+        let mut command = base_command(KDBUSD_PATH);
+        command.stdout(Stdio::piped());
+        let mut child = self.spawn(KDBUSD, &mut command)?;
+        let stdout = child.stdout.take().expect("piped");
+        self.supervise(KDBUSD, child);
+        self.await_line(KDBUSD, stdout, "own its name")
+    }
+
+    /// Stops kdbusd (SIGTERM) and waits until it has exited.
+    pub fn stop_kdbusd(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        let program = state
+            .programs
+            .iter_mut()
+            .rev()
+            .find(|p| p.name == KDBUSD && p.ended.is_none())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "kdbusd is not running"))?;
+        program.stopping = true;
+        let pid = Pid::from_raw(i32::try_from(program.pid).map_err(|_| io::Error::other("pid out of range"))?);
+        kill(pid, Signal::SIGTERM)?;
+        let deadline = Instant::now() + STOP_BOUND;
+        loop {
+            let running = state.programs.iter().any(|p| p.name == KDBUSD && p.ended.is_none());
+            if !running {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("kdbusd did not exit within {STOP_BOUND:?} of SIGTERM"),
+                ));
+            }
+            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Whether kdbusd runs (and so answers `Sync`).
+    pub fn kdbusd_running(&self) -> bool {
+        self.lock().programs.iter().any(|p| p.name == KDBUSD && p.ended.is_none() && !p.stopping)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `child`'s last words and reports its end unless it was asked to end.
+    fn supervise(&self, name: &'static str, mut child: Child) {
+        let last_words = Arc::new(Mutex::new(VecDeque::new()));
+        self.lock().programs.push(Program {
+            name,
+            pid: child.id(),
+            stopping: false,
+            ended: None,
+            last_words: Arc::clone(&last_words),
+        });
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let this = self.clone();
+        let pid = child.id();
+        thread::spawn(move || {
+            keep_last_words(stderr, &last_words);
+            let status = match child.wait() {
+                Ok(status) => describe(status),
+                Err(e) => format!("could not be waited for: {e}"),
+            };
+            let unplanned = {
+                let mut state = this.lock();
+                let program = state.programs.iter_mut().find(|p| p.pid == pid && p.ended.is_none());
+                let unplanned = program.is_some_and(|p| {
+                    p.ended = Some(status.clone());
+                    !p.stopping
+                });
+                if unplanned && state.first_death.is_none() {
+                    state.first_death = Some(format!("{name} {status}"));
+                }
+                unplanned
+            };
+            this.shared.changed.notify_all();
+            if unplanned {
+                this.report(&format!("{name} {status}"));
+            }
+        });
+    }
+
+    /// Tells the host, once per run, that the D-Bus side failed: `why`,
+    /// then every program that has ended (or is named in `why`), the bus
+    /// daemon first. Waits a little for the deaths that follow the first.
+    pub fn report(&self, why: &str) {
+        thread::sleep(FOLLOWERS_GRACE);
+        let deadline = Instant::now() + FOLLOWERS_BOUND;
+        let message = {
+            let mut state = self.lock();
+            // Without the bus, every program that uses it ends (the relay
+            // only between host clients): wait for their words.
+            loop {
+                let bus_dead = state.programs.iter().any(|p| p.name == DBUS_DAEMON && p.ended.is_some());
+                let following =
+                    state.programs.iter().any(|p| p.name != RELAY && p.name != DBUS_DAEMON && p.ended.is_none());
+                let left = deadline.saturating_duration_since(Instant::now());
+                if state.reported || !bus_dead || !following || left.is_zero() {
+                    break;
+                }
+                state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            if state.reported {
+                return;
+            }
+            state.reported = true;
+            let why = state.first_death.clone().unwrap_or_else(|| why.to_owned());
+            let services = state
+                .programs
+                .iter()
+                .filter(|p| p.ended.as_ref().is_some_and(|_| !p.stopping) || why.starts_with(p.name))
+                .map(|p| ServiceFailure {
+                    program: p.name.to_owned(),
+                    status: p.ended.clone().unwrap_or_else(|| "running".to_owned()),
+                    last_words: p.last_words.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect(),
+                })
+                .collect();
+            (GuestMessage::ServicesFailed { why: why.clone(), services }, why)
+        };
+        let (message, why) = message;
+        eprintln!("kevent-agent: the D-Bus side failed: {why}");
+        let _ = self.shared.channel.send(&message);
+    }
+
+    /// Waits (bounded) for the first line `name` prints on stdout: its
+    /// word that it is ready. The rest of its stdout is read and dropped.
+    fn await_line(&self, name: &'static str, stdout: ChildStdout, what: &str) -> Result<(), AgentError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+            let _ = io::copy(&mut reader, &mut io::sink());
+        });
+        let failed = |why: String| self.startup_failure(name, format!("{name} did not {what}: {why}"));
+        match rx.recv_timeout(READY_BOUND) {
+            Ok(Ok(line)) if !line.is_empty() => Ok(()),
+            Ok(Ok(_)) => Err(failed("its stdout closed (it exited)".into())),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed(format!("nothing within {READY_BOUND:?}"))),
+        }
+    }
+
+    fn await_tap(&self, events: &mut BufReader<ChildStdout>) -> Result<(), AgentError> {
+        let mut fds = [sys::readable(events.get_ref().as_fd())];
+        let ready =
+            sys::poll_timeout(&mut fds, READY_BOUND).map_err(|e| AgentError::io(STAGE, "wait for the tap", &e))?;
+        let frame = if ready {
+            read_frame(events).map_err(|e| e.to_string())
+        } else {
+            Err(format!("nothing within {READY_BOUND:?}"))
+        };
+        match frame.map(|f| f.map(|(kind, body)| TapEvent::decode(kind, &body))) {
+            Ok(Some(Ok(TapEvent::Ready { .. }))) => Ok(()),
+            Ok(Some(other)) => {
+                Err(self.startup_failure(TAP, format!("the tap's first frame was {other:?}, not Ready")))
+            }
+            Ok(None) => Err(self.startup_failure(TAP, "the tap exited before it was ready".into())),
+            Err(why) => Err(self.startup_failure(TAP, format!("the tap did not become a monitor: {why}"))),
+        }
+    }
+
+    /// A program did not come up: the failure, with what it said.
+    fn startup_failure(&self, name: &str, message: String) -> AgentError {
+        // Its stderr may still be on its way.
+        thread::sleep(FOLLOWERS_GRACE);
+        let state = self.lock();
+        let words: Vec<u8> = state
+            .programs
+            .iter()
+            .rev()
+            .find(|p| p.name == name)
+            .map(|p| p.last_words.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect())
+            .unwrap_or_default();
+        let words = String::from_utf8_lossy(&words);
+        AgentError::new(STAGE, format!("{message}; it said: {}", words.trim()))
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => {
+            let name = Signal::try_from(signal).map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_owned());
+            format!("was killed by {name}")
+        }
+        _ => status.to_string(),
+    }
+}
+
+/// Reads `stderr` to its end, keeping its last [`LAST_WORDS`] bytes.
+fn keep_last_words(mut stderr: impl Read, kept: &Mutex<VecDeque<u8>>) {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stderr.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(n) => {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                kept.extend(&buffer[..n]);
+                let excess = kept.len().saturating_sub(LAST_WORDS);
+                kept.drain(..excess);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! kdbusd, the daemon the kernel events layer of 2004 was made for: it
+//! listens on the kmessage unit and the uevent socket and re-emits every
+//! datagram as a D-Bus signal on the system bus (docs/dbus.md).
+//!
+//! The library is the mapping alone ([`mapping`]): pure, total and fuzzed.
+//! The daemons (`kdbusd` and `kevent-dbus-tap`) are this crate's binaries.
+
+pub mod mapping;
+pub mod message;
+#[cfg(feature = "daemons")]
+pub mod netlink;
+#[cfg(feature = "daemons")]
+pub mod relay;

@@ -1,0 +1,341 @@
+//! The guest's D-Bus side (docs/dbus.md): Debian's dbus-daemon, kdbusd
+//! and the agent's monitor, really started in the guest; every event of a
+//! step reaches the host as a signal before the step's reply, and a dead
+//! program of the side fails the run with its own exit code and its last
+//! words.
+
+mod common;
+
+use std::path::PathBuf;
+
+use kevent_bench::dbus;
+use kevent_bench::runner;
+use kevent_bench::scenario;
+use kevent_bench::transcript::{StepOutcome, StepRecord};
+use kevent_bench::{exit_code, Failure};
+use kevent_wire::Datagram;
+
+/// The D-Bus guest's archive with the tests' programs appended.
+fn initramfs_with(test: &str, programs: &[&str]) -> (PathBuf, PathBuf) {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, &format!("{test}-initramfs"));
+    let mut extra = kevent_bench::cpio::Archive::new();
+    for program in programs {
+        let binary = common::static_guest_program(program, &dir);
+        extra.file(&format!("/bin/{program}"), 0o755, std::fs::read(binary).unwrap());
+    }
+    let initramfs = dir.join("initramfs.cpio");
+    extra.append_to(&artifacts.dbus_initramfs, &initramfs).unwrap();
+    (dir, initramfs)
+}
+
+fn entries(record: &StepRecord) -> Vec<dbus::DbusEntry> {
+    let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
+    datagrams.sort_by_key(|d| d.protocol == kevent_bench::events::NETLINK_KOBJECT_UEVENT);
+    dbus::entries(&record.dbus, &datagrams)
+}
+
+#[test]
+fn every_event_of_a_step_is_a_signal_on_the_guests_bus_before_its_reply() {
+    let (dir, initramfs) = initramfs_with("dbus-signals", &["kmsg-send"]);
+    let scenario = scenario::parse(
+        &dir.join("dbus-signals.toml"),
+        r#"
+description = "kdbusd relays the seed's event, and names the module never sends"
+[machine]
+dbus = true
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+inject = { cpu = 1, bits = ["prochot"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["4", "From: /org/kernel/block/sda-1\nSignal: media-change\nDev: 8:1\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["0", "Signal: no from line\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["0", "From: /org/kernel/t\nSignal: general\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["1", "From: /org/kernel/t\nSignal: storage\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["2", "From: /org/kernel/t\nSignal: power\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["3", "From: /org/kernel/t\nSignal: fs\n"] }
+[[step]]
+exec = { program = "/bin/kmsg-send", args = ["4", "From: /org/kernel/t\nSignal: hotplug\n"] }
+"#,
+    )
+    .unwrap();
+    assert!(scenario.machine.dbus);
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let transcript = runner::run(&scenario, &common::config("dbus-signals", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
+
+    // The seed's event: two datagrams, two signals, each exactly the
+    // mapping of the datagram it carries, before the step's reply.
+    let inject = &transcript.steps[0];
+    assert_eq!(inject.datagrams.len(), 2, "{:?}", inject.datagrams);
+    let got: Vec<String> = entries(inject)
+        .into_iter()
+        .map(|e| format!("{} {:?} {:?} {:?}", e.message, e.path, e.carries, e.wrong))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "signal org.kernel.Power.high Some(\"/org/kernel/devices/system/cpu/temperature\") Some(\"kmessage 1\") None",
+            "signal org.kernel.Uevent.change Some(\"/org/kernel/devices/system/cpu/cpu1\") Some(\"uevent 1\") None",
+        ]
+    );
+
+    // An object path and a signal word D-Bus does not allow are escaped,
+    // not dropped; the datagram is in the signal whole.
+    let sent = &transcript.steps[1];
+    assert!(matches!(&sent.outcome, StepOutcome::Ran(r) if r.exit_code == 0), "{:?}", sent.outcome);
+    let [entry] = &entries(sent)[..] else { panic!("{:?}", entries(sent)) };
+    assert_eq!(entry.message, "signal org.kernel.Hotplug.media_2dchange");
+    assert_eq!(entry.path.as_deref(), Some("/org/kernel/block/sda_2d1"));
+    assert_eq!((entry.carries.as_deref(), entry.wrong.as_deref()), (Some("kmessage 1"), None));
+    assert_eq!(entry.args, ["aux \"Dev: 8:1\\n\"", "fields {\"Dev\": \"8:1\"}"]);
+
+    // A datagram that is no kmessage is a Malformed signal from kdbusd
+    // itself, with why and the bytes.
+    let malformed = &transcript.steps[2];
+    let [entry] = &entries(malformed)[..] else { panic!("{:?}", entries(malformed)) };
+    assert_eq!(entry.message, "signal org.kernel.Events.Malformed");
+    assert_eq!(entry.path.as_deref(), Some("/org/kernel/Events"));
+    assert_eq!((entry.carries.as_deref(), entry.wrong.as_deref()), (Some("kmessage 1"), None));
+    assert_eq!(entry.args[0], "why \"does not start with \\\"From: \\\"\"");
+
+    // Each of the five kmessage types has its interface.
+    let interfaces: Vec<String> = transcript.steps[3..8]
+        .iter()
+        .map(|step| {
+            let [entry] = &entries(step)[..] else { panic!("{:?}", entries(step)) };
+            assert_eq!((entry.carries.as_deref(), entry.wrong.as_deref()), (Some("kmessage 1"), None));
+            entry.message.clone()
+        })
+        .collect();
+    assert_eq!(
+        interfaces,
+        [
+            "signal org.kernel.General.general",
+            "signal org.kernel.Storage.storage",
+            "signal org.kernel.Power.power",
+            "signal org.kernel.Fs.fs",
+            "signal org.kernel.Hotplug.hotplug"
+        ]
+    );
+}
+
+#[test]
+fn a_dead_kdbusd_fails_the_run_with_its_own_code() {
+    let (dir, initramfs) = initramfs_with("kdbusd-dies", &["kill-by-name"]);
+    let scenario = scenario::parse(
+        &dir.join("kdbusd-dies.toml"),
+        r#"
+description = "kdbusd is killed"
+[machine]
+dbus = true
+[[step]]
+exec = { program = "/bin/kill-by-name", args = ["kdbusd"] }
+[[step]]
+read = "/proc/uptime"
+"#,
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let failure = runner::run(&scenario, &common::config("kdbusd-dies", guest), &mut |_| {})
+        .expect_err("the run must fail once kdbusd is dead");
+    assert_eq!(failure.exit_code(), exit_code::DBUS_FAILED, "{}", failure.report());
+    let Failure::AtStep { step: 1, failure: inner, .. } = &failure else { panic!("{}", failure.report()) };
+    let Failure::DbusFailed { why, services, .. } = inner.as_ref() else { panic!("{}", failure.report()) };
+    assert_eq!(why, "kdbusd was killed by SIGKILL");
+    let named: Vec<(&str, &str)> = services.iter().map(|s| (s.program.as_str(), s.status.as_str())).collect();
+    assert_eq!(named, [("kdbusd", "was killed by SIGKILL")], "the bus and the monitor live on");
+}
+
+#[test]
+fn a_dead_bus_daemon_fails_the_run_with_its_own_code_and_the_last_words_and_loses_nothing() {
+    let (dir, initramfs) = initramfs_with("dbus-dies", &["kill-by-name"]);
+    let scenario = scenario::parse(
+        &dir.join("dbus-dies.toml"),
+        r#"
+description = "dbus-daemon is killed"
+[machine]
+dbus = true
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+inject = { cpu = 0, bits = ["prochot"] }
+[[step]]
+exec = { program = "/bin/kill-by-name", args = ["dbus-daemon"] }
+[[step]]
+inject = { cpu = 1, bits = ["prochot"] }
+"#,
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let mut finished = Vec::new();
+    let failure = runner::run(&scenario, &common::config("dbus-dies", guest), &mut |r| finished.push(r.clone()))
+        .expect_err("the run must fail once dbus-daemon is dead");
+    assert_eq!(failure.exit_code(), exit_code::DBUS_FAILED, "{}", failure.report());
+    assert_eq!(failure.exit_code(), 37, "README's table says 37");
+
+    // What was captured before is kept: the first step, whole.
+    assert_eq!(finished.len(), 1, "{}", failure.report());
+    assert_eq!(finished[0].datagrams.len(), 2);
+    assert_eq!(finished[0].dbus.len(), 2, "the first step's signals");
+
+    let Failure::AtStep { step, failure: inner, .. } = &failure else { panic!("{}", failure.report()) };
+    assert_eq!(*step, 2, "{}", failure.report());
+    let Failure::DbusFailed { why, services, .. } = inner.as_ref() else { panic!("{}", failure.report()) };
+    assert_eq!(why, "dbus-daemon was killed by SIGKILL", "{}", failure.report());
+    let named: Vec<(&str, &str)> = services.iter().map(|s| (s.program.as_str(), s.status.as_str())).collect();
+    assert_eq!(named[0], ("dbus-daemon", "was killed by SIGKILL"), "the bus daemon first: {named:?}");
+    // kdbusd lost its bus and said so before it exited: its last words.
+    let kdbusd = services.iter().find(|s| s.program == "kdbusd").unwrap_or_else(|| panic!("{named:?}"));
+    assert_eq!(kdbusd.status, "exited with code 1");
+    let words = String::from_utf8_lossy(&kdbusd.last_words);
+    assert!(words.contains("kdbusd: "), "{words:?}");
+    let report = failure.report();
+    assert!(report.contains("dbus-daemon was killed by SIGKILL"), "{report}");
+    assert!(report.contains(words.trim()), "the report shows the last words: {report}");
+}
+
+/// Reads `child`'s stdout on a thread; `wait_for` returns once the text so
+/// far contains `needle` (bounded).
+struct Output {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Output {
+    fn of(child: &mut std::process::Child) -> Output {
+        use std::io::Read;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let kept = std::sync::Arc::clone(&text);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buffer) {
+                if n == 0 {
+                    return;
+                }
+                kept.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Output { text }
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let found =
+            kevent_bench::wait::until(std::time::Duration::from_secs(60), std::time::Duration::from_millis(20), || {
+                let text = self.text.lock().unwrap();
+                text.contains(needle).then(|| text.clone())
+            });
+        found.unwrap_or_else(|| panic!("no {needle:?} within 60 s in:\n{}", self.text.lock().unwrap()))
+    }
+}
+
+/// `--dbus-socket`: Debian's dbus-monitor, run on the host as an ordinary
+/// user (nobody), sees kdbusd's signals of an injection live, through the
+/// second virtio-serial port and the guest's relay.
+#[test]
+fn debians_dbus_monitor_on_the_host_sees_the_guests_signals_as_an_ordinary_user() {
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "dbus-socket-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The socket's directory is the user's to reach; QEMU makes the socket.
+    let socket = dir.join("bus");
+    let mut guest = artifacts.dbus_guest(
+        kevent_bench::Topology::flat(2),
+        256,
+        vec![kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0")],
+    );
+    guest.dbus_socket = Some(socket.clone());
+    let mut machine = common::boot(&common::config("dbus-socket", guest));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let mut monitor = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "dbus-monitor", "--address"])
+        .arg(format!("unix:path={}", socket.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dbus-monitor (Debian's dbus-bin)");
+    let output = Output::of(&mut monitor);
+    // BecomeMonitor's answer: the monitor's connection loses its unique name.
+    output.wait_for("member=NameLost");
+
+    let exchange = machine
+        .request(kevent_wire::Command::Inject { package: false, cpu: 1, value: 0x8032_0001 }, common::BOUND)
+        .unwrap();
+    assert_eq!(exchange.outcome, kevent_wire::Outcome::Done);
+    // The agent's monitor saw both signals before the reply (and the host
+    // client's own traffic with the bus before them: it sees everything).
+    let datagrams: Vec<&Datagram> = exchange.datagrams.iter().collect();
+    let carried = dbus::entries(&exchange.dbus, &datagrams).into_iter().filter(|e| e.carries.is_some()).count();
+    assert_eq!(carried, 2, "{:?}", dbus::entries(&exchange.dbus, &datagrams));
+    let text = output.wait_for("member=change");
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    common::shut_down(machine);
+    assert!(
+        text.contains("path=/org/kernel/devices/system/cpu/temperature; interface=org.kernel.Power; member=high"),
+        "{text}"
+    );
+    assert!(text.contains("string \"Cpu: 1\n\""), "{text}");
+    assert!(
+        text.contains("path=/org/kernel/devices/system/cpu/cpu1; interface=org.kernel.Uevent; member=change"),
+        "{text}"
+    );
+    assert!(text.contains("string \"KEVENT_SIGNAL\"\n         string \"high\""), "{text}");
+}
+
+/// A subscriber that asked for every signal and reads nothing: dbus-daemon
+/// queues for it (up to the configuration's `max_outgoing_bytes`, far
+/// above a 1000-injection burst's signals), it is not disconnected, and
+/// neither kdbusd nor the monitor is slowed into losing a signal.
+#[test]
+fn a_subscriber_that_reads_nothing_costs_kdbusd_and_the_monitor_no_signal() {
+    let (dir, initramfs) = initramfs_with("dbus-slow-subscriber", &["slow-subscriber"]);
+    let scenario = scenario::parse(
+        &dir.join("slow-subscriber.toml"),
+        r#"
+description = "a subscriber that never reads"
+[machine]
+dbus = true
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+exec = { program = "/bin/slow-subscriber" }
+[[step]]
+inject = { cpu = 1, bits = ["prochot"] }
+repeat = 1000
+[[step]]
+read = "/proc/uptime"
+"#,
+    )
+    .unwrap();
+    let mut guest = scenario.guest(&common::artifacts());
+    guest.initramfs = initramfs;
+    let transcript = runner::run(&scenario, &common::config("dbus-slow-subscriber", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
+    let subscribed = &transcript.steps[0];
+    let StepOutcome::Ran(run) = &subscribed.outcome else { panic!("{:?}", subscribed.outcome) };
+    assert_eq!(run.exit_code, 0, "{}", String::from_utf8_lossy(&run.stdout));
+    let calls: Vec<String> = entries(subscribed).into_iter().map(|e| e.message).collect();
+    assert!(calls.contains(&"method call org.freedesktop.DBus.AddMatch".to_owned()), "{calls:?}");
+
+    let burst = &transcript.steps[1];
+    assert_eq!(burst.datagrams.len(), 2000);
+    let burst_entries = entries(burst);
+    let mapped = burst_entries.iter().filter(|e| e.carries.is_some() && e.wrong.is_none()).count();
+    assert_eq!(mapped, 2000, "every signal reached the monitor");
+    let others: Vec<&dbus::DbusEntry> = burst_entries.iter().filter(|e| e.carries.is_none()).collect();
+    assert!(others.is_empty(), "nobody was disconnected, nothing else happened: {others:?}");
+    assert!(entries(&transcript.steps[2]).is_empty());
+}
