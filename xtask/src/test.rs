@@ -24,8 +24,20 @@ impl fmt::Display for TestsFailed {
 impl std::error::Error for TestsFailed {}
 
 /// The test binaries that boot guests: they run again on the debug kernel.
-const GUEST_TESTS: &[&str] =
-    &["boot", "bundle", "clock", "debugging", "events", "exec", "gdb", "replay", "sensor", "scenarios", "topology"];
+const GUEST_TESTS: &[&str] = &[
+    "boot",
+    "bundle",
+    "clock",
+    "dbus",
+    "debugging",
+    "events",
+    "exec",
+    "gdb",
+    "replay",
+    "sensor",
+    "scenarios",
+    "topology",
+];
 
 /// Guest tests that do not run again: `determinism` keeps every host core
 /// busy for minutes, and its question (does load change a snapshot) is the
