@@ -17,6 +17,7 @@
 use std::fmt;
 
 use crate::failure::Failure;
+use crate::glob::glob;
 
 /// The events modules the agent loads, by their module names.
 pub const EVENT_MODULES: [&str; 2] = ["kmessage", "kevent_thermal"];
@@ -216,16 +217,6 @@ fn unescape(text: &str) -> String {
         chars.next();
     }
     out
-}
-
-/// `text` matches the shell-style `pattern` (`*` any run, `?` one character).
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
-        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
-    }
 }
 
 /// One line of the control file: `file:line [module]function =flags "format"`.

@@ -39,6 +39,7 @@ pub mod trace;
 pub mod transcript;
 pub mod wait;
 
+mod glob;
 #[cfg(test)]
 mod kmod_source;
 

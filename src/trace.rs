@@ -19,6 +19,7 @@ use std::time::Duration;
 use kevent_wire::{Command, Outcome, MAX_READ_BYTES, READ_CHUNK_BYTES, TRACEFS};
 
 use crate::failure::Failure;
+use crate::glob::glob;
 use crate::machine::Machine;
 
 /// The trace's file in the run directory.
@@ -106,16 +107,6 @@ fn check_pattern(pattern: &str) -> Result<(), String> {
             "{pattern:?} is not a trace event: expected SYSTEM:EVENT (letters, digits, _, and the globs * and ?), \
              e.g. irq:irq_handler_entry or workqueue:*"
         )),
-    }
-}
-
-/// `text` matches the shell-style `pattern` (`*` any run, `?` one character).
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
-        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
     }
 }
 
