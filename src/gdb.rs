@@ -165,20 +165,6 @@ pub fn command(endpoint: &Endpoint, symbols: &Symbols) -> Vec<String> {
     words
 }
 
-/// `words` as one line a shell reads back into them.
-pub fn shell_line(words: &[String]) -> String {
-    words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ")
-}
-
-fn shell_word(word: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
-    if !word.is_empty() && word.chars().all(plain) {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,13 +217,13 @@ mod tests {
             dwarf: true,
         };
         assert_eq!(
-            shell_line(&command(&Endpoint::Tcp(1234), &symbols)),
+            crate::process::shell_line(&command(&Endpoint::Tcp(1234), &symbols)),
             "gdb -iex 'add-auto-load-safe-path /c/build/debug-1' /c/build/debug-1/vmlinux \
              -ex 'target remote localhost:1234' -ex 'lx-symbols /w/target/kmod'"
         );
         symbols.scripts = false;
         assert_eq!(
-            shell_line(&command(&Endpoint::Unix("/tmp/g s".into()), &symbols)),
+            crate::process::shell_line(&command(&Endpoint::Unix("/tmp/g s".into()), &symbols)),
             "gdb /c/build/debug-1/vmlinux -ex 'target remote /tmp/g s'"
         );
     }

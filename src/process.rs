@@ -325,6 +325,22 @@ pub fn which(program: &Path) -> Option<PathBuf> {
     find_executable(program.as_os_str(), std::env::var_os("PATH").as_deref()).ok()
 }
 
+/// `words` as one line a shell reads back into them: commands the bench
+/// prints for a person to paste (gdb's, a rebuild's).
+pub fn shell_line(words: &[String]) -> String {
+    words.iter().map(|w| shell_word(w)).collect::<Vec<_>>().join(" ")
+}
+
+/// `word` as a shell reads it back: quoted only if it must be.
+pub fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

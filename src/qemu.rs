@@ -534,7 +534,7 @@ pub fn shell_command(binary: &Path, args: &[OsString]) -> String {
         .chain(args.iter().map(OsString::as_os_str))
         .map(|w| w.to_string_lossy().into_owned())
         .collect();
-    crate::gdb::shell_line(&words)
+    crate::process::shell_line(&words)
 }
 
 /// Every argument for one guest; the sensor device if its socket is given.

@@ -150,23 +150,13 @@ impl BuildFlags {
         let mut command = "cargo xtask build".to_owned();
         if let Some(tree) = kernel_tree {
             command.push_str(" --kernel-src ");
-            command.push_str(&shell_word(&tree.to_string_lossy()));
+            command.push_str(&kevent_bench::process::shell_word(&tree.to_string_lossy()));
         }
         if self.profile != KernelProfile::Default {
             command.push_str(" --kernel-profile ");
             command.push_str(self.profile.name());
         }
         command
-    }
-}
-
-/// `word` as a shell reads it back: quoted only if it must be.
-fn shell_word(word: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c);
-    if !word.is_empty() && word.chars().all(plain) {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 

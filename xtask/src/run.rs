@@ -337,7 +337,7 @@ fn gdb_stub(flags: &RunFlags) -> anyhow::Result<Option<GdbStub>> {
 fn announce_gdb(stub: &GdbStub, artifacts: &kevent_bench::Artifacts) {
     let modules_dir = artifacts.modules.first().and_then(|m| m.parent()).unwrap_or(Path::new("."));
     let symbols = gdb::Symbols::of(&artifacts.vmlinux, modules_dir);
-    eprintln!("gdb: {}", gdb::shell_line(&gdb::command(&stub.endpoint, &symbols)));
+    eprintln!("gdb: {}", kevent_bench::process::shell_line(&gdb::command(&stub.endpoint, &symbols)));
     if !symbols.dwarf || !symbols.scripts {
         eprintln!(
             "warning: the {} kernel has {}: backtraces name functions, but without types, lines or the modules' \
