@@ -79,7 +79,7 @@ pub trait Clock {
     /// Now.
     fn now(&mut self) -> Instant;
     /// Sleeps at least until `until`, in slices of at most `slice`, calling
-    /// `watch` after each: an error ends the wait.
+    /// `watch` between them and at both ends: an error ends the wait.
     fn sleep_until(
         &mut self,
         until: Instant,
@@ -102,14 +102,8 @@ impl Clock for HostClock {
         slice: Duration,
         watch: &mut dyn FnMut() -> Result<(), Failure>,
     ) -> Result<(), Failure> {
-        loop {
-            let now = Instant::now();
-            if now >= until {
-                return Ok(());
-            }
-            std::thread::sleep((until - now).min(slice));
-            watch()?;
-        }
+        let bound = until.saturating_duration_since(Instant::now());
+        crate::wait::until(bound, slice, || watch().err()).map_or(Ok(()), Err)
     }
 }
 
