@@ -38,8 +38,6 @@ use crate::HostChannel;
 
 const STAGE: AgentStage = AgentStage::Capture;
 
-/// Where the kmessage module says which unit it registered.
-const KMESSAGE_UNIT_PARAM: &str = "/sys/module/kmessage/parameters/unit";
 const UEVENT_GROUPS: u32 = 1;
 /// A default receive buffer holds about 92 uevents; a burst of injections
 /// emits thousands. The capture thread drains continuously; this is slack.
@@ -234,11 +232,10 @@ impl Sockets {
     /// The kmessage listener (only if that module is loaded) and the uevent one.
     pub fn open() -> Result<Sockets, AgentError> {
         let mut listeners = Vec::new();
-        if let Ok(unit) = std::fs::read_to_string(KMESSAGE_UNIT_PARAM) {
-            let unit: u32 = unit
-                .trim()
-                .parse()
-                .map_err(|_| AgentError::new(STAGE, format!("{KMESSAGE_UNIT_PARAM} holds no unit: {unit:?}")))?;
+        if let Ok(unit) = std::fs::read_to_string(kevent_wire::KMESSAGE_UNIT_PARAM) {
+            let unit: u32 = unit.trim().parse().map_err(|_| {
+                AgentError::new(STAGE, format!("{} holds no unit: {unit:?}", kevent_wire::KMESSAGE_UNIT_PARAM))
+            })?;
             listeners.push(
                 Listener::open(unit, kevent_wire::KMESSAGE_ALL_GROUPS)
                     .map_err(|e| AgentError::io(STAGE, format_args!("open a socket on kmessage unit {unit}"), &e))?,

@@ -8,12 +8,10 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{bind, recvmsg, setsockopt, sockopt, MsgFlags, NetlinkAddr};
 
+use kevent_wire::{KMESSAGE_ALL_GROUPS, KMESSAGE_UNIT_PARAM};
+
 use crate::mapping::{Source, NETLINK_KOBJECT_UEVENT};
 
-/// Where the kmessage module says which unit it registered.
-pub const KMESSAGE_UNIT_PARAM: &str = "/sys/module/kmessage/parameters/unit";
-/// The 2004 masks of all five kmessage types.
-pub const KMESSAGE_ALL_GROUPS: u32 = 0x1f;
 /// A default receive buffer holds about 92 uevents; slack for bursts while
 /// the bus is slow to take the signals.
 const RECEIVE_BUFFER: usize = 32 << 20;

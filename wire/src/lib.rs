@@ -47,6 +47,9 @@ pub const MODULE_DIR: &str = "/lib/modules";
 pub const KMESSAGE_TYPES: [&str; 5] = ["general", "storage", "power", "fs", "hotplug"];
 /// The group mask that hears every kmessage type.
 pub const KMESSAGE_ALL_GROUPS: u32 = (1 << KMESSAGE_TYPES.len()) - 1;
+/// Where the kmessage module says which netlink unit it registered: the
+/// agent's and kdbusd's listeners bind that unit.
+pub const KMESSAGE_UNIT_PARAM: &str = "/sys/module/kmessage/parameters/unit";
 
 /// The kmessage type a datagram's group mask names, if it names exactly one.
 pub fn kmessage_type(groups: u32) -> Option<&'static str> {
