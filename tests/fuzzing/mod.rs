@@ -83,33 +83,35 @@ pub fn run(target: &str, data: &[u8]) {
         // A byte choosing the protocol (uevent, kmessage, or that byte),
         // four bytes of group mask, then the datagram.
         "events_decode" => {
-            if data.len() >= 5 {
-                let protocol = match data[0] % 3 {
-                    0 => events::NETLINK_KOBJECT_UEVENT,
-                    1 => 31,
-                    _ => u32::from(data[0]),
-                };
-                let groups = u32::from_le_bytes(data[1..5].try_into().unwrap());
-                check_datagram(protocol, groups, &data[5..]);
+            if let Some((protocol, groups, bytes)) = datagram_input(data) {
+                check_datagram(protocol, groups, bytes);
             }
         }
         "modinfo_object" => check_modinfo(data),
         // As events_decode: what kdbusd's sockets deliver, through its mapping.
         "kdbusd_mapping" => {
-            if data.len() >= 5 {
-                let protocol = match data[0] % 3 {
-                    0 => events::NETLINK_KOBJECT_UEVENT,
-                    1 => 31,
-                    _ => u32::from(data[0]),
-                };
-                let groups = u32::from_le_bytes(data[1..5].try_into().unwrap());
-                check_mapping(protocol, groups, &data[5..]);
+            if let Some((protocol, groups, bytes)) = datagram_input(data) {
+                check_mapping(protocol, groups, bytes);
             }
         }
         // Any bytes as a message the guest's monitor forwarded.
         "dbus_message" => check_dbus_message(data),
         other => panic!("no fuzz target {other}"),
     }
+}
+
+/// A datagram as the datagram targets read one: a byte choosing the
+/// protocol (uevent, kmessage, or that byte), four bytes of group mask,
+/// then the payload; None if the input is too short for the prefix.
+fn datagram_input(data: &[u8]) -> Option<(u32, u32, &[u8])> {
+    let (prefix, bytes) = data.split_first_chunk::<5>()?;
+    let protocol = match prefix[0] % 3 {
+        0 => events::NETLINK_KOBJECT_UEVENT,
+        1 => 31,
+        _ => u32::from(prefix[0]),
+    };
+    let groups = u32::from_le_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
+    Some((protocol, groups, bytes))
 }
 
 fn starters_once() -> &'static [Vec<u8>] {
