@@ -930,9 +930,7 @@ fn normalised_events(steps: &[StepRecord]) -> Vec<Vec<events::Event>> {
     steps
         .iter()
         .map(|record| {
-            let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
-            datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
-            datagrams
+            crate::snapshot::channel_order(&record.datagrams)
                 .into_iter()
                 .map(|d| {
                     let mut event = events::decode(d);

@@ -137,6 +137,16 @@ impl Transcript {
     }
 }
 
+/// A step's datagrams as snapshots show them: each channel in its own
+/// order, kmessages first. The two sockets are independent, and which one
+/// the agent reads first when both have data is scheduling, not the
+/// kernel's contract (docs/events.md, "Ordering across the two channels").
+pub fn channel_order(datagrams: &[Datagram]) -> Vec<&Datagram> {
+    let mut ordered: Vec<&Datagram> = datagrams.iter().collect();
+    ordered.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
+    ordered
+}
+
 /// The snapshot of `steps` and `background` of a run of `scenario`: a whole
 /// run's, or the steps a failed run completed, or a run read back from a
 /// reproducer bundle (`crate::bundle`).
@@ -150,12 +160,7 @@ pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramR
     let steps = steps
         .iter()
         .map(|record| {
-            // Each channel in its own order, kmessages first: the two
-            // sockets are independent, and which one the agent reads
-            // first when both have data is scheduling, not the kernel's
-            // contract (docs/events.md, "Ordering across the two channels").
-            let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
-            datagrams.sort_by_key(|d| d.protocol == events::NETLINK_KOBJECT_UEVENT);
+            let datagrams = channel_order(&record.datagrams);
             let bus = dbus::entries(&record.dbus, &datagrams);
             if let (Some(messages), Some(mapped)) = (&mut totals.dbus_messages, &mut totals.dbus_mapped) {
                 *messages += bus.len();

@@ -30,9 +30,7 @@ fn initramfs_with(test: &str, programs: &[&str]) -> (PathBuf, PathBuf) {
 }
 
 fn entries(record: &StepRecord) -> Vec<dbus::DbusEntry> {
-    let mut datagrams: Vec<&Datagram> = record.datagrams.iter().collect();
-    datagrams.sort_by_key(|d| d.protocol == kevent_bench::events::NETLINK_KOBJECT_UEVENT);
-    dbus::entries(&record.dbus, &datagrams)
+    dbus::entries(&record.dbus, &kevent_bench::snapshot::channel_order(&record.datagrams))
 }
 
 #[test]
