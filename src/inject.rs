@@ -87,7 +87,7 @@ impl Injection {
 }
 
 /// What one injection came to on the host.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Injected {
     /// Why the module refused it, if it did.
     pub refused: Option<Refusal>,
@@ -108,19 +108,20 @@ pub struct Injected {
     pub interrupted: Vec<u32>,
 }
 
+impl Injected {
+    /// Refused on the host: the device's CPU is offline, which debugfs
+    /// refuses with EINVAL too, so both injectors give the same snapshot.
+    fn offline(injection: Injection) -> Injected {
+        Injected { refused: Some(injection.refused(libc::EINVAL)), ..Injected::default() }
+    }
+}
+
 impl Machine {
     /// Carries `injection` into the guest `via` one injector and waits
     /// (bounded) until the module has taken or refused it.
     pub fn inject(&mut self, via: Injector, injection: Injection, bound: Duration) -> Result<Injected, Failure> {
         match via {
-            Injector::Device if self.device_says_offline(injection.cpu) => Ok(Injected {
-                refused: Some(injection.refused(libc::EINVAL)),
-                datagrams: Vec::new(),
-                arrived: Vec::new(),
-                dbus: Vec::new(),
-                acknowledged: None,
-                interrupted: Vec::new(),
-            }),
+            Injector::Device if self.device_says_offline(injection.cpu) => Ok(Injected::offline(injection)),
             Injector::Device if injection.register == Register::Package => {
                 // The hardware interrupts the package's cores, each after
                 // the last has been handled: one entry per online core.
@@ -134,14 +135,7 @@ impl Machine {
                     }
                     interrupted.push(cpu);
                 }
-                Ok(Injected {
-                    refused: None,
-                    datagrams: Vec::new(),
-                    arrived: Vec::new(),
-                    dbus: Vec::new(),
-                    acknowledged: Some(Instant::now()),
-                    interrupted,
-                })
+                Ok(Injected { acknowledged: Some(Instant::now()), interrupted, ..Injected::default() })
             }
             Injector::Device => {
                 let published = self.fire(injection.cpu, injection.register, injection.value)?;
@@ -213,14 +207,7 @@ impl Machine {
             });
         }
         if self.device_says_offline(injection.cpu) {
-            return Ok(Injected {
-                refused: Some(injection.refused(libc::EINVAL)),
-                datagrams: Vec::new(),
-                arrived: Vec::new(),
-                dbus: Vec::new(),
-                acknowledged: None,
-                interrupted: Vec::new(),
-            });
+            return Ok(Injected::offline(injection));
         }
         let published = self.fire_timed(injection.cpu, injection.register, injection.value, timing)?;
         let span = Duration::from_nanos(u64::from(timing.interval_ns) * u64::from(timing.repeat.saturating_sub(1)));
@@ -237,10 +224,8 @@ impl Machine {
         Ok(Injected {
             interrupted: if refused.is_some() { Vec::new() } else { vec![published.cpu] },
             refused: refused.map(|errno| injection.refused(errno as i32)),
-            datagrams: Vec::new(),
-            arrived: Vec::new(),
-            dbus: Vec::new(),
             acknowledged: Some(Instant::now()),
+            ..Injected::default()
         })
     }
 }
