@@ -16,16 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use kevent_bench::dbus;
 use kevent_bench::inject::{Injection, Injector};
-use kevent_bench::sensor::Register;
-use kevent_bench::thermal;
 use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Datagram, DbusMessage};
 
+use super::toggling_prochot;
 use crate::flags::BenchRuns;
 use kevent_bench::stats::percentile;
 
-const PROCHOT_ON: u64 = thermal::VALID | thermal::PROCHOT;
-const PROCHOT_OFF: u64 = thermal::VALID;
 /// Untimed injections first: TCG translates the code paths on their first runs.
 const WARM_UP: usize = 200;
 /// Injections of the sustained-rate burst.
@@ -34,12 +31,6 @@ const BURST: usize = 2000;
 /// its p99 latency is under 2 ms under TCG.
 const TARGET_RATE_RATIO: f64 = 0.5;
 const TARGET_P99: Duration = Duration::from_millis(2);
-
-fn injection(k: usize, cpus: u32) -> Injection {
-    let cpu = k as u32 % cpus;
-    let value = if (k / cpus as usize).is_multiple_of(2) { PROCHOT_ON } else { PROCHOT_OFF };
-    Injection { cpu, register: Register::Core, value }
-}
 
 /// Signals among `messages` that carry one of `datagrams` and are exactly
 /// its mapping (docs/dbus.md).
@@ -132,7 +123,7 @@ fn latency(
     let mut in_guest = Vec::with_capacity(samples);
     for k in 0..samples {
         let started = Instant::now();
-        let injected = machine.inject(Injector::Device, injection(k, cpus), bound)?;
+        let injected = machine.inject(Injector::Device, toggling_prochot(k, cpus), bound)?;
         ensure!(injected.refused.is_none(), "injection {k} refused");
         let mut arrived = injected.arrived;
         let mut datagrams = injected.datagrams;
@@ -174,7 +165,7 @@ fn burst(machine: &mut Machine, cpus: u32, bound: Duration) -> anyhow::Result<Ra
     let started = Instant::now();
     let mut last = vec![None; cpus as usize];
     for k in 0..BURST {
-        let Injection { cpu, register, value } = injection(k, cpus);
+        let Injection { cpu, register, value } = toggling_prochot(k, cpus);
         last[cpu as usize] = Some(machine.fire(cpu, register, value)?);
     }
     for published in last.into_iter().flatten() {

@@ -16,18 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use kevent_bench::inject::{Injected, Injection, Injector};
-use kevent_bench::sensor::Register;
-use kevent_bench::thermal;
 use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Command, Outcome};
 
+use super::toggling_prochot;
 use crate::flags::BenchRuns;
 use kevent_bench::stats::percentile;
 
-/// PROCHOT on and off: each injection is a "high" or "normal", so each
-/// produces exactly one kmessage and one uevent.
-const PROCHOT_ON: u64 = thermal::VALID | thermal::PROCHOT;
-const PROCHOT_OFF: u64 = thermal::VALID;
 /// Untimed injections per path first: TCG translates each handler's code
 /// on its first runs, hundreds of microseconds each.
 const WARM_UP: usize = 200;
@@ -59,17 +54,9 @@ impl Rate {
     }
 }
 
-/// The k-th injection: CPUs in turn, each toggling its PROCHOT.
-fn injection(k: usize, cpus: u32) -> (u32, u64) {
-    let cpu = k as u32 % cpus;
-    let value = if (k / cpus as usize).is_multiple_of(2) { PROCHOT_ON } else { PROCHOT_OFF };
-    (cpu, value)
-}
-
 /// One injection through `via`, which the guest must take.
 fn inject(machine: &mut Machine, via: Injector, k: usize, cpus: u32, bound: Duration) -> anyhow::Result<Injected> {
-    let (cpu, value) = injection(k, cpus);
-    let injected = machine.inject(via, Injection { cpu, register: Register::Core, value }, bound)?;
+    let injected = machine.inject(via, toggling_prochot(k, cpus), bound)?;
     if let Some(refusal) = &injected.refused {
         bail!("{via} injection {k}: {}", refusal.message);
     }
@@ -174,9 +161,9 @@ fn set_bare(machine: &mut Machine, on: bool, bound: Duration) -> anyhow::Result<
 fn bare_latency(machine: &mut Machine, cpus: u32, samples: usize) -> anyhow::Result<Vec<Duration>> {
     let mut acked = Vec::with_capacity(samples);
     for k in 0..samples {
-        let (cpu, value) = injection(k, cpus);
+        let Injection { cpu, register, value } = toggling_prochot(k, cpus);
         let started = Instant::now();
-        let published = machine.fire(cpu, Register::Core, value)?;
+        let published = machine.fire(cpu, register, value)?;
         ensure!(machine.wait_acked(published)?.is_none(), "the guest refused bare entry {}", published.seq);
         acked.push(started.elapsed());
     }
@@ -223,8 +210,8 @@ fn device_burst(machine: &mut Machine, cpus: u32, bound: Duration) -> anyhow::Re
     let started = Instant::now();
     let mut last = vec![None; cpus as usize];
     for k in 0..BURST {
-        let (cpu, value) = injection(k, cpus);
-        last[cpu as usize] = Some(machine.fire(cpu, Register::Core, value)?);
+        let Injection { cpu, register, value } = toggling_prochot(k, cpus);
+        last[cpu as usize] = Some(machine.fire(cpu, register, value)?);
     }
     // Acknowledged means sent or dropped in the guest (a drop fails the
     // wait); the fence brings in whatever was sent.

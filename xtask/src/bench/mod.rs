@@ -9,7 +9,21 @@ mod determinism;
 mod inject;
 mod scenarios;
 
+use kevent_bench::inject::Injection;
+use kevent_bench::sensor::Register;
+use kevent_bench::thermal;
+
 use crate::flags::{BenchFlags, BenchTarget};
+
+/// The k-th injection of the injection benchmarks: CPUs in turn, each
+/// toggling its PROCHOT, so that every injection is a "high" or a "normal":
+/// exactly one kmessage and one uevent.
+fn toggling_prochot(k: usize, cpus: u32) -> Injection {
+    let cpu = k as u32 % cpus;
+    let on = (k / cpus as usize).is_multiple_of(2);
+    let value = if on { thermal::VALID | thermal::PROCHOT } else { thermal::VALID };
+    Injection { cpu, register: Register::Core, value }
+}
 
 pub fn run(flags: &BenchFlags) -> anyhow::Result<()> {
     match &flags.target {
