@@ -75,13 +75,14 @@ pub struct Refusal {
 impl Injection {
     /// The refusal of this injection with `errno`.
     pub fn refused(&self, errno: i32) -> Refusal {
-        let register = match self.register {
-            Register::Core => "IA32_THERM_STATUS",
-            Register::Package => "IA32_PACKAGE_THERM_STATUS",
-        };
         Refusal {
             errno,
-            message: format!("kevent_thermal did not take {register} image {:#x} for CPU {}", self.value, self.cpu),
+            message: format!(
+                "kevent_thermal did not take {} image {:#x} for CPU {}",
+                self.register.name(),
+                self.value,
+                self.cpu
+            ),
         }
     }
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use crate::failure::Failure;
 use crate::inject::{Injection, Injector};
 use crate::machine::Machine;
-use crate::msr_trace::{self as trace, Msr, Trace};
-use crate::sensor::Register;
+use crate::msr_trace::{self as trace, Trace};
 use crate::stats::percentile;
 use crate::transcript::{StepOutcome, StepRecord};
 
@@ -158,13 +157,9 @@ pub fn replay(
         &mut HostClock,
         &mut || machine.borrow().crash().map_or(Ok(()), Err),
         &mut |injection| {
-            let register = match injection.msr {
-                Msr::ThermStatus => Register::Core,
-                Msr::PackageThermStatus => Register::Package,
-            };
             let injected = machine.borrow_mut().inject(
                 injector,
-                Injection { cpu: injection.cpu, register, value: injection.value },
+                Injection { cpu: injection.cpu, register: injection.msr.into(), value: injection.value },
                 bound,
             )?;
             made += 1;

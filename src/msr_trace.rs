@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sensor::Register;
 use crate::thermal;
 use crate::topology::Topology;
 
@@ -51,10 +52,7 @@ impl Msr {
 
     /// The SDM's name.
     pub fn name(self) -> &'static str {
-        match self {
-            Msr::ThermStatus => "IA32_THERM_STATUS",
-            Msr::PackageThermStatus => "IA32_PACKAGE_THERM_STATUS",
-        }
+        Register::from(self).name()
     }
 
     /// The bits the bench's register model has (`crate::thermal`): every
@@ -77,9 +75,18 @@ impl Msr {
     }
 
     fn from_address(text: &str) -> Option<Msr> {
-        let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))?;
-        let address = u32::from_str_radix(digits, 16).ok()?;
+        let address = u32::try_from(hex(text)?).ok()?;
         Msr::ALL.into_iter().find(|m| m.address() == address)
+    }
+}
+
+impl From<Msr> for Register {
+    /// The register of the emulated sensor that a recorded MSR is.
+    fn from(msr: Msr) -> Register {
+        match msr {
+            Msr::ThermStatus => Register::Core,
+            Msr::PackageThermStatus => Register::Package,
+        }
     }
 }
 

@@ -28,6 +28,14 @@ pub enum Register {
 }
 
 impl Register {
+    /// The SDM's name of the MSR.
+    pub fn name(self) -> &'static str {
+        match self {
+            Register::Core => "IA32_THERM_STATUS",
+            Register::Package => "IA32_PACKAGE_THERM_STATUS",
+        }
+    }
+
     fn abi(self) -> u32 {
         match self {
             Register::Core => abi::REG_THERM_STATUS,
