@@ -1021,16 +1021,24 @@ pub fn environment_differences(bundled: &Manifest, now: &Manifest, configs: (&st
     let mut new_sources = crate::sources::Sources::default();
     now.guest.sources.iter().for_each(|(p, f)| new_sources.insert(p.clone(), f.clone()));
     let changes = old_sources.changes(&new_sources);
+    // Every change is named: a source no group claims is listed as such,
+    // never dropped.
+    let mut unclaimed = changes.clone();
     for (what, prefixes) in [
         ("module sources", &["kmod/"][..]),
         ("agent sources", &["initramfs/", "wire/", "Cargo.toml", "Cargo.lock"][..]),
+        ("kdbusd sources", &["kdbusd/"][..]),
         ("kernel-config fragments", &["kernel-config/"][..]),
     ] {
-        let these: Vec<String> =
-            changes.iter().filter(|c| prefixes.iter().any(|p| c.starts_with(p))).cloned().collect();
+        let (these, rest): (Vec<String>, Vec<String>) =
+            unclaimed.into_iter().partition(|c| prefixes.iter().any(|p| c.starts_with(p)));
+        unclaimed = rest;
         if !these.is_empty() {
             out.push(format!("{what}: {}", list(&these)));
         }
+    }
+    if !unclaimed.is_empty() {
+        out.push(format!("other guest sources: {}", list(&unclaimed)));
     }
     let binaries_differ = bundled.guest.modules != now.guest.modules || bundled.guest.agent != now.guest.agent;
     if binaries_differ && changes.is_empty() {

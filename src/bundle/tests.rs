@@ -354,6 +354,8 @@ fn environment_differences_name_each_thing_that_changed() {
     new.qemu.version = "QEMU emulator version 8.2.0".into();
     new.host.tsc_khz = Some(3_000_000);
     new.guest.sources.insert("kmod/a.c".into(), "changed".into());
+    new.guest.sources.insert("kdbusd/src/main.rs".into(), "3".into());
+    new.guest.sources.insert("tests/guest/new.c".into(), "4".into());
     new.source.commit = Some("abc1234".into());
     let lines = environment_differences(&old, &new, ("CONFIG_A=y\n# CONFIG_B is not set\n", "CONFIG_B=y\n"));
     assert_eq!(
@@ -364,6 +366,8 @@ fn environment_differences_name_each_thing_that_changed() {
             "host TSC (the guest's clock rate): 2000000 kHz in the bundle, 3000000 kHz here",
             "kernel .config: CONFIG_A: y -> n, CONFIG_B: n -> y",
             "module sources: kmod/a.c changed",
+            "kdbusd sources: kdbusd/src/main.rs added",
+            "other guest sources: tests/guest/new.c added",
             "bench commit: b09d976 in the bundle, abc1234 here",
         ]
     );
