@@ -24,5 +24,7 @@ mod tests {
         assert!(!glob(b"irq:*", b"irq_vectors:x"));
         assert!(glob(b"*:*_entry", b"irq:softirq_entry"));
         assert!(!glob(b"workqueue", b"workqueue:queue_work"));
+        assert!(glob(b"a*b*c", b"abbbc"));
+        assert!(!glob(b"irq_*_entry", b"irq_handler_exit"));
     }
 }

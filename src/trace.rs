@@ -587,16 +587,6 @@ mod tests {
     }
 
     #[test]
-    fn globs_match_as_in_the_shell() {
-        assert!(glob(b"*", b""));
-        assert!(glob(b"irq_*_entry", b"irq_handler_entry"));
-        assert!(!glob(b"irq_*_entry", b"irq_handler_exit"));
-        assert!(glob(b"?rq", b"irq"));
-        assert!(!glob(b"?rq", b"rq"));
-        assert!(glob(b"a*b*c", b"abbbc"));
-    }
-
-    #[test]
     fn losses_are_read_from_the_cpus_stats() {
         let stats = "entries: 12\noverrun: 3\ncommit overrun: 1\nbytes: 800\noldest event ts:  5.000\n\
                      now ts:  6.000\ndropped events: 2\nread events: 40\n";

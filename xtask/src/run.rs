@@ -307,8 +307,16 @@ pub fn execute(
 fn check_appended(words: &[String]) -> anyhow::Result<()> {
     for word in words {
         let key = word.split_once('=').map_or(word.as_str(), |(key, _)| key);
+        // Through --dyndbg a query is checked against the guest's call
+        // sites; as a plain word it would be taken unchecked.
+        if key == "dyndbg" || key.ends_with(".dyndbg") {
+            anyhow::bail!(
+                "--append {word}: give dynamic debug queries with --dyndbg QUERY (e.g. --dyndbg 'module kevent_thermal \
+                 +p'), which checks that each selects a call site in the guest"
+            );
+        }
         if let Some((module, param)) = key.split_once('.') {
-            if param != "dyndbg" && kevent_bench::dyndbg::EVENT_MODULES.contains(&module.replace('-', "_").as_str()) {
+            if kevent_bench::dyndbg::EVENT_MODULES.contains(&module.replace('-', "_").as_str()) {
                 anyhow::bail!(
                     "--append {word}: the agent loads {module} with the scenario's parameters, not the command \
                      line's; set it in the scenario's [params] ({module}.{param} = ...)"
@@ -490,4 +498,26 @@ pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyho
     let path = run_dir.join("initramfs.cpio");
     archive.append_to(base, &path).with_context(|| format!("append the included files to {}", base.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_appended;
+
+    fn refusal(word: &str) -> Option<String> {
+        check_appended(&[word.to_owned()]).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn appended_words_that_would_go_unchecked_or_unused_are_refused() {
+        assert_eq!(refusal("loglevel=8"), None);
+        assert_eq!(refusal("initcall_debug"), None);
+        assert_eq!(refusal("printk.time=1"), None, "a built-in's parameter reaches the kernel");
+        let param = refusal("kevent-thermal.rate_limit_ms=0").expect("an events module's parameter");
+        assert!(param.contains("[params] (kevent-thermal.rate_limit_ms = ...)"), "{param}");
+        for query in ["dyndbg=+p", "kevent_thermal.dyndbg=\"+p\"", "kmessage.dyndbg"] {
+            let why = refusal(query).unwrap_or_else(|| panic!("{query} was taken"));
+            assert!(why.contains("--dyndbg QUERY"), "{why}");
+        }
+    }
 }
