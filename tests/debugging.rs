@@ -47,8 +47,10 @@ fn dynamic_debug_prints_the_modules_pr_debug_and_a_query_that_selects_nothing_is
         "the handler's pr_debug at the second interrupt: {debug:#?}"
     );
 
-    // Without the query, the same run prints none of them.
-    let plain = common::config("dyndbg-off", scenario.guest(&artifacts));
+    // Without the query, the same run at the same console level prints
+    // none of them: the query, not the level, switched them on.
+    let mut plain = common::config("dyndbg-off", scenario.guest(&artifacts));
+    plain.guest.kernel_args.push(kevent_bench::dyndbg::CONSOLE_LEVEL.to_owned());
     runner::run(&scenario, &plain, &mut |_| {}).unwrap_or_else(|f| panic!("{}", f.report()));
     let console = std::fs::read_to_string(plain.run_dir.join("console.log")).unwrap();
     assert!(!console.contains("rate-limited"), "{console}");
