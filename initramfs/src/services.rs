@@ -29,9 +29,11 @@ const STAGE: AgentStage = AgentStage::Dbus;
 const READY_BOUND: Duration = Duration::from_secs(20);
 /// How long a stopped program may take to exit.
 const STOP_BOUND: Duration = Duration::from_secs(10);
-/// After the first failure, how long its program's stderr may take to reach
-/// its supervisor, and a death that caused the failure to be recorded.
-const FOLLOWERS_GRACE: Duration = Duration::from_millis(300);
+/// How long a failure waits for the death behind it to be recorded (its
+/// supervisor reads the program's stderr to the end first). A death ends
+/// the wait at once; only a failure with no death behind it (a program
+/// alive but silent) waits it out.
+const DEATH_BOUND: Duration = Duration::from_secs(2);
 /// Once dbus-daemon is dead, kdbusd and the monitor lose their bus and
 /// exit saying so: their last words are waited for, this long at most.
 const FOLLOWERS_BOUND: Duration = Duration::from_secs(10);
@@ -186,6 +188,21 @@ impl Services {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The state once `done` holds of it, or once `bound` has passed: every
+    /// change a supervisor records wakes the wait.
+    fn wait_for(&self, bound: Duration, done: impl Fn(&State) -> bool) -> std::sync::MutexGuard<'_, State> {
+        let deadline = Instant::now() + bound;
+        let mut state = self.lock();
+        while !done(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        state
+    }
+
     /// Keeps `child`'s last words and reports its end unless it was asked to end.
     fn supervise(&self, name: &'static str, mut child: Child) {
         let last_words = Arc::new(Mutex::new(VecDeque::new()));
@@ -228,22 +245,18 @@ impl Services {
     /// then every program that has ended (or is named in `why`), the bus
     /// daemon first. Waits a little for the deaths that follow the first.
     pub fn report(&self, why: &str) {
-        thread::sleep(FOLLOWERS_GRACE);
-        let deadline = Instant::now() + FOLLOWERS_BOUND;
+        // A kdbusd killed mid-step fails its Sync at once, before its
+        // supervisor has recorded the death that the report must name.
+        drop(self.wait_for(DEATH_BOUND, |s| s.reported || s.first_death.is_some()));
         let message = {
-            let mut state = self.lock();
             // Without the bus, every program that uses it ends (the relay
             // only between host clients): wait for their words.
-            loop {
-                let bus_dead = state.programs.iter().any(|p| p.name == DBUS_DAEMON && p.ended.is_some());
+            let mut state = self.wait_for(FOLLOWERS_BOUND, |s| {
+                let bus_dead = s.programs.iter().any(|p| p.name == DBUS_DAEMON && p.ended.is_some());
                 let following =
-                    state.programs.iter().any(|p| p.name != RELAY && p.name != DBUS_DAEMON && p.ended.is_none());
-                let left = deadline.saturating_duration_since(Instant::now());
-                if state.reported || !bus_dead || !following || left.is_zero() {
-                    break;
-                }
-                state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
-            }
+                    s.programs.iter().any(|p| p.name != RELAY && p.name != DBUS_DAEMON && p.ended.is_none());
+                s.reported || !bus_dead || !following
+            });
             if state.reported {
                 return;
             }
@@ -306,9 +319,10 @@ impl Services {
 
     /// A program did not come up: the failure, with what it said.
     fn startup_failure(&self, name: &str, message: String) -> AgentError {
-        // Its stderr may still be on its way.
-        thread::sleep(FOLLOWERS_GRACE);
-        let state = self.lock();
+        // Its last words are whole once its supervisor has seen it end.
+        let state = self.wait_for(DEATH_BOUND, |s| {
+            s.programs.iter().rev().find(|p| p.name == name).is_none_or(|p| p.ended.is_some())
+        });
         let words: Vec<u8> = state
             .programs
             .iter()

@@ -90,12 +90,12 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
         artifacts.profile,
         artifacts.kernel_release
     );
-    println!("{:<66}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
+    println!("{:<76}{:>9}{:>9}{:>9}", "host wall time (ms)", "min", "median", "max");
     let row = |name: &str, samples: &mut Vec<Duration>| {
         samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{name:<66}{:>9.0}{:>9.0}{:>9.0}",
+            "{name:<76}{:>9.0}{:>9.0}{:>9.0}",
             ms(samples[0]),
             ms(median(samples)),
             ms(*samples.last().expect("at least one run"))
