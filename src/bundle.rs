@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kevent_wire::{Datagram, DbusMessage, Hello};
+use kevent_wire::{Datagram, DbusMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -30,7 +30,7 @@ use crate::events::{self, Normaliser};
 use crate::fingerprint::Fingerprint;
 use crate::scenario::{self, Scenario};
 use crate::snapshot::{self, Snapshot};
-use crate::transcript::{ProgramRun, StepOutcome, StepRecord, Transcript};
+use crate::transcript::{ProgramRun, StepOutcome, StepRecord};
 
 /// What `manifest.json` says it is.
 pub const FORMAT: &str = "kevent-bench reproducer bundle";
@@ -960,27 +960,6 @@ fn first_event_difference(old: &[StepRecord], new: &[StepRecord]) -> Option<Stri
         }
     }
     None
-}
-
-/// A transcript of a recorded run, for callers that want one.
-pub fn transcript(scenario: &Scenario, recorded: &Recorded, kernel_release: &str) -> Transcript {
-    Transcript {
-        scenario: scenario.clone(),
-        hello: Hello {
-            protocol_version: kevent_wire::PROTOCOL_VERSION,
-            kernel_release: kernel_release.to_owned(),
-            cpus_online: scenario.machine.cpus(),
-            clocksource: String::new(),
-            agent_started_ns: 0,
-            greeted_ns: 0,
-            modules: Vec::new(),
-        },
-        steps: recorded.steps.clone(),
-        background: recorded.background.clone(),
-        timing_flags: Vec::new(),
-        timing_flags_lost: 0,
-        trace: None,
-    }
 }
 
 /// What differs between the environment a bundle's run had and this one's,

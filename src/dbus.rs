@@ -55,7 +55,7 @@ impl DbusEntry {
 /// The channel a carried datagram came on: kmessages sort first.
 fn channel_rank(entry: &DbusEntry) -> u8 {
     match entry.carries.as_deref() {
-        Some(c) if c.starts_with("uevent") || c.ends_with("(uevent)") => 1,
+        Some(c) if c.starts_with("uevent") => 1,
         Some(_) => 0,
         None => 2,
     }

@@ -408,6 +408,12 @@ fn main() {
     words.retain(|w| w != "--ktap");
     let args = Arguments::from_iter(words);
     if ktap_mode {
+        // Every libtest flag the KTAP run would not honour is refused, not
+        // dropped: `--list` would otherwise run the whole guest suite.
+        if args.list || args.format.is_some() {
+            eprintln!("--ktap: --list and --format are libtest's reports; KTAP mode prints only KTAP");
+            std::process::exit(2);
+        }
         let selected: Vec<Case> = cases(&scenarios_dir())
             .into_iter()
             .filter(|case| !args.is_filtered_out(&Trial::test(case.name(), || Ok(()))))
