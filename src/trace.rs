@@ -86,6 +86,25 @@ impl Request {
     pub fn parse_list(list: &str, origin: impl Into<String>) -> Result<Request, String> {
         Request::new(list.split(',').map(|e| e.trim().to_owned()).collect(), origin)
     }
+
+    /// `--trace`'s value: empty for the default set, else a list.
+    pub fn parse_flag(text: &str, origin: impl Into<String>) -> Result<Request, String> {
+        if text.is_empty() {
+            Ok(Request::default_set(origin))
+        } else {
+            Request::parse_list(text, origin)
+        }
+    }
+
+    /// The request as [`Request::parse_flag`] reads it back: the default set
+    /// stays the default set (whose groups a kernel may lack).
+    pub fn flag_text(&self) -> String {
+        if self.default_set {
+            String::new()
+        } else {
+            self.events.join(",")
+        }
+    }
 }
 
 impl std::fmt::Display for Request {
@@ -537,6 +556,10 @@ mod tests {
     #[test]
     fn patterns_are_system_colon_event_with_globs() {
         assert!(Request::parse_list("irq:*,kevent_thermal:thermal_?nterrupt", "--trace").is_ok());
+        let default = Request::default_set("--trace");
+        assert!(Request::parse_flag(&default.flag_text(), "bundle").unwrap().default_set);
+        let listed = Request::parse_flag("irq:*", "bundle").unwrap();
+        assert_eq!((listed.default_set, listed.flag_text()), (false, "irq:*".to_owned()));
         for bad in ["irq", "irq:", ":x", "irq:a b", "irq/x:y", ""] {
             let err = Request::parse_list(bad, "--trace").unwrap_err();
             assert!(err.contains("expected SYSTEM:EVENT"), "{bad}: {err}");

@@ -38,7 +38,7 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
     if let Some(events) = &manifest.run.trace {
         // The run traced (its scenario's key, or run --trace): so does this one.
         let origin = format!("{}: run.trace", flags.bundle.display());
-        let request = kevent_bench::trace::Request::parse_list(events, origin.as_str())
+        let request = kevent_bench::trace::Request::parse_flag(events, origin.as_str())
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         scenario.trace = Some(request);
     }

@@ -189,7 +189,7 @@ pub fn manifest(run: &RunRecord) -> anyhow::Result<Manifest> {
             command,
             overrides: run.overrides.clone(),
             append: run.append.clone(),
-            trace: scenario.trace.as_ref().map(|request| request.events.join(",")),
+            trace: scenario.trace.as_ref().map(|request| request.flag_text()),
             includes,
         },
         machine: bundle::MachineInfo {

@@ -455,11 +455,8 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
         eprintln!("machine: {} clock (--clock; the scenario says {})", scenario.machine.clock, said.clock);
     }
     if let Some(events) = &flags.trace {
-        let request = if events.is_empty() {
-            trace::Request::default_set("--trace")
-        } else {
-            trace::Request::parse_list(events, "--trace").map_err(|e| anyhow::anyhow!("--trace={events}: {e}"))?
-        };
+        let request =
+            trace::Request::parse_flag(events, "--trace").map_err(|e| anyhow::anyhow!("--trace={events}: {e}"))?;
         if let Some(said) = &scenario.trace {
             eprintln!("trace: {request} (--trace; the scenario says {said})");
         }
