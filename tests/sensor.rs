@@ -453,9 +453,11 @@ fn rate_limit_edges_give_the_margins_the_interval_arithmetic_predicts() {
     }
 
     // Two debugfs injections on CPU 0, in two steps at least 850 ms apart:
-    // the second decision is at most 150 ms before the edge (and recorded
-    // unless the steps took 450 ms more than that), and two independent
-    // interrupts are never within a burst.
+    // the second decision is at most 150 ms before the edge, and two
+    // independent interrupts are never within a burst. It is recorded only
+    // if the host's turnaround between the two requests added less than
+    // 450 ms of guest time, which an idle guest on the virtual clock may
+    // skip in one jump: then there is no third record.
     let inject_debugfs = |m: &mut Machine| {
         let exchange = m.request(Command::Inject { package: false, cpu: 0, value: PROCHOT_95C }, BOUND).unwrap();
         assert_eq!(exchange.outcome, Outcome::Done);
@@ -464,9 +466,14 @@ fn rate_limit_edges_give_the_margins_the_interval_arithmetic_predicts() {
     assert_eq!(m.request(Command::Sleep { ns: 850_000_000 }, BOUND).unwrap().outcome, Outcome::Done);
     inject_debugfs(&mut m);
     let (edges, _) = rate_limit_edges(&mut m);
-    let [_, _, second] = edges[..] else { panic!("one more record expected: {edges:?}") };
-    assert_eq!((second.cpu, second.interrupt, second.within_burst), (0, 2, false), "{edges:?}");
-    assert!(second.margin_ns >= -150_000_000, "{edges:?}");
+    match edges[..] {
+        [_, _, second] => {
+            assert_eq!((second.cpu, second.interrupt, second.within_burst), (0, 2, false), "{edges:?}");
+            assert!(second.margin_ns >= -150_000_000, "{edges:?}");
+        }
+        [_, _] => {}
+        _ => panic!("the two records above and at most the second debugfs decision: {edges:?}"),
+    }
     // Reading does not consume.
     assert_eq!(rate_limit_edges(&mut m).0, edges);
 
