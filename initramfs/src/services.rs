@@ -19,6 +19,7 @@ use kevent_wire::{
     KDBUSD_PATH, SYSTEM_BUS_ADDRESS,
 };
 use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::AgentError;
@@ -248,6 +249,11 @@ impl Services {
         // A kdbusd killed mid-step fails its Sync at once, before its
         // supervisor has recorded the death that the report must name.
         drop(self.wait_for(DEATH_BOUND, |s| s.reported || s.first_death.is_some()));
+        // kdbusd or the tap can be seen to end before the bus daemon whose
+        // death ended them: a dead bus is the cause, whoever was seen first.
+        if self.bus_daemon_exited() {
+            drop(self.wait_for(DEATH_BOUND, |s| s.reported || bus_death(s).is_some()));
+        }
         let message = {
             // Without the bus, every program that uses it ends (the relay
             // only between host clients): wait for their words.
@@ -261,7 +267,7 @@ impl Services {
                 return;
             }
             state.reported = true;
-            let why = state.first_death.clone().unwrap_or_else(|| why.to_owned());
+            let why = bus_death(&state).or_else(|| state.first_death.clone()).unwrap_or_else(|| why.to_owned());
             let services = state
                 .programs
                 .iter()
@@ -277,6 +283,23 @@ impl Services {
         let (message, why) = message;
         eprintln!("kevent-agent: the D-Bus side failed: {why}");
         let _ = self.shared.channel.send(&message);
+    }
+
+    /// Whether dbus-daemon has exited, whether or not its supervisor has
+    /// reaped it yet (WNOWAIT leaves that to the supervisor).
+    fn bus_daemon_exited(&self) -> bool {
+        let Some(pid) = self.lock().programs.iter().find(|p| p.name == DBUS_DAEMON).map(|p| p.pid) else {
+            return false;
+        };
+        let Ok(pid) = i32::try_from(pid) else { return false };
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+            Ok(WaitStatus::StillAlive) => false,
+            Ok(_) => true,
+            // Already reaped: its supervisor is recording the end.
+            Err(nix::errno::Errno::ECHILD) => true,
+            Err(_) => false,
+        }
     }
 
     /// Waits (bounded) for the first line `name` prints on stdout: its
@@ -333,6 +356,12 @@ impl Services {
         let words = String::from_utf8_lossy(&words);
         AgentError::new(STAGE, format!("{message}; it said: {}", words.trim()))
     }
+}
+
+/// dbus-daemon's end, if it ended without being asked to.
+fn bus_death(state: &State) -> Option<String> {
+    let daemon = state.programs.iter().find(|p| p.name == DBUS_DAEMON && !p.stopping)?;
+    daemon.ended.as_ref().map(|status| format!("{DBUS_DAEMON} {status}"))
 }
 
 fn describe(status: std::process::ExitStatus) -> String {

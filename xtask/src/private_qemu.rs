@@ -50,6 +50,8 @@ pub fn ensure(host: Host, cache: &Path) -> anyhow::Result<PathBuf> {
     }
     let key = without_epoch(&versions["qemu-system-x86"]).to_owned();
     let prefix = private_dir.join(&key);
+    // A fresh machine has no cache yet.
+    fs::create_dir_all(&private_dir).with_context(|| format!("create {}", private_dir.display()))?;
     if !prefix.exists() {
         extract(host, &private_dir, &key, &versions)?;
     }
