@@ -199,16 +199,27 @@ pub fn background(run: &ProgramRun) -> Value {
     line
 }
 
-/// A rate-limit decision whose outcome may differ on another run.
+/// An outcome that may differ on another run.
 pub fn timing_flag(flag: &TimingFlag) -> Value {
-    json!({
-        "type": "timing_flag",
-        "step": flag.step,
-        "cpu": flag.cpu,
-        "margin_ns": flag.margin_ns,
-        "within_burst": flag.within_burst,
-        "message": flag.to_string(),
-    })
+    let mut line = match *flag {
+        TimingFlag::Edge { step, cpu, margin_ns, within_burst } => json!({
+            "type": "timing_flag",
+            "kind": "edge",
+            "step": step,
+            "cpu": cpu,
+            "margin_ns": margin_ns,
+            "within_burst": within_burst,
+        }),
+        TimingFlag::LateReplay { step, spread_ns, watched_ns } => json!({
+            "type": "timing_flag",
+            "kind": "late_replay",
+            "step": step,
+            "spread_ns": spread_ns,
+            "watched_ns": watched_ns,
+        }),
+    };
+    line["message"] = flag.to_string().into();
+    line
 }
 
 /// After a replay step's `step` line: how late its injections started

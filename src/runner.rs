@@ -66,7 +66,7 @@ fn parse_edges(text: &str, ledger: &InterruptLedger) -> Result<(Vec<TimingFlag>,
             ["cpu", cpu, "interrupt", interrupt, "margin_ns", margin, "within_burst", burst] => {
                 let number = |s: &str| s.parse::<i64>().map_err(|_| format!("not a number in {line:?}"));
                 let (cpu, interrupt) = (number(cpu)? as u32, number(interrupt)? as u64);
-                flags.push(TimingFlag {
+                flags.push(TimingFlag::Edge {
                     step: ledger.step_of(cpu, interrupt),
                     cpu,
                     margin_ns: number(margin)?,
@@ -170,7 +170,14 @@ pub fn run(
     } else {
         Vec::new()
     };
-    let (timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
+    let (mut timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
+    let watched = Duration::from_millis(config.guest.clock.rate_limit_edges_ms().0.into());
+    for record in &steps {
+        if let Some(timing) = &record.replay {
+            timing_flags.extend(TimingFlag::of_replay(record.index + 1, timing, watched));
+        }
+    }
+    timing_flags.sort_by_key(TimingFlag::step);
     let trace = match trace {
         Some(session) => Some(session.finish(&mut machine, steps.len())?),
         None => None,
@@ -313,8 +320,8 @@ mod tests {
         assert_eq!(
             flags,
             [
-                TimingFlag { step: 2, cpu: 1, margin_ns: -199_000_000, within_burst: true },
-                TimingFlag { step: 4, cpu: 0, margin_ns: 4_000_000, within_burst: false },
+                TimingFlag::Edge { step: 2, cpu: 1, margin_ns: -199_000_000, within_burst: true },
+                TimingFlag::Edge { step: 4, cpu: 0, margin_ns: 4_000_000, within_burst: false },
             ]
         );
         assert!(flags[1].to_string().starts_with("step 4: an interrupt on CPU 0 was handled 4.000 ms from"));

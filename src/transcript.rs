@@ -150,34 +150,88 @@ pub struct Transcript {
     pub trace: Option<crate::trace::Summary>,
 }
 
-/// A rate-limit decision close enough to its window's edge that host load
-/// (real clock) or the guest's clock jumping while it waited for the host
-/// (virtual clock) could have changed it.
+/// An outcome the clock leaves uncertain: the snapshot could differ on
+/// another run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimingFlag {
-    /// 1-based step that raised the interrupt.
-    pub step: usize,
-    /// The CPU that handled it.
-    pub cpu: u32,
-    /// Guest time from the window's edge: positive for an interrupt
-    /// handled, negative for one rate-limited.
-    pub margin_ns: i64,
-    /// The edge was between firings of one device-timed entry.
-    pub within_burst: bool,
+pub enum TimingFlag {
+    /// A rate-limit decision close enough to its window's edge that host
+    /// load (real clock) or the guest's clock jumping while it waited for
+    /// the host (virtual clock) could have changed it.
+    Edge {
+        /// 1-based step that raised the interrupt.
+        step: usize,
+        /// The CPU that handled it.
+        cpu: u32,
+        /// Guest time from the window's edge: positive for an interrupt
+        /// handled, negative for one rate-limited.
+        margin_ns: i64,
+        /// The edge was between firings of one device-timed entry.
+        within_burst: bool,
+    },
+    /// A replay step whose injections started late by amounts that differ
+    /// by more than half the margin the module watches around the edge:
+    /// the host's pacing alone could move a decision the module did not
+    /// record across the edge, so none of the step's decisions is certain.
+    LateReplay {
+        /// 1-based replay step.
+        step: usize,
+        /// The latest injection's lateness minus the earliest one's, host
+        /// time: how far the pacing could move one interrupt against another.
+        spread_ns: u64,
+        /// The margin around the edge inside which the module records
+        /// decisions (`rate_limit_edge_ms`).
+        watched_ns: u64,
+    },
+}
+
+impl TimingFlag {
+    /// The step the flag is about.
+    pub fn step(&self) -> usize {
+        match self {
+            TimingFlag::Edge { step, .. } | TimingFlag::LateReplay { step, .. } => *step,
+        }
+    }
+
+    /// The flag for a replay step paced by `timing`, if its lateness could
+    /// move a decision beyond what the module watches (`watched`).
+    pub fn of_replay(step: usize, timing: &ReplayTiming, watched: Duration) -> Option<TimingFlag> {
+        let late = timing.lateness();
+        let spread = late.last()?.saturating_sub(late[0]);
+        (spread * 2 > watched).then(|| TimingFlag::LateReplay {
+            step,
+            spread_ns: u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX),
+            watched_ns: u64::try_from(watched.as_nanos()).unwrap_or(u64::MAX),
+        })
+    }
 }
 
 impl std::fmt::Display for TimingFlag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let outcome = if self.margin_ns < 0 { "rate-limited" } else { "handled" };
-        let margin = self.margin_ns.unsigned_abs() as f64 / 1e6;
-        let between =
-            if self.within_burst { "between firings of one timed entry" } else { "since an earlier step's interrupt" };
-        write!(
-            f,
-            "step {}: an interrupt on CPU {} was {outcome} {margin:.3} ms from the rate limit's edge ({between}); \
-             its outcome may differ on another run",
-            self.step, self.cpu
-        )
+        let ms = |ns: u64| ns as f64 / 1e6;
+        match *self {
+            TimingFlag::Edge { step, cpu, margin_ns, within_burst } => {
+                let outcome = if margin_ns < 0 { "rate-limited" } else { "handled" };
+                let between = if within_burst {
+                    "between firings of one timed entry"
+                } else {
+                    "since an earlier step's interrupt"
+                };
+                write!(
+                    f,
+                    "step {step}: an interrupt on CPU {cpu} was {outcome} {:.3} ms from the rate limit's edge \
+                     ({between}); its outcome may differ on another run",
+                    ms(margin_ns.unsigned_abs())
+                )
+            }
+            TimingFlag::LateReplay { step, spread_ns, watched_ns } => write!(
+                f,
+                "step {step}: the replay's injections started late by amounts up to {:.3} ms apart, more than half \
+                 the {:.3} ms the run watches around the rate limit's edge; any rate-limit decision of this step may \
+                 differ on another run (a lower --speed, or the device injector, keeps closer to the trace)",
+                ms(spread_ns),
+                ms(watched_ns)
+            ),
+        }
     }
 }
 
@@ -192,6 +246,25 @@ pub fn errno_name(errno: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_is_flagged_when_its_pacing_could_move_a_decision_past_what_the_module_watches() {
+        let ms = Duration::from_millis;
+        let paced = |late: &[u64]| ReplayTiming {
+            speed: 1.0,
+            due: (0..late.len() as u64).map(|k| ms(250 * k)).collect(),
+            started: late.iter().enumerate().map(|(k, l)| ms(250 * k as u64 + l)).collect(),
+        };
+        // Late by much, but by the same amount: the spacing is the trace's.
+        assert_eq!(TimingFlag::of_replay(2, &paced(&[40, 40, 40]), ms(100)), None);
+        assert_eq!(TimingFlag::of_replay(2, &paced(&[10, 0, 50]), ms(100)), None, "50 ms is half, not more");
+        let flag = TimingFlag::of_replay(2, &paced(&[10, 0, 61]), ms(100)).unwrap();
+        assert_eq!(flag, TimingFlag::LateReplay { step: 2, spread_ns: 61_000_000, watched_ns: 100_000_000 });
+        assert!(flag
+            .to_string()
+            .starts_with("step 2: the replay's injections started late by amounts up to 61.000 ms apart"));
+        assert_eq!(TimingFlag::of_replay(2, &paced(&[]), ms(100)), None, "nothing injected");
+    }
 
     #[test]
     fn errnos_have_their_names() {
