@@ -338,26 +338,30 @@ fn topology_of(
     if cpus.is_empty() {
         return Err(lines.error(columns_at, "no \"# cpu N package P core C\" line before the column header"));
     }
+    let cpus: Vec<TraceCpu> = cpus.iter().map(|(c, _)| *c).collect();
+    guest_topology(&cpus).map_err(|why| lines.error(columns_at, why))
+}
+
+/// The guest's topology for recorded `cpus` (at least one) and the guest
+/// CPU of each, or why no guest can have them: what the reader of a trace
+/// checks, and what a recording checks before it starts.
+pub fn guest_topology(cpus: &[TraceCpu]) -> Result<(Topology, BTreeMap<u32, u32>), String> {
     let mut per_package: BTreeMap<u32, Vec<TraceCpu>> = BTreeMap::new();
-    for (c, _) in cpus {
+    for c in cpus {
         per_package.entry(c.package).or_default().push(*c);
     }
     let packages = u32::try_from(per_package.len()).unwrap_or(u32::MAX);
-    let (first, first_cpus) = per_package.iter().next().expect("at least one CPU");
+    let Some((first, first_cpus)) = per_package.iter().next() else { return Err("no CPU".into()) };
     let cores = u32::try_from(first_cpus.len()).unwrap_or(u32::MAX);
     if let Some((package, its)) = per_package.iter().find(|(_, its)| its.len() != first_cpus.len()) {
-        return Err(lines.error(
-            columns_at,
-            format!(
-                "package {package} has {} CPU(s) and package {first} {cores}: the guest's packages all have the same \
-                 number of cores (record the same number of CPUs of each package: --cpus)",
-                its.len()
-            ),
+        return Err(format!(
+            "package {package} has {} CPU(s) and package {first} {cores}: the guest's packages all have the same \
+             number of cores (record the same number of CPUs of each package: --cpus)",
+            its.len()
         ));
     }
-    let topology = Topology::new(packages, cores).map_err(|why| {
-        lines.error(columns_at, format!("the recorded machine cannot be a guest: {why} (record fewer: --cpus)"))
-    })?;
+    let topology = Topology::new(packages, cores)
+        .map_err(|why| format!("the recorded machine cannot be a guest: {why} (record fewer: --cpus)"))?;
     let mut guest_cpus = BTreeMap::new();
     for (rank, its) in per_package.values_mut().enumerate() {
         its.sort_by_key(|c| (c.core, c.cpu));

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::msr_trace::{Msr, TraceCpu, Writer};
+use crate::msr_trace::{self, Msr, TraceCpu, Writer};
 
 /// IA32_TEMPERATURE_TARGET: TjMax in bits 23:16.
 const MSR_TEMPERATURE_TARGET: u64 = 0x1a2;
@@ -65,6 +65,12 @@ pub enum RecordError {
         /// The sysfs file.
         path: PathBuf,
         /// What is wrong with it.
+        why: String,
+    },
+    /// The CPUs to record are not a machine a guest can be.
+    #[error("{why}: a trace of these CPUs could not be replayed, so nothing is recorded")]
+    NotAGuest {
+        /// Why the guest cannot have them.
         why: String,
     },
     /// Writing the trace, or another I/O error.
@@ -177,6 +183,8 @@ impl Recorder {
             }
             cpus.retain(|c| only.contains(&c.cpu));
         }
+        // Refused now rather than by the replay after an hour of recording.
+        msr_trace::guest_topology(&cpus).map_err(|why| RecordError::NotAGuest { why })?;
         let mut devices = Vec::new();
         for c in &cpus {
             let path = msr_dir.join(c.cpu.to_string()).join("msr");
@@ -277,17 +285,22 @@ pub struct Recorded {
     pub stopped: bool,
     /// Samples that began more than one interval late (a loaded host).
     pub late_samples: u64,
+    /// Whether it ended because one more sample would have taken the trace
+    /// past `max_rows` (a trace may hold [`msr_trace::MAX_ROWS`]).
+    pub full: bool,
 }
 
 /// Samples every `interval` for `duration` (the first at once), writing a
 /// row for each changed value, with the microseconds since the first
-/// sample; `stop` is asked before each sample. The trace on `out` is whole
+/// sample; `stop` is asked before each sample. It ends early, before the
+/// sample that would take it past `max_rows`. The trace on `out` is whole
 /// after every sample.
 pub fn record<W: Write>(
     recorder: &mut Recorder,
     out: W,
     interval: Duration,
     duration: Duration,
+    max_rows: usize,
     notes: &[String],
     stop: &dyn Fn() -> bool,
 ) -> Result<Recorded, RecordError> {
@@ -297,7 +310,8 @@ pub fn record<W: Write>(
     // outright is still a trace up to its last whole sample.
     writer.flush().map_err(io_error("write the trace header"))?;
     let start = Instant::now();
-    let mut done = Recorded { samples: 0, rows: 0, elapsed: Duration::ZERO, stopped: false, late_samples: 0 };
+    let mut done =
+        Recorded { samples: 0, rows: 0, elapsed: Duration::ZERO, stopped: false, late_samples: 0, full: false };
     loop {
         let due = interval * u32::try_from(done.samples).unwrap_or(u32::MAX);
         if due > duration {
@@ -319,7 +333,13 @@ pub fn record<W: Write>(
             done.late_samples += 1;
         }
         let time_us = at.as_micros() as u64;
-        for r in recorder.sample()? {
+        let readings = recorder.sample()?;
+        // Whole samples only: the trace stays one a replay can read.
+        if done.rows + readings.len() as u64 > max_rows as u64 {
+            done.full = true;
+            break;
+        }
+        for r in readings {
             writer.row(time_us, r.cpu, r.package, r.msr, r.value).map_err(io_error("write a trace row"))?;
             done.rows += 1;
         }

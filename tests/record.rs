@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kevent_bench::msr_trace::{self, Msr, TraceCpu};
+use kevent_bench::msr_trace::{self, Msr, TraceCpu, MAX_ROWS};
 use kevent_bench::record::{record, FakeMachine, RecordError, Recorder};
 use kevent_bench::Topology;
 
@@ -44,7 +44,8 @@ fn a_recording_has_the_topology_tjmax_and_every_change_in_order() {
             machine.set(2, Msr::PackageThermStatus, 0x0000_0031).unwrap();
             changed.store(true, Ordering::SeqCst);
         });
-        record(&mut recorder, &mut out, Duration::from_millis(2), Duration::from_millis(1000), &[], &|| false).unwrap()
+        record(&mut recorder, &mut out, Duration::from_millis(2), Duration::from_millis(1000), MAX_ROWS, &[], &|| false)
+            .unwrap()
     });
     assert!(changed.load(Ordering::SeqCst));
     assert!(recorded.samples >= 2, "{recorded:?}");
@@ -98,7 +99,8 @@ fn a_recording_stopped_early_is_a_whole_trace() {
         asked.get() > 3
     };
     let recorded =
-        record(&mut recorder, &mut out, Duration::from_millis(1), Duration::from_secs(60), &[], &stop).unwrap();
+        record(&mut recorder, &mut out, Duration::from_millis(1), Duration::from_secs(60), MAX_ROWS, &[], &stop)
+            .unwrap();
     assert!(recorded.stopped);
     // Asked before each sample and while waiting for it: a few samples at
     // most, not the minute asked for.
@@ -167,18 +169,48 @@ fn a_machine_with_more_cpus_than_a_guest_is_recorded_in_part() {
     let dir = tempfile::tempdir().unwrap();
     let twelve: Vec<TraceCpu> = (0..12).map(|cpu| TraceCpu { cpu, package: 0, core: cpu }).collect();
     let machine = FakeMachine::create(dir.path(), &twelve, 100).unwrap();
-    // All of them: a trace the guest cannot have, refused with the reason.
-    let mut all = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).unwrap();
-    let mut out = Vec::new();
-    record(&mut all, &mut out, Duration::from_millis(1), Duration::ZERO, &[], &|| false).unwrap();
-    let e = msr_trace::parse_bytes(Path::new("all.csv"), &out).unwrap_err();
-    assert!(e.message.contains("more than the 8 CPUs the bench kernel runs"), "{e}");
+    // All of them: a trace the guest cannot have, refused before a sample.
+    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).err().expect("refused");
+    assert!(e.to_string().contains("more than the 8 CPUs the bench kernel runs"), "{e}");
+    assert!(e.to_string().ends_with("could not be replayed, so nothing is recorded"), "{e}");
     // Four of them: one package of four cores.
     let mut four = Recorder::open(&machine.msr_dir, &machine.sysfs_root, Some(&[0, 1, 2, 3])).unwrap();
     let mut out = Vec::new();
-    record(&mut four, &mut out, Duration::from_millis(1), Duration::ZERO, &[], &|| false).unwrap();
+    record(&mut four, &mut out, Duration::from_millis(1), Duration::ZERO, MAX_ROWS, &[], &|| false).unwrap();
     let trace = msr_trace::parse_bytes(Path::new("four.csv"), &out).unwrap();
     assert_eq!(trace.topology, Topology::new(1, 4).unwrap());
     let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root, Some(&[0, 12])).err().expect("refused");
     assert!(e.to_string().contains("CPU 12 is not online"), "{e}");
+}
+
+#[test]
+fn a_recording_ends_before_the_sample_that_would_overfill_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine = fake(dir.path());
+    let mut recorder = Recorder::open(&machine.msr_dir, &machine.sysfs_root, None).unwrap();
+    // Each time the recorder asks whether to stop (at least once before
+    // each sample), CPU 0's readout changes: every sample after the first
+    // (all six registers) brings one row.
+    let asked = std::cell::Cell::new(0u64);
+    let change = || {
+        asked.set(asked.get() + 1);
+        machine.set(0, Msr::ThermStatus, 0x8000_0000 | (asked.get() % 100 + 1) << 16).unwrap();
+        false
+    };
+    let mut out = Vec::new();
+    let recorded =
+        record(&mut recorder, &mut out, Duration::from_millis(1), Duration::from_secs(60), 9, &[], &change).unwrap();
+    assert!(recorded.full && !recorded.stopped, "{recorded:?}");
+    assert_eq!((recorded.samples, recorded.rows), (4, 9), "6 rows, then 1 per sample up to 9: {recorded:?}");
+    let trace = msr_trace::parse_bytes(Path::new("full.csv"), &out).unwrap();
+    assert_eq!(trace.rows.len(), 9);
+}
+
+#[test]
+fn cpus_whose_packages_differ_in_size_are_refused_before_a_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine = fake(dir.path());
+    let e = Recorder::open(&machine.msr_dir, &machine.sysfs_root, Some(&[0, 1, 2])).err().expect("refused");
+    assert!(matches!(e, RecordError::NotAGuest { .. }), "{e:?}");
+    assert!(e.to_string().starts_with("package 1 has 1 CPU(s) and package 0 2"), "{e}");
 }

@@ -6,6 +6,7 @@ use std::io::BufWriter;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use kevent_bench::msr_trace::MAX_ROWS;
 use kevent_bench::record::{record, Recorder};
 
 use crate::flags::RecordFlags;
@@ -36,7 +37,7 @@ pub fn run(flags: &RecordFlags) -> anyhow::Result<()> {
         flags.interval_us,
         flags.msr_dir.display()
     )];
-    let recorded = record(&mut recorder, BufWriter::new(file), interval, duration, &notes, &|| {
+    let recorded = record(&mut recorder, BufWriter::new(file), interval, duration, MAX_ROWS, &notes, &|| {
         kevent_bench::process::interrupted().is_some()
     })?;
     for (msr, bits) in recorder.unmodelled() {
@@ -60,5 +61,12 @@ pub fn run(flags: &RecordFlags) -> anyhow::Result<()> {
         recorded.rows,
         if recorded.stopped { ", stopped early" } else { "" }
     );
+    if recorded.full {
+        eprintln!(
+            "warning: the recording stopped before its {} s: one more sample would have taken it past the {} rows a \
+             trace may hold (record a shorter episode, or a longer --interval-us)",
+            flags.duration, MAX_ROWS
+        );
+    }
     Ok(())
 }
