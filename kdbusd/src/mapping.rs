@@ -161,6 +161,10 @@ fn map_uevent(datagram: &[u8]) -> Result<Signal, &'static str> {
     let header = parts.next().unwrap_or_default();
     let at = header.iter().position(|&b| b == b'@').ok_or("header is not action@devpath")?;
     let (action, header_devpath) = (&header[..at], &header[at + 1..]);
+    // DEVPATH names the device (the header's copy stands in if it is
+    // absent), escaped from its bytes: the path gives them back exactly,
+    // even where they are not UTF-8 and the environment's text cannot.
+    let devpath = parts.clone().find_map(|entry| entry.strip_prefix(b"DEVPATH=")).unwrap_or(header_devpath);
     let env = first_of_each(parts.map(|entry| {
         let entry = text_of(entry);
         match entry.split_once('=') {
@@ -168,10 +172,8 @@ fn map_uevent(datagram: &[u8]) -> Result<Signal, &'static str> {
             None => (entry, String::new()),
         }
     }));
-    // DEVPATH names the device; the header's copy stands in if it is absent.
-    let devpath = env.iter().find(|(k, _)| k == "DEVPATH").map_or_else(|| text_of(header_devpath), |(_, v)| v.clone());
     Ok(Signal {
-        path: uevent_path(devpath.as_bytes()),
+        path: uevent_path(devpath),
         interface: UEVENT_INTERFACE,
         member: member(action),
         body: Body::Uevent { env, datagram: datagram.to_vec() },
@@ -452,5 +454,20 @@ SUBSYSTEM=cpu\0KEVENT_SIGNAL=high\0SEQNUM=5\0";
         assert_eq!(signal.path, "/org/kernel/devices/virtual/x_2dy");
         let Body::Uevent { env, .. } = signal.body else { panic!() };
         assert_eq!(env, [("ACTION".into(), "add".into()), ("".into(), "".into())]);
+    }
+
+    #[test]
+    fn a_devpath_that_is_not_utf8_comes_back_whole_from_the_object_path() {
+        let signal = map(Source::Uevent, b"change@/devices/x\xff\0ACTION=change\0DEVPATH=/devices/virtual/n\xe9t\0\0");
+        assert_eq!(signal.path, "/org/kernel/devices/virtual/n_e9t");
+        let elements: Vec<Vec<u8>> =
+            signal.path["/org/kernel/".len()..].split('/').map(|label| unescape_label(label).unwrap()).collect();
+        assert_eq!(elements.join(&b'/'), b"devices/virtual/n\xe9t");
+        let Body::Uevent { env, .. } = signal.body else { panic!() };
+        assert_eq!(
+            env[1],
+            ("DEVPATH".into(), "/devices/virtual/n\u{fffd}t".into()),
+            "the text replaces what the path keeps"
+        );
     }
 }
