@@ -442,6 +442,40 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
 /// sender: the bus adds it), for the body values kdbusd's signals have:
 /// strings, `u`, `ay` and `a{ss}`; `None` for any other value.
 pub fn marshal_signal(serial: u32, path: &str, interface: &str, member: &str, body: &[Value]) -> Option<Vec<u8>> {
+    marshal(4, serial, &[(1, b'o', path), (2, b's', interface), (3, b's', member)], body)
+}
+
+/// A method call marshalled as [`marshal_signal`] marshals a signal, to
+/// `destination`; its body may also hold `as`. What a client of the bus
+/// sends without a D-Bus library (kevent-dbus-tap's monitor).
+pub fn marshal_method_call(
+    serial: u32,
+    destination: &str,
+    path: &str,
+    interface: &str,
+    member: &str,
+    body: &[Value],
+) -> Option<Vec<u8>> {
+    marshal(1, serial, &[(1, b'o', path), (2, b's', interface), (3, b's', member), (6, b's', destination)], body)
+}
+
+/// The whole length of the message whose first 16 bytes are `fixed` (the
+/// fixed header and the header fields' length), as the specification
+/// computes it; `None` if `fixed` has no endianness mark.
+pub fn message_len(fixed: &[u8; 16]) -> Option<usize> {
+    let word = |at: usize| {
+        let bytes = [fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]];
+        match fixed[0] {
+            b'l' => Some(u32::from_le_bytes(bytes) as usize),
+            b'B' => Some(u32::from_be_bytes(bytes) as usize),
+            _ => None,
+        }
+    };
+    let (body, fields) = (word(4)?, word(12)?);
+    16usize.checked_add(fields)?.checked_next_multiple_of(8)?.checked_add(body)
+}
+
+fn marshal(kind: u8, serial: u32, header: &[(u8, u8, &str)], body: &[Value]) -> Option<Vec<u8>> {
     fn pad(out: &mut Vec<u8>, to: usize) {
         while !out.len().is_multiple_of(to) {
             out.push(0);
@@ -471,6 +505,19 @@ pub fn marshal_signal(serial: u32, path: &str, interface: &str, member: &str, bo
                 out.extend(b);
                 "ay"
             }
+            Value::Array(items) => {
+                pad(out, 4);
+                let len_at = out.len();
+                out.extend([0; 4]);
+                let start = out.len();
+                for item in items {
+                    let Value::Str(s) = item else { return None };
+                    string(out, s)?;
+                }
+                let len = u32::try_from(out.len() - start).ok()?;
+                out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+                "as"
+            }
             Value::Dict(entries) => {
                 pad(out, 4);
                 let len_at = out.len();
@@ -497,8 +544,8 @@ pub fn marshal_signal(serial: u32, path: &str, interface: &str, member: &str, bo
     }
     // The fields start at offset 16: the fixed header and the array's length.
     let mut fields = Vec::new();
-    for (code, sig, text) in [(1u8, b'o', path), (2, b's', interface), (3, b's', member), (8, b'g', signature.as_str())]
-    {
+    let signature_field = (!signature.is_empty()).then_some((8u8, b'g', signature.as_str()));
+    for &(code, sig, text) in header.iter().chain(&signature_field) {
         pad(&mut fields, 8);
         fields.extend([code, 1, sig, 0]);
         if sig == b'g' {
@@ -509,7 +556,7 @@ pub fn marshal_signal(serial: u32, path: &str, interface: &str, member: &str, bo
             string(&mut fields, text)?;
         }
     }
-    let mut m = vec![b'l', 4, 0, 1];
+    let mut m = vec![b'l', kind, 0, 1];
     m.extend(u32::try_from(body_bytes.len()).ok()?.to_le_bytes());
     m.extend(serial.to_le_bytes());
     m.extend(u32::try_from(fields.len()).ok()?.to_le_bytes());
@@ -659,6 +706,35 @@ mod tests {
         theirs_read.serial = 0;
         assert_eq!(ours_read, theirs_read);
         assert_eq!(marshal_signal(1, "/a", "i.f", "m", &[Value::Bool(true)]), None);
+    }
+
+    /// A method call with an `as` argument, as zbus writes it, and the
+    /// length its first 16 bytes announce.
+    #[cfg(feature = "daemons")]
+    #[test]
+    fn marshal_method_call_writes_what_zbus_writes() {
+        let (dbus, path, monitoring) = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.Monitoring");
+        let body = [Value::Array(vec![Value::Str("type='signal'".into()), Value::Str("x".into())]), Value::Uint(0)];
+        let ours = marshal_method_call(2, dbus, path, monitoring, "BecomeMonitor", &body).unwrap();
+        let theirs = zbus::Message::method_call(path, "BecomeMonitor")
+            .unwrap()
+            .destination(dbus)
+            .unwrap()
+            .interface(monitoring)
+            .unwrap()
+            .build(&(vec!["type='signal'", "x"], 0u32))
+            .unwrap();
+        let (mut ours_read, mut theirs_read) = (parse(&ours).unwrap(), parse(theirs.data().bytes()).unwrap());
+        assert_eq!(ours_read.body, body);
+        ours_read.serial = 0;
+        theirs_read.serial = 0;
+        assert_eq!(ours_read, theirs_read);
+        let hello = marshal_method_call(1, dbus, path, dbus, "Hello", &[]).unwrap();
+        assert_eq!(parse(&hello).unwrap().signature, "", "no body, no signature field");
+        for bytes in [&ours, &hello, &theirs.data().bytes().to_vec()] {
+            assert_eq!(message_len(bytes[..16].try_into().unwrap()), Some(bytes.len()));
+        }
+        assert_eq!(message_len(&[0; 16]), None);
     }
 
     #[test]

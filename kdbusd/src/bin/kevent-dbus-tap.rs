@@ -8,30 +8,36 @@
 //! commands (`kevent_wire::TapCommand`). Its own second connection, which
 //! calls kdbusd's `Sync`, is left out of what it forwards.
 //!
+//! The monitor's connection is read straight off its socket by the thread
+//! that forwards: each signal is on the latency path from the kernel to
+//! the host, and a library connection hands every message from a reactor
+//! thread to an executor thread to the reader, three wake-ups of a TCG
+//! guest instead of one. A monitor only receives, so the client side of
+//! the protocol it needs is small: EXTERNAL authentication, `Hello`,
+//! `BecomeMonitor`, then whole messages.
+//!
 //! `kevent-dbus-tap relay PORT`: relays host clients of a virtio-serial
 //! port to the bus (kdbusd::relay).
 
 use std::collections::HashMap;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use kdbusd::mapping::{BUS_NAME, INTERFACE, OBJECT_PATH};
+use kdbusd::message::{self, Kind, Value};
 use kevent_wire::{read_frame, TapCommand, TapEvent, SYSTEM_BUS_SOCKET};
 use nix::time::{clock_gettime, ClockId};
-use zbus::blocking::{Connection, MessageIterator};
-use zbus::message::Type as MessageType;
+use zbus::blocking::Connection;
 use zbus::Message;
-
-/// Messages the monitor's connection may hold before the tap reads them:
-/// past this the connection stops reading the bus (zbus applies
-/// back-pressure; nothing is dropped).
-const MONITOR_QUEUE: usize = 4096;
 
 const DBUS: &str = "org.freedesktop.DBus";
 const DBUS_PATH: &str = "/org/freedesktop/DBus";
+/// The specification's largest message: 128 MiB.
+const MAX_MESSAGE: usize = 128 << 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -88,23 +94,7 @@ fn monitor() -> Result<(), Error> {
         .map_err(context("connect to the system bus"))?;
     let client_name = client.unique_name().map(|n| n.to_string()).ok_or("the bus gave no unique name")?;
     let owner = name_owner(&client)?;
-    let monitor = zbus::blocking::connection::Builder::system()
-        .and_then(|b| b.max_queued(MONITOR_QUEUE).build())
-        .map_err(context("connect the monitor to the system bus"))?;
-    let monitor_name = monitor.unique_name().map(|n| n.to_string()).ok_or("the bus gave no unique name")?;
-    // The stream exists before the call, so that nothing the bus sends
-    // between its reply and the first read is missed.
-    let messages = MessageIterator::from(&monitor);
-    let become_monitor = monitor
-        .call_method(
-            Some(DBUS),
-            DBUS_PATH,
-            Some("org.freedesktop.DBus.Monitoring"),
-            "BecomeMonitor",
-            &(Vec::<&str>::new(), 0u32),
-        )
-        .map_err(context("BecomeMonitor"))?;
-    let became = become_monitor.header().reply_serial();
+    let (messages, monitor_name) = MonitorSocket::connect(Path::new(SYSTEM_BUS_SOCKET))?;
 
     let out = Arc::new(Out(Mutex::new(BufWriter::new(io::stdout()))));
     let fences = Arc::new(Mutex::new(Fences { kdbusd: owner.clone(), ..Fences::default() }));
@@ -112,12 +102,92 @@ fn monitor() -> Result<(), Error> {
     let watcher = {
         let (out, fences) = (Arc::clone(&out), Arc::clone(&fences));
         let own = [client_name.clone(), monitor_name];
-        thread::Builder::new().name("monitor".into()).spawn(move || watch(messages, became, &own, &out, &fences))?
+        thread::Builder::new().name("monitor".into()).spawn(move || watch(messages, &own, &out, &fences))?
     };
     commands(&client, &out, &fences)?;
     // stdin closed: the agent is done with the tap.
     drop(watcher);
     Ok(())
+}
+
+/// The monitor's connection to the bus, read whole message by whole message.
+struct MonitorSocket {
+    reader: BufReader<UnixStream>,
+}
+
+impl MonitorSocket {
+    /// Connects to the bus at `path`, authenticates as this process's user
+    /// and becomes a monitor of every message; returns the socket, every
+    /// message after `BecomeMonitor`'s reply still unread, and the
+    /// connection's unique name.
+    fn connect(path: &Path) -> Result<(MonitorSocket, String), Error> {
+        let stream = UnixStream::connect(path).map_err(context(&format!("connect the monitor to {}", path.display())))?;
+        let mut writer = stream.try_clone()?;
+        let uid = nix::unistd::getuid().as_raw().to_string();
+        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        writer.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes()).map_err(context("authenticate the monitor"))?;
+        let mut socket = MonitorSocket { reader: BufReader::new(stream) };
+        let mut answer = String::new();
+        socket.reader.read_line(&mut answer).map_err(context("authenticate the monitor"))?;
+        if !answer.starts_with("OK ") {
+            return Err(format!("the bus refused the monitor's EXTERNAL authentication: {:?}", answer.trim_end()).into());
+        }
+        let hello = message::marshal_method_call(1, DBUS, DBUS_PATH, DBUS, "Hello", &[]);
+        let become_monitor = message::marshal_method_call(
+            2,
+            DBUS,
+            DBUS_PATH,
+            "org.freedesktop.DBus.Monitoring",
+            "BecomeMonitor",
+            &[Value::Array(Vec::new()), Value::Uint(0)],
+        );
+        let (Some(hello), Some(become_monitor)) = (hello, become_monitor) else {
+            unreachable!("strings, an empty `as` and a `u` always marshal")
+        };
+        writer.write_all(b"BEGIN\r\n").map_err(context("authenticate the monitor"))?;
+        writer.write_all(&hello).map_err(context("call Hello"))?;
+        writer.write_all(&become_monitor).map_err(context("call BecomeMonitor"))?;
+        // Everything before BecomeMonitor's reply is the connection's own
+        // business; the reply to Hello names it.
+        let mut name = None;
+        loop {
+            let bytes = socket.next()?.ok_or("the bus closed the monitor's connection before BecomeMonitor's reply")?;
+            let reply = message::parse(&bytes).map_err(context("read the bus's reply"))?;
+            let text = |m: &message::Message| match m.body.first() {
+                Some(Value::Str(s)) => s.clone(),
+                _ => String::new(),
+            };
+            match (reply.kind, reply.reply_serial) {
+                (Kind::MethodReturn, Some(1)) => name = Some(text(&reply)),
+                (Kind::MethodReturn, Some(2)) => break,
+                (Kind::Error, Some(serial @ (1 | 2))) => {
+                    let call = if serial == 1 { "Hello" } else { "BecomeMonitor" };
+                    let error = reply.error_name.clone().unwrap_or_default();
+                    return Err(format!("{call}: {error}: {}", text(&reply)).into());
+                }
+                _ => {}
+            }
+        }
+        let name = name.filter(|n| !n.is_empty()).ok_or("the bus gave the monitor no unique name")?;
+        Ok((socket, name))
+    }
+
+    /// The next whole message, `None` once the bus has closed the connection.
+    fn next(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        let mut fixed = [0u8; 16];
+        match self.reader.read_exact(&mut fixed[..1]) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            other => other.map_err(context("read from the bus as its monitor"))?,
+        }
+        self.reader.read_exact(&mut fixed[1..]).map_err(context("read from the bus as its monitor"))?;
+        let len = message::message_len(&fixed)
+            .filter(|len| *len <= MAX_MESSAGE)
+            .ok_or_else(|| format!("the bus sent a message header the tap cannot frame: {fixed:02x?}"))?;
+        let mut bytes = vec![0u8; len];
+        bytes[..16].copy_from_slice(&fixed);
+        self.reader.read_exact(&mut bytes[16..]).map_err(context("read from the bus as its monitor"))?;
+        Ok(Some(bytes))
+    }
 }
 
 /// The unique name that owns kdbusd's name, empty if none does.
@@ -165,57 +235,49 @@ fn commands(client: &Connection, out: &Out, fences: &Mutex<Fences>) -> Result<()
 
 /// Forwards every message the monitor sees (but the tap's own) and answers
 /// fences as the messages that settle them go by.
-fn watch(
-    messages: MessageIterator,
-    became: Option<std::num::NonZeroU32>,
-    own: &[String; 2],
-    out: &Out,
-    fences: &Mutex<Fences>,
-) {
+fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mutex<Fences>) {
     let result = (|| -> Result<(), Error> {
-        let mut monitoring = false;
-        for message in messages {
-            let message = message.map_err(context("read from the bus as its monitor"))?;
-            let header = message.header();
-            if !monitoring {
-                // Everything before BecomeMonitor's reply was the monitor
-                // connection's own business.
-                monitoring = header.message_type() == MessageType::MethodReturn && header.reply_serial() == became;
+        while let Some(bytes) = messages.next()? {
+            let monotonic_ns = monotonic_ns();
+            // A message the tap cannot read still goes to the host, which
+            // reports it; it settles no fence.
+            let Ok(message) = message::parse(&bytes) else {
+                out.send(&TapEvent::Message { monotonic_ns, bytes })?;
                 continue;
-            }
-            let sender = header.sender().map(|s| s.as_str()).unwrap_or("");
-            let destination = header.destination().map(|d| d.as_str()).unwrap_or("");
+            };
+            let sender = message.sender.as_deref().unwrap_or("");
+            let destination = message.destination.as_deref().unwrap_or("");
             let mine = own.iter().any(|name| name == sender || name == destination);
             let mut fences = fences.lock().unwrap_or_else(|p| p.into_inner());
             if !mine {
-                out.send(&TapEvent::Message { monotonic_ns: monotonic_ns(), bytes: message.data().bytes().to_vec() })?;
+                out.send(&TapEvent::Message { monotonic_ns, bytes })?;
             }
-            match header.message_type() {
-                MessageType::MethodReturn | MessageType::Error if destination == own[0] => {
-                    let token = header.reply_serial().and_then(|serial| fences.syncs.remove(&serial.get()));
+            let text = |at: usize| match message.body.get(at) {
+                Some(Value::Str(s)) => s.as_str(),
+                _ => "",
+            };
+            match message.kind {
+                Kind::MethodReturn | Kind::Error if destination == own[0] => {
+                    let token = message.reply_serial.and_then(|serial| fences.syncs.remove(&serial));
                     if let Some(token) = token {
-                        if header.message_type() == MessageType::Error {
-                            let name = header.error_name().map(|n| n.to_string()).unwrap_or_default();
-                            let text = message.body().deserialize::<String>().unwrap_or_default();
-                            out.send(&TapEvent::FenceFailed { token, why: format!("{name}: {text}") })?;
+                        if message.kind == Kind::Error {
+                            let name = message.error_name.as_deref().unwrap_or("");
+                            out.send(&TapEvent::FenceFailed { token, why: format!("{name}: {}", text(0)) })?;
                         } else {
                             out.send(&TapEvent::Fenced { token })?;
                         }
                     }
                 }
-                MessageType::Signal
-                    if sender == DBUS && header.member().is_some_and(|m| m.as_str() == "NameOwnerChanged") =>
-                {
-                    if let Ok((name, _old, new)) = message.body().deserialize::<(String, String, String)>() {
-                        if name == BUS_NAME && !new.is_empty() {
-                            fences.kdbusd = new;
-                        } else if name == fences.kdbusd && new.is_empty() {
-                            // kdbusd's connection is gone: the bus releases
-                            // its well-known name first, its unique name last.
-                            fences.kdbusd.clear();
-                            for token in std::mem::take(&mut fences.awaiting_gone) {
-                                out.send(&TapEvent::Fenced { token })?;
-                            }
+                Kind::Signal if sender == DBUS && message.member.as_deref() == Some("NameOwnerChanged") => {
+                    let (name, new) = (text(0), text(2));
+                    if name == BUS_NAME && !new.is_empty() {
+                        fences.kdbusd = new.to_owned();
+                    } else if name == fences.kdbusd && new.is_empty() {
+                        // kdbusd's connection is gone: the bus releases
+                        // its well-known name first, its unique name last.
+                        fences.kdbusd.clear();
+                        for token in std::mem::take(&mut fences.awaiting_gone) {
+                            out.send(&TapEvent::Fenced { token })?;
                         }
                     }
                 }
