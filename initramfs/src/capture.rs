@@ -17,8 +17,9 @@
 
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, IoSliceMut, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,10 +27,9 @@ use std::time::{Duration, Instant};
 use kevent_wire::{
     read_frame, write_frame, AgentStage, DatagramRef, DbusMessage, GuestMessage, Outcome, TapCommand, TapEvent,
 };
-use nix::errno::Errno;
-use nix::libc;
 use nix::poll::PollFd;
-use nix::sys::socket::{bind, recvmsg, setsockopt, sockopt, MsgFlags, NetlinkAddr, SockProtocol};
+
+use kdbusd::netlink::{self, Received};
 
 use crate::error::AgentError;
 use crate::services::{Services, TapPipes};
@@ -38,82 +38,50 @@ use crate::HostChannel;
 
 const STAGE: AgentStage = AgentStage::Capture;
 
-const UEVENT_GROUPS: u32 = 1;
-/// A default receive buffer holds about 92 uevents; a burst of injections
-/// emits thousands. The capture thread drains continuously; this is slack.
-const RECEIVE_BUFFER: usize = 32 << 20;
-
-/// A netlink socket bound to groups of one protocol.
+/// A netlink listener and the overruns it has reported.
 struct Listener {
-    protocol: u32,
-    fd: OwnedFd,
+    socket: netlink::Listener,
     /// A Cell so that draining borrows the listener shared, as the pollfds
     /// that borrow its descriptor for the thread's whole life do.
     overruns: Cell<u32>,
 }
 
-/// socket(2) for a netlink protocol given by number. nix's `socket` takes its
-/// `SockProtocol` enum, which names only the kernel's own units: the kmessage
-/// module registers a unit of its choosing (31 unless told otherwise).
-fn netlink_socket(protocol: u32) -> io::Result<OwnedFd> {
-    let protocol = libc::c_int::try_from(protocol).map_err(|_| io::Error::from(Errno::EINVAL))?;
-    let kind = libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
-    // SAFETY: socket(2) takes no pointers. A descriptor it returns is new and
-    // owned by nothing else, so the OwnedFd made of it is its only owner.
-    let fd = unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, kind, protocol);
-        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
-    };
-    fd.ok_or_else(io::Error::last_os_error)
-}
-
 impl Listener {
-    fn open(protocol: u32, groups: u32) -> io::Result<Listener> {
-        let fd = netlink_socket(protocol)?;
-        setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_BUFFER)?;
-        // Port id 0: the kernel assigns one.
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
-        Ok(Listener { protocol, fd, overruns: Cell::new(0) })
+    fn of(socket: netlink::Listener) -> Listener {
+        Listener { socket, overruns: Cell::new(0) }
     }
 
     /// Receives every queued datagram; an overrun is reported, not hidden.
     fn drain(&self, channel: &HostChannel, buffer: &mut [u8]) -> io::Result<()> {
+        let protocol = self.socket.protocol();
         loop {
-            let mut iov = [IoSliceMut::new(buffer)];
-            let (n, flags, sender) =
-                match recvmsg::<NetlinkAddr>(self.fd.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
-                    Ok(msg) => (msg.bytes, msg.flags, msg.address),
-                    Err(Errno::EAGAIN) => return Ok(()),
-                    Err(Errno::EINTR) => continue,
-                    Err(Errno::ENOBUFS) => {
-                        let occurrences = self.overruns.get() + 1;
-                        self.overruns.set(occurrences);
-                        channel.send(&GuestMessage::Overrun { protocol: self.protocol, occurrences })?;
-                        continue;
+            match self.socket.receive(buffer)? {
+                None => return Ok(()),
+                Some(Received::Overrun) => {
+                    let occurrences = self.overruns.get() + 1;
+                    self.overruns.set(occurrences);
+                    channel.send(&GuestMessage::Overrun { protocol, occurrences })?;
+                }
+                Some(Received::Datagram { sender, bytes }) => {
+                    // The group mask is what names a kmessage's type on the
+                    // host: a datagram without its sender cannot be told apart.
+                    let Some(sender) = sender else {
+                        return Err(io::Error::other(format!(
+                            "a datagram of protocol {protocol} came without its sender"
+                        )));
+                    };
+                    // Encoded straight from the receive buffer: one allocation per datagram.
+                    let frame = DatagramRef {
+                        protocol,
+                        groups: sender.groups(),
+                        portid: sender.pid(),
+                        monotonic_ns: sys::monotonic_ns(),
+                        bytes,
                     }
-                    Err(e) => return Err(e.into()),
-                };
-            if flags.contains(MsgFlags::MSG_TRUNC) {
-                return Err(io::Error::other(format!("a datagram of protocol {} exceeded {n} bytes", self.protocol)));
+                    .encode();
+                    channel.send_frame(&frame)?;
+                }
             }
-            // The group mask is what names a kmessage's type on the host: a
-            // datagram without its sender cannot be told apart.
-            let Some(sender) = sender else {
-                return Err(io::Error::other(format!(
-                    "a datagram of protocol {} came without its sender",
-                    self.protocol
-                )));
-            };
-            // Encoded straight from the receive buffer: one allocation per datagram.
-            let frame = DatagramRef {
-                protocol: self.protocol,
-                groups: sender.groups(),
-                portid: sender.pid(),
-                monotonic_ns: sys::monotonic_ns(),
-                bytes: &buffer[..n],
-            }
-            .encode();
-            channel.send_frame(&frame)?;
         }
     }
 }
@@ -232,19 +200,17 @@ impl Sockets {
     /// The kmessage listener (only if that module is loaded) and the uevent one.
     pub fn open() -> Result<Sockets, AgentError> {
         let mut listeners = Vec::new();
-        if let Ok(unit) = std::fs::read_to_string(kevent_wire::KMESSAGE_UNIT_PARAM) {
-            let unit: u32 = unit.trim().parse().map_err(|_| {
-                AgentError::new(STAGE, format!("{} holds no unit: {unit:?}", kevent_wire::KMESSAGE_UNIT_PARAM))
-            })?;
-            listeners.push(
-                Listener::open(unit, kevent_wire::KMESSAGE_ALL_GROUPS)
+        if Path::new(kevent_wire::KMESSAGE_UNIT_PARAM).exists() {
+            let unit =
+                netlink::Listener::kmessage_unit().map_err(|e| AgentError::io(STAGE, "read the kmessage unit", &e))?;
+            listeners.push(Listener::of(
+                netlink::Listener::open(unit, kevent_wire::KMESSAGE_ALL_GROUPS)
                     .map_err(|e| AgentError::io(STAGE, format_args!("open a socket on kmessage unit {unit}"), &e))?,
-            );
+            ));
         }
-        listeners.push(
-            Listener::open(SockProtocol::NetlinkKObjectUEvent as u32, UEVENT_GROUPS)
-                .map_err(|e| AgentError::io(STAGE, "open the uevent socket", &e))?,
-        );
+        listeners.push(Listener::of(
+            netlink::Listener::uevent().map_err(|e| AgentError::io(STAGE, "open the uevent socket", &e))?,
+        ));
         Ok(Sockets(listeners))
     }
 }
@@ -295,7 +261,7 @@ fn capture_loop(
         // reported by its supervisor): poll would report it forever.
         let mut fds: Vec<PollFd<'_>> = listeners
             .iter()
-            .map(|l| l.fd.as_fd())
+            .map(|l| l.socket.fd())
             .chain([wake.as_fd()])
             .chain(tap.as_ref().filter(|t| t.open).map(|t| t.pipes.events.get_ref().as_fd()))
             .map(sys::readable)

@@ -2,12 +2,14 @@
 //! listens on the kmessage unit and the uevent socket and re-emits every
 //! datagram as a D-Bus signal on the system bus (docs/dbus.md).
 //!
-//! The library is the mapping alone ([`mapping`]): pure, total and fuzzed.
-//! The daemons (`kdbusd` and `kevent-dbus-tap`) are this crate's binaries.
+//! The library is the mapping ([`mapping`]) and the message reader
+//! ([`message`]): pure, total and fuzzed; with feature `netlink`, the
+//! listeners kdbusd and the guest agent share ([`netlink`]). The daemons
+//! (`kdbusd` and `kevent-dbus-tap`) are this crate's binaries.
 
 pub mod mapping;
 pub mod message;
-#[cfg(feature = "daemons")]
+#[cfg(feature = "netlink")]
 pub mod netlink;
 #[cfg(feature = "daemons")]
 pub mod relay;

@@ -22,7 +22,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::Duration;
 
-use kdbusd::mapping::{self, Body, Signal, BUS_NAME, INTERFACE, OBJECT_PATH};
+use kdbusd::mapping::{self, Body, Signal, Source, BUS_NAME, INTERFACE, NETLINK_KOBJECT_UEVENT, OBJECT_PATH};
 use kdbusd::netlink::{Listener, Received};
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -261,11 +261,19 @@ impl Emitter<'_> {
         loop {
             match listener.receive(buffer).map_err(context("receive from a netlink socket"))? {
                 None => return Ok(()),
-                Some(Received::Datagram(source, bytes)) => {
+                Some(Received::Datagram { sender, bytes }) => {
+                    let source = if listener.protocol() == NETLINK_KOBJECT_UEVENT {
+                        Source::Uevent
+                    } else {
+                        // Without the sender's groups the type is unknown:
+                        // the mapping says so in a Malformed signal.
+                        Source::Kmessage { unit: listener.protocol(), groups: sender.map_or(0, |s| s.groups()) }
+                    };
                     let signal = mapping::map(source, bytes);
                     self.emit(&signal)?;
                 }
-                Some(Received::Overrun { protocol }) => {
+                Some(Received::Overrun) => {
+                    let protocol = listener.protocol();
                     self.counters.3 += 1;
                     let occurrences = self.overruns.entry(protocol).or_default();
                     *occurrences += 1;

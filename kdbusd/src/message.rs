@@ -713,7 +713,8 @@ mod tests {
     #[cfg(feature = "daemons")]
     #[test]
     fn marshal_method_call_writes_what_zbus_writes() {
-        let (dbus, path, monitoring) = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.Monitoring");
+        let (dbus, path, monitoring) =
+            ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.Monitoring");
         let body = [Value::Array(vec![Value::Str("type='signal'".into()), Value::Str("x".into())]), Value::Uint(0)];
         let ours = marshal_method_call(2, dbus, path, monitoring, "BecomeMonitor", &body).unwrap();
         let theirs = zbus::Message::method_call(path, "BecomeMonitor")

@@ -1,5 +1,7 @@
-//! kdbusd's own netlink sockets, as the seeds' daemon had them: the
-//! kmessage unit (all five groups) and NETLINK_KOBJECT_UEVENT (group 1).
+//! Netlink listeners of the kernel events layer, as the seeds' daemon had
+//! them: the kmessage unit (all five groups) and NETLINK_KOBJECT_UEVENT
+//! (group 1). kdbusd listens on its own; the guest agent, which captures
+//! the same traffic for the host, uses these too (feature `netlink`).
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -10,22 +12,25 @@ use nix::sys::socket::{bind, recvmsg, setsockopt, sockopt, MsgFlags, NetlinkAddr
 
 use kevent_wire::{KMESSAGE_ALL_GROUPS, KMESSAGE_UNIT_PARAM};
 
-use crate::mapping::{Source, NETLINK_KOBJECT_UEVENT};
+use crate::mapping::NETLINK_KOBJECT_UEVENT;
 
-/// A default receive buffer holds about 92 uevents; slack for bursts while
-/// the bus is slow to take the signals.
+/// A default receive buffer holds about 92 uevents; a burst of injections
+/// emits thousands, and a listener is not always quick to drain.
 const RECEIVE_BUFFER: usize = 32 << 20;
 
 /// What one receive gave.
 #[derive(Debug)]
 pub enum Received<'a> {
-    /// A datagram and where it came from.
-    Datagram(Source, &'a [u8]),
-    /// The socket overflowed (ENOBUFS): datagrams were lost before this.
-    Overrun {
-        /// The socket's protocol.
-        protocol: u32,
+    /// A datagram, and its sender's address if the kernel gave one: its
+    /// `nl_groups` is what names a kmessage's type.
+    Datagram {
+        /// The sender's address.
+        sender: Option<NetlinkAddr>,
+        /// The datagram.
+        bytes: &'a [u8],
     },
+    /// The socket overflowed (ENOBUFS): datagrams were lost before this.
+    Overrun,
 }
 
 /// One bound netlink socket.
@@ -34,6 +39,9 @@ pub struct Listener {
     fd: OwnedFd,
 }
 
+/// socket(2) for a netlink protocol given by number. nix's `socket` takes its
+/// `SockProtocol` enum, which names only the kernel's own units: the kmessage
+/// module registers a unit of its choosing (31 unless told otherwise).
 fn netlink_socket(protocol: u32) -> io::Result<OwnedFd> {
     let protocol = libc::c_int::try_from(protocol).map_err(|_| io::Error::from(Errno::EINVAL))?;
     let kind = libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
@@ -47,7 +55,8 @@ fn netlink_socket(protocol: u32) -> io::Result<OwnedFd> {
 }
 
 impl Listener {
-    /// A socket of `protocol` bound to `groups`, non-blocking.
+    /// A socket of `protocol` bound to `groups`, non-blocking, with a port
+    /// id the kernel assigns.
     pub fn open(protocol: u32, groups: u32) -> io::Result<Listener> {
         let fd = netlink_socket(protocol)?;
         // FORCE needs CAP_NET_ADMIN; an ordinary user gets what rmem_max allows.
@@ -58,20 +67,29 @@ impl Listener {
         Ok(Listener { protocol, fd })
     }
 
-    /// The kmessage listener of the unit the module registered.
-    pub fn kmessage() -> io::Result<Listener> {
+    /// The unit the kmessage module registered, from its parameter.
+    pub fn kmessage_unit() -> io::Result<u32> {
         let text = std::fs::read_to_string(KMESSAGE_UNIT_PARAM).map_err(|e| {
             io::Error::new(e.kind(), format!("read {KMESSAGE_UNIT_PARAM} (is kmessage.ko loaded?): {e}"))
         })?;
-        let unit = text.trim().parse().map_err(|_| {
+        text.trim().parse().map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{KMESSAGE_UNIT_PARAM} holds no unit: {text:?}"))
-        })?;
-        Listener::open(unit, KMESSAGE_ALL_GROUPS)
+        })
+    }
+
+    /// A listener of every group of the kmessage unit.
+    pub fn kmessage() -> io::Result<Listener> {
+        Listener::open(Listener::kmessage_unit()?, KMESSAGE_ALL_GROUPS)
     }
 
     /// The uevent listener.
     pub fn uevent() -> io::Result<Listener> {
         Listener::open(NETLINK_KOBJECT_UEVENT, 1)
+    }
+
+    /// The socket's protocol (unit).
+    pub fn protocol(&self) -> u32 {
+        self.protocol
     }
 
     /// The socket's descriptor, to poll.
@@ -80,7 +98,7 @@ impl Listener {
     }
 
     /// Receives one datagram into `buffer` without waiting; `None` once
-    /// the socket is empty.
+    /// the socket is empty. A datagram longer than `buffer` is an error.
     pub fn receive<'b>(&self, buffer: &'b mut [u8]) -> io::Result<Option<Received<'b>>> {
         loop {
             let mut iov = [IoSliceMut::new(buffer)];
@@ -89,19 +107,13 @@ impl Listener {
                     Ok(msg) => (msg.bytes, msg.flags, msg.address),
                     Err(Errno::EAGAIN) => return Ok(None),
                     Err(Errno::EINTR) => continue,
-                    Err(Errno::ENOBUFS) => return Ok(Some(Received::Overrun { protocol: self.protocol })),
+                    Err(Errno::ENOBUFS) => return Ok(Some(Received::Overrun)),
                     Err(e) => return Err(e.into()),
                 };
             if flags.contains(MsgFlags::MSG_TRUNC) {
                 return Err(io::Error::other(format!("a datagram of protocol {} exceeded {n} bytes", self.protocol)));
             }
-            let groups = sender.map_or(0, |s| s.groups());
-            let source = if self.protocol == NETLINK_KOBJECT_UEVENT {
-                Source::Uevent
-            } else {
-                Source::Kmessage { unit: self.protocol, groups }
-            };
-            return Ok(Some(Received::Datagram(source, &buffer[..n])));
+            return Ok(Some(Received::Datagram { sender, bytes: &buffer[..n] }));
         }
     }
 }

@@ -121,16 +121,21 @@ impl MonitorSocket {
     /// message after `BecomeMonitor`'s reply still unread, and the
     /// connection's unique name.
     fn connect(path: &Path) -> Result<(MonitorSocket, String), Error> {
-        let stream = UnixStream::connect(path).map_err(context(&format!("connect the monitor to {}", path.display())))?;
+        let stream =
+            UnixStream::connect(path).map_err(context(&format!("connect the monitor to {}", path.display())))?;
         let mut writer = stream.try_clone()?;
         let uid = nix::unistd::getuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-        writer.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes()).map_err(context("authenticate the monitor"))?;
+        writer
+            .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
+            .map_err(context("authenticate the monitor"))?;
         let mut socket = MonitorSocket { reader: BufReader::new(stream) };
         let mut answer = String::new();
         socket.reader.read_line(&mut answer).map_err(context("authenticate the monitor"))?;
         if !answer.starts_with("OK ") {
-            return Err(format!("the bus refused the monitor's EXTERNAL authentication: {:?}", answer.trim_end()).into());
+            return Err(
+                format!("the bus refused the monitor's EXTERNAL authentication: {:?}", answer.trim_end()).into()
+            );
         }
         let hello = message::marshal_method_call(1, DBUS, DBUS_PATH, DBUS, "Hello", &[]);
         let become_monitor = message::marshal_method_call(
