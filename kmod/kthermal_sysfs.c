@@ -93,11 +93,11 @@ static bool kt_class_registered;
 /**
  * struct kt_counter_attr - one counter attribute
  * @dattr: device attribute
- * @idx: counter index
+ * @idx: counter index: enum kt_counter of a CPU, KT_PKG_CNT() of a package
  */
 struct kt_counter_attr {
 	struct device_attribute dattr;
-	enum kt_counter idx;
+	unsigned int idx;
 };
 
 static struct kt_counter_attr kt_counter_attrs[KT_CNT_NR];
@@ -224,6 +224,26 @@ static ssize_t cpus_show(struct device *dev, struct device_attribute *attr,
 
 static DEVICE_ATTR_RO(cpus);
 
+/* The @n counter attributes named @names: @ca, and in @attrs[0..@n-1]. */
+static void kt_counter_attrs_init(struct kt_counter_attr *ca,
+				  struct attribute **attrs,
+				  const char * const *names, unsigned int n,
+				  ssize_t (*show)(struct device *dev,
+						  struct device_attribute *attr,
+						  char *buf))
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		sysfs_attr_init(&ca[i].dattr.attr);
+		ca[i].dattr.attr.name = names[i];
+		ca[i].dattr.attr.mode = 0444;
+		ca[i].dattr.show = show;
+		ca[i].idx = i;
+		attrs[i] = &ca[i].dattr.attr;
+	}
+}
+
 static void kt_pkg_exit(void)
 {
 	unsigned int i;
@@ -242,20 +262,13 @@ static void kt_pkg_exit(void)
 /* A device for each package of a present CPU, in logical package order. */
 static int kt_pkg_init(void)
 {
-	struct kt_counter_attr *ca;
 	struct kt_pkg *p;
 	unsigned int cpu, i;
 	int ret;
 
-	for (i = 0; i < KT_PKG_CNT_NR; i++) {
-		ca = &kt_pkg_counter_attrs[i];
-		sysfs_attr_init(&ca->dattr.attr);
-		ca->dattr.attr.name = kt_pkg_counter_names[i];
-		ca->dattr.attr.mode = 0444;
-		ca->dattr.show = kt_pkg_counter_show;
-		ca->idx = i;
-		kt_pkg_attrs[i] = &ca->dattr.attr;
-	}
+	kt_counter_attrs_init(kt_pkg_counter_attrs, kt_pkg_attrs,
+			      kt_pkg_counter_names, KT_PKG_CNT_NR,
+			      kt_pkg_counter_show);
 	kt_pkg_attrs[KT_PKG_CNT_NR] = &dev_attr_cpus.attr;
 	kt_pkg_attrs[KT_PKG_CNT_NR + 1] = NULL;
 
@@ -328,20 +341,12 @@ void kt_sysfs_exit(void)
  */
 int kt_sysfs_init(void)
 {
-	struct kt_counter_attr *ca;
 	struct device *dev;
 	unsigned int cpu;
-	int i, ret;
+	int ret;
 
-	for (i = 0; i < KT_CNT_NR; i++) {
-		ca = &kt_counter_attrs[i];
-		sysfs_attr_init(&ca->dattr.attr);
-		ca->dattr.attr.name = kt_counter_names[i];
-		ca->dattr.attr.mode = 0444;
-		ca->dattr.show = kt_counter_show;
-		ca->idx = i;
-		kt_attrs[i] = &ca->dattr.attr;
-	}
+	kt_counter_attrs_init(kt_counter_attrs, kt_attrs, kt_counter_names,
+			      KT_CNT_NR, kt_counter_show);
 	kt_attrs[KT_CNT_NR] = NULL;
 
 	for_each_possible_cpu(cpu) {
