@@ -277,7 +277,7 @@ int kt_sysfs_init(void);
 void kt_sysfs_exit(void);
 const char *kt_counter_name(enum kt_counter idx);
 const char *kt_pkg_counter_name(enum kt_event ev, bool high);
-long kt_pkg_count(int pkg, enum kt_event ev, bool high);
-struct device *kt_pkg_device(int pkg);
+long kt_pkg_count(unsigned int cpu, enum kt_event ev, bool high);
+struct device *kt_pkg_device(unsigned int cpu);
 
 #endif /* _KTHERMAL_H */

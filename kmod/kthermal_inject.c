@@ -141,7 +141,7 @@ static int kt_interrupt(unsigned int cpu, struct kt_kick *k)
 	if (!ret)
 		ret = k->ret;
 	if (ret)
-		return ret == -ENOSPC ? ret : -EINVAL;
+		return -EINVAL;
 	pr_debug("injection %llu: register %d of CPU%u is %#llx, interrupt raised\n",
 		 k->fence, k->reg, cpu, k->val);
 
@@ -197,7 +197,7 @@ int kt_inject(unsigned int cpu, enum kt_reg reg, u64 val)
 	}
 	if (reg != KT_REG_PKG_THERM_STATUS) {
 		ret = kt_interrupt(cpu, &k);
-		if (ret != -EINVAL && ret != -ENOSPC)
+		if (ret != -EINVAL)
 			atomic64_inc(&kt_stat_injections);
 		goto out;
 	}

@@ -118,8 +118,9 @@ static DEFINE_RATELIMIT_STATE(kt_print_rs, DEFAULT_RATELIMIT_INTERVAL,
  * @done: completion to call once sent, NULL for none
  * @token: argument of @done
  * @count: value of the event's counter after this event
- * @cpu: CPU that handled the interrupt (its counters count a lost uevent)
- * @pkg: its physical package id
+ * @cpu: CPU that handled the interrupt (its counters count a lost uevent;
+ *	 a package event is a uevent of its package's device)
+ * @pkg: its physical package id, for KEVENT_PACKAGE
  * @event: event kind
  * @high: signal "high" (status bit set) or "normal"
  */
@@ -138,7 +139,7 @@ struct kt_uevent_work {
 struct kt_irq_ctx {
 	struct kt_cpu_state *st;
 	int cpu;
-	int pkg;
+	int pkg;	/* physical, for the kmessage and KEVENT_PACKAGE */
 	int nr;
 	struct kt_uevent_work *works[KT_EV_NR];
 };
@@ -182,7 +183,7 @@ static void kt_uevent_workfn(struct work_struct *work)
 	envp[n++] = count;
 	envp[n] = NULL;
 
-	dev = d->package ? kt_pkg_device(w->pkg) : get_cpu_device(w->cpu);
+	dev = d->package ? kt_pkg_device(w->cpu) : get_cpu_device(w->cpu);
 	if (dev)
 		ret = kobject_uevent_env(&dev->kobj, KOBJ_CHANGE, envp);
 	if (ret)
@@ -276,7 +277,7 @@ static void kt_emit(struct kt_irq_ctx *ctx, enum kt_event ev, bool high)
 	int ret;
 
 	if (d->package)
-		count = kt_pkg_count(ctx->pkg, ev, high);
+		count = kt_pkg_count(ctx->cpu, ev, high);
 	else
 		count = atomic_long_inc_return(&ctx->st->cnt[KT_CNT_EVENT(ev, high)]);
 	if (ev == KT_EV_PROCHOT)

@@ -16,13 +16,14 @@
  * TjMax), bit 31 (core only) says the readout is valid.  All other bits,
  * including the package HFI bit 26, are reserved.
  *
- * Packages are keyed by topology_physical_package_id(), which need not be
- * dense: a slot is claimed on first use of a package id, at most one per
- * possible CPU.  A slot also keeps the package status bits the thermal
- * interrupt handler last saw (kt_regs_pkg_sample()).  All images are
- * protected by one raw spinlock, taken from any context.
+ * Packages are indexed by topology_logical_package_id(), which is dense:
+ * one image per package the kernel can have, topology_max_packages() of
+ * them, each reset at load.  A package also keeps the status bits the
+ * thermal interrupt handler last saw (kt_regs_pkg_sample()).  All images
+ * are protected by one raw spinlock, taken from any context.
  */
 
+#include <linux/bug.h>
 #include <linux/cpumask.h>
 #include <linux/errno.h>
 #include <linux/lockdep.h>
@@ -35,47 +36,37 @@
 
 /**
  * struct kt_pkg_reg - IA32_PACKAGE_THERM_STATUS of one package
- * @used: slot claimed
- * @id: topology_physical_package_id() of the package
  * @status: register image
  * @seen: status bits of @status at the last kt_regs_pkg_sample()
  */
 struct kt_pkg_reg {
-	bool used;
-	int id;
 	u64 status;
 	u64 seen;
 };
 
 static DEFINE_PER_CPU(u64, kt_therm_status);
 static DEFINE_PER_CPU(u64, kt_temperature_target);
-static struct kt_pkg_reg *kt_pkgs;	/* nr_cpu_ids slots */
+static struct kt_pkg_reg *kt_pkgs;	/* by logical package id */
+static unsigned int kt_nr_pkgs;		/* topology_max_packages() at load */
 static DEFINE_RAW_SPINLOCK(kt_regs_lock);
 
-/* Find or claim the package slot of @cpu. */
+/*
+ * The package register of @cpu.  NULL only if the kernel gives @cpu a
+ * logical package id beyond topology_max_packages(), which it must not.
+ */
 static struct kt_pkg_reg *kt_pkg_lookup(unsigned int cpu)
 {
-	int id = topology_physical_package_id(cpu);
-	unsigned int i;
+	unsigned int id = topology_logical_package_id(cpu);
 
 	lockdep_assert_held(&kt_regs_lock);
-	for (i = 0; i < nr_cpu_ids; i++) {
-		if (!kt_pkgs[i].used) {
-			kt_pkgs[i].used = true;
-			kt_pkgs[i].id = id;
-			kt_pkgs[i].status = KT_PKG_RESET;
-			kt_pkgs[i].seen = 0;
-			return &kt_pkgs[i];
-		}
-		if (kt_pkgs[i].id == id)
-			return &kt_pkgs[i];
-	}
-	return NULL;
+	if (WARN_ON_ONCE(id >= kt_nr_pkgs))
+		return NULL;
+	return &kt_pkgs[id];
 }
 
 /*
  * The image of @reg as @cpu sees it, to be used under kt_regs_lock.  NULL
- * if @reg is unknown or no package slot is left.
+ * if @reg is unknown or @cpu has no package (see kt_pkg_lookup()).
  */
 static u64 *kt_reg_img(unsigned int cpu, enum kt_reg reg)
 {
@@ -102,9 +93,9 @@ static u64 *kt_reg_img(unsigned int cpu, enum kt_reg reg)
  *	  package (0 before the first one)
  *
  * Reading the image and storing its status bits for the next sample happen
- * under one lock, so two CPUs of a package see each change once.  With no
- * package slot left, the reset image is returned and *@prev is set to it:
- * no change is reported.
+ * under one lock, so two CPUs of a package see each change once.  For a
+ * CPU with no package (see kt_pkg_lookup()), the reset image is returned
+ * and *@prev is set to it: no change is reported.
  *
  * Return: the current IA32_PACKAGE_THERM_STATUS image of @cpu's package.
  */
@@ -145,7 +136,7 @@ u64 kt_regs_read(unsigned int cpu, enum kt_reg reg)
 	if (img)
 		val = *img;
 	else if (reg == KT_REG_PKG_THERM_STATUS)
-		val = KT_PKG_RESET;	/* no slot left */
+		val = KT_PKG_RESET;	/* no package */
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
 	return val;
 }
@@ -200,8 +191,8 @@ static u64 kt_hw_next(u64 old, u64 val, u64 mask)
  *
  * Callable from any context.  Does not raise the interrupt.
  *
- * Return: 0, -EINVAL for an invalid @reg or @val (nothing changed),
- * -ENOSPC if no package slot is left.
+ * Return: 0, or -EINVAL (nothing changed) for an invalid @reg or @val, or
+ * for the package register of a CPU with no package (see kt_pkg_lookup()).
  */
 int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val)
 {
@@ -219,7 +210,7 @@ int kt_regs_hw_set(unsigned int cpu, enum kt_reg reg, u64 val)
 	if (img)
 		*img = kt_hw_next(*img, val, mask);
 	raw_spin_unlock_irqrestore(&kt_regs_lock, flags);
-	return img ? 0 : -ENOSPC;
+	return img ? 0 : -EINVAL;
 }
 
 /**
@@ -258,18 +249,21 @@ int kt_regs_sw_write(unsigned int cpu, enum kt_reg reg, u64 val)
 /**
  * kt_regs_init() - reset the register file
  *
- * Every CPU gets the core reset image and TjMax = kt_tjmax; packages get
- * the package reset image on first use.
+ * Every CPU gets the core reset image and TjMax = kt_tjmax; every package
+ * gets the package reset image.
  *
  * Return: 0 or -ENOMEM.
  */
 int kt_regs_init(void)
 {
-	unsigned int cpu;
+	unsigned int cpu, i;
 
-	kt_pkgs = kcalloc(nr_cpu_ids, sizeof(*kt_pkgs), GFP_KERNEL);
+	kt_nr_pkgs = topology_max_packages();
+	kt_pkgs = kcalloc(kt_nr_pkgs, sizeof(*kt_pkgs), GFP_KERNEL);
 	if (!kt_pkgs)
 		return -ENOMEM;
+	for (i = 0; i < kt_nr_pkgs; i++)
+		kt_pkgs[i].status = KT_PKG_RESET;
 	for_each_possible_cpu(cpu) {
 		per_cpu(kt_therm_status, cpu) = KT_CORE_RESET;
 		per_cpu(kt_temperature_target, cpu) =
@@ -287,4 +281,5 @@ void kt_regs_exit(void)
 {
 	kfree(kt_pkgs);
 	kt_pkgs = NULL;
+	kt_nr_pkgs = 0;
 }

@@ -299,8 +299,8 @@ static void kt_ring_fire(struct kt_vec *v, unsigned int *budget)
 			return;
 		}
 		/*
-		 * Firing 0's image went in when the entry was checked; the
-		 * package slot it claimed stays, so later ones cannot fail.
+		 * Firing 0's image went in when the entry was checked, on
+		 * the same CPU and register: later ones cannot fail.
 		 */
 		if (b->fired)
 			WARN_ON_ONCE(kt_regs_hw_set(v->cpu, b->reg, b->value));
@@ -359,10 +359,7 @@ static void kt_ring_entry(struct kt_vec *v, const struct ks_entry *slot,
 		goto unfired;
 	}
 
-	/*
-	 * Bare, the register file is left alone, so only the image is
-	 * checked: with no slot claimed, none can be missing.
-	 */
+	/* Bare, the register file is left alone, so only the image is checked. */
 	if (bare) {
 		ret = kt_regs_hw_check(reg, value);
 		if (ret) {
@@ -375,10 +372,10 @@ static void kt_ring_entry(struct kt_vec *v, const struct ks_entry *slot,
 	}
 
 	/*
-	 * -EINVAL from kt_regs_hw_check(): reg is neither KS_REG_THERM_STATUS
-	 * nor KS_REG_PKG_THERM_STATUS (KT_REG_TEMPERATURE_TARGET has no
-	 * hardware state either), or value sets bits it refuses.  -ENOSPC: no
-	 * package slot.
+	 * -EINVAL: reg is neither KS_REG_THERM_STATUS nor
+	 * KS_REG_PKG_THERM_STATUS (KT_REG_TEMPERATURE_TARGET has no hardware
+	 * state either), or value sets bits kt_regs_hw_check() refuses, or
+	 * (a kernel bug, warned of) the CPU has no package.
 	 */
 	ret = kt_regs_hw_set(v->cpu, reg, value);
 	if (ret) {

@@ -12,11 +12,13 @@
  * class kevent_thermal, /sys/devices/virtual/kevent_thermal/packageP, whose
  * attributes are the package's counters and "cpus", the package's CPUs.
  * Its events are uevents on that device, whichever CPU handled them.
- * Packages are those of the CPUs present at load, keyed by
- * topology_physical_package_id().
+ * Packages are indexed by topology_logical_package_id(), in an array of
+ * topology_max_packages(); those of the CPUs present at load get a device,
+ * named by topology_physical_package_id().
  */
 
 #include <linux/atomic.h>
+#include <linux/bug.h>
 #include <linux/cpu.h>
 #include <linux/cpumask.h>
 #include <linux/device.h>
@@ -66,8 +68,9 @@ static const char * const kt_pkg_counter_names[KT_PKG_CNT_NR] = {
 
 /**
  * struct kt_pkg - the device of one package and its counters
- * @id: topology_physical_package_id() of its CPUs
- * @dev: /sys/devices/virtual/kevent_thermal/package@id
+ * @id: topology_physical_package_id() of its CPUs, for the device's name
+ * @dev: /sys/devices/virtual/kevent_thermal/package@id, NULL if the package
+ *	 has no CPU present at load
  * @cpus: its CPUs present at load
  * @cnt: counters, KT_PKG_CNT()
  */
@@ -82,7 +85,7 @@ static const struct class kt_pkg_class = {
 	.name = KT_PKG_CLASS,
 };
 
-/* One per package of a present CPU, kt_nr_pkgs of them. */
+/* By logical package id, kt_nr_pkgs = topology_max_packages() of them. */
 static struct kt_pkg *kt_pkgs;
 static unsigned int kt_nr_pkgs;
 static bool kt_class_registered;
@@ -90,11 +93,11 @@ static bool kt_class_registered;
 /**
  * struct kt_counter_attr - one counter attribute
  * @dattr: device attribute
- * @idx: counter index
+ * @idx: counter index: enum kt_counter of a CPU, KT_PKG_CNT() of a package
  */
 struct kt_counter_attr {
 	struct device_attribute dattr;
-	enum kt_counter idx;
+	unsigned int idx;
 };
 
 static struct kt_counter_attr kt_counter_attrs[KT_CNT_NR];
@@ -144,45 +147,49 @@ const char *kt_pkg_counter_name(enum kt_event ev, bool high)
 	return kt_pkg_counter_names[KT_PKG_CNT(ev, high)];
 }
 
-static struct kt_pkg *kt_pkg_find(int id)
+/*
+ * The package of @cpu, with or without a device.  NULL only if the kernel
+ * gives @cpu a logical package id beyond topology_max_packages(), which it
+ * must not.
+ */
+static struct kt_pkg *kt_pkg_of(unsigned int cpu)
 {
-	unsigned int i;
+	unsigned int id = topology_logical_package_id(cpu);
 
-	for (i = 0; i < kt_nr_pkgs; i++)
-		if (kt_pkgs[i].id == id)
-			return &kt_pkgs[i];
-	return NULL;
+	if (WARN_ON_ONCE(id >= kt_nr_pkgs))
+		return NULL;
+	return &kt_pkgs[id];
 }
 
 /**
  * kt_pkg_count() - count one event of a package
- * @pkg: topology_physical_package_id() of the package
+ * @cpu: a CPU of the package
  * @ev: a package event
  * @high: its signal
  *
  * Callable from any context, hard IRQ included.
  *
  * Return: the counter's value after this event, 0 for a package that has
- * no device (a CPU that was not present at load).
+ * no device (no CPU of it was present at load).
  */
-long kt_pkg_count(int pkg, enum kt_event ev, bool high)
+long kt_pkg_count(unsigned int cpu, enum kt_event ev, bool high)
 {
-	struct kt_pkg *p = kt_pkg_find(pkg);
+	struct kt_pkg *p = kt_pkg_of(cpu);
 
-	if (!p)
+	if (!p || !p->dev)
 		return 0;
 	return atomic_long_inc_return(&p->cnt[KT_PKG_CNT(ev, high)]);
 }
 
 /**
  * kt_pkg_device() - the device of a package
- * @pkg: topology_physical_package_id() of the package
+ * @cpu: a CPU of the package
  *
  * Return: the device its events are uevents of, NULL if it has none.
  */
-struct device *kt_pkg_device(int pkg)
+struct device *kt_pkg_device(unsigned int cpu)
 {
-	struct kt_pkg *p = kt_pkg_find(pkg);
+	struct kt_pkg *p = kt_pkg_of(cpu);
 
 	return p ? p->dev : NULL;
 }
@@ -217,6 +224,26 @@ static ssize_t cpus_show(struct device *dev, struct device_attribute *attr,
 
 static DEVICE_ATTR_RO(cpus);
 
+/* The @n counter attributes named @names: @ca, and in @attrs[0..@n-1]. */
+static void kt_counter_attrs_init(struct kt_counter_attr *ca,
+				  struct attribute **attrs,
+				  const char * const *names, unsigned int n,
+				  ssize_t (*show)(struct device *dev,
+						  struct device_attribute *attr,
+						  char *buf))
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		sysfs_attr_init(&ca[i].dattr.attr);
+		ca[i].dattr.attr.name = names[i];
+		ca[i].dattr.attr.mode = 0444;
+		ca[i].dattr.show = show;
+		ca[i].idx = i;
+		attrs[i] = &ca[i].dattr.attr;
+	}
+}
+
 static void kt_pkg_exit(void)
 {
 	unsigned int i;
@@ -232,35 +259,31 @@ static void kt_pkg_exit(void)
 	kt_class_registered = false;
 }
 
-/* A device for each package of a present CPU, in order of first CPU. */
+/* A device for each package of a present CPU, in logical package order. */
 static int kt_pkg_init(void)
 {
-	struct kt_counter_attr *ca;
 	struct kt_pkg *p;
 	unsigned int cpu, i;
 	int ret;
 
-	for (i = 0; i < KT_PKG_CNT_NR; i++) {
-		ca = &kt_pkg_counter_attrs[i];
-		sysfs_attr_init(&ca->dattr.attr);
-		ca->dattr.attr.name = kt_pkg_counter_names[i];
-		ca->dattr.attr.mode = 0444;
-		ca->dattr.show = kt_pkg_counter_show;
-		ca->idx = i;
-		kt_pkg_attrs[i] = &ca->dattr.attr;
-	}
+	kt_counter_attrs_init(kt_pkg_counter_attrs, kt_pkg_attrs,
+			      kt_pkg_counter_names, KT_PKG_CNT_NR,
+			      kt_pkg_counter_show);
 	kt_pkg_attrs[KT_PKG_CNT_NR] = &dev_attr_cpus.attr;
 	kt_pkg_attrs[KT_PKG_CNT_NR + 1] = NULL;
 
-	kt_pkgs = kcalloc(nr_cpu_ids, sizeof(*kt_pkgs), GFP_KERNEL);
-	if (!kt_pkgs)
+	kt_nr_pkgs = topology_max_packages();
+	kt_pkgs = kcalloc(kt_nr_pkgs, sizeof(*kt_pkgs), GFP_KERNEL);
+	if (!kt_pkgs) {
+		kt_nr_pkgs = 0;
 		return -ENOMEM;
+	}
 	for_each_present_cpu(cpu) {
-		p = kt_pkg_find(topology_physical_package_id(cpu));
-		if (!p) {
-			p = &kt_pkgs[kt_nr_pkgs++];
+		p = kt_pkg_of(cpu);
+		if (!p)
+			continue;
+		if (cpumask_empty(&p->cpus))
 			p->id = topology_physical_package_id(cpu);
-		}
 		cpumask_set_cpu(cpu, &p->cpus);
 	}
 
@@ -270,6 +293,8 @@ static int kt_pkg_init(void)
 	kt_class_registered = true;
 	for (i = 0; i < kt_nr_pkgs; i++) {
 		p = &kt_pkgs[i];
+		if (cpumask_empty(&p->cpus))
+			continue;
 		p->dev = device_create_with_groups(&kt_pkg_class, NULL, 0, p,
 						   kt_pkg_groups, "package%d",
 						   p->id);
@@ -316,20 +341,12 @@ void kt_sysfs_exit(void)
  */
 int kt_sysfs_init(void)
 {
-	struct kt_counter_attr *ca;
 	struct device *dev;
 	unsigned int cpu;
-	int i, ret;
+	int ret;
 
-	for (i = 0; i < KT_CNT_NR; i++) {
-		ca = &kt_counter_attrs[i];
-		sysfs_attr_init(&ca->dattr.attr);
-		ca->dattr.attr.name = kt_counter_names[i];
-		ca->dattr.attr.mode = 0444;
-		ca->dattr.show = kt_counter_show;
-		ca->idx = i;
-		kt_attrs[i] = &ca->dattr.attr;
-	}
+	kt_counter_attrs_init(kt_counter_attrs, kt_attrs, kt_counter_names,
+			      KT_CNT_NR, kt_counter_show);
 	kt_attrs[KT_CNT_NR] = NULL;
 
 	for_each_possible_cpu(cpu) {

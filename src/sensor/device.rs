@@ -116,8 +116,8 @@ pub struct CpuStatus {
     pub rejected: u64,
     /// Sequence number of the last refused entry, 0 if none.
     pub rejected_seq: u64,
-    /// Positive errno of the last refusal: EINVAL (seq, timing, image), EXDEV
-    /// (handled on another CPU), ENOSPC (no package slot); 0 if none.
+    /// Positive errno of the last refusal: EINVAL (seq, timing, image) or EXDEV
+    /// (handled on another CPU); 0 if none.
     pub rejected_errno: u32,
     /// Messages of this CPU's interrupts the guest could not send.
     pub events_dropped: u64,
