@@ -77,10 +77,22 @@ struct Fences {
 struct Out(Mutex<BufWriter<io::Stdout>>);
 
 impl Out {
+    /// Writes `event` and everything before it.
     fn send(&self, event: &TapEvent) -> io::Result<()> {
         let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
         kevent_wire::write_frame(&mut *out, &event.encode())?;
         out.flush()
+    }
+
+    /// Writes `event` into the buffer only; [`Out::flush`] or the next
+    /// [`Out::send`] writes it.
+    fn buffer(&self, event: &TapEvent) -> io::Result<()> {
+        let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kevent_wire::write_frame(&mut *out, &event.encode())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
     }
 }
 
@@ -129,7 +141,7 @@ impl MonitorSocket {
         writer
             .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
             .map_err(context("authenticate the monitor"))?;
-        let mut socket = MonitorSocket { reader: BufReader::new(stream) };
+        let mut socket = MonitorSocket { reader: BufReader::with_capacity(64 << 10, stream) };
         let mut answer = String::new();
         socket.reader.read_line(&mut answer).map_err(context("authenticate the monitor"))?;
         if !answer.starts_with("OK ") {
@@ -175,6 +187,13 @@ impl MonitorSocket {
         }
         let name = name.filter(|n| !n.is_empty()).ok_or("the bus gave the monitor no unique name")?;
         Ok((socket, name))
+    }
+
+    /// Whether the next message is already read whole: taking it cannot block.
+    fn next_is_buffered(&self) -> bool {
+        let buffered = self.reader.buffer();
+        let fixed = buffered.get(..16).and_then(|fixed| <&[u8; 16]>::try_from(fixed).ok());
+        fixed.and_then(message::message_len).is_some_and(|len| len <= buffered.len())
     }
 
     /// The next whole message, `None` once the bus has closed the connection.
@@ -247,7 +266,8 @@ fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mut
             // A message the tap cannot read still goes to the host, which
             // reports it; it settles no fence.
             let Ok(message) = message::parse(&bytes) else {
-                out.send(&TapEvent::Message { monotonic_ns, bytes })?;
+                out.buffer(&TapEvent::Message { monotonic_ns, bytes })?;
+                flush_unless_more(&messages, out)?;
                 continue;
             };
             let sender = message.sender.as_deref().unwrap_or("");
@@ -255,7 +275,7 @@ fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mut
             let mine = own.iter().any(|name| name == sender || name == destination);
             let mut fences = fences.lock().unwrap_or_else(|p| p.into_inner());
             if !mine {
-                out.send(&TapEvent::Message { monotonic_ns, bytes })?;
+                out.buffer(&TapEvent::Message { monotonic_ns, bytes })?;
             }
             let text = |at: usize| match message.body.get(at) {
                 Some(Value::Str(s)) => s.as_str(),
@@ -288,6 +308,8 @@ fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mut
                 }
                 _ => {}
             }
+            drop(fences);
+            flush_unless_more(&messages, out)?;
         }
         Err("the bus closed the monitor's connection".into())
     })();
@@ -295,4 +317,13 @@ fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mut
         eprintln!("kevent-dbus-tap: {e}");
         std::process::exit(1);
     }
+}
+
+/// Writes what is buffered unless the next message is already read: a
+/// burst of signals reaches the agent in a few writes, a lone one at once.
+fn flush_unless_more(messages: &MonitorSocket, out: &Out) -> io::Result<()> {
+    if messages.next_is_buffered() {
+        return Ok(());
+    }
+    out.flush()
 }
