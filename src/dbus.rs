@@ -46,9 +46,10 @@ impl DbusEntry {
         }
     }
 
-    /// Whether the entry is a signal kdbusd made of a datagram.
-    pub fn carries_datagram(&self) -> bool {
-        self.carries.is_some()
+    /// Whether the entry is a signal that carries one of the step's
+    /// datagrams and is exactly what docs/dbus.md maps it to.
+    pub fn is_mapped(&self) -> bool {
+        self.carries.is_some() && self.wrong.is_none()
     }
 }
 
@@ -75,21 +76,23 @@ pub fn entries(messages: &[DbusMessage], datagrams: &[&Datagram]) -> Vec<DbusEnt
     let mut out: Vec<DbusEntry> = messages
         .iter()
         .map(|m| {
-            let mut entry = entry(&m.bytes, datagrams, &mut used);
-            if let Ok(message) = message::parse(&m.bytes) {
-                match message.kind {
-                    Kind::MethodCall => {
-                        let key = (message.sender.clone().unwrap_or_default(), message.serial);
-                        calls.push((key, entry.message.trim_start_matches("method call ").to_owned()));
-                    }
-                    Kind::MethodReturn | Kind::Error => {
-                        let key = (message.destination.clone().unwrap_or_default(), message.reply_serial.unwrap_or(0));
-                        if let Some((_, call)) = calls.iter().find(|(k, _)| *k == key) {
-                            entry.message = format!("{} (to {call})", entry.message);
-                        }
-                    }
-                    Kind::Signal => {}
+            let message = match message::parse(&m.bytes) {
+                Ok(message) => message,
+                Err(e) => return unreadable(&m.bytes, &e),
+            };
+            let mut entry = entry(&message, datagrams, &mut used);
+            match message.kind {
+                Kind::MethodCall => {
+                    let key = (message.sender.clone().unwrap_or_default(), message.serial);
+                    calls.push((key, entry.message.trim_start_matches("method call ").to_owned()));
                 }
+                Kind::MethodReturn | Kind::Error => {
+                    let key = (message.destination.clone().unwrap_or_default(), message.reply_serial.unwrap_or(0));
+                    if let Some((_, call)) = calls.iter().find(|(k, _)| *k == key) {
+                        entry.message = format!("{} (to {call})", entry.message);
+                    }
+                }
+                Kind::Signal => {}
             }
             entry
         })
@@ -106,19 +109,17 @@ fn datagram_name(datagrams: &[&Datagram], index: usize) -> String {
     format!("{} {nth}", if uevent { "uevent" } else { "kmessage" })
 }
 
-fn entry(bytes: &[u8], datagrams: &[&Datagram], used: &mut [bool]) -> DbusEntry {
-    let message = match message::parse(bytes) {
-        Ok(message) => message,
-        Err(e) => {
-            return DbusEntry {
-                message: "unreadable".into(),
-                path: None,
-                carries: None,
-                args: vec![message::escape_bytes(bytes)],
-                wrong: Some(e.to_string()),
-            }
-        }
-    };
+fn unreadable(bytes: &[u8], why: &message::ParseError) -> DbusEntry {
+    DbusEntry {
+        message: "unreadable".into(),
+        path: None,
+        carries: None,
+        args: vec![message::escape_bytes(bytes)],
+        wrong: Some(why.to_string()),
+    }
+}
+
+fn entry(message: &message::Message, datagrams: &[&Datagram], used: &mut [bool]) -> DbusEntry {
     let name = match (&message.interface, &message.member, &message.error_name) {
         (_, _, Some(error)) => format!("{} {error}", message.kind),
         (Some(interface), Some(member), _) => format!("{} {interface}.{member}", message.kind),

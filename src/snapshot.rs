@@ -164,7 +164,7 @@ pub fn project(scenario: &Scenario, steps: &[StepRecord], background: &[ProgramR
             let bus = dbus::entries(&record.dbus, &datagrams);
             if let (Some(messages), Some(mapped)) = (&mut totals.dbus_messages, &mut totals.dbus_mapped) {
                 *messages += bus.len();
-                *mapped += bus.iter().filter(|e| e.carries_datagram() && e.wrong.is_none()).count();
+                *mapped += bus.iter().filter(|e| e.is_mapped()).count();
             }
             let mut decoded: Vec<Event> = datagrams.into_iter().map(events::decode).collect();
             for event in &mut decoded {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use kevent_wire::{
     read_frame, write_frame, AgentStage, DatagramRef, DbusMessage, GuestMessage, Outcome, TapCommand, TapEvent,
+    BUS_FENCE_BOUND,
 };
 use nix::poll::PollFd;
 
@@ -85,10 +86,6 @@ impl Listener {
         }
     }
 }
-
-/// How long a fence through the bus may take: kdbusd drains and signals
-/// everything of a step, and the bus carries it, within this (TCG, loaded host).
-const BUS_FENCE_BOUND: Duration = Duration::from_secs(20);
 
 /// What a reply waits for besides the netlink sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,10 +20,10 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
-use std::time::Duration;
 
 use kdbusd::mapping::{self, Body, Signal, Source, BUS_NAME, INTERFACE, NETLINK_KOBJECT_UEVENT, OBJECT_PATH};
 use kdbusd::netlink::{Listener, Received};
+use kevent_wire::KDBUSD_SYNC_BOUND;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -31,10 +31,6 @@ use zbus::blocking::{Connection, MessageIterator};
 use zbus::message::{Flags, Type as MessageType};
 use zbus::zvariant::{Signature, Type};
 use zbus::MatchRule;
-
-/// How long a `Sync` waits for the netlink thread; a stuck thread is a bug
-/// the caller must hear about rather than wait for without end.
-const SYNC_BOUND: Duration = Duration::from_secs(30);
 
 /// The counters `Sync` returns: kmessages, uevents, malformed datagrams,
 /// socket overruns, since kdbusd started.
@@ -170,7 +166,7 @@ fn sync(syncs: &Sender<Sender<Counters>>, wake: &File) -> Result<Counters, Error
     syncs.send(done).map_err(|_| "the netlink thread has stopped")?;
     wake_up(wake)?;
     answer
-        .recv_timeout(SYNC_BOUND)
+        .recv_timeout(KDBUSD_SYNC_BOUND)
         .map_err(|e| format!("Sync: the netlink thread did not drain its sockets: {e}").into())
 }
 

@@ -80,6 +80,14 @@ pub const DBUS_DAEMON_PATH: &str = "/usr/bin/dbus-daemon";
 pub const KDBUSD_PATH: &str = "/sbin/kdbusd";
 /// The bench's tap on the bus (monitor, fences, host relay) in the initramfs.
 pub const DBUS_TAP_PATH: &str = "/sbin/kevent-dbus-tap";
+/// How long kdbusd's `Sync` waits for its netlink thread before it answers
+/// with an error that says so.
+pub const KDBUSD_SYNC_BOUND: std::time::Duration = std::time::Duration::from_secs(25);
+/// How long the agent waits for a fence through the bus: longer than
+/// [`KDBUSD_SYNC_BOUND`], so that a stuck kdbusd's own error, which names
+/// what is stuck, reaches the host rather than the agent's bare timeout;
+/// shorter than the host's bound on a command (60 s).
+pub const BUS_FENCE_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
 /// Where the agent mounts tracefs when the guest kernel has it.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 

@@ -36,7 +36,7 @@ const TARGET_P99: Duration = Duration::from_millis(2);
 /// its mapping (docs/dbus.md).
 fn mapped(messages: &[DbusMessage], datagrams: &[Datagram]) -> usize {
     let datagrams: Vec<&Datagram> = datagrams.iter().collect();
-    dbus::entries(messages, &datagrams).iter().filter(|e| e.carries.is_some() && e.wrong.is_none()).count()
+    dbus::entries(messages, &datagrams).iter().filter(|e| e.is_mapped()).count()
 }
 
 pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
