@@ -53,6 +53,13 @@ impl DbusEntry {
     }
 }
 
+/// Whether `bytes` is a signal kdbusd sends of a kernel event: on one of
+/// the `org.kernel.` interfaces (docs/dbus.md), whatever it carries.
+pub fn is_event_signal(bytes: &[u8]) -> bool {
+    message::parse(bytes)
+        .is_ok_and(|m| m.kind == Kind::Signal && m.interface.is_some_and(|i| i.starts_with("org.kernel.")))
+}
+
 /// The channel a carried datagram came on: kmessages sort first.
 fn channel_rank(entry: &DbusEntry) -> u8 {
     match entry.carries.as_deref() {
@@ -206,6 +213,25 @@ pub fn body_values(body: &Body) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_kdbusds_signals_are_event_signals() {
+        let power = message::marshal_signal(1, "/org/kernel/x", "org.kernel.Power", "high", &[]).unwrap();
+        let owner =
+            message::marshal_signal(2, "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameOwnerChanged", &[]);
+        let sync = message::marshal_method_call(
+            3,
+            "org.kernel.Events",
+            "/org/kernel/Events",
+            "org.kernel.Events",
+            "Sync",
+            &[],
+        );
+        assert!(is_event_signal(&power));
+        assert!(!is_event_signal(&owner.unwrap()));
+        assert!(!is_event_signal(&sync.unwrap()), "a call on kdbusd's interface is no event");
+        assert!(!is_event_signal(&power[..power.len() - 1]));
+    }
 
     fn datagram(protocol: u32, groups: u32, bytes: &[u8]) -> Datagram {
         Datagram { protocol, groups, portid: 0, monotonic_ns: 0, bytes: bytes.to_vec() }
