@@ -364,6 +364,17 @@ fn alignment(signature: &str) -> usize {
 
 /// Reads one whole message; `bytes` must be exactly it.
 pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
+    parse_as(bytes, true)
+}
+
+/// Reads one whole message's header, checks the body's length and leaves
+/// its values unread (`body` empty): for a reader that routes messages and
+/// reads few of their bodies.
+pub fn parse_header(bytes: &[u8]) -> Result<Message, ParseError> {
+    parse_as(bytes, false)
+}
+
+fn parse_as(bytes: &[u8], with_body: bool) -> Result<Message, ParseError> {
     let little = match bytes.first() {
         Some(b'l') => true,
         Some(b'B') => false,
@@ -421,6 +432,9 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             offset: body_start,
             why: format!("the body is {} bytes, the header says {body_len}", bytes.len() - body_start),
         });
+    }
+    if !with_body {
+        return Ok(message);
     }
     // Alignment inside the body is from its start, which is 8-aligned.
     let mut body = Reader { bytes: &bytes[body_start..], at: 0, little };
@@ -736,6 +750,15 @@ mod tests {
             assert_eq!(message_len(bytes[..16].try_into().unwrap()), Some(bytes.len()));
         }
         assert_eq!(message_len(&[0; 16]), None);
+    }
+
+    #[test]
+    fn a_header_reads_as_the_whole_message_does_without_its_values() {
+        let bytes = signal_bytes();
+        let (whole, header) = (parse(&bytes).unwrap(), parse_header(&bytes).unwrap());
+        assert!(!whole.body.is_empty() && header.body.is_empty());
+        assert_eq!(Message { body: Vec::new(), ..whole }, header);
+        assert!(parse_header(&bytes[..bytes.len() - 1]).is_err(), "the body's length is still checked");
     }
 
     #[test]

@@ -265,35 +265,44 @@ fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mut
             let monotonic_ns = monotonic_ns();
             // A message the tap cannot read still goes to the host, which
             // reports it; it settles no fence.
-            let Ok(message) = message::parse(&bytes) else {
+            // The header routes; the few bodies the tap reads are read below.
+            let Ok(header) = message::parse_header(&bytes) else {
                 out.buffer(&TapEvent::Message { monotonic_ns, bytes })?;
                 flush_unless_more(&messages, out)?;
                 continue;
             };
-            let sender = message.sender.as_deref().unwrap_or("");
-            let destination = message.destination.as_deref().unwrap_or("");
+            let sender = header.sender.as_deref().unwrap_or("");
+            let destination = header.destination.as_deref().unwrap_or("");
             let mine = own.iter().any(|name| name == sender || name == destination);
+            let owner_changed =
+                header.kind == Kind::Signal && sender == DBUS && header.member.as_deref() == Some("NameOwnerChanged");
+            let fence_failed = header.kind == Kind::Error && destination == own[0];
+            let body = if owner_changed || fence_failed {
+                message::parse(&bytes).map(|m| m.body).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let text = |at: usize| match body.get(at) {
+                Some(Value::Str(s)) => s.as_str(),
+                _ => "",
+            };
             let mut fences = fences.lock().unwrap_or_else(|p| p.into_inner());
             if !mine {
                 out.buffer(&TapEvent::Message { monotonic_ns, bytes })?;
             }
-            let text = |at: usize| match message.body.get(at) {
-                Some(Value::Str(s)) => s.as_str(),
-                _ => "",
-            };
-            match message.kind {
+            match header.kind {
                 Kind::MethodReturn | Kind::Error if destination == own[0] => {
-                    let token = message.reply_serial.and_then(|serial| fences.syncs.remove(&serial));
+                    let token = header.reply_serial.and_then(|serial| fences.syncs.remove(&serial));
                     if let Some(token) = token {
-                        if message.kind == Kind::Error {
-                            let name = message.error_name.as_deref().unwrap_or("");
+                        if fence_failed {
+                            let name = header.error_name.as_deref().unwrap_or("");
                             out.send(&TapEvent::FenceFailed { token, why: format!("{name}: {}", text(0)) })?;
                         } else {
                             out.send(&TapEvent::Fenced { token })?;
                         }
                     }
                 }
-                Kind::Signal if sender == DBUS && message.member.as_deref() == Some("NameOwnerChanged") => {
+                Kind::Signal if owner_changed => {
                     let (name, new) = (text(0), text(2));
                     if name == BUS_NAME && !new.is_empty() {
                         fences.kdbusd = new.to_owned();
