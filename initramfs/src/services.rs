@@ -35,6 +35,11 @@ const STOP_BOUND: Duration = Duration::from_secs(10);
 /// the wait at once; only a failure with no death behind it (a program
 /// alive but silent) waits it out.
 const DEATH_BOUND: Duration = Duration::from_secs(2);
+/// How long a failure waits for dbus-daemon to finish exiting, in case its
+/// death is what ended the program that failed: its sockets close early in
+/// its exit, and a follower can end before it does. A failure with the
+/// bus alive waits this long for nothing.
+const BUS_EXIT_GRACE: Duration = Duration::from_secs(1);
 /// Once dbus-daemon is dead, kdbusd and the monitor lose their bus and
 /// exit saying so: their last words are waited for, this long at most.
 const FOLLOWERS_BOUND: Duration = Duration::from_secs(10);
@@ -251,8 +256,16 @@ impl Services {
         drop(self.wait_for(DEATH_BOUND, |s| s.reported || s.first_death.is_some()));
         // kdbusd or the tap can be seen to end before the bus daemon whose
         // death ended them: a dead bus is the cause, whoever was seen first.
-        if self.bus_daemon_exited() {
-            drop(self.wait_for(DEATH_BOUND, |s| s.reported || bus_death(s).is_some()));
+        // A dying process closes its sockets before it becomes a zombie, so
+        // a follower may even end before the daemon is seen to exit.
+        if bus_death(&self.lock()).is_none() {
+            let deadline = Instant::now() + BUS_EXIT_GRACE;
+            while !self.bus_daemon_exited() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if self.bus_daemon_exited() {
+                drop(self.wait_for(DEATH_BOUND, |s| s.reported || bus_death(s).is_some()));
+            }
         }
         let message = {
             // Without the bus, every program that uses it ends (the relay
