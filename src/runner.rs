@@ -195,10 +195,19 @@ const SALVAGE_BOUND: Duration = Duration::from_secs(5);
 fn check_dyndbg(machine: &mut Machine, queries: &[crate::dyndbg::Query], bound: Duration) -> Result<(), Failure> {
     match trace::read_all(machine, crate::dyndbg::CONTROL, bound)? {
         Ok(control) => crate::dyndbg::check(queries, &control).map(|_| ()),
-        Err((_, message)) => Err(Failure::Refused {
+        Err((errno, message)) if errno == libc::ENOENT => Err(Failure::Refused {
             input: format!("--dyndbg {:?}", queries[0].text),
             reason: format!(
                 "the guest kernel has no dynamic debug ({message}): it was built without CONFIG_DYNAMIC_DEBUG"
+            ),
+        }),
+        // The file is there and could not be read: that is the guest's
+        // failure, not the query's.
+        Err((errno, message)) => Err(Failure::Host {
+            message: format!(
+                "--dyndbg: read {} in the guest: {message} ({})",
+                crate::dyndbg::CONTROL,
+                crate::transcript::errno_name(errno)
             ),
         }),
     }
