@@ -67,10 +67,6 @@ pub(super) struct Guest {
     pub(super) pause: Option<Arc<PauseClock>>,
 }
 
-/// How often a wait looks again whether a debugger stopped or resumed the
-/// guest, when one may.
-const PAUSE_TICK: Duration = Duration::from_millis(100);
-
 impl Guest {
     pub(super) fn spawn(
         config: &MachineConfig,
@@ -127,16 +123,6 @@ impl Guest {
         self.pause.as_ref().map_or(Duration::ZERO, |p| p.stopped_total())
     }
 
-    /// The most a wait blocks before looking at the deadline again: the
-    /// time left, or less where a debugger may stop the guest and move it.
-    fn wait_slice(&self, left: Duration) -> Duration {
-        if self.pause.is_some() {
-            left.min(PAUSE_TICK)
-        } else {
-            left
-        }
-    }
-
     /// Waits for QEMU to connect to one of the host's sockets.
     pub(super) fn accept(
         &mut self,
@@ -188,12 +174,14 @@ impl Guest {
         bound: Duration,
         mut pick: impl FnMut(&Event) -> Option<T>,
     ) -> Result<T, Failure> {
-        // Time a debugger holds the guest moves the deadline by as much.
+        // Time a debugger holds the guest moves the deadline by as much; a
+        // wait that wakes at the old deadline sees the new one, since the
+        // stop in progress counts.
         let (started, stopped_before) = (Instant::now(), self.stopped_total());
         let deadline = |guest: &Guest| started + bound + (guest.stopped_total() - stopped_before);
         loop {
             let left = deadline(self).saturating_duration_since(Instant::now());
-            let event = match self.events.recv_timeout(self.wait_slice(left)) {
+            let event = match self.events.recv_timeout(left) {
                 Ok(event) => event,
                 Err(RecvTimeoutError::Timeout) if Instant::now() < deadline(self) => continue,
                 Err(RecvTimeoutError::Timeout) => return Err(self.timeout(stage, bound)),
@@ -225,7 +213,7 @@ impl Guest {
             if left.is_zero() {
                 return Ok(false);
             }
-            match self.events.recv_timeout(self.wait_slice(left.min(tick))) {
+            match self.events.recv_timeout(left.min(tick)) {
                 Ok(event) => self.absorb(stage, event)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => self.absorb(stage, Event::ConsoleClosed)?,
