@@ -192,14 +192,28 @@ fn a_bundle_cut_short_anywhere_is_refused_as_truncated() {
 }
 
 #[test]
-fn a_tar_cut_short_names_the_last_whole_member() {
+fn a_tar_cut_short_names_the_last_whole_member_or_the_member_it_cuts() {
     let tar = unpack(&bundle_bytes(&mut manifest())).ok().unwrap();
-    // Into the data of the third file: the header and data of the first
-    // two (and the directory) are whole.
-    let cut = 512 * 6 + 100;
-    let err = read(&tar[..cut]).unwrap_err().to_string();
+    // The members and where each starts, read off the headers: name in
+    // bytes 0..100, size in octal in 124..136.
+    let mut members = Vec::new();
+    let mut at = 0;
+    while at + 512 <= tar.len() && tar[at] != 0 {
+        let name = String::from_utf8_lossy(&tar[at..at + 100]).trim_end_matches('\0').to_owned();
+        let size = String::from_utf8_lossy(&tar[at + 124..at + 136]).trim_matches(['\0', ' ']).to_owned();
+        members.push((name, at));
+        at += 512 + usize::from_str_radix(&size, 8).unwrap().next_multiple_of(512);
+    }
+    assert!(members.len() >= 4, "a directory and three files at least: {members:?}");
+    // Into the header of the third file: the directory and two files are whole.
+    let err = read(&tar[..members[3].1 + 100]).unwrap_err().to_string();
     assert!(err.contains("truncated or corrupt"), "{err}");
-    assert!(err.contains("the tar archive breaks off after t-bundle/"), "{err}");
+    let last = &members[2].0;
+    assert!(err.contains(&format!("the tar archive breaks off after {last}")), "{last}: {err}");
+    // Into its data: the file is named, with how much of it is there.
+    let err = read(&tar[..members[3].1 + 512 + 100]).unwrap_err().to_string();
+    let third = &members[3].0;
+    assert!(err.contains(&format!("{third}: 100 of its ")), "{third}: {err}");
 }
 
 #[test]
