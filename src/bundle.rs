@@ -586,9 +586,39 @@ impl Bundle {
         Ok(scenario)
     }
 
-    /// The run recorded in `events.jsonl`, step by step.
+    /// The run recorded in `events.jsonl`, step by step, checked to end as
+    /// the manifest's `outcome` says the run ended.
     pub fn recorded(&self) -> Result<Recorded, BundleError> {
-        Recorded::parse(self.text(member::EVENTS)?).map_err(|why| self.member_error(member::EVENTS, why))
+        let recorded =
+            Recorded::parse(self.text(member::EVENTS)?).map_err(|why| self.member_error(member::EVENTS, why))?;
+        let outcome = &self.manifest.outcome;
+        let ended = match &recorded.failure {
+            None if recorded.completed => "a summary line".to_owned(),
+            None => "no summary or failure line".to_owned(),
+            Some((step, _, code)) => format!(
+                "a failure line (step {}, exit code {code})",
+                step.map_or_else(|| "none".to_owned(), |s| s.to_string())
+            ),
+        };
+        let agrees = match &recorded.failure {
+            None => outcome.completed && recorded.completed,
+            Some((step, _, code)) => !outcome.completed && *code == outcome.exit_code && *step == outcome.failed_step,
+        };
+        if !agrees || recorded.steps.len() != outcome.steps {
+            return Err(self.member_error(
+                member::EVENTS,
+                format!(
+                    "it ends with {ended} after {} step(s), and manifest.json's outcome says completed {}, exit code \
+                     {}, failed step {}, {} step(s)",
+                    recorded.steps.len(),
+                    outcome.completed,
+                    outcome.exit_code,
+                    outcome.failed_step.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                    outcome.steps
+                ),
+            ));
+        }
+        Ok(recorded)
     }
 }
 

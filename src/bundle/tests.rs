@@ -397,3 +397,25 @@ fn times_are_rfc3339_utc_both_ways() {
     }
     assert_eq!(created_seconds("yesterday"), None);
 }
+
+#[test]
+fn events_that_end_otherwise_than_the_manifest_says_are_refused() {
+    let bundle = read(&bundle_bytes(&mut manifest())).unwrap();
+    assert_eq!(bundle.recorded().unwrap().steps.len(), 2, "a completed run of two steps, as its manifest says");
+    let mut failed = manifest();
+    failed.outcome = OutcomeInfo {
+        completed: false,
+        exit_code: 37,
+        failed_step: Some(3),
+        message: Some("the guest's D-Bus side failed".into()),
+        ..failed.outcome
+    };
+    let err = read(&bundle_bytes(&mut failed)).unwrap().recorded().unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "events.jsonl: it ends with a summary line after 2 step(s), and manifest.json's outcome says completed \
+             false, exit code 37, failed step 3, 2 step(s)"
+        ),
+        "{err}"
+    );
+}
