@@ -144,6 +144,98 @@ pub struct Overrides {
     pub injector: Option<String>,
 }
 
+/// An override applied: what it set, and what the scenario had said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The field of [`Overrides`] (`cpus`, `topology`, `memory_mib`,
+    /// `clock`, `injector`).
+    pub field: &'static str,
+    /// What it set, as the run says it (`4 CPUs`, `2x2`, `512 MiB`, `virtual clock`, `debugfs`).
+    pub now: String,
+    /// What the scenario itself said, the same way.
+    pub scenario_said: String,
+}
+
+/// An override that cannot apply to the scenario: its field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideError {
+    /// The field of [`Overrides`].
+    pub field: &'static str,
+    /// Its value and why it cannot apply.
+    pub why: String,
+}
+
+impl Overrides {
+    /// Applies every override to `scenario`, in the order of the fields:
+    /// the one home of what an override means, for `run`'s flags and a
+    /// bundle's record of them alike. The injector is not checked against
+    /// the scenario's steps here (`Scenario::check_injector`, once all are in).
+    pub fn apply(&self, scenario: &mut Scenario) -> Result<Vec<Applied>, OverrideError> {
+        let mut applied = Vec::new();
+        let said = scenario.machine;
+        if let Some(cpus) = self.cpus {
+            scenario.set_cpus(cpus).map_err(|why| OverrideError { field: "cpus", why: format!("{cpus}: {why}") })?;
+            applied.push(Applied {
+                field: "cpus",
+                now: format!("{cpus} CPUs"),
+                scenario_said: said.topology.to_string(),
+            });
+        }
+        if let Some(text) = &self.topology {
+            let error = |why: String| OverrideError { field: "topology", why: format!("{text}: {why}") };
+            let topology = crate::Topology::parse(text).map_err(error)?;
+            scenario.set_topology(topology).map_err(error)?;
+            applied.push(Applied {
+                field: "topology",
+                now: topology.to_string(),
+                scenario_said: said.topology.to_string(),
+            });
+        }
+        if let Some(memory) = self.memory_mib {
+            if !(scenario::limits::MIN_MEMORY_MIB..=scenario::limits::MAX_MEMORY_MIB).contains(&memory) {
+                return Err(OverrideError {
+                    field: "memory_mib",
+                    why: format!(
+                        "{memory}: out of range ({} to {} MiB)",
+                        scenario::limits::MIN_MEMORY_MIB,
+                        scenario::limits::MAX_MEMORY_MIB
+                    ),
+                });
+            }
+            scenario.machine.memory_mib = memory;
+            applied.push(Applied {
+                field: "memory_mib",
+                now: format!("{memory} MiB"),
+                scenario_said: format!("{} MiB", said.memory_mib),
+            });
+        }
+        if let Some(clock) = &self.clock {
+            scenario.machine.clock = crate::Clock::from_name(clock).ok_or_else(|| OverrideError {
+                field: "clock",
+                why: format!("{clock:?} is no clock (real, virtual)"),
+            })?;
+            applied.push(Applied {
+                field: "clock",
+                now: format!("{} clock", scenario.machine.clock),
+                scenario_said: format!("{} clock", said.clock),
+            });
+        }
+        if let Some(injector) = &self.injector {
+            let was = scenario.injector;
+            scenario.injector = crate::inject::Injector::from_name(injector).ok_or_else(|| OverrideError {
+                field: "injector",
+                why: format!("{injector:?} is no injector (device, debugfs)"),
+            })?;
+            applied.push(Applied {
+                field: "injector",
+                now: scenario.injector.to_string(),
+                scenario_said: was.to_string(),
+            });
+        }
+        Ok(applied)
+    }
+}
+
 /// One `--include HOST[:GUEST]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncludeInfo {
@@ -556,32 +648,11 @@ impl Bundle {
         }
         let path = self.path.join(format!("{name}.toml"));
         let mut scenario = scenario::parse(&path, text).map_err(|e| invalid(e.to_string()))?;
-        let overrides = &self.manifest.run.overrides;
-        if let Some(cpus) = overrides.cpus {
-            scenario.set_cpus(cpus).map_err(|e| invalid(format!("overrides.cpus {cpus}: {e}")))?;
-        }
-        if let Some(topology) = &overrides.topology {
-            let parsed = crate::Topology::parse(topology)
-                .map_err(|e| self.member_error(member::MANIFEST, format!("overrides.topology: {e}")))?;
-            scenario.set_topology(parsed).map_err(|e| invalid(format!("overrides.topology {topology}: {e}")))?;
-        }
-        if let Some(memory) = overrides.memory_mib {
-            if !(scenario::limits::MIN_MEMORY_MIB..=scenario::limits::MAX_MEMORY_MIB).contains(&memory) {
-                return Err(
-                    self.member_error(member::MANIFEST, format!("overrides.memory_mib {memory} is out of range"))
-                );
-            }
-            scenario.machine.memory_mib = memory;
-        }
-        if let Some(clock) = &overrides.clock {
-            scenario.machine.clock = crate::Clock::from_name(clock)
-                .ok_or_else(|| self.member_error(member::MANIFEST, format!("overrides.clock {clock:?} is no clock")))?;
-        }
-        if let Some(injector) = &overrides.injector {
-            scenario.injector = crate::inject::Injector::from_name(injector).ok_or_else(|| {
-                self.member_error(member::MANIFEST, format!("overrides.injector {injector:?} is no injector"))
-            })?;
-        }
+        self.manifest
+            .run
+            .overrides
+            .apply(&mut scenario)
+            .map_err(|e| self.member_error(member::MANIFEST, format!("overrides.{}: {}", e.field, e.why)))?;
         scenario.check_injector().map_err(|e| invalid(e.to_string()))?;
         Ok(scenario)
     }

@@ -419,3 +419,34 @@ fn events_that_end_otherwise_than_the_manifest_says_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn overrides_apply_in_order_and_say_what_they_replaced_or_why_they_cannot() {
+    let mut s = scenario();
+    let overrides = Overrides {
+        cpus: None,
+        topology: Some("2x2".into()),
+        memory_mib: Some(512),
+        clock: Some("virtual".into()),
+        injector: Some("debugfs".into()),
+    };
+    let applied = overrides.apply(&mut s).unwrap();
+    let said: Vec<(&str, &str, &str)> =
+        applied.iter().map(|a| (a.field, a.now.as_str(), a.scenario_said.as_str())).collect();
+    assert_eq!(
+        said,
+        [
+            ("topology", "2 packages × 2 cores", "2 packages × 1 core"),
+            ("memory_mib", "512 MiB", "256 MiB"),
+            ("clock", "virtual clock", "real clock"),
+            ("injector", "debugfs", "device"),
+        ]
+    );
+    assert_eq!((s.machine.topology, s.machine.memory_mib), (crate::Topology::new(2, 2).unwrap(), 512));
+    // Step 1 injects at CPU 1: one CPU would lose it.
+    let err = Overrides { cpus: Some(1), ..Overrides::default() }.apply(&mut scenario()).unwrap_err();
+    assert_eq!(err.field, "cpus");
+    assert!(err.why.starts_with("1: "), "{err:?}");
+    let err = Overrides { clock: Some("fast".into()), ..Overrides::default() }.apply(&mut scenario()).unwrap_err();
+    assert_eq!((err.field, err.why.as_str()), ("clock", "\"fast\" is no clock (real, virtual)"));
+}

@@ -437,22 +437,17 @@ impl Drop for RemoveOnDrop {
 /// loud; one that cannot apply (a CPU a step injects at would be gone) is
 /// refused before anything is built.
 fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyhow::Result<()> {
-    let said = scenario.machine;
-    if let Some(cpus) = flags.cpus {
-        scenario.set_cpus(cpus).map_err(|e| anyhow::anyhow!("--cpus {cpus}: {e}"))?;
-        eprintln!("machine: {cpus} CPUs (--cpus; the scenario says {})", said.topology);
-    }
-    if let Some(topology) = flags.topology {
-        scenario.set_topology(topology).map_err(|e| anyhow::anyhow!("--topology {topology}: {e}"))?;
-        eprintln!("machine: {topology} (--topology; the scenario says {})", said.topology);
-    }
-    if let Some(memory) = flags.memory_mib {
-        scenario.machine.memory_mib = memory;
-        eprintln!("machine: {memory} MiB (--memory; the scenario says {})", said.memory_mib);
-    }
-    if let Some(clock) = flags.clock {
-        scenario.machine.clock = clock.into();
-        eprintln!("machine: {} clock (--clock; the scenario says {})", scenario.machine.clock, said.clock);
+    let flag = |field: &str| match field {
+        "cpus" => "--cpus",
+        "topology" => "--topology",
+        "memory_mib" => "--memory",
+        "clock" => "--clock",
+        _ => "--injector",
+    };
+    let applied = overrides_of(flags).apply(scenario).map_err(|e| anyhow::anyhow!("{} {}", flag(e.field), e.why))?;
+    for a in applied {
+        let what = if a.field == "injector" { "injector" } else { "machine" };
+        eprintln!("{what}: {} ({}; the scenario says {})", a.now, flag(a.field), a.scenario_said);
     }
     if let Some(events) = &flags.trace {
         let request =
@@ -461,10 +456,6 @@ fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyho
             eprintln!("trace: {request} (--trace; the scenario says {said})");
         }
         scenario.trace = Some(request);
-    }
-    if let Some(injector) = flags.injector {
-        eprintln!("injector: {} (--injector; the scenario says {})", Injector::from(injector), scenario.injector);
-        scenario.injector = injector.into();
     }
     scenario.check_injector()?;
     Ok(())
