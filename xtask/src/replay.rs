@@ -87,10 +87,13 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
         decision: &decision,
         execution: &execution,
     };
-    let here = reproducer::manifest(&record)?;
-    let config_here = std::fs::read_to_string(artifacts.vmlinux.with_file_name(".config")).unwrap_or_default();
-    let differences =
-        bundle::environment_differences(manifest, &here, (bundle.text(member::KERNEL_CONFIG)?, &config_here));
+    let config_here = reproducer::kernel_config(&artifacts)?;
+    let here = reproducer::manifest(&record, &config_here)?;
+    let differences = bundle::environment_differences(
+        manifest,
+        &here,
+        (bundle.text(member::KERNEL_CONFIG)?, &String::from_utf8_lossy(&config_here)),
+    );
 
     let bundled = RunView {
         scenario: &scenario,

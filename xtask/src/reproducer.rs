@@ -93,8 +93,8 @@ pub type Member = (&'static str, Vec<u8>);
 
 /// The manifest (members not yet listed) and the members of `run`'s bundle.
 pub fn contents(run: &RunRecord) -> anyhow::Result<(Manifest, Vec<Member>)> {
-    let manifest = manifest(run)?;
-    let kernel_config = read(&kernel_config_path(run.artifacts))?;
+    let kernel_config = kernel_config(run.artifacts)?;
+    let manifest = manifest(run, &kernel_config)?;
     let mut events = String::new();
     for line in &run.execution.lines {
         events.push_str(&line.to_string());
@@ -123,12 +123,14 @@ pub fn contents(run: &RunRecord) -> anyhow::Result<(Manifest, Vec<Member>)> {
     Ok((manifest, members))
 }
 
-fn kernel_config_path(artifacts: &Artifacts) -> PathBuf {
-    artifacts.vmlinux.parent().unwrap_or(Path::new("/")).join(".config")
+/// The `.config` of the kernel `artifacts` were built from.
+pub fn kernel_config(artifacts: &Artifacts) -> anyhow::Result<Vec<u8>> {
+    read(&artifacts.vmlinux.parent().unwrap_or(Path::new("/")).join(".config"))
 }
 
-/// The manifest of `run`: everything but the member list.
-pub fn manifest(run: &RunRecord) -> anyhow::Result<Manifest> {
+/// The manifest of `run`, whose kernel's `.config` is `kernel_config`:
+/// everything but the member list.
+pub fn manifest(run: &RunRecord, kernel_config: &[u8]) -> anyhow::Result<Manifest> {
     let project = crate::project::Project::locate()?;
     let artifacts = run.artifacts;
     let config = run.config;
@@ -221,7 +223,7 @@ pub fn manifest(run: &RunRecord) -> anyhow::Result<Manifest> {
             profile: artifacts.profile.clone(),
             tree: artifacts.kernel_tree.display().to_string(),
             user_tree: run.build.kernel_src.is_some(),
-            config_fingerprint: bundle::fingerprint(&read(&kernel_config_path(artifacts))?),
+            config_fingerprint: bundle::fingerprint(kernel_config),
             command_line: kernel_command_line,
         },
         guest: bundle::GuestInfo {
