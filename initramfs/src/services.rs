@@ -344,7 +344,16 @@ impl Services {
             Err(format!("nothing within {READY_BOUND:?}"))
         };
         match frame.map(|f| f.map(|(kind, body)| TapEvent::decode(kind, &body))) {
-            Ok(Some(Ok(TapEvent::Ready { .. }))) => Ok(()),
+            // kdbusd said it owns its name before the tap started: the
+            // tap must see that on the bus too, or fences would go nowhere.
+            Ok(Some(Ok(TapEvent::Ready { kdbusd }))) if !kdbusd.is_empty() => Ok(()),
+            Ok(Some(Ok(TapEvent::Ready { .. }))) => Err(self.startup_failure(
+                TAP,
+                format!(
+                    "the tap sees no owner of {} on the bus, though kdbusd said it owned it",
+                    kdbusd::mapping::BUS_NAME
+                ),
+            )),
             Ok(Some(other)) => {
                 Err(self.startup_failure(TAP, format!("the tap's first frame was {other:?}, not Ready")))
             }
