@@ -27,7 +27,9 @@
 
 #include <linux/atomic.h>
 #include <linux/debugfs.h>
+#include <linux/err.h>
 #include <linux/errno.h>
+#include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/init.h>
 #include <linux/kernel.h>
@@ -39,6 +41,7 @@
 #include <linux/rcupdate.h>
 #include <linux/seq_file.h>
 #include <linux/skbuff.h>
+#include <linux/slab.h>
 #include <linux/stdarg.h>
 #include <linux/string.h>
 #include <net/net_namespace.h>
@@ -295,6 +298,59 @@ static int kmessage_stats_show(struct seq_file *m, void *v)
 }
 DEFINE_SHOW_ATTRIBUTE(kmessage_stats);
 
+/*
+ * debugfs "send": send_kmessage() from userspace, so that a scenario can
+ * send any kmessage a driver could.  One write(2) is one message:
+ *
+ *	"<type> <object> <signal>" then, after a newline, the aux text
+ *
+ * where <type> is a name of kmessage_type_names[] and <object> and <signal>
+ * are words (no space, no newline); a trailing newline with no aux is
+ * allowed.  A write that is not whole (offset 0), holds a NUL or does not
+ * parse is refused with EINVAL and sends nothing; otherwise the write
+ * returns what send_kmessage() returned, its length on success.
+ */
+static ssize_t kmessage_send_write(struct file *file, const char __user *ubuf,
+				   size_t count, loff_t *ppos)
+{
+	char *buf, *header, *aux, *type_name, *object, *signal;
+	int type, ret;
+
+	if (*ppos || !count || count > PAGE_SIZE)
+		return -EINVAL;
+	buf = memdup_user_nul(ubuf, count);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
+	ret = -EINVAL;
+	if (strlen(buf) != count)
+		goto out;
+	aux = buf;
+	header = strsep(&aux, "\n");
+	type_name = strsep(&header, " ");
+	object = strsep(&header, " ");
+	signal = header;
+	if (!object || !*object || !signal || !*signal || strchr(signal, ' '))
+		goto out;
+	type = match_string(kmessage_type_names, KMSG_NR_TYPES, type_name);
+	if (type < 0)
+		goto out;
+	if (aux && *aux)
+		ret = send_kmessage(type, object, signal, "%s", aux);
+	else
+		ret = send_kmessage(type, object, signal, NULL);
+	if (!ret)
+		ret = count;
+out:
+	kfree(buf);
+	return ret;
+}
+
+static const struct file_operations kmessage_send_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.write	= kmessage_send_write,
+};
+
 static int __init kmessage_check_unit(int u)
 {
 	int i;
@@ -335,6 +391,8 @@ static int __init kmessage_init(void)
 	kmessage_debugfs = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	debugfs_create_file("stats", 0444, kmessage_debugfs, NULL,
 			    &kmessage_stats_fops);
+	debugfs_create_file("send", 0200, kmessage_debugfs, NULL,
+			    &kmessage_send_fops);
 	return 0;
 }
 

@@ -194,3 +194,52 @@ fn log_bits_are_set_by_the_hardware_and_cleared_only_by_writing_zero() {
     assert_eq!(read(&mut m, &status), "0x80320020\n");
     shut_down(m);
 }
+
+/// debugfs `kmessage/send` is send_kmessage() from userspace: a good write
+/// is exactly the datagram a driver's call would broadcast, on its type's
+/// group; every bad one is refused with EINVAL and sends nothing.
+#[test]
+fn kmessage_send_is_send_kmessage_and_refuses_every_bad_write() {
+    const SEND: &str = "/sys/kernel/debug/kmessage/send";
+    let mut m = boot("kmessage-send", &[]);
+    let sent =
+        m.request(Command::WriteFile { path: SEND.into(), data: b"fs /org/kernel/x high\nK: v\n".to_vec() }, BOUND);
+    let exchange = sent.unwrap();
+    assert_eq!(exchange.outcome, Outcome::Done, "{:?}", exchange.outcome);
+    let got: Vec<(u32, &[u8])> = kmessages(&exchange.datagrams).iter().map(|d| (d.groups, &d.bytes[..])).collect();
+    assert_eq!(got, [(1 << 3, &b"From: /org/kernel/x\nSignal: high\nK: v\n\0"[..])], "group fs, the seed's format");
+    let bare = m.request(Command::WriteFile { path: SEND.into(), data: b"general /a b".to_vec() }, BOUND).unwrap();
+    let got: Vec<&[u8]> = kmessages(&bare.datagrams).iter().map(|d| &d.bytes[..]).collect();
+    assert_eq!(got, [&b"From: /a\nSignal: b\n\0"[..]], "no aux, no newline needed");
+
+    let stats = read(&mut m, "/sys/kernel/debug/kmessage/stats");
+    // A write that fits a page, whose header does not: send_kmessage() refuses it.
+    let long_object = format!("power /{} high\n", "o".repeat(4080));
+    assert!(long_object.len() <= 4096);
+    // More than a page written.
+    let too_long = format!("power /x high\n{}", "a".repeat(4096));
+    let invalid: [&str; 11] = [
+        "",
+        "power",
+        "power /x",
+        "power /x \n",
+        "power  /x y",
+        "power /x y z",
+        "thermal /x y",
+        "POWER /x y",
+        "power /x\0 y",
+        &long_object,
+        &too_long,
+    ];
+    for data in invalid {
+        let outcome = write(&mut m, SEND, data);
+        let Outcome::Error { errno, .. } = outcome else { panic!("{data:.40?} was accepted") };
+        assert_eq!(errno, libc::EINVAL, "{data:.40?}");
+    }
+    let none = m.request(Command::Fence, BOUND).unwrap();
+    assert!(kmessages(&none.datagrams).is_empty(), "a refused write sent nothing: {:?}", none.datagrams);
+    let after = read(&mut m, "/sys/kernel/debug/kmessage/stats");
+    let sent_line = |text: &str| text.lines().find(|l| l.starts_with("sent ")).unwrap().to_owned();
+    assert_eq!(sent_line(&after), sent_line(&stats));
+    shut_down(m);
+}
