@@ -18,6 +18,10 @@
 //!
 //! `kevent-dbus-tap relay PORT`: relays host clients of a virtio-serial
 //! port to the bus (kdbusd::relay).
+//!
+//! `kevent-dbus-tap stall`: leaves behind a subscriber to every signal that
+//! never reads one (a scenario's slow subscriber), and exits once it has
+//! subscribed, saying so; the subscriber lives until the guest ends.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -44,7 +48,9 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["monitor"] => monitor(),
         ["relay", port] => kdbusd::relay::serve(Path::new(port), Path::new(SYSTEM_BUS_SOCKET)).map_err(Into::into),
-        _ => Err("usage: kevent-dbus-tap monitor | kevent-dbus-tap relay PORT".into()),
+        ["stall"] => stall(),
+        [STALL_HOLDER] => hold_stalled(),
+        _ => Err("usage: kevent-dbus-tap monitor | kevent-dbus-tap relay PORT | kevent-dbus-tap stall".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,7 +112,14 @@ fn monitor() -> Result<(), Error> {
         .map_err(context("connect to the system bus"))?;
     let client_name = client.unique_name().map(|n| n.to_string()).ok_or("the bus gave no unique name")?;
     let owner = name_owner(&client)?;
-    let (messages, monitor_name) = MonitorSocket::connect(Path::new(SYSTEM_BUS_SOCKET))?;
+    let (mut messages, monitor_name) =
+        BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET)).map_err(context("connect the monitor"))?;
+    // Every message after the reply is the bus's traffic, unread so far.
+    messages.call_bus(
+        "org.freedesktop.DBus.Monitoring",
+        "BecomeMonitor",
+        &[Value::Array(Vec::new()), Value::Uint(0)],
+    )?;
 
     let out = Arc::new(Out(Mutex::new(BufWriter::new(io::stdout()))));
     let fences = Arc::new(Mutex::new(Fences { kdbusd: owner.clone(), ..Fences::default() }));
@@ -122,71 +135,58 @@ fn monitor() -> Result<(), Error> {
     Ok(())
 }
 
-/// The monitor's connection to the bus, read whole message by whole message.
-struct MonitorSocket {
+/// A connection to the bus of the tap's own making, read whole message by
+/// whole message: the monitor's, and the stalled subscriber's.
+struct BusSocket {
     reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_serial: u32,
 }
 
-impl MonitorSocket {
+impl BusSocket {
     /// Connects to the bus at `path`, authenticates as this process's user
-    /// and becomes a monitor of every message; returns the socket, every
-    /// message after `BecomeMonitor`'s reply still unread, and the
-    /// connection's unique name.
-    fn connect(path: &Path) -> Result<(MonitorSocket, String), Error> {
-        let stream =
-            UnixStream::connect(path).map_err(context(&format!("connect the monitor to {}", path.display())))?;
+    /// and says Hello; returns the socket and the connection's unique name.
+    fn connect(path: &Path) -> Result<(BusSocket, String), Error> {
+        let stream = UnixStream::connect(path).map_err(context(&format!("connect to {}", path.display())))?;
         let mut writer = stream.try_clone()?;
         let uid = nix::unistd::getuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-        writer
-            .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
-            .map_err(context("authenticate the monitor"))?;
-        let mut socket = MonitorSocket { reader: BufReader::with_capacity(64 << 10, stream) };
+        writer.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes()).map_err(context("authenticate"))?;
+        let mut reader = BufReader::with_capacity(64 << 10, stream);
         let mut answer = String::new();
-        socket.reader.read_line(&mut answer).map_err(context("authenticate the monitor"))?;
+        reader.read_line(&mut answer).map_err(context("authenticate"))?;
         if !answer.starts_with("OK ") {
-            return Err(
-                format!("the bus refused the monitor's EXTERNAL authentication: {:?}", answer.trim_end()).into()
-            );
+            return Err(format!("the bus refused EXTERNAL authentication: {:?}", answer.trim_end()).into());
         }
-        let hello = message::marshal_method_call(1, DBUS, DBUS_PATH, DBUS, "Hello", &[]);
-        let become_monitor = message::marshal_method_call(
-            2,
-            DBUS,
-            DBUS_PATH,
-            "org.freedesktop.DBus.Monitoring",
-            "BecomeMonitor",
-            &[Value::Array(Vec::new()), Value::Uint(0)],
-        );
-        let (Some(hello), Some(become_monitor)) = (hello, become_monitor) else {
-            unreachable!("strings, an empty `as` and a `u` always marshal")
+        writer.write_all(b"BEGIN\r\n").map_err(context("authenticate"))?;
+        let mut socket = BusSocket { reader, writer, next_serial: 1 };
+        let name = match socket.call_bus(DBUS, "Hello", &[])?.first() {
+            Some(Value::Str(name)) if !name.is_empty() => name.clone(),
+            _ => return Err("the bus gave no unique name".into()),
         };
-        writer.write_all(b"BEGIN\r\n").map_err(context("authenticate the monitor"))?;
-        writer.write_all(&hello).map_err(context("call Hello"))?;
-        writer.write_all(&become_monitor).map_err(context("call BecomeMonitor"))?;
-        // Everything before BecomeMonitor's reply is the connection's own
-        // business; the reply to Hello names it.
-        let mut name = None;
-        loop {
-            let bytes = socket.next()?.ok_or("the bus closed the monitor's connection before BecomeMonitor's reply")?;
-            let reply = message::parse(&bytes).map_err(context("read the bus's reply"))?;
-            let text = |m: &message::Message| match m.body.first() {
-                Some(Value::Str(s)) => s.clone(),
-                _ => String::new(),
-            };
-            match (reply.kind, reply.reply_serial) {
-                (Kind::MethodReturn, Some(1)) => name = Some(text(&reply)),
-                (Kind::MethodReturn, Some(2)) => break,
-                (Kind::Error, Some(serial @ (1 | 2))) => {
-                    let call = if serial == 1 { "Hello" } else { "BecomeMonitor" };
-                    let error = reply.error_name.clone().unwrap_or_default();
-                    return Err(format!("{call}: {error}: {}", text(&reply)).into());
-                }
-                _ => {}
-            }
-        }
-        let name = name.filter(|n| !n.is_empty()).ok_or("the bus gave the monitor no unique name")?;
         Ok((socket, name))
+    }
+
+    /// Calls `member` of the bus itself and returns its reply's body; what
+    /// comes before the reply is the connection's own business, and dropped.
+    fn call_bus(&mut self, interface: &str, member: &str, body: &[Value]) -> Result<Vec<Value>, Error> {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let call = message::marshal_method_call(serial, DBUS, DBUS_PATH, interface, member, body)
+            .ok_or_else(|| format!("{member}: the arguments do not marshal"))?;
+        self.writer.write_all(&call).map_err(context(&format!("call {member}")))?;
+        loop {
+            let bytes = self.next()?.ok_or_else(|| format!("the bus closed the connection before {member}'s reply"))?;
+            let reply = message::parse(&bytes).map_err(context("read the bus's reply"))?;
+            if reply.reply_serial != Some(serial) {
+                continue;
+            }
+            if reply.kind == Kind::Error {
+                let error = reply.error_name.clone().unwrap_or_default();
+                return Err(format!("{member}: {error}: {:?}", reply.body.first()).into());
+            }
+            return Ok(reply.body);
+        }
     }
 
     /// Whether the next message is already read whole: taking it cannot block.
@@ -201,16 +201,67 @@ impl MonitorSocket {
         let mut fixed = [0u8; 16];
         match self.reader.read_exact(&mut fixed[..1]) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            other => other.map_err(context("read from the bus as its monitor"))?,
+            other => other.map_err(context("read from the bus"))?,
         }
-        self.reader.read_exact(&mut fixed[1..]).map_err(context("read from the bus as its monitor"))?;
+        self.reader.read_exact(&mut fixed[1..]).map_err(context("read from the bus"))?;
         let len = message::message_len(&fixed)
             .filter(|len| *len <= MAX_MESSAGE)
             .ok_or_else(|| format!("the bus sent a message header the tap cannot frame: {fixed:02x?}"))?;
         let mut bytes = vec![0u8; len];
         bytes[..16].copy_from_slice(&fixed);
-        self.reader.read_exact(&mut bytes[16..]).map_err(context("read from the bus as its monitor"))?;
+        self.reader.read_exact(&mut bytes[16..]).map_err(context("read from the bus"))?;
         Ok(Some(bytes))
+    }
+}
+
+/// The hidden mode of `stall`'s subscriber.
+const STALL_HOLDER: &str = "stall-holder";
+/// How long `stall` waits for its subscriber to subscribe.
+const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Starts the stalled subscriber as a process of its own, waits (bounded)
+/// until it has subscribed, prints what it said and exits: the subscriber
+/// outlives the scenario's step. Its stdout is a pipe to this process
+/// alone, so that whoever reads this process's output sees it end.
+fn stall() -> Result<(), Error> {
+    let mut holder = std::process::Command::new(std::env::current_exe()?)
+        .arg(STALL_HOLDER)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(context("start the subscriber"))?;
+    let stdout = holder.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
+    });
+    match rx.recv_timeout(STALL_BOUND) {
+        Ok(Ok(line)) if !line.is_empty() => {
+            print!("{line}");
+            Ok(())
+        }
+        Ok(Ok(_)) => Err(format!("the subscriber ended before it subscribed ({:?})", holder.wait()?).into()),
+        Ok(Err(e)) => Err(format!("read the subscriber: {e}").into()),
+        Err(_) => {
+            let _ = holder.kill();
+            Err(format!("the subscriber did not subscribe within {STALL_BOUND:?}").into())
+        }
+    }
+}
+
+/// The stalled subscriber: asks the bus for every signal, says so, and
+/// never reads again: dbus-daemon queues what it sends it.
+fn hold_stalled() -> Result<(), Error> {
+    let (mut socket, name) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET))?;
+    socket.call_bus(DBUS, "AddMatch", &[Value::Str("type='signal'".into())])?;
+    println!("{name} subscribed to every signal and reads none from now on");
+    io::stdout().flush()?;
+    // The connection stays open, unread, as long as the process lives.
+    let _unread = socket;
+    loop {
+        thread::park();
     }
 }
 
@@ -259,7 +310,7 @@ fn commands(client: &Connection, out: &Out, fences: &Mutex<Fences>) -> Result<()
 
 /// Forwards every message the monitor sees (but the tap's own) and answers
 /// fences as the messages that settle them go by.
-fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mutex<Fences>) {
+fn watch(mut messages: BusSocket, own: &[String; 2], out: &Out, fences: &Mutex<Fences>) {
     let result = (|| -> Result<(), Error> {
         while let Some(bytes) = messages.next()? {
             let monotonic_ns = monotonic_ns();
@@ -330,7 +381,7 @@ fn watch(mut messages: MonitorSocket, own: &[String; 2], out: &Out, fences: &Mut
 
 /// Writes what is buffered unless the next message is already read: a
 /// burst of signals reaches the agent in a few writes, a lone one at once.
-fn flush_unless_more(messages: &MonitorSocket, out: &Out) -> io::Result<()> {
+fn flush_unless_more(messages: &BusSocket, out: &Out) -> io::Result<()> {
     if messages.next_is_buffered() {
         return Ok(());
     }
