@@ -26,6 +26,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/atomic.h>
+#include <linux/ctype.h>
 #include <linux/debugfs.h>
 #include <linux/err.h>
 #include <linux/errno.h>
@@ -305,15 +306,28 @@ DEFINE_SHOW_ATTRIBUTE(kmessage_stats);
  *	"<type> <object> <signal>" then, after a newline, the aux text
  *
  * where <type> is a name of kmessage_type_names[] and <object> and <signal>
- * are words (no space, no newline); a trailing newline with no aux is
- * allowed.  A write that is not whole (offset 0), holds a NUL or does not
- * parse is refused with EINVAL and sends nothing; otherwise the write
- * returns what send_kmessage() returned, its length on success.
+ * are words (no whitespace); a trailing newline with no aux is allowed.
+ * A write that is not whole (offset 0), holds a NUL, does not parse, or
+ * whose datagram would not fit in a page (a driver's aux would be cut: a
+ * write is refused rather than sent in part) is refused with EINVAL and
+ * sends nothing; otherwise the write returns what send_kmessage() returned,
+ * its length on success.
  */
+static bool kmessage_is_word(const char *s)
+{
+	if (!s || !*s)
+		return false;
+	for (; *s; s++)
+		if (isspace(*s))
+			return false;
+	return true;
+}
+
 static ssize_t kmessage_send_write(struct file *file, const char __user *ubuf,
 				   size_t count, loff_t *ppos)
 {
 	char *buf, *header, *aux, *type_name, *object, *signal;
+	size_t len;
 	int type, ret;
 
 	if (*ppos || !count || count > PAGE_SIZE)
@@ -329,10 +343,15 @@ static ssize_t kmessage_send_write(struct file *file, const char __user *ubuf,
 	type_name = strsep(&header, " ");
 	object = strsep(&header, " ");
 	signal = header;
-	if (!object || !*object || !signal || !*signal || strchr(signal, ' '))
+	if (!kmessage_is_word(object) || !kmessage_is_word(signal))
 		goto out;
 	type = match_string(kmessage_type_names, KMSG_NR_TYPES, type_name);
 	if (type < 0)
+		goto out;
+	/* The datagram: header, aux and its NUL. */
+	len = strlen(KMSG_FROM) + strlen(object) + strlen(KMSG_SIGNAL) +
+	      strlen(signal) + 1 + (aux ? strlen(aux) : 0) + 1;
+	if (len > PAGE_SIZE)
 		goto out;
 	if (aux && *aux)
 		ret = send_kmessage(type, object, signal, "%s", aux);

@@ -150,7 +150,8 @@ pub struct Applied {
     /// The field of [`Overrides`] (`cpus`, `topology`, `memory_mib`,
     /// `clock`, `injector`).
     pub field: &'static str,
-    /// What it set, as the run says it (`4 CPUs`, `2x2`, `512 MiB`, `virtual clock`, `debugfs`).
+    /// What it set, as the run says it (`4 CPUs`, `2 packages × 2 cores`,
+    /// `512 MiB`, `virtual clock`, `debugfs`).
     pub now: String,
     /// What the scenario itself said, the same way.
     pub scenario_said: String,

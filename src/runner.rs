@@ -42,6 +42,16 @@ impl InterruptLedger {
 }
 
 const RATE_LIMIT_EDGES: &str = "/sys/kernel/debug/kevent_thermal/rate_limit_edges";
+const RATE_LIMIT_MS: &str = "/sys/module/kevent_thermal/parameters/rate_limit_ms";
+
+/// Whether the module's rate limit is on (at the end of the run: a step
+/// that writes the parameter changes it for the steps after it).
+fn rate_limit_on(machine: &mut Machine, bound: Duration) -> Result<bool, Failure> {
+    match machine.request(Command::ReadFile { path: RATE_LIMIT_MS.into() }, bound)?.outcome {
+        Outcome::Data(data) => Ok(String::from_utf8_lossy(&data).trim() != "0"),
+        other => Err(Failure::protocol(format!("read {RATE_LIMIT_MS}: {other:?}"))),
+    }
+}
 
 /// Reads the module's records of decisions near the window's edge, and
 /// how many it could not keep.
@@ -171,10 +181,13 @@ pub fn run(
         Vec::new()
     };
     let (mut timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
-    let watched = Duration::from_millis(config.guest.clock.rate_limit_edges_ms().0.into());
-    for record in &steps {
-        if let Some(timing) = &record.replay {
-            timing_flags.extend(TimingFlag::of_replay(record.index + 1, timing, watched));
+    // With the rate limit off there is no decision a late injection could move.
+    if steps.iter().any(|r| r.replay.is_some()) && rate_limit_on(&mut machine, bound)? {
+        let watched = Duration::from_millis(config.guest.clock.rate_limit_edges_ms().0.into());
+        for record in &steps {
+            if let Some(timing) = &record.replay {
+                timing_flags.extend(TimingFlag::of_replay(record.index + 1, timing, watched));
+            }
         }
     }
     timing_flags.sort_by_key(TimingFlag::step);

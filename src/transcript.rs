@@ -169,9 +169,10 @@ pub enum TimingFlag {
         within_burst: bool,
     },
     /// A replay step whose injections started late by amounts that differ
-    /// by more than half the margin the module watches around the edge:
-    /// the host's pacing alone could move a decision the module did not
-    /// record across the edge, so none of the step's decisions is certain.
+    /// by more than half the margin the module watches around the edge,
+    /// with the rate limit on: the host's pacing alone could move a
+    /// decision the module did not record across the edge, so none of the
+    /// step's decisions is certain.
     LateReplay {
         /// 1-based replay step.
         step: usize,

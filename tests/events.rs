@@ -218,7 +218,11 @@ fn kmessage_send_is_send_kmessage_and_refuses_every_bad_write() {
     assert!(long_object.len() <= 4096);
     // More than a page written.
     let too_long = format!("power /x high\n{}", "a".repeat(4096));
-    let invalid: [&str; 11] = [
+    // A page written, whose datagram (the header's words added) would not
+    // fit: a driver's aux would be cut; a write is refused whole.
+    let cut_aux = format!("fs /x y\n{}", "a".repeat(4096 - 8));
+    assert_eq!(cut_aux.len(), 4096);
+    let invalid: [&str; 14] = [
         "",
         "power",
         "power /x",
@@ -228,16 +232,19 @@ fn kmessage_send_is_send_kmessage_and_refuses_every_bad_write() {
         "thermal /x y",
         "POWER /x y",
         "power /x\0 y",
+        "power /x\ty",
+        "power /x y\r\n",
         &long_object,
         &too_long,
+        &cut_aux,
     ];
     for data in invalid {
-        let outcome = write(&mut m, SEND, data);
-        let Outcome::Error { errno, .. } = outcome else { panic!("{data:.40?} was accepted") };
+        let command = Command::WriteFile { path: SEND.into(), data: data.as_bytes().to_vec() };
+        let exchange = m.request(command, BOUND).unwrap();
+        let Outcome::Error { errno, .. } = exchange.outcome else { panic!("{data:.40?} was accepted") };
         assert_eq!(errno, libc::EINVAL, "{data:.40?}");
+        assert!(kmessages(&exchange.datagrams).is_empty(), "{data:.40?} sent {:?}", exchange.datagrams);
     }
-    let none = m.request(Command::Fence, BOUND).unwrap();
-    assert!(kmessages(&none.datagrams).is_empty(), "a refused write sent nothing: {:?}", none.datagrams);
     let after = read(&mut m, "/sys/kernel/debug/kmessage/stats");
     let sent_line = |text: &str| text.lines().find(|l| l.starts_with("sent ")).unwrap().to_owned();
     assert_eq!(sent_line(&after), sent_line(&stats));

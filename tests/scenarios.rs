@@ -183,9 +183,9 @@ fn check_scenario(path: &Path, snapshots: &Path, injector: Injector) -> Result<(
     if !transcript.timing_flags.is_empty() || transcript.timing_flags_lost > 0 {
         let flags: Vec<String> = transcript.timing_flags.iter().map(|f| format!("  {f}")).collect();
         return Err(format!(
-            "{}: on the {} clock, rate-limit decisions fell too close to the window's edge for a stable snapshot \
-             ({} more not kept):\n{}\nmove the steps away from the edge, or time them with the sensor device on the \
-             virtual clock",
+            "{}: on the {} clock, outcomes another run could change (rate-limit decisions near the window's edge, \
+             {} more not kept, or a replay paced too unevenly) leave no stable snapshot:\n{}\nmove the steps away \
+             from the edge, time them with the sensor device on the virtual clock, or slow the replay down",
             path.display(),
             scenario.machine.clock,
             transcript.timing_flags_lost,

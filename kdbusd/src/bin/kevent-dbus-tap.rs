@@ -221,14 +221,15 @@ const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Starts the stalled subscriber as a process of its own, waits (bounded)
 /// until it has subscribed, prints what it said and exits: the subscriber
-/// outlives the scenario's step. Its stdout is a pipe to this process
-/// alone, so that whoever reads this process's output sees it end.
+/// outlives the scenario's step. Its stdout and stderr are pipes to this
+/// process alone, so that whoever reads this process's output sees it end;
+/// if it fails, what it said on stderr is in the error.
 fn stall() -> Result<(), Error> {
     let mut holder = std::process::Command::new(std::env::current_exe()?)
         .arg(STALL_HOLDER)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(context("start the subscriber"))?;
     let stdout = holder.stdout.take().expect("piped");
@@ -237,18 +238,22 @@ fn stall() -> Result<(), Error> {
         let mut line = String::new();
         let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
     });
-    match rx.recv_timeout(STALL_BOUND) {
+    let why = match rx.recv_timeout(STALL_BOUND) {
         Ok(Ok(line)) if !line.is_empty() => {
             print!("{line}");
-            Ok(())
+            return Ok(());
         }
-        Ok(Ok(_)) => Err(format!("the subscriber ended before it subscribed ({:?})", holder.wait()?).into()),
-        Ok(Err(e)) => Err(format!("read the subscriber: {e}").into()),
-        Err(_) => {
-            let _ = holder.kill();
-            Err(format!("the subscriber did not subscribe within {STALL_BOUND:?}").into())
-        }
+        Ok(Ok(_)) => "it ended before it subscribed".to_owned(),
+        Ok(Err(e)) => format!("its stdout: {e}"),
+        Err(_) => format!("it did not subscribe within {STALL_BOUND:?}"),
+    };
+    let _ = holder.kill();
+    let status = holder.wait()?;
+    let mut said = String::new();
+    if let Some(mut stderr) = holder.stderr.take() {
+        let _ = stderr.read_to_string(&mut said);
     }
+    Err(format!("the subscriber failed: {why} ({status}); it said: {}", said.trim()).into())
 }
 
 /// The stalled subscriber: asks the bus for every signal, says so, and

@@ -128,12 +128,14 @@ fn latency(
     for k in 0..samples {
         let started = Instant::now();
         let injected = machine.inject(Injector::Device, toggling_prochot(k, cpus), bound)?;
+        let acked = Instant::now();
         ensure!(injected.refused.is_none(), "injection {k} refused");
         let mut arrived = injected.arrived;
         let mut datagrams = injected.datagrams;
         let mut messages = injected.dbus;
-        // When each message arrived, the ones that came with the reply first.
-        let mut message_arrivals = vec![started; messages.len()];
+        // When each message arrived; those that came before the device's
+        // ack are given the ack's time, an upper bound.
+        let mut message_arrivals = vec![acked; messages.len()];
         // Only kdbusd's signals count: the bus carries other messages too.
         while messages.iter().filter(|m| is_event_signal(m)).count() < 2 {
             let exchange = machine.wait_dbus(1, bound)?;
