@@ -156,3 +156,39 @@ fn a_users_event_loop_program_finds_what_it_needs_in_the_guest_kernel() {
     assert_eq!(stdout, "epoll ok\neventfd ok\ntimerfd ok\nsignalfd ok\ninotify ok\naf_unix ok\n", "{result:?}");
     assert_eq!(result.exit_code, 0);
 }
+
+/// The agent is PID 1: a process whose parent exits becomes its child, and
+/// it reaps it when it ends, as init does; its own children stay theirs.
+#[test]
+fn an_orphan_that_ends_is_reaped_by_the_agent_as_init_would() {
+    use kevent_wire::{Command, Outcome};
+    let artifacts = common::artifacts();
+    let dir = common::run_dir(&artifacts, "orphan-initramfs");
+    let orphan = common::static_guest_program("orphan", &dir);
+    let mut extra = kevent_bench::cpio::Archive::new();
+    extra.file("/bin/orphan", 0o755, std::fs::read(orphan).unwrap());
+    let initramfs = dir.join("initramfs.cpio");
+    extra.append_to(&artifacts.initramfs, &initramfs).unwrap();
+    let mut guest = artifacts.guest(2, 256, Vec::new());
+    guest.initramfs = initramfs;
+    let mut machine = common::boot(&common::config("orphan", guest));
+    let exec = Command::Exec { program: "/bin/orphan".into(), args: Vec::new(), background: false };
+    let Outcome::Exec(ran) = machine.ask(exec, common::BOUND).unwrap() else { panic!("exec") };
+    assert_eq!(ran.exit_code, 0, "{ran:?}");
+    let pid: u32 = String::from_utf8_lossy(&ran.stdout).trim().parse().unwrap();
+    let stat = format!("/proc/{pid}/stat");
+    // Ended 200 ms after its parent; the reaper looks every second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match machine.ask(Command::ReadFile { path: stat.clone() }, common::BOUND).unwrap() {
+            Outcome::Error { errno, .. } if errno == libc::ENOENT => {
+                common::shut_down(machine);
+                return;
+            }
+            other => last = Some(other),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("pid {pid} was not reaped within 10 s: {last:?}");
+}

@@ -161,7 +161,9 @@ fn read_bounded(path: &str) -> Outcome {
 }
 
 fn spawn(program: &str, args: &[String]) -> io::Result<Child> {
-    Process::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+    crate::reaper::spawn(
+        Process::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()),
+    )
 }
 
 /// Reads a program's stream to its end and keeps the first `keep` bytes,
@@ -198,6 +200,7 @@ fn run(program: &str, args: &[String]) -> io::Result<ExecResult> {
     let stdout = collect(child.stdout.take().expect("piped"), MAX_OUTPUT_BYTES);
     let stderr = collect(child.stderr.take().expect("piped"), MAX_OUTPUT_BYTES);
     let status = child.wait()?;
+    crate::reaper::waited(&child);
     Ok(result(program, status, stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default()))
 }
 
@@ -248,6 +251,7 @@ impl Background {
                     let _ = p.child.kill();
                     p.child.wait().expect("wait for a killed child")
                 });
+                crate::reaper::waited(&p.child);
                 let stdout = p.stdout.join().unwrap_or_default();
                 let stderr = p.stderr.join().unwrap_or_default();
                 result(&p.program, status, stdout, stderr)

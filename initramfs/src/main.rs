@@ -8,6 +8,7 @@
 mod capture;
 mod commands;
 mod error;
+mod reaper;
 mod services;
 mod sys;
 
@@ -72,6 +73,8 @@ fn main() {
 /// The D-Bus side, if asked for, is up before the greeting, kdbusd's
 /// sockets bound, so that it hears every event the host causes.
 fn boot(channel: &HostChannel, started_ns: u64) -> Result<(capture::Sockets, Option<Dbus>), AgentError> {
+    // Before any process is started: each is then the reaper's to leave alone.
+    reaper::start().map_err(|e| AgentError::io(AgentStage::Serve, "start the reaper thread", &e))?;
     let modules = load_event_modules()?;
     let sockets = capture::Sockets::open()?;
     let dbus = start_dbus(channel)?;

@@ -143,7 +143,7 @@ impl Services {
     }
 
     fn spawn(&self, name: &'static str, command: &mut Command) -> Result<Child, AgentError> {
-        command.spawn().map_err(|e| AgentError::io(STAGE, format_args!("start {name}"), &e))
+        crate::reaper::spawn(command).map_err(|e| AgentError::io(STAGE, format_args!("start {name}"), &e))
     }
 
     /// Starts kdbusd and waits until it owns its name.
@@ -228,6 +228,7 @@ impl Services {
                 Ok(status) => describe(status),
                 Err(e) => format!("could not be waited for: {e}"),
             };
+            crate::reaper::waited(&child);
             let unplanned = {
                 let mut state = this.lock();
                 let program = state.programs.iter_mut().find(|p| p.pid == pid && p.ended.is_none());
