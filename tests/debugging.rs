@@ -117,7 +117,10 @@ fn a_trace_holds_each_steps_marker_and_the_path_of_its_interrupt_to_the_broadcas
     let kmessage = position(&step, "object=/org/kernel/devices/system/cpu/temperature signal=high len=");
     assert!(step[kmessage].contains("kmessage_send: type="), "{}", step[kmessage]);
     let queued = position(&step, "thermal_uevent_queue: cpu=1 object=/org/kernel/devices/system/cpu/temperature");
-    let work = position(&step, "workqueue_execute_start:");
+    // The module's work item, not whatever else the kernel ran meanwhile
+    // (a crng_reseed once came first).
+    let work = position(&step, ": function kt_uevent_workfn");
+    assert!(step[work].contains("workqueue_execute_start:"), "{}", step[work]);
     let sent = position(&step, "thermal_uevent_send: cpu=1");
     let done = position(&step, "thermal_done: cpu=1");
     assert!(vector < handler && handler < kmessage && kmessage < queued, "{step:#?}");
