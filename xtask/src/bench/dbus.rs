@@ -19,7 +19,7 @@ use kevent_bench::inject::{Injection, Injector};
 use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Datagram, DbusMessage};
 
-use super::toggling_prochot;
+use super::{latency_columns, toggling_prochot};
 use crate::flags::BenchRuns;
 use kevent_bench::stats::percentile;
 
@@ -65,17 +65,7 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     );
     println!("latency, host rings the device → (µs), the same injections on both paths:");
     println!("{:<52}{:>9}{:>9}{:>9}{:>9}", "", "min", "p50", "p99", "max");
-    let row = |name: &str, samples: &mut Vec<Duration>| {
-        samples.sort();
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        println!(
-            "{name:<52}{:>9.0}{:>9.0}{:>9.0}{:>9.0}",
-            us(samples[0]),
-            us(percentile(samples, 50)),
-            us(percentile(samples, 99)),
-            us(samples[samples.len() - 1])
-        );
-    };
+    let row = |name: &str, samples: &mut Vec<Duration>| println!("{name:<52}{}", latency_columns(samples));
     row("netlink: kmessage and uevent on the host", &mut netlink);
     row("D-Bus: both kdbusd signals on the host", &mut bus);
     row("guest clock: agent's datagram → monitor's signal", &mut in_guest);

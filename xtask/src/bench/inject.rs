@@ -19,7 +19,7 @@ use kevent_bench::inject::{Injected, Injection, Injector};
 use kevent_bench::{Machine, MachineConfig};
 use kevent_wire::{Command, Outcome};
 
-use super::toggling_prochot;
+use super::{latency_columns, toggling_prochot};
 use crate::flags::BenchRuns;
 use kevent_bench::stats::percentile;
 
@@ -99,17 +99,9 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     floor.sort();
     let floor_p50 = percentile(&floor, 50);
     let row = |name: &str, samples: &mut Vec<Duration>| {
-        samples.sort();
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let p50 = percentile(samples, 50);
-        println!(
-            "{name:<52}{:>9.0}{:>9.0}{:>9.0}{:>9.0}{:>10.2}",
-            us(samples[0]),
-            us(p50),
-            us(percentile(samples, 99)),
-            us(samples[samples.len() - 1]),
-            p50.as_secs_f64() / floor_p50.as_secs_f64()
-        );
+        let columns = latency_columns(samples);
+        let over_floor = percentile(samples, 50).as_secs_f64() / floor_p50.as_secs_f64();
+        println!("{name:<52}{columns}{over_floor:>10.2}");
     };
     row("floor: ring → bare handler acknowledges", &mut floor);
     row("device: ring → guest acknowledges", &mut device.acked);

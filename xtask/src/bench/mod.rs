@@ -15,6 +15,21 @@ use kevent_bench::thermal;
 
 use crate::flags::{BenchFlags, BenchTarget};
 
+/// `samples` sorted, then their min, p50, p99 and max in µs, in the
+/// latency tables' columns (9 wide each).
+fn latency_columns(samples: &mut [std::time::Duration]) -> String {
+    use kevent_bench::stats::percentile;
+    samples.sort();
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    format!(
+        "{:>9.0}{:>9.0}{:>9.0}{:>9.0}",
+        us(samples[0]),
+        us(percentile(samples, 50)),
+        us(percentile(samples, 99)),
+        us(samples[samples.len() - 1])
+    )
+}
+
 /// The k-th injection of the injection benchmarks: CPUs in turn, each
 /// toggling its PROCHOT, so that every injection is a "high" or a "normal":
 /// exactly one kmessage and one uevent.
