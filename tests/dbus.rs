@@ -19,13 +19,7 @@ use kevent_wire::Datagram;
 fn initramfs_with(test: &str, programs: &[&str]) -> (PathBuf, PathBuf) {
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, &format!("{test}-initramfs"));
-    let mut extra = kevent_bench::cpio::Archive::new();
-    for program in programs {
-        let binary = common::static_guest_program(program, &dir);
-        extra.file(&format!("/bin/{program}"), 0o755, std::fs::read(binary).unwrap());
-    }
-    let initramfs = dir.join("initramfs.cpio");
-    extra.append_to(&artifacts.dbus_initramfs, &initramfs).unwrap();
+    let initramfs = common::initramfs_with(&common::guest_programs(programs, &dir), &artifacts.dbus_initramfs, &dir);
     (dir, initramfs)
 }
 

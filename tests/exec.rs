@@ -11,11 +11,8 @@ use kevent_bench::transcript::StepOutcome;
 fn a_users_own_unprivileged_listener_receives_the_seed_payload() {
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, "exec-initramfs");
-    let listener = common::static_guest_program("kmsg-listen", &dir);
-    let mut extra = kevent_bench::cpio::Archive::new();
-    extra.file("/bin/kmsg-listen", 0o755, std::fs::read(listener).unwrap());
-    let initramfs_path = dir.join("initramfs.cpio");
-    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
+    let initramfs_path =
+        common::initramfs_with(&common::guest_programs(&["kmsg-listen"], &dir), &artifacts.initramfs, &dir);
 
     let scenario = scenario::parse(
         &dir.join("exec.toml"),
@@ -58,12 +55,9 @@ exec = { program = "/bin/kmsg-listen-missing" }
 fn what_a_step_brings_back_is_bounded_and_a_larger_file_is_refused_by_name() {
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, "bounded-initramfs");
-    let flood = common::static_guest_program("flood", &dir);
-    let mut extra = kevent_bench::cpio::Archive::new();
-    extra.file("/bin/flood", 0o755, std::fs::read(flood).unwrap());
+    let mut extra = common::guest_programs(&["flood"], &dir);
     extra.file("/big", 0o644, vec![0; kevent_wire::MAX_READ_BYTES + 1]);
-    let initramfs_path = dir.join("initramfs.cpio");
-    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
+    let initramfs_path = common::initramfs_with(&extra, &artifacts.initramfs, &dir);
     let scenario = scenario::parse(
         &dir.join("bounded.toml"),
         &format!(
@@ -104,11 +98,8 @@ exec = {{ program = "/bin/flood", args = ["{}"] }}
 fn a_panic_line_a_guest_program_writes_to_kmsg_does_not_fail_the_run() {
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, "kmsg-panic-initramfs");
-    let writer = common::static_guest_program("kmsg-write", &dir);
-    let mut extra = kevent_bench::cpio::Archive::new();
-    extra.file("/bin/kmsg-write", 0o755, std::fs::read(writer).unwrap());
-    let initramfs_path = dir.join("initramfs.cpio");
-    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
+    let initramfs_path =
+        common::initramfs_with(&common::guest_programs(&["kmsg-write"], &dir), &artifacts.initramfs, &dir);
     let scenario = scenario::parse(
         &dir.join("kmsg-panic.toml"),
         r#"
@@ -137,11 +128,9 @@ read = "/proc/uptime"
 fn a_users_event_loop_program_finds_what_it_needs_in_the_guest_kernel() {
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, "eventloop-initramfs");
-    let program = common::static_guest_program("eventloop", &dir);
-    let mut extra = kevent_bench::cpio::Archive::new();
-    extra.file("/bin/eventloop", 0o755, std::fs::read(program).unwrap()).dir("/tmp");
-    let initramfs_path = dir.join("initramfs.cpio");
-    extra.append_to(&artifacts.initramfs, &initramfs_path).unwrap();
+    let mut extra = common::guest_programs(&["eventloop"], &dir);
+    extra.dir("/tmp");
+    let initramfs_path = common::initramfs_with(&extra, &artifacts.initramfs, &dir);
     let scenario = scenario::parse(
         &dir.join("eventloop.toml"),
         "description = \"an event loop\"\n[[step]]\nexec = { program = \"/bin/eventloop\" }\n",
@@ -164,11 +153,7 @@ fn an_orphan_that_ends_is_reaped_by_the_agent_as_init_would() {
     use kevent_wire::{Command, Outcome};
     let artifacts = common::artifacts();
     let dir = common::run_dir(&artifacts, "orphan-initramfs");
-    let orphan = common::static_guest_program("orphan", &dir);
-    let mut extra = kevent_bench::cpio::Archive::new();
-    extra.file("/bin/orphan", 0o755, std::fs::read(orphan).unwrap());
-    let initramfs = dir.join("initramfs.cpio");
-    extra.append_to(&artifacts.initramfs, &initramfs).unwrap();
+    let initramfs = common::initramfs_with(&common::guest_programs(&["orphan"], &dir), &artifacts.initramfs, &dir);
     let mut guest = artifacts.guest(2, 256, Vec::new());
     guest.initramfs = initramfs;
     let mut machine = common::boot(&common::config("orphan", guest));

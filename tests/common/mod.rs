@@ -41,6 +41,25 @@ pub fn static_guest_program(name: &str, out_dir: &Path) -> PathBuf {
     binary
 }
 
+/// An archive holding the tests' guest `programs` (each `tests/guest/NAME.c`,
+/// built static into `dir`) as `/bin/NAME`, for [`initramfs_with`].
+pub fn guest_programs(programs: &[&str], dir: &Path) -> kevent_bench::cpio::Archive {
+    let mut extra = kevent_bench::cpio::Archive::new();
+    for program in programs {
+        let binary = static_guest_program(program, dir);
+        extra.file(&format!("/bin/{program}"), 0o755, std::fs::read(binary).unwrap());
+    }
+    extra
+}
+
+/// The bench's initramfs `base` with `extra` appended, written as
+/// `dir/initramfs.cpio`.
+pub fn initramfs_with(extra: &kevent_bench::cpio::Archive, base: &Path, dir: &Path) -> PathBuf {
+    let initramfs = dir.join("initramfs.cpio");
+    extra.append_to(base, &initramfs).unwrap();
+    initramfs
+}
+
 /// Bound of each agent request in the tests.
 pub const BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 /// The kmessage unit the events module registers by default.
