@@ -41,7 +41,7 @@ fn mapped(messages: &[DbusMessage], datagrams: &[Datagram]) -> usize {
 
 pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build.resolve())?;
-    let cpus = flags.guest.cpus;
+    let cpus = flags.guest.topology().cpus();
     let no_rate_limit = kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0");
     let plain = flags.guest.spec(&artifacts, Vec::new());
     let mut guest = artifacts.dbus_guest(plain.topology, plain.memory_mib, vec![no_rate_limit]);
