@@ -138,10 +138,12 @@ fn serve(
         let path = header.path().map(|p| p.as_str().to_owned()).unwrap_or_default();
         let no_reply = call.primary_header().flags().contains(Flags::NoReplyExpected);
         let reply = match (interface.as_str(), member.as_str()) {
-            ("org.kernel.Events" | "", "Sync") if path == OBJECT_PATH => {
-                let counters = sync(syncs, wake)?;
-                conn.reply(&header, &counters)
-            }
+            // A netlink thread that did not drain in time is the caller's
+            // error to hear, with why; kdbusd serves on.
+            ("org.kernel.Events" | "", "Sync") if path == OBJECT_PATH => match sync(syncs, wake) {
+                Ok(counters) => conn.reply(&header, &counters),
+                Err(e) => conn.reply_dbus_error(&header, zbus::fdo::Error::Failed(e.to_string())),
+            },
             ("org.freedesktop.DBus.Introspectable" | "", "Introspect") => conn.reply(&header, &introspect(&path)),
             ("org.freedesktop.DBus.Peer" | "", "Ping") => conn.reply(&header, &()),
             ("org.freedesktop.DBus.Peer" | "", "GetMachineId") => match std::fs::read_to_string("/etc/machine-id") {
