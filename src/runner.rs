@@ -44,8 +44,8 @@ impl InterruptLedger {
 const RATE_LIMIT_EDGES: &str = "/sys/kernel/debug/kevent_thermal/rate_limit_edges";
 const RATE_LIMIT_MS: &str = "/sys/module/kevent_thermal/parameters/rate_limit_ms";
 
-/// Whether the module's rate limit is on (at the end of the run: a step
-/// that writes the parameter changes it for the steps after it).
+/// Whether the module's rate limit is on now: with it off there is no
+/// decision a late injection could move.
 fn rate_limit_on(machine: &mut Machine, bound: Duration) -> Result<bool, Failure> {
     match machine.request(Command::ReadFile { path: RATE_LIMIT_MS.into() }, bound)?.outcome {
         Outcome::Data(data) => Ok(String::from_utf8_lossy(&data).trim() != "0"),
@@ -133,6 +133,8 @@ pub fn run(
     let mut steps = Vec::new();
     let mut any_background = false;
     let mut ledger = InterruptLedger::default();
+    let watched = Duration::from_millis(config.guest.clock.rate_limit_edges_ms().0.into());
+    let mut late_replays = Vec::new();
     for (index, step) in scenario.steps.iter().enumerate() {
         any_background |= matches!(step.action, Action::Exec { background: true, .. });
         let mut record = StepRecord::new(index, step_label(step), step.repeat);
@@ -166,6 +168,12 @@ pub fn run(
             });
         }
         record.elapsed = started.elapsed();
+        // Read as the step ends: a later step may turn the rate limit off.
+        if let Some(timing) = &record.replay {
+            if rate_limit_on(&mut machine, bound)? {
+                late_replays.extend(TimingFlag::of_replay(index + 1, timing, watched));
+            }
+        }
         for (cpu, count) in interrupts {
             ledger.add(index + 1, cpu, count);
         }
@@ -181,15 +189,7 @@ pub fn run(
         Vec::new()
     };
     let (mut timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
-    // With the rate limit off there is no decision a late injection could move.
-    if steps.iter().any(|r| r.replay.is_some()) && rate_limit_on(&mut machine, bound)? {
-        let watched = Duration::from_millis(config.guest.clock.rate_limit_edges_ms().0.into());
-        for record in &steps {
-            if let Some(timing) = &record.replay {
-                timing_flags.extend(TimingFlag::of_replay(record.index + 1, timing, watched));
-            }
-        }
-    }
+    timing_flags.extend(late_replays);
     timing_flags.sort_by_key(TimingFlag::step);
     let trace = match trace {
         Some(session) => Some(session.finish(&mut machine, steps.len())?),
