@@ -57,7 +57,6 @@ exec = { program = "/bin/kmsg-send", args = ["4", "From: /org/kernel/t\nSignal: 
 "#,
     )
     .unwrap();
-    assert!(scenario.machine.dbus);
     let mut guest = scenario.guest(&common::artifacts());
     guest.initramfs = initramfs;
     let transcript = runner::run(&scenario, &common::config("dbus-signals", guest), &mut |_| {})

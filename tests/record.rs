@@ -37,7 +37,7 @@ fn a_recording_has_the_topology_tjmax_and_every_change_in_order() {
             std::thread::sleep(Duration::from_millis(100));
             // CPU 2's PROCHOT, with the resolution field (bits 30:27) a real
             // CPU reads back: outside the bench's model, so not recorded.
-            machine.set(2, Msr::ThermStatus, 0x8803_0003 | (1 << 27)).unwrap();
+            machine.set(2, Msr::ThermStatus, 0x8003_0003 | (1 << 27)).unwrap();
             std::thread::sleep(Duration::from_millis(50));
             // Package 1's register, written where the recorder reads it: the
             // package's first CPU.

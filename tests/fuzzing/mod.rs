@@ -838,8 +838,18 @@ pub fn check_mapping(protocol: u32, groups: u32, bytes: &[u8]) {
             assert!(mapping::unescape_label(element).is_some(), "{element:?}");
         }
     }
-    // What the host checks a forwarded signal against is these values.
-    let _ = kevent_bench::dbus::body_values(&signal.body);
+    // Marshalled as kdbusd sends it, the signal reads back with the same
+    // names, and its last argument is the datagram, byte for byte
+    // (docs/dbus.md): what the host matches a forwarded signal by.
+    let body = kevent_bench::dbus::body_values(&signal.body);
+    let marshalled = kdbusd::message::marshal_signal(1, &signal.path, signal.interface, &signal.member, &body)
+        .expect("every body kdbusd makes marshals");
+    let read = kdbusd::message::parse(&marshalled).expect("a marshalled signal reads");
+    assert_eq!(
+        (read.path.as_deref(), read.interface.as_deref(), read.member.as_deref()),
+        (Some(signal.path.as_str()), Some(signal.interface), Some(signal.member.as_str()))
+    );
+    assert_eq!(read.body.last(), Some(&kdbusd::message::Value::Bytes(bytes.to_vec())), "the datagram is last");
 }
 
 /// kdbusd's signal of the seed's kmessage, marshalled.
