@@ -75,9 +75,11 @@ fn main() {
 fn boot(channel: &HostChannel, started_ns: u64) -> Result<(capture::Sockets, Option<Dbus>), AgentError> {
     // Before any process is started: each is then the reaper's to leave alone.
     reaper::start().map_err(|e| AgentError::io(AgentStage::Serve, "start the reaper thread", &e))?;
-    let modules = load_event_modules()?;
+    let cmdline = fs::read_to_string("/proc/cmdline")
+        .map_err(|e| AgentError::io(AgentStage::ModuleLoad, "read /proc/cmdline", &e))?;
+    let modules = load_event_modules(&cmdline)?;
     let sockets = capture::Sockets::open()?;
-    let dbus = start_dbus(channel)?;
+    let dbus = start_dbus(channel, &cmdline)?;
     greet(channel, started_ns, modules)?;
     Ok((sockets, dbus))
 }
@@ -86,14 +88,24 @@ type Dbus = (services::Services, services::TapPipes);
 
 /// The D-Bus side, if the kernel command line asks for it; the relay too if
 /// it asks for that and QEMU has the port.
-fn start_dbus(channel: &HostChannel) -> Result<Option<Dbus>, AgentError> {
-    let failed = |e: &io::Error| AgentError::io(AgentStage::Dbus, "read /proc/cmdline", e);
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| failed(&e))?;
-    let words: Vec<&str> = cmdline.split_ascii_whitespace().collect();
+/// A `kevent_bench.dbus*` word other than the two the host writes is
+/// refused rather than read as "off".
+fn start_dbus(channel: &HostChannel, cmdline: &str) -> Result<Option<Dbus>, AgentError> {
+    let words: Vec<&str> = cmdline_words(cmdline).filter(|w| w.starts_with("kevent_bench.dbus")).collect();
+    if let Some(other) = words.iter().find(|w| ![kevent_wire::DBUS_ARG, kevent_wire::DBUS_RELAY_ARG].contains(w)) {
+        let known = format!("{} and {}", kevent_wire::DBUS_ARG, kevent_wire::DBUS_RELAY_ARG);
+        return Err(AgentError::new(AgentStage::Dbus, format!("kernel command line: {other}: the words are {known}")));
+    }
+    let relay_asked = words.contains(&kevent_wire::DBUS_RELAY_ARG);
     if !words.contains(&kevent_wire::DBUS_ARG) {
+        if relay_asked {
+            let message =
+                format!("kernel command line: {} without {}", kevent_wire::DBUS_RELAY_ARG, kevent_wire::DBUS_ARG);
+            return Err(AgentError::new(AgentStage::Dbus, message));
+        }
         return Ok(None);
     }
-    let relay = if words.contains(&kevent_wire::DBUS_RELAY_ARG) {
+    let relay = if relay_asked {
         let port = find_port(kevent_wire::DBUS_PORT_NAME, PORT_WAIT)?;
         Some(port)
     } else {
@@ -124,18 +136,17 @@ fn mount_kernel_filesystems() -> Result<(), AgentError> {
     Ok(())
 }
 
-fn load_event_modules() -> Result<Vec<ModuleLoad>, AgentError> {
+fn load_event_modules(cmdline: &str) -> Result<Vec<ModuleLoad>, AgentError> {
     let failed = |doing: &dyn std::fmt::Display, e: &io::Error| AgentError::io(AgentStage::ModuleLoad, doing, e);
     let list = match fs::read_to_string(MODULE_LIST_PATH) {
         Ok(list) => list,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(failed(&format_args!("read {MODULE_LIST_PATH}"), &e)),
     };
-    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| failed(&"read /proc/cmdline", &e))?;
     let mut loaded = Vec::new();
     for file_name in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let name = file_name.trim_end_matches(".ko");
-        let params = module_params(&cmdline, name);
+        let params = module_params(cmdline, name);
         let path = Path::new(MODULE_DIR).join(file_name);
         let file = File::open(&path).map_err(|e| failed(&format_args!("open {}", path.display()), &e))?;
         let begin = sys::monotonic_ns();
