@@ -19,7 +19,6 @@ use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -197,13 +196,14 @@ impl Sockets {
     /// The kmessage listener (only if that module is loaded) and the uevent one.
     pub fn open() -> Result<Sockets, AgentError> {
         let mut listeners = Vec::new();
-        if Path::new(kevent_wire::KMESSAGE_UNIT_PARAM).exists() {
-            let unit =
-                netlink::Listener::kmessage_unit().map_err(|e| AgentError::io(STAGE, "read the kmessage unit", &e))?;
-            listeners.push(Listener::of(
+        match netlink::Listener::kmessage_unit() {
+            Ok(unit) => listeners.push(Listener::of(
                 netlink::Listener::open(unit, kevent_wire::KMESSAGE_ALL_GROUPS)
                     .map_err(|e| AgentError::io(STAGE, format_args!("open a socket on kmessage unit {unit}"), &e))?,
-            ));
+            )),
+            // No kmessage module loaded: no unit to listen on.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AgentError::io(STAGE, "read the kmessage unit", &e)),
         }
         listeners.push(Listener::of(
             netlink::Listener::uevent().map_err(|e| AgentError::io(STAGE, "open the uevent socket", &e))?,

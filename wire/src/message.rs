@@ -157,7 +157,8 @@ pub enum AgentStage {
 }
 
 impl AgentStage {
-    /// Every stage, in boot order.
+    /// Every stage, in the order of their wire values (boot order, then
+    /// `Panic`, then `Dbus`, which came later).
     pub const ALL: [AgentStage; 8] = [
         AgentStage::Mount,
         AgentStage::Port,
