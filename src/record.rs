@@ -142,6 +142,8 @@ pub fn read_topology(sysfs_root: &Path) -> Result<Vec<TraceCpu>, RecordError> {
 /// The open MSR devices of a machine and what was last read from them.
 pub struct Recorder {
     cpus: Vec<TraceCpu>,
+    /// The guest the recorded CPUs make, as a replay will boot it.
+    topology: crate::Topology,
     devices: Vec<(PathBuf, File)>,
     /// Per package, the index of the CPU its register is read through:
     /// its first online CPU.
@@ -184,7 +186,7 @@ impl Recorder {
             cpus.retain(|c| only.contains(&c.cpu));
         }
         // Refused now rather than by the replay after an hour of recording.
-        msr_trace::guest_topology(&cpus).map_err(|why| RecordError::NotAGuest { why })?;
+        let (topology, _) = msr_trace::guest_topology(&cpus).map_err(|why| RecordError::NotAGuest { why })?;
         let mut devices = Vec::new();
         for c in &cpus {
             let path = msr_dir.join(c.cpu.to_string()).join("msr");
@@ -199,12 +201,17 @@ impl Recorder {
         for (i, c) in cpus.iter().enumerate() {
             package_reader.entry(c.package).or_insert(i);
         }
-        Ok(Recorder { cpus, devices, package_reader, last: BTreeMap::new(), unmodelled: BTreeMap::new() })
+        Ok(Recorder { cpus, topology, devices, package_reader, last: BTreeMap::new(), unmodelled: BTreeMap::new() })
     }
 
     /// The CPUs recorded.
     pub fn cpus(&self) -> &[TraceCpu] {
         &self.cpus
+    }
+
+    /// The guest the recorded CPUs make.
+    pub fn topology(&self) -> crate::Topology {
+        self.topology
     }
 
     fn rdmsr(&self, index: usize, address: u64) -> io::Result<u64> {

@@ -175,6 +175,7 @@ fn a_machine_with_more_cpus_than_a_guest_is_recorded_in_part() {
     assert!(e.to_string().ends_with("could not be replayed, so nothing is recorded"), "{e}");
     // Four of them: one package of four cores.
     let mut four = Recorder::open(&machine.msr_dir, &machine.sysfs_root, Some(&[0, 1, 2, 3])).unwrap();
+    assert_eq!(four.topology(), Topology::new(1, 4).unwrap(), "known before the first sample");
     let mut out = Vec::new();
     record(&mut four, &mut out, Duration::from_millis(1), Duration::ZERO, MAX_ROWS, &[], &|| false).unwrap();
     let trace = msr_trace::parse_bytes(Path::new("four.csv"), &out).unwrap();

@@ -210,11 +210,6 @@ impl SensorDevice {
         self.cpus
     }
 
-    /// The packages and cores the device's header announces.
-    pub fn topology(&self) -> Topology {
-        self.topology
-    }
-
     /// Whether the guest has `cpu` online, as its driver last said (CPU
     /// hotplug): a package's change interrupts the cores that are up.
     pub fn is_online(&self, cpu: u32) -> bool {

@@ -100,7 +100,7 @@ const MACHINE_ID: &str = "6b6576656e742d62656e63682d677374\n";
 /// What the D-Bus side adds to the agent's archive.
 fn dbus_archive(project: &crate::project::Project, agent: &AgentBinaries) -> anyhow::Result<Archive> {
     let mut archive = Archive::new();
-    add_elf(&mut archive, Path::new(DBUS_DAEMON_PATH), DBUS_DAEMON_PATH)
+    add_elf(&mut archive, Path::new(DBUS_DAEMON_PATH), read(Path::new(DBUS_DAEMON_PATH))?, DBUS_DAEMON_PATH)
         .context("the guest's bus (install Debian's dbus-daemon: `cargo xtask build` does as root)")?;
     archive.file(KDBUSD_PATH, 0o755, read(&agent.kdbusd)?);
     archive.file(DBUS_TAP_PATH, 0o755, read(&agent.dbus_tap)?);
@@ -114,10 +114,9 @@ fn dbus_archive(project: &crate::project::Project, agent: &AgentBinaries) -> any
     Ok(archive)
 }
 
-/// Adds the ELF at `host` as `guest`, with the shared libraries and loader
-/// it needs, at their host paths.
-pub fn add_elf(archive: &mut Archive, host: &Path, guest: &str) -> anyhow::Result<()> {
-    let data = read(host)?;
+/// Adds the ELF at `host`, whose bytes are `data`, as `guest`, with the
+/// shared libraries and loader it needs, at their host paths.
+pub fn add_elf(archive: &mut Archive, host: &Path, data: Vec<u8>, guest: &str) -> anyhow::Result<()> {
     if !is_elf(&data) {
         bail!("{} is not an ELF file", host.display());
     }

@@ -15,14 +15,10 @@ pub fn run(flags: &RecordFlags) -> anyhow::Result<()> {
     let mut recorder = Recorder::open(&flags.msr_dir, &flags.sysfs_root, flags.cpus.as_deref())?;
     let interval = Duration::from_micros(flags.interval_us);
     let duration = Duration::from_secs(flags.duration);
-    let cpus = recorder.cpus().len();
-    let mut packages: Vec<u32> = recorder.cpus().iter().map(|c| c.package).collect();
-    packages.dedup();
-    packages.sort_unstable();
-    packages.dedup();
     eprintln!(
-        "recording {cpus} CPU(s) in {} package(s) from {} every {} µs for {} s into {} (Ctrl-C ends it early)",
-        packages.len(),
+        "recording {} CPU(s) ({}) from {} every {} µs for {} s into {} (Ctrl-C ends it early)",
+        recorder.cpus().len(),
+        recorder.topology(),
         flags.msr_dir.display(),
         flags.interval_us,
         flags.duration,

@@ -477,7 +477,7 @@ pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyho
         };
         let data = std::fs::read(&host).with_context(|| format!("--include {include}: read {}", host.display()))?;
         if initramfs::is_elf(&data) {
-            initramfs::add_elf(&mut archive, &host, &guest).with_context(|| format!("--include {include}"))?;
+            initramfs::add_elf(&mut archive, &host, data, &guest).with_context(|| format!("--include {include}"))?;
         } else {
             archive.file(&guest, 0o644, data);
         }
