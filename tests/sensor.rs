@@ -477,7 +477,10 @@ fn rate_limit_edges_give_the_margins_the_interval_arithmetic_predicts() {
             assert_eq!((second.cpu, second.interrupt, second.within_burst), (0, 2, false), "{edges:?}");
             assert!(second.margin_ns >= -150_000_000, "{edges:?}");
         }
-        [_, _] => {}
+        [_, _] => eprintln!(
+            "note: no record of the second debugfs decision (the idle guest's clock jumped past the edge window \
+             while it waited for the host); its margin was not checked this run"
+        ),
         _ => panic!("the two records above and at most the second debugfs decision: {edges:?}"),
     }
     // Reading does not consume.
