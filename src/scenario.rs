@@ -235,10 +235,13 @@ impl SpeedMilli {
     /// As recorded.
     pub const RECORDED: SpeedMilli = SpeedMilli(1000);
 
-    /// The speed `speed` (times faster than recorded), to a thousandth.
+    /// The speed `speed` (times faster than recorded), if it is in
+    /// [`trace::SPEED_RANGE`] and a whole number of thousandths: a finer one
+    /// would be replayed rounded, so it is refused rather than changed.
     pub fn from_speed(speed: f64) -> Option<SpeedMilli> {
         let milli = (speed * 1000.0).round();
-        (trace::SPEED_RANGE.contains(&speed) && milli >= 1.0).then_some(SpeedMilli(milli as u32))
+        let whole = (speed * 1000.0 - milli).abs() < 1e-6;
+        (trace::SPEED_RANGE.contains(&speed) && whole && milli >= 1.0).then_some(SpeedMilli(milli as u32))
     }
 
     /// Times faster than recorded.
@@ -575,7 +578,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                     loc.error(
                         &speed.span(),
                         format!(
-                            "speed = {}: expected {} to {} (times faster than recorded)",
+                            "speed = {}: expected {} to {} (times faster than recorded), in thousandths",
                             speed.get_ref(),
                             trace::SPEED_RANGE.start(),
                             trace::SPEED_RANGE.end()
@@ -1037,7 +1040,11 @@ impl Scenario {
     /// machine it was recorded on (`run --replay`), named after the trace.
     pub fn of_replay(trace: Trace, speed: f64) -> Result<Scenario, String> {
         let speed_milli = SpeedMilli::from_speed(speed).ok_or_else(|| {
-            format!("--speed {speed}: expected {} to {}", trace::SPEED_RANGE.start(), trace::SPEED_RANGE.end())
+            format!(
+                "--speed {speed}: expected {} to {}, in thousandths",
+                trace::SPEED_RANGE.start(),
+                trace::SPEED_RANGE.end()
+            )
         })?;
         trace.check_speed(speed)?;
         let path = trace.path.clone();
@@ -1171,6 +1178,15 @@ pub fn kernel_args(scenario: &Scenario) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_speed_is_taken_in_whole_thousandths_or_refused() {
+        assert_eq!(SpeedMilli::from_speed(0.25), Some(SpeedMilli(250)));
+        assert_eq!(SpeedMilli::from_speed(1000.0), Some(SpeedMilli(1_000_000)));
+        assert_eq!(SpeedMilli::from_speed(0.013), Some(SpeedMilli(13)));
+        assert_eq!(SpeedMilli::from_speed(0.0125), None, "would replay at 0.013");
+        assert_eq!(SpeedMilli::from_speed(0.005), None, "below the range");
+    }
 
     fn parse_str(text: &str) -> Result<Scenario, ScenarioError> {
         parse(Path::new("scenarios/t.toml"), text)
