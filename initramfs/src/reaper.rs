@@ -4,8 +4,9 @@
 //!
 //! The agent's own children are waited for by whoever started them (std's
 //! `Child::wait`, by pid), so the reaper must never take one's status. They
-//! are registered from their spawn to their wait, and the reaper holds the
-//! same lock while it looks: a child cannot exit unregistered in between.
+//! are registered from their spawn to their wait, and the reaper decides
+//! and waits under the same lock: a child cannot exit unregistered in
+//! between.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -53,19 +54,24 @@ pub fn start() -> io::Result<()> {
 }
 
 /// Waits for every zombie child of the agent that is not one of its own.
+/// The scan of `/proc` takes no lock (spawns go on meanwhile); a candidate
+/// is checked against the registry again under the lock, and waited for
+/// while it is held.
 fn reap_orphans() {
-    let own = own();
     let Ok(entries) = fs::read_dir("/proc") else { return };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
-        if own.contains(&pid) {
-            continue;
-        }
-        if zombie_child_of_init(&fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()) {
-            if let Ok(pid) = i32::try_from(pid) {
-                // Only ever a zombie: WNOHANG cannot block.
-                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-            }
+    let zombies: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()))
+        .filter(|pid| zombie_child_of_init(&fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()))
+        .collect();
+    if zombies.is_empty() {
+        return;
+    }
+    let own = own();
+    for pid in zombies.into_iter().filter(|pid| !own.contains(pid)) {
+        if let Ok(pid) = i32::try_from(pid) {
+            // Only ever a zombie: WNOHANG cannot block.
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
     }
 }
