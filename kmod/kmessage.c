@@ -152,6 +152,12 @@ static gfp_t kmessage_gfp(void)
 	return GFP_ATOMIC;
 }
 
+/* "From: <object>\nSignal: <signal>\n": the header's bytes. */
+static size_t kmessage_header_len(size_t olen, size_t slen)
+{
+	return strlen(KMSG_FROM) + olen + strlen(KMSG_SIGNAL) + slen + 1;
+}
+
 static __printf(4, 0)
 int vsend_kmessage(int type, const char *object, const char *signal,
 		   const char *fmt, va_list args)
@@ -169,8 +175,8 @@ int vsend_kmessage(int type, const char *object, const char *signal,
 	if (olen > PAGE_SIZE)
 		return kmessage_refuse(type, KMSG_STAT_INVALID);
 	slen = strnlen(signal, PAGE_SIZE);
-	/* "From: <object>\nSignal: <signal>\n" and the final NUL must fit. */
-	hlen = strlen(KMSG_FROM) + olen + strlen(KMSG_SIGNAL) + slen + 1;
+	/* The header and the final NUL must fit. */
+	hlen = kmessage_header_len(olen, slen);
 	if (hlen + 1 > PAGE_SIZE)
 		return kmessage_refuse(type, KMSG_STAT_TOO_LONG);
 
@@ -349,8 +355,8 @@ static ssize_t kmessage_send_write(struct file *file, const char __user *ubuf,
 	if (type < 0)
 		goto out;
 	/* The datagram: header, aux and its NUL. */
-	len = strlen(KMSG_FROM) + strlen(object) + strlen(KMSG_SIGNAL) +
-	      strlen(signal) + 1 + (aux ? strlen(aux) : 0) + 1;
+	len = kmessage_header_len(strlen(object), strlen(signal)) +
+	      (aux ? strlen(aux) : 0) + 1;
 	if (len > PAGE_SIZE)
 		goto out;
 	if (aux && *aux)
