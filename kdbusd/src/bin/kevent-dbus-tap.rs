@@ -24,7 +24,9 @@
 //! subscribed, saying so; the subscriber lives until the guest ends.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -79,8 +81,10 @@ struct Fences {
     kdbusd: String,
 }
 
-/// stdout, which frames go to whole, one writer at a time.
-struct Out(Mutex<BufWriter<io::Stdout>>);
+/// stdout, which frames go to whole, one writer at a time. Not
+/// `io::Stdout`: it is line-buffered and would split a flush of binary
+/// frames at its last newline byte into two writes.
+struct Out(Mutex<BufWriter<File>>);
 
 impl Out {
     /// Writes `event` and everything before it.
@@ -121,7 +125,8 @@ fn monitor() -> Result<(), Error> {
         &[Value::Array(Vec::new()), Value::Uint(0)],
     )?;
 
-    let out = Arc::new(Out(Mutex::new(BufWriter::new(io::stdout()))));
+    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(context("duplicate stdout"))?);
+    let out = Arc::new(Out(Mutex::new(BufWriter::with_capacity(64 << 10, stdout))));
     let fences = Arc::new(Mutex::new(Fences { kdbusd: owner.clone(), ..Fences::default() }));
     out.send(&TapEvent::Ready { kdbusd: owner })?;
     let watcher = {

@@ -9,15 +9,18 @@
 //! injections fired back to back, from the first ring to the last signal
 //! on the host (through the fence, which reaches through kdbusd's `Sync`),
 //! every signal checked to carry its datagram: the D-Bus path's rate beside
-//! the netlink path's (to the last datagram) in the same burst.
+//! the netlink path's (to the last datagram) in the same burst. The
+//! guest's own CPU accounting, per thread, says where the burst's time
+//! went, and what dbus-daemon's single thread alone leaves possible.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use kevent_bench::dbus;
 use kevent_bench::inject::{Injection, Injector};
 use kevent_bench::{Machine, MachineConfig};
-use kevent_wire::{Datagram, DbusMessage};
+use kevent_wire::{Command, Datagram, DbusMessage, Outcome};
 
 use super::{latency_columns, toggling_prochot};
 use crate::flags::BenchRuns;
@@ -55,7 +58,11 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
 
     latency(&mut machine, cpus, WARM_UP, bound)?;
     let (mut netlink, mut bus, mut in_guest) = latency(&mut machine, cpus, samples, bound)?;
+    let before = GuestCpu::sample(&mut machine, bound)?;
+    let sampled = Instant::now();
     let rate = burst(&mut machine, cpus, bound)?;
+    let after = GuestCpu::sample(&mut machine, bound)?;
+    let between_samples = sampled.elapsed();
     machine.shutdown(config.timeouts.shutdown)?;
     let _ = std::fs::remove_dir_all(&run_dir);
 
@@ -95,6 +102,20 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
         p99.as_secs_f64() * 1e6,
         TARGET_P99.as_micros()
     );
+    println!();
+    after.print_since(&before, between_samples);
+    // Every signal passes dbus-daemon's one thread: its CPU time for the
+    // burst bounds the D-Bus rate whatever the rest of the path costs.
+    let bus_daemon = after.spent_by(&before, "dbus-daemon");
+    if !bus_daemon.is_zero() {
+        let ceiling = BURST as f64 / bus_daemon.as_secs_f64();
+        println!(
+            "dbus-daemon alone: {:.0} ms of CPU for {} signals, so at most {ceiling:.0} inject/s, {:.2} of the netlink rate",
+            bus_daemon.as_secs_f64() * 1e3,
+            2 * BURST,
+            ceiling / netlink_rate
+        );
+    }
     if ratio < TARGET_RATE_RATIO || p99 >= TARGET_P99 {
         eprintln!("the D-Bus path is outside a target on this run");
     }
@@ -179,4 +200,98 @@ fn burst(machine: &mut Machine, cpus: u32, bound: Duration) -> anyhow::Result<Ra
     let netlink = *exchange.arrived.last().unwrap_or(&started) - started;
     let bus = *exchange.dbus_arrived.last().unwrap_or(&started) - started;
     Ok(Rate { netlink, bus, datagrams: exchange.datagrams.len(), signals: mapped(&exchange.dbus, &exchange.datagrams) })
+}
+
+/// The guest's CPU time, whole and per thread, from its /proc: where the
+/// burst's time went, read through the agent before and after it.
+struct GuestCpu {
+    /// `/proc/stat`'s `cpu` line: user, nice, system, idle, iowait, irq,
+    /// softirq, in clock ticks.
+    total: Vec<u64>,
+    /// Thread id → (name, utime + stime in clock ticks).
+    threads: BTreeMap<u32, (String, u64)>,
+}
+
+/// The guest's USER_HZ (100 on x86): the unit of /proc's times.
+const GUEST_TICKS_PER_SECOND: u64 = 100;
+/// Thread ids above this are not looked for: a D-Bus guest has about 60.
+const GUEST_TID_SCAN: u32 = 100;
+
+impl GuestCpu {
+    fn sample(machine: &mut Machine, bound: Duration) -> anyhow::Result<GuestCpu> {
+        let mut read = |path: String| -> anyhow::Result<Option<String>> {
+            match machine.request(Command::ReadFile { path }, bound)?.outcome {
+                Outcome::Data(data) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
+                _ => Ok(None),
+            }
+        };
+        let stat = read("/proc/stat".into())?.ok_or_else(|| anyhow::anyhow!("the guest has no /proc/stat"))?;
+        let total = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("cpu "))
+            .map(|fields| fields.split_whitespace().take(7).filter_map(|f| f.parse().ok()).collect())
+            .unwrap_or_default();
+        let mut threads = BTreeMap::new();
+        for tid in 1..=GUEST_TID_SCAN {
+            // The thread's own times: /proc/TID/stat counts its whole process.
+            let Some(stat) = read(format!("/proc/{tid}/task/{tid}/stat"))? else { continue };
+            // `tid (comm) state …`: comm may hold spaces and parentheses;
+            // utime and stime are the 12th and 13th fields after its ")".
+            let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+            let name = head.split_once(" (").map_or("?", |(_, name)| name).to_owned();
+            let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+            if let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) {
+                threads.insert(tid, (name, utime + stime));
+            }
+        }
+        Ok(GuestCpu { total, threads })
+    }
+
+    /// Each thread that ran since `before`: (ticks, name, tid), most first.
+    fn spent_since(&self, before: &GuestCpu) -> Vec<(u64, &str, u32)> {
+        let mut spent: Vec<(u64, &str, u32)> = self
+            .threads
+            .iter()
+            .map(|(&tid, (name, ticks))| {
+                // A thread id reused by another thread starts from zero.
+                let earlier = before.threads.get(&tid).filter(|(n, _)| n == name).map_or(0, |(_, t)| *t);
+                (ticks.saturating_sub(earlier), name.as_str(), tid)
+            })
+            .filter(|(ticks, ..)| *ticks > 0)
+            .collect();
+        spent.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+        spent
+    }
+
+    /// CPU time the threads called `name` used since `before`.
+    fn spent_by(&self, before: &GuestCpu, name: &str) -> Duration {
+        let ticks: u64 = self.spent_since(before).iter().filter(|(_, n, _)| *n == name).map(|(t, ..)| t).sum();
+        Duration::from_millis(ticks * 1000 / GUEST_TICKS_PER_SECOND)
+    }
+
+    fn print_since(&self, before: &GuestCpu, wall: Duration) {
+        let ms = |ticks: u64| ticks * 1000 / GUEST_TICKS_PER_SECOND;
+        let total = |fields: &[usize]| -> u64 {
+            fields
+                .iter()
+                .map(|&i| self.total.get(i).zip(before.total.get(i)).map_or(0, |(a, b)| a.saturating_sub(*b)))
+                .sum()
+        };
+        println!(
+            "guest CPU from before the burst to after its fence ({:.0} ms of wall time, 10 ms ticks):",
+            wall.as_secs_f64() * 1e3
+        );
+        println!("{:<52}{:>12}", "", "CPU ms");
+        for (ticks, name, tid) in self.spent_since(before) {
+            println!("{:<52}{:>12}", format!("{name} (thread {tid})"), ms(ticks));
+        }
+        for (name, fields) in [
+            ("all CPUs: user", &[0, 1][..]),
+            ("all CPUs: system", &[2]),
+            ("all CPUs: irq + softirq", &[5, 6]),
+            ("all CPUs: idle", &[3, 4]),
+        ] {
+            println!("{name:<52}{:>12}", ms(total(fields)));
+        }
+    }
 }
