@@ -120,15 +120,21 @@ impl Query {
     }
 
     /// Whether the call site `site` is one the query selects, as the
-    /// kernel's ddebug_change() decides (class: any site).
+    /// kernel's ddebug_change() decides: a query without a `class` clause
+    /// selects only sites of no class, one with it only sites of that class.
     fn selects(&self, site: &Site) -> bool {
-        self.clauses.iter().all(|(keyword, arg)| match keyword.as_str() {
+        self.clause("class") == site.class.as_deref()
+            && self.clauses.iter().all(|(keyword, arg)| self.clause_selects(keyword, arg, site))
+    }
+
+    fn clause_selects(&self, keyword: &str, arg: &str, site: &Site) -> bool {
+        match keyword {
             "module" => glob(arg.replace('-', "_").as_bytes(), site.module.as_bytes()),
             "func" => glob(arg.as_bytes(), site.function.as_bytes()),
             "file" => {
                 let (file, line) = match arg.split_once(':') {
                     Some((file, line)) if parse_lines(line).is_some() => (file, Some(line)),
-                    _ => (arg.as_str(), None),
+                    _ => (arg, None),
                 };
                 let base = site.file.rsplit('/').next().unwrap_or(&site.file);
                 (glob(file.as_bytes(), site.file.as_bytes()) || glob(file.as_bytes(), base.as_bytes()))
@@ -142,8 +148,10 @@ impl Query {
                     None => site.format.contains(&wanted),
                 }
             }
-            _ => true,
-        })
+            // Decided in `selects`, for the sites without a class too.
+            "class" => true,
+            _ => unreachable!("Query::parse admits only KEYWORDS"),
+        }
     }
 }
 
@@ -219,7 +227,8 @@ fn unescape(text: &str) -> String {
     out
 }
 
-/// One line of the control file: `file:line [module]function =flags "format"`.
+/// One line of the control file: `file:line [module]function =flags
+/// "format"`, then ` class:NAME` for a site of a class.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Site {
     file: String,
@@ -228,6 +237,9 @@ struct Site {
     function: String,
     flags: String,
     format: String,
+    /// The site's class; a class the kernel cannot name (`class unknown,
+    /// _id:N`) is kept as that text, which no query's class can equal.
+    class: Option<String>,
 }
 
 fn parse_site(line: &str) -> Option<Site> {
@@ -236,8 +248,16 @@ fn parse_site(line: &str) -> Option<Site> {
     let rest = rest.strip_prefix('[')?;
     let (module, rest) = rest.split_once(']')?;
     let (function, rest) = rest.split_once(" =")?;
-    let (flags, format) = rest.split_once(' ').unwrap_or((rest, ""));
-    let format = format.trim_end().strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(format);
+    let (flags, quoted) = rest.split_once(' ').unwrap_or((rest, ""));
+    let quoted = quoted.trim_end();
+    // The format's own quotes are escaped: an unescaped one followed by
+    // ` class` ends it.
+    let classed = quoted.rsplit_once("\" class").filter(|(_, tail)| tail.starts_with([':', ' ']));
+    let (format, class) = match classed {
+        Some((format, tail)) => (format, Some(tail.strip_prefix(':').unwrap_or(&format!("class{tail}")).to_owned())),
+        None => (quoted.strip_suffix('"').unwrap_or(quoted), None),
+    };
+    let format = format.strip_prefix('"').unwrap_or(format);
     Some(Site {
         file: file.to_owned(),
         line: number.parse().ok()?,
@@ -245,6 +265,7 @@ fn parse_site(line: &str) -> Option<Site> {
         function: function.to_owned(),
         flags: flags.to_owned(),
         format: unescape(format),
+        class,
     })
 }
 
@@ -259,11 +280,19 @@ pub fn check(queries: &[Query], control: &str) -> Result<Vec<usize>, Failure> {
             let mut modules: Vec<&str> = sites.iter().map(|s| s.module.as_str()).collect();
             modules.sort_unstable();
             modules.dedup();
+            let mut classes: Vec<&str> = sites.iter().filter_map(|s| s.class.as_deref()).collect();
+            classes.sort_unstable();
+            classes.dedup();
+            let classes = match (query.clause("class"), classes.is_empty()) {
+                (None, _) => String::new(),
+                (Some(_), true) => "; no site has a class".to_owned(),
+                (Some(_), false) => format!("; the classes of its sites: {}", classes.join(", ")),
+            };
             return Err(Failure::Refused {
                 input: format!("--dyndbg {:?}", query.text),
                 reason: format!(
                     "selects no pr_debug call site of the guest kernel ({CONTROL} lists {} sites in {} modules; the \
-                     events modules' are in {})",
+                     events modules' are in {}{classes})",
                     sites.len(),
                     modules.len(),
                     EVENT_MODULES.join(" and ")
@@ -300,6 +329,12 @@ mod tests {
         kmod/kthermal_irq.c:410 [kevent_thermal]kt_thermal_interrupt =p \"CPU%d: interrupt %ld rate-limited, %lld ns inside the %u ms window\\n\"\n\
         kmod/kthermal_pci.c:158 [kevent_thermal]kt_pci_request_vector =_ \"vector %u is IRQ %d, CPU%u's thermal interrupt\\n\"\n\
         lib/kobject_uevent.c:200 [kobject_uevent]kobject_uevent_env =_ \"%s: uevent_suppress caused the event to drop!\\n\"\n";
+
+    /// Sites of a class, as a DRM driver's look (none of the bench's kernels has any).
+    const CLASSED: &str =
+        "drivers/gpu/drm/drm_vblank.c:100 [drm]drm_vblank_enable =_ \"say \\\"on\\\" now\\n\" class:DRM_UT_VBL\n\
+        drivers/gpu/drm/drm_vblank.c:200 [drm]drm_vblank_disable =p \"off\\n\"\n\
+        drivers/gpu/drm/drm_print.c:300 [drm]drm_dbg =_ \"x\" class unknown, _id:7\n";
 
     #[test]
     fn queries_are_checked_for_their_form() {
@@ -367,6 +402,21 @@ mod tests {
              (/proc/dynamic_debug/control lists 4 sites in 2 modules; the events modules' are in kmessage and \
              kevent_thermal)"
         );
+    }
+
+    #[test]
+    fn a_class_clause_selects_the_sites_of_that_class_only_and_none_selects_unclassed_ones() {
+        let queries = |texts: &[&str]| texts.iter().map(|t| Query::parse(t).unwrap()).collect::<Vec<_>>();
+        let control = format!("{CONTROL_TEXT}{CLASSED}");
+        assert_eq!(check(&queries(&["class DRM_UT_VBL -p", "module drm -p"]), &control).unwrap(), [1, 1]);
+        let err = check(&queries(&["module kevent_thermal class DRM_UT_VBL -p"]), &control).unwrap_err();
+        assert!(err.to_string().ends_with("the classes of its sites: DRM_UT_VBL, class unknown, _id:7)"), "{err}");
+        let err = check(&queries(&["class DRM_UT_KMS +p"]), CONTROL_TEXT).unwrap_err();
+        assert!(err.to_string().ends_with("; no site has a class)"), "{err}");
+        let site = parse_site(CLASSED.lines().next().unwrap()).unwrap();
+        assert_eq!((site.format.as_str(), site.class.as_deref()), ("say \"on\" now\n", Some("DRM_UT_VBL")));
+        let site = parse_site(CLASSED.lines().nth(1).unwrap()).unwrap();
+        assert_eq!((site.format.as_str(), site.class), ("off\n", None));
     }
 
     #[test]
