@@ -67,6 +67,14 @@ fn dynamic_debug_prints_the_modules_pr_debug_and_a_query_that_selects_nothing_is
         "{err}"
     );
     assert_eq!(steps, 0, "refused before the first step");
+
+    // The kernel takes a class no module declares without a word, and a
+    // query with a class clause selects only sites of that class.
+    let mut config = common::config("dyndbg-class", scenario.guest(&artifacts));
+    config.dyndbg = vec![Query::parse("module kevent_thermal class DRM_UT_KMS +p").unwrap()];
+    let err = runner::run(&scenario, &config, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Failure::Refused { .. }), "{}", err.report());
+    assert!(err.to_string().ends_with("; no site has a class)"), "{err}");
 }
 
 /// Whether the guest kernel has trace events: the debug profile's.
