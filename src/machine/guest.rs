@@ -348,11 +348,17 @@ impl Guest {
         });
         {
             let mut console = self.console.lock().unwrap();
-            // The guest outlived its panic line: user space wrote it. With
-            // nothing else reported, the run goes on.
-            if !console.closed && console.detector.retract_panic().is_some() {
-                console.detector.report()?;
+            if console.closed {
+                // QEMU is on its way out by itself: a kill now could only
+                // turn its own exit status into SIGKILL's.
+                drop(console);
+                return self.crash_failure();
             }
+            // The guest outlived its panic line (it is still up, or it
+            // restarted in order during the grace): user space wrote it.
+            // With nothing else reported, the run goes on.
+            console.detector.retract_panic();
+            console.detector.report()?;
         }
         self.kill();
         self.await_console_close();
