@@ -52,7 +52,7 @@ impl Listener {
     }
 
     /// Receives every queued datagram; an overrun is reported, not hidden.
-    fn drain(&self, channel: &HostChannel, buffer: &mut [u8]) -> io::Result<()> {
+    fn drain(&self, outbox: &mut Outbox<'_>, buffer: &mut [u8]) -> io::Result<()> {
         let protocol = self.socket.protocol();
         loop {
             match self.socket.receive(buffer)? {
@@ -60,7 +60,7 @@ impl Listener {
                 Some(Received::Overrun) => {
                     let occurrences = self.overruns.get() + 1;
                     self.overruns.set(occurrences);
-                    channel.send(&GuestMessage::Overrun { protocol, occurrences })?;
+                    outbox.push(&GuestMessage::Overrun { protocol, occurrences }.encode())?;
                 }
                 Some(Received::Datagram { sender, bytes }) => {
                     // The group mask is what names a kmessage's type on the
@@ -70,7 +70,6 @@ impl Listener {
                             "a datagram of protocol {protocol} came without its sender"
                         )));
                     };
-                    // Encoded straight from the receive buffer: one allocation per datagram.
                     let frame = DatagramRef {
                         protocol,
                         groups: sender.groups(),
@@ -79,10 +78,47 @@ impl Listener {
                         bytes,
                     }
                     .encode();
-                    channel.send_frame(&frame)?;
+                    outbox.push(&frame)?;
                 }
             }
         }
+    }
+}
+
+/// Frames for the host, gathered while the capture thread has more to
+/// read and written together before it waits: each write to the port is a
+/// virtqueue kick, an exit to QEMU, which a burst pays once instead of per
+/// frame. A lone event is written as soon as its round ends, as before.
+struct Outbox<'c> {
+    channel: &'c HostChannel,
+    bytes: Vec<u8>,
+}
+
+impl<'c> Outbox<'c> {
+    /// Past this many bytes the frames go at once: a burst does not wait
+    /// for the end of its round.
+    const FLUSH_AT: usize = 32 << 10;
+
+    fn new(channel: &'c HostChannel) -> Outbox<'c> {
+        Outbox { channel, bytes: Vec::with_capacity(2 * Self::FLUSH_AT) }
+    }
+
+    fn push(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.bytes.extend_from_slice(frame);
+        if self.bytes.len() >= Self::FLUSH_AT {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered, in order, as one frame sequence.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        let sent = self.channel.send_frame(&self.bytes);
+        self.bytes.clear();
+        sent
     }
 }
 
@@ -110,24 +146,33 @@ struct Tap {
 
 impl Tap {
     /// Handles every frame the tap has written so far, without waiting.
-    fn pump(&mut self, channel: &HostChannel) -> io::Result<()> {
-        while self.open && self.readable(Duration::ZERO)? {
-            self.next(channel)?;
+    fn pump(&mut self, outbox: &mut Outbox<'_>) -> io::Result<()> {
+        while self.open && self.readable(Duration::ZERO, outbox)? {
+            self.next(outbox)?;
         }
         Ok(())
     }
 
-    fn readable(&mut self, bound: Duration) -> io::Result<bool> {
+    /// Whether a frame can be read within `bound`; what `outbox` holds goes
+    /// to the host before any wait.
+    fn readable(&mut self, bound: Duration, outbox: &mut Outbox<'_>) -> io::Result<bool> {
         if !self.pipes.events.buffer().is_empty() {
             return Ok(true);
         }
         let mut fds = [sys::readable(self.pipes.events.get_ref().as_fd())];
+        if sys::poll_timeout(&mut fds, Duration::ZERO)? {
+            return Ok(true);
+        }
+        if bound.is_zero() {
+            return Ok(false);
+        }
+        outbox.flush()?;
         sys::poll_timeout(&mut fds, bound)
     }
 
     /// Reads one frame: a bus message goes to the host; a fence's answer
     /// is returned.
-    fn next(&mut self, channel: &HostChannel) -> io::Result<Option<TapEvent>> {
+    fn next(&mut self, outbox: &mut Outbox<'_>) -> io::Result<Option<TapEvent>> {
         let frame =
             read_frame(&mut self.pipes.events).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))?;
         let Some((kind, body)) = frame else {
@@ -136,7 +181,7 @@ impl Tap {
         };
         match TapEvent::decode(kind, &body).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))? {
             TapEvent::Message { monotonic_ns, bytes } => {
-                channel.send(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }))?;
+                outbox.push(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }).encode())?;
                 Ok(None)
             }
             other => Ok(Some(other)),
@@ -144,7 +189,7 @@ impl Tap {
     }
 
     /// Asks the tap for `fence` and forwards what it sees until it answers.
-    fn fence(&mut self, fence: Fence, channel: &HostChannel) -> io::Result<Result<(), String>> {
+    fn fence(&mut self, fence: Fence, outbox: &mut Outbox<'_>) -> io::Result<Result<(), String>> {
         self.next_token += 1;
         let token = self.next_token;
         let command = match fence {
@@ -167,10 +212,10 @@ impl Tap {
             if !self.open {
                 return Ok(Err(format!("{} ended in a fence ({what})", crate::services::TAP)));
             }
-            if !self.readable(left)? {
+            if !self.readable(left, outbox)? {
                 return Ok(Err(format!("{what} within {BUS_FENCE_BOUND:?}")));
             }
-            match self.next(channel)? {
+            match self.next(outbox)? {
                 Some(TapEvent::Fenced { token: t }) if t == token => return Ok(Ok(())),
                 Some(TapEvent::FenceFailed { token: t, why }) if t == token => {
                     return Ok(Err(format!("{what}: {why}")))
@@ -251,9 +296,24 @@ fn capture_loop(
     channel: &HostChannel,
     mut tap: Option<Tap>,
 ) -> io::Result<()> {
+    let mut outbox = Outbox::new(channel);
+    let result = capture_rounds(&listeners, &wake, &pending, &mut outbox, &mut tap);
+    // What was read before a failure still reaches the host, before it.
+    let flushed = outbox.flush();
+    result.and(flushed)
+}
+
+fn capture_rounds(
+    listeners: &[Listener],
+    wake: &File,
+    pending: &Receiver<(u32, Outcome, Fence)>,
+    outbox: &mut Outbox<'_>,
+    tap: &mut Option<Tap>,
+) -> io::Result<()> {
     let mut buffer = vec![0u8; 64 << 10];
     let wake_at = listeners.len();
     loop {
+        outbox.flush()?;
         // The tap's stdout leaves the set once it has closed (its end is
         // reported by its supervisor): poll would report it forever.
         let mut fds: Vec<PollFd<'_>> = listeners
@@ -267,29 +327,31 @@ fn capture_loop(
         let ready: Vec<bool> = fds.iter().map(sys::ready).collect();
         drop(fds);
         for (listener, _) in listeners.iter().zip(&ready).filter(|(_, r)| **r) {
-            listener.drain(channel, &mut buffer)?;
+            listener.drain(outbox, &mut buffer)?;
         }
         if ready.get(wake_at + 1).copied().unwrap_or(false) {
-            if let Some(tap) = &mut tap {
-                tap.pump(channel)?;
+            if let Some(tap) = tap.as_mut() {
+                tap.pump(outbox)?;
             }
         }
         if ready[wake_at] {
-            sys::drain_pipe(&wake)?;
+            sys::drain_pipe(wake)?;
             while let Ok((id, outcome, fence)) = pending.try_recv() {
-                for listener in &listeners {
-                    listener.drain(channel, &mut buffer)?;
+                for listener in listeners {
+                    listener.drain(outbox, &mut buffer)?;
                 }
                 if let Some(tap) = tap.as_mut().filter(|t| !t.failed) {
-                    if let Err(why) = tap.fence(fence, channel)? {
+                    if let Err(why) = tap.fence(fence, outbox)? {
                         // The host fails the run on the report; no reply
-                        // could claim the fence held.
+                        // could claim the fence held. What came before the
+                        // failure goes first.
+                        outbox.flush()?;
                         tap.failed = true;
                         tap.services.report(&why);
                         continue;
                     }
                 }
-                channel.send(&GuestMessage::Reply { id, outcome })?;
+                outbox.push(&GuestMessage::Reply { id, outcome }.encode())?;
             }
         }
     }
