@@ -15,6 +15,7 @@ use crate::events::{self, Event, Normaliser};
 use crate::msr_replay::ReplayTiming;
 use crate::scenario::Scenario;
 use crate::snapshot::Totals;
+use crate::trace;
 use crate::transcript::{errno_name, ProgramRun, StepOutcome, StepRecord, TimingFlag, Transcript};
 
 /// The first line: what is about to run.
@@ -264,6 +265,25 @@ pub fn summary(transcript: &Transcript, totals: &Totals, elapsed: Duration, acce
     })
 }
 
+/// A traced run's `trace.txt`: where it is and what it lacks. `summary` is
+/// `None` for a run that failed, whose trace goes up to the failure.
+pub fn trace(path: &std::path::Path, bytes: u64, summary: Option<&trace::Summary>) -> Value {
+    let lost: Option<Vec<Value>> = summary
+        .map(|s| s.lost.iter().map(|l| json!({ "cpu": l.cpu, "overrun": l.overrun, "dropped": l.dropped })).collect());
+    json!({
+        "type": "trace",
+        "path": path.display().to_string(),
+        "bytes": bytes,
+        "complete": summary.is_some(),
+        "lines": summary.map(|s| s.lines),
+        "events": summary.map(|s| s.events),
+        "buffer_kb": summary.map(|s| s.buffer_kb),
+        "lost": lost,
+        "lost_events": summary.map(trace::Summary::lost_events),
+        "stopped_at_step": summary.and_then(|s| s.stopped_at_step),
+    })
+}
+
 /// The run failed: what and where; the exit code the bench exits with.
 pub fn failure(step: Option<usize>, message: &str, exit_code: i32) -> Value {
     json!({ "type": "failure", "step": step, "message": message, "exit_code": exit_code })
@@ -387,5 +407,31 @@ mod tests {
         assert_eq!(line["machine"]["cpus"], 4);
         assert_eq!(line["machine"]["packages"], 2);
         assert_eq!(line["machine"]["cores"], 2);
+    }
+
+    #[test]
+    fn a_trace_line_says_where_the_trace_is_and_what_it_lost_or_that_it_stops_at_the_failure() {
+        let summary = trace::Summary {
+            path: "/r/trace.txt".into(),
+            bytes: 2048,
+            lines: 30,
+            events: 40,
+            buffer_kb: 1408,
+            lost: vec![trace::CpuLoss { cpu: 1, overrun: 5, dropped: 2 }],
+            stopped_at_step: Some(3),
+        };
+        let line = trace(&summary.path, summary.bytes, Some(&summary));
+        assert_eq!(line["type"], "trace");
+        assert_eq!(line["path"], "/r/trace.txt");
+        assert_eq!((line["bytes"].as_u64(), line["complete"].as_bool()), (Some(2048), Some(true)));
+        assert_eq!((line["lines"].as_u64(), line["events"].as_u64()), (Some(30), Some(40)));
+        assert_eq!(line["buffer_kb"], 1408);
+        assert_eq!(line["lost"], json!([{ "cpu": 1, "overrun": 5, "dropped": 2 }]));
+        assert_eq!((line["lost_events"].as_u64(), line["stopped_at_step"].as_u64()), (Some(7), Some(3)));
+        let failed = trace(std::path::Path::new("/r/trace.txt"), 512, None);
+        assert_eq!((failed["complete"].as_bool(), failed["bytes"].as_u64()), (Some(false), Some(512)));
+        for field in ["lines", "events", "buffer_kb", "lost", "lost_events", "stopped_at_step"] {
+            assert!(failed[field].is_null(), "{field}: {failed}");
+        }
     }
 }

@@ -254,11 +254,12 @@ pub fn execute(
                 print_step(&partial, false, &mut lines);
                 failed_step = Some(*step);
             }
-            keep(json_lines::failure(failed_step, &failure.report(), failure.exit_code()), &mut lines);
             let trace_file = trace::trace_file(&config.run_dir);
-            if scenario.trace.is_some() && trace_file.exists() {
+            if let (Some(_), Ok(metadata)) = (&scenario.trace, std::fs::metadata(&trace_file)) {
+                keep(json_lines::trace(&trace_file, metadata.len(), None), &mut lines);
                 eprintln!("trace: up to the failure in {}", trace_file.display());
             }
+            keep(json_lines::failure(failed_step, &failure.report(), failure.exit_code()), &mut lines);
             return Execution { steps, lines, outcome: Err(failure), elapsed: started.elapsed() };
         }
     };
@@ -281,8 +282,11 @@ pub fn execute(
             transcript.timing_flags_lost
         );
     }
-    for line in transcript.trace.iter().flat_map(trace::Summary::report) {
-        eprintln!("{line}");
+    if let Some(summary) = &transcript.trace {
+        keep(json_lines::trace(&summary.path, summary.bytes, Some(summary)), &mut lines);
+        for line in summary.report() {
+            eprintln!("{line}");
+        }
     }
     let totals = transcript.snapshot().totals;
     let elapsed = started.elapsed();
