@@ -144,12 +144,48 @@ pub struct Overrides {
     pub injector: Option<String>,
 }
 
+/// A field of [`Overrides`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideField {
+    /// `cpus`.
+    Cpus,
+    /// `topology`.
+    Topology,
+    /// `memory_mib`.
+    MemoryMib,
+    /// `clock`.
+    Clock,
+    /// `injector`.
+    Injector,
+}
+
+impl OverrideField {
+    /// Every field, in [`Overrides`]' order.
+    pub const ALL: [OverrideField; 5] = [
+        OverrideField::Cpus,
+        OverrideField::Topology,
+        OverrideField::MemoryMib,
+        OverrideField::Clock,
+        OverrideField::Injector,
+    ];
+
+    /// Its name in the manifest's `overrides`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OverrideField::Cpus => "cpus",
+            OverrideField::Topology => "topology",
+            OverrideField::MemoryMib => "memory_mib",
+            OverrideField::Clock => "clock",
+            OverrideField::Injector => "injector",
+        }
+    }
+}
+
 /// An override applied: what it set, and what the scenario had said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// The field of [`Overrides`] (`cpus`, `topology`, `memory_mib`,
-    /// `clock`, `injector`).
-    pub field: &'static str,
+    /// The field it came from.
+    pub field: OverrideField,
     /// What it set, as the run says it (`4 CPUs`, `2 packages × 2 cores`,
     /// `512 MiB`, `virtual clock`, `debugfs`).
     pub now: String,
@@ -160,8 +196,8 @@ pub struct Applied {
 /// An override that cannot apply to the scenario: its field and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverrideError {
-    /// The field of [`Overrides`].
-    pub field: &'static str,
+    /// The field it came from.
+    pub field: OverrideField,
     /// Its value and why it cannot apply.
     pub why: String,
 }
@@ -175,19 +211,21 @@ impl Overrides {
         let mut applied = Vec::new();
         let said = scenario.machine;
         if let Some(cpus) = self.cpus {
-            scenario.set_cpus(cpus).map_err(|why| OverrideError { field: "cpus", why: format!("{cpus}: {why}") })?;
+            scenario
+                .set_cpus(cpus)
+                .map_err(|why| OverrideError { field: OverrideField::Cpus, why: format!("{cpus}: {why}") })?;
             applied.push(Applied {
-                field: "cpus",
+                field: OverrideField::Cpus,
                 now: format!("{cpus} CPUs"),
                 scenario_said: said.topology.to_string(),
             });
         }
         if let Some(text) = &self.topology {
-            let error = |why: String| OverrideError { field: "topology", why: format!("{text}: {why}") };
+            let error = |why: String| OverrideError { field: OverrideField::Topology, why: format!("{text}: {why}") };
             let topology = crate::Topology::parse(text).map_err(error)?;
             scenario.set_topology(topology).map_err(error)?;
             applied.push(Applied {
-                field: "topology",
+                field: OverrideField::Topology,
                 now: topology.to_string(),
                 scenario_said: said.topology.to_string(),
             });
@@ -195,7 +233,7 @@ impl Overrides {
         if let Some(memory) = self.memory_mib {
             if !(scenario::limits::MIN_MEMORY_MIB..=scenario::limits::MAX_MEMORY_MIB).contains(&memory) {
                 return Err(OverrideError {
-                    field: "memory_mib",
+                    field: OverrideField::MemoryMib,
                     why: format!(
                         "{memory}: out of range ({} to {} MiB)",
                         scenario::limits::MIN_MEMORY_MIB,
@@ -205,18 +243,18 @@ impl Overrides {
             }
             scenario.machine.memory_mib = memory;
             applied.push(Applied {
-                field: "memory_mib",
+                field: OverrideField::MemoryMib,
                 now: format!("{memory} MiB"),
                 scenario_said: format!("{} MiB", said.memory_mib),
             });
         }
         if let Some(clock) = &self.clock {
             scenario.machine.clock = crate::Clock::from_name(clock).ok_or_else(|| OverrideError {
-                field: "clock",
+                field: OverrideField::Clock,
                 why: format!("{clock:?} is no clock (real, virtual)"),
             })?;
             applied.push(Applied {
-                field: "clock",
+                field: OverrideField::Clock,
                 now: format!("{} clock", scenario.machine.clock),
                 scenario_said: format!("{} clock", said.clock),
             });
@@ -224,11 +262,11 @@ impl Overrides {
         if let Some(injector) = &self.injector {
             let was = scenario.injector;
             scenario.injector = crate::inject::Injector::from_name(injector).ok_or_else(|| OverrideError {
-                field: "injector",
+                field: OverrideField::Injector,
                 why: format!("{injector:?} is no injector (device, debugfs)"),
             })?;
             applied.push(Applied {
-                field: "injector",
+                field: OverrideField::Injector,
                 now: scenario.injector.to_string(),
                 scenario_said: was.to_string(),
             });
@@ -653,7 +691,7 @@ impl Bundle {
             .run
             .overrides
             .apply(&mut scenario)
-            .map_err(|e| self.member_error(member::MANIFEST, format!("overrides.{}: {}", e.field, e.why)))?;
+            .map_err(|e| self.member_error(member::MANIFEST, format!("overrides.{}: {}", e.field.name(), e.why)))?;
         scenario.check_injector().map_err(|e| invalid(e.to_string()))?;
         Ok(scenario)
     }

@@ -432,7 +432,7 @@ fn overrides_apply_in_order_and_say_what_they_replaced_or_why_they_cannot() {
     };
     let applied = overrides.apply(&mut s).unwrap();
     let said: Vec<(&str, &str, &str)> =
-        applied.iter().map(|a| (a.field, a.now.as_str(), a.scenario_said.as_str())).collect();
+        applied.iter().map(|a| (a.field.name(), a.now.as_str(), a.scenario_said.as_str())).collect();
     assert_eq!(
         said,
         [
@@ -445,8 +445,25 @@ fn overrides_apply_in_order_and_say_what_they_replaced_or_why_they_cannot() {
     assert_eq!((s.machine.topology, s.machine.memory_mib), (crate::Topology::new(2, 2).unwrap(), 512));
     // Step 1 injects at CPU 1: one CPU would lose it.
     let err = Overrides { cpus: Some(1), ..Overrides::default() }.apply(&mut scenario()).unwrap_err();
-    assert_eq!(err.field, "cpus");
+    assert_eq!(err.field, OverrideField::Cpus);
     assert!(err.why.starts_with("1: "), "{err:?}");
     let err = Overrides { clock: Some("fast".into()), ..Overrides::default() }.apply(&mut scenario()).unwrap_err();
-    assert_eq!((err.field, err.why.as_str()), ("clock", "\"fast\" is no clock (real, virtual)"));
+    assert_eq!((err.field, err.why.as_str()), (OverrideField::Clock, "\"fast\" is no clock (real, virtual)"));
+}
+
+#[test]
+fn each_override_field_is_named_as_the_manifest_spells_it() {
+    let all = Overrides {
+        cpus: Some(2),
+        topology: Some("2x1".into()),
+        memory_mib: Some(256),
+        clock: Some("real".into()),
+        injector: Some("device".into()),
+    };
+    let manifest = serde_json::to_value(&all).unwrap();
+    let mut keys: Vec<&str> = manifest.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut names: Vec<&str> = OverrideField::ALL.iter().map(|f| f.name()).collect();
+    keys.sort_unstable();
+    names.sort_unstable();
+    assert_eq!(keys, names);
 }

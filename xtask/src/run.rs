@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use kevent_bench::bundle::OverrideField;
 use kevent_bench::cpio::Archive;
 use kevent_bench::dbus;
 use kevent_bench::dyndbg::Query;
@@ -441,16 +442,16 @@ impl Drop for RemoveOnDrop {
 /// loud; one that cannot apply (a CPU a step injects at would be gone) is
 /// refused before anything is built.
 fn apply_overrides(scenario: &mut scenario::Scenario, flags: &RunFlags) -> anyhow::Result<()> {
-    let flag = |field: &str| match field {
-        "cpus" => "--cpus",
-        "topology" => "--topology",
-        "memory_mib" => "--memory",
-        "clock" => "--clock",
-        _ => "--injector",
+    let flag = |field: OverrideField| match field {
+        OverrideField::Cpus => "--cpus",
+        OverrideField::Topology => "--topology",
+        OverrideField::MemoryMib => "--memory",
+        OverrideField::Clock => "--clock",
+        OverrideField::Injector => "--injector",
     };
     let applied = overrides_of(flags).apply(scenario).map_err(|e| anyhow::anyhow!("{} {}", flag(e.field), e.why))?;
     for a in applied {
-        let what = if a.field == "injector" { "injector" } else { "machine" };
+        let what = if a.field == OverrideField::Injector { "injector" } else { "machine" };
         eprintln!("{what}: {} ({}; the scenario says {})", a.now, flag(a.field), a.scenario_said);
     }
     if let Some(events) = &flags.trace {
