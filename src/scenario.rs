@@ -139,6 +139,9 @@ pub struct Scenario {
     pub injector: Injector,
     /// Module parameters, in file order.
     pub params: Vec<Param>,
+    /// kevent_thermal's TjMax as `params` sets it (validated there), the
+    /// scale of every readout the scenario computes.
+    pub tjmax: u32,
     /// The `[[step]]`s in file order; never empty.
     pub steps: Vec<Step>,
     /// The traces of `replay` steps, by path, once [`load`] (or
@@ -636,6 +639,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         machine,
         injector,
         params,
+        tjmax,
         steps,
         trace,
         traces: BTreeMap::new(),
@@ -1012,7 +1016,7 @@ impl Scenario {
                 ),
             ));
         }
-        let tjmax = self.tjmax();
+        let tjmax = self.tjmax;
         if let Some(recorded) = trace.tjmax.filter(|t| *t != tjmax) {
             return Err(self.error_at(
                 step.at,
@@ -1024,16 +1028,6 @@ impl Scenario {
             ));
         }
         trace.check_speed(speed.speed()).map_err(|why| self.error_at(step.at, format!("replay: {why}")))
-    }
-
-    /// The module's TjMax, as `[params]` sets it.
-    pub fn tjmax(&self) -> u32 {
-        self.params
-            .iter()
-            .filter(|p| p.module.replace('-', "_") == "kevent_thermal" && p.key == "tjmax")
-            .filter_map(|p| p.value.parse().ok())
-            .next_back()
-            .unwrap_or(thermal::DEFAULT_TJMAX)
     }
 
     /// A scenario of one step that replays `trace` at `speed` on the
@@ -1071,6 +1065,7 @@ impl Scenario {
             machine: MachineSpec { topology: trace.topology, ..MachineSpec::default() },
             injector: Injector::default(),
             params,
+            tjmax: trace.tjmax.unwrap_or(thermal::DEFAULT_TJMAX),
             steps: vec![step],
             trace: None,
             traces: BTreeMap::from([(path, trace)]),
