@@ -184,11 +184,12 @@ impl Artifacts {
         }
     }
 
-    /// The bench guest with the D-Bus side: its archive, and the agent told
-    /// to start it.
-    pub fn dbus_guest(&self, topology: Topology, memory_mib: u32, mut kernel_args: Vec<String>) -> GuestSpec {
+    /// `guest` with the D-Bus side: its archive, and the agent told to
+    /// start it.
+    pub fn with_dbus(&self, guest: GuestSpec) -> GuestSpec {
+        let mut kernel_args = guest.kernel_args;
         kernel_args.push(kevent_wire::DBUS_ARG.to_owned());
-        GuestSpec { initramfs: self.dbus_initramfs.clone(), ..self.guest_of(topology, memory_mib, kernel_args) }
+        GuestSpec { initramfs: self.dbus_initramfs.clone(), kernel_args, ..guest }
     }
 
     /// The same kernel with the floor init.

@@ -1129,12 +1129,11 @@ impl Scenario {
         let (across, within) = self.machine.clock.rate_limit_edges_ms();
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_edge_ms", &across.to_string()));
         args.push(kevent_wire::module_param_arg("kevent_thermal", "rate_limit_burst_edge_ms", &within.to_string()));
-        let mut guest = if self.machine.dbus {
-            artifacts.dbus_guest(self.machine.topology, self.machine.memory_mib, args)
-        } else {
-            artifacts.guest_of(self.machine.topology, self.machine.memory_mib, args)
-        };
+        let mut guest = artifacts.guest_of(self.machine.topology, self.machine.memory_mib, args);
         guest.clock = self.machine.clock;
+        if self.machine.dbus {
+            guest = artifacts.with_dbus(guest);
+        }
         guest
     }
 }

@@ -239,11 +239,11 @@ fn debians_dbus_monitor_on_the_host_sees_the_guests_signals_as_an_ordinary_user(
     std::fs::create_dir_all(&dir).unwrap();
     // The socket's directory is the user's to reach; QEMU makes the socket.
     let socket = dir.join("bus");
-    let mut guest = artifacts.dbus_guest(
-        kevent_bench::Topology::flat(2),
+    let mut guest = artifacts.with_dbus(artifacts.guest(
+        2,
         256,
         vec![kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0")],
-    );
+    ));
     guest.dbus_socket = Some(socket.clone());
     let mut machine = common::boot(&common::config("dbus-socket", guest));
     use std::os::unix::fs::PermissionsExt;

@@ -67,9 +67,7 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     if guest.topology.shares_packages() {
         guests.insert(0, (GuestSpec { topology: Topology::flat(guest.topology.cpus()), ..guest.clone() }, false));
     }
-    let mut dbus_guest = GuestSpec { initramfs: artifacts.dbus_initramfs.clone(), ..guest.clone() };
-    dbus_guest.kernel_args.push(kevent_wire::DBUS_ARG.to_owned());
-    guests.push((dbus_guest, true));
+    guests.push((artifacts.with_dbus(guest.clone()), true));
     let mut samples: Vec<Samples> = guests.iter().map(|_| Samples::default()).collect();
     // Run 0 of each is untimed: page cache and QEMU's own start-up. The
     // guests alternate, so that all see the same host load.

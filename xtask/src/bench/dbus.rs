@@ -46,9 +46,7 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     let artifacts = crate::build::run(&flags.build.resolve())?;
     let cpus = flags.guest.topology().cpus();
     let no_rate_limit = kevent_wire::module_param_arg("kevent_thermal", "rate_limit_ms", "0");
-    let plain = flags.guest.spec(&artifacts, Vec::new());
-    let mut guest = artifacts.dbus_guest(plain.topology, plain.memory_mib, vec![no_rate_limit]);
-    guest.clock = plain.clock;
+    let guest = artifacts.with_dbus(flags.guest.spec(&artifacts, vec![no_rate_limit]));
     let decision = crate::boot::decide_accel(&artifacts, flags.guest.accel, guest.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, "bench-dbus");
     let config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
