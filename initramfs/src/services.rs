@@ -158,31 +158,26 @@ impl Services {
 
     /// Stops kdbusd (SIGTERM) and waits until it has exited.
     pub fn stop_kdbusd(&self) -> io::Result<()> {
-        let mut state = self.lock();
-        let program = state
-            .programs
-            .iter_mut()
-            .rev()
-            .find(|p| p.name == KDBUSD && p.ended.is_none())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "kdbusd is not running"))?;
-        program.stopping = true;
-        let pid = Pid::from_raw(i32::try_from(program.pid).map_err(|_| io::Error::other("pid out of range"))?);
-        kill(pid, Signal::SIGTERM)?;
-        let deadline = Instant::now() + STOP_BOUND;
-        loop {
-            let running = state.programs.iter().any(|p| p.name == KDBUSD && p.ended.is_none());
-            if !running {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("kdbusd did not exit within {STOP_BOUND:?} of SIGTERM"),
-                ));
-            }
-            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        {
+            let mut state = self.lock();
+            let program = state
+                .programs
+                .iter_mut()
+                .rev()
+                .find(|p| p.name == KDBUSD && p.ended.is_none())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "kdbusd is not running"))?;
+            program.stopping = true;
+            let pid = Pid::from_raw(i32::try_from(program.pid).map_err(|_| io::Error::other("pid out of range"))?);
+            kill(pid, Signal::SIGTERM)?;
         }
+        let running = |s: &State| s.programs.iter().any(|p| p.name == KDBUSD && p.ended.is_none());
+        if running(&self.wait_for(STOP_BOUND, |s| !running(s))) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("kdbusd did not exit within {STOP_BOUND:?} of SIGTERM"),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether kdbusd runs (and so answers `Sync`).
