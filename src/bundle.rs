@@ -36,8 +36,10 @@ use crate::transcript::{ProgramRun, StepOutcome, StepRecord};
 pub const FORMAT: &str = "kevent-bench reproducer bundle";
 /// The version of the layout and of every member's format; a reader refuses
 /// a bundle with a higher one. Fields added to the manifest do not change it
-/// (readers ignore fields they do not know); a field removed or changed does.
-pub const FORMAT_VERSION: u32 = 1;
+/// (readers ignore fields they do not know); a field removed or changed
+/// does, and so does a line type added to `events.jsonl`, which version 1
+/// readers refuse: version 2 added `trace` lines.
+pub const FORMAT_VERSION: u32 = 2;
 /// A bundle is meant for a mail; anything this large is not one.
 pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
 /// Unpacked, every member together.
@@ -122,6 +124,10 @@ pub struct RunInfo {
     pub overrides: Overrides,
     /// Kernel command-line words added to the run (`--append`, `--dyndbg`).
     pub append: Vec<String>,
+    /// The `--dyndbg` queries as given: the last words of `append` are
+    /// theirs. Absent from bundles written before it was recorded.
+    #[serde(default)]
+    pub dyndbg: Vec<String>,
     /// The trace events the run enabled (`--trace`), if it traced.
     pub trace: Option<String>,
     /// Files added to the initramfs (`--include`), each with its fingerprint.
@@ -675,6 +681,26 @@ impl Bundle {
         BundleError::Member { path: self.path.clone(), member: member.to_owned(), why }
     }
 
+    /// The run's `--dyndbg` queries, and the `--append` words before
+    /// theirs in `run.append`: a replay gives the queries again, checked
+    /// against the guest's call sites as `run --dyndbg` does.
+    pub fn dyndbg(&self) -> Result<(Vec<crate::dyndbg::Query>, &[String]), BundleError> {
+        let invalid = |why: String| self.member_error(member::MANIFEST, why);
+        let run = &self.manifest.run;
+        let queries = run
+            .dyndbg
+            .iter()
+            .map(|text| crate::dyndbg::Query::parse(text).map_err(|e| invalid(format!("run.dyndbg: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let appended = crate::dyndbg::split_appended(&run.append, &queries).ok_or_else(|| {
+            invalid(format!(
+                "run.append {:?} does not end with the kernel words of run.dyndbg {:?}",
+                run.append, run.dyndbg
+            ))
+        })?;
+        Ok((queries, appended))
+    }
+
     /// The scenario as the bundle's run ran it: its text, parsed as
     /// `<bundle>/<name>.toml` (so errors point into the bundle), with the
     /// run's command-line overrides applied.
@@ -888,7 +914,8 @@ impl Recorded {
                 return Err(at("a line after the run's last".into()));
             }
             match text("type")?.as_str() {
-                "start" | "timing_flag" => {}
+                // Nothing in them is replayed: a traced replay traces again.
+                "start" | "timing_flag" | "trace" => {}
                 "event" => {
                     let step = number_of("step")? as usize;
                     let bytes = events::unescape(&text("bytes")?).map_err(|e| at(format!("\"bytes\": {e}")))?;

@@ -175,6 +175,22 @@ pub fn kernel_args(queries: &[Query], kernel_args: &[String]) -> Vec<String> {
     args
 }
 
+/// The words of `appended` (a run's added kernel words: `--append`'s, then
+/// those [`kernel_args`] made of `queries`) that came from `--append`;
+/// `None` if `appended` does not end with the queries' words.
+pub fn split_appended<'a>(appended: &'a [String], queries: &[Query]) -> Option<&'a [String]> {
+    if queries.is_empty() {
+        return Some(appended);
+    }
+    let words = queries.iter().map(|q| q.kernel_args().len()).sum::<usize>();
+    // With the console level kernel_args adds unless `--append` chose one,
+    // or without it.
+    [words + 1, words].into_iter().find_map(|theirs| {
+        let (given, tail) = appended.split_at(appended.len().checked_sub(theirs)?);
+        (kernel_args(queries, given) == tail).then_some(given)
+    })
+}
+
 /// The console's log level under `--dyndbg`: KERN_DEBUG messages print.
 pub const CONSOLE_LEVEL: &str = "loglevel=8";
 
@@ -417,6 +433,21 @@ mod tests {
         assert_eq!((site.format.as_str(), site.class.as_deref()), ("say \"on\" now\n", Some("DRM_UT_VBL")));
         let site = parse_site(CLASSED.lines().nth(1).unwrap()).unwrap();
         assert_eq!((site.format.as_str(), site.class), ("off\n", None));
+    }
+
+    #[test]
+    fn a_runs_appended_words_split_into_the_users_and_the_queries() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let queries = vec![Query::parse("module kmessage +p").unwrap()];
+        let appended = words(&["initcall_debug", "kmessage.dyndbg=\"+p\"", "loglevel=8"]);
+        assert_eq!(split_appended(&appended, &queries), Some(&appended[..1]));
+        // --append chose the level: kernel_args added none.
+        let appended = words(&["loglevel=4", "kmessage.dyndbg=\"+p\""]);
+        assert_eq!(split_appended(&appended, &queries), Some(&appended[..1]));
+        assert_eq!(split_appended(&appended, &[]), Some(&appended[..]));
+        for bad in [&["kmessage.dyndbg=\"+p\""][..], &["loglevel=8"], &[], &["kmessage.dyndbg=\"-p\"", "loglevel=8"]] {
+            assert_eq!(split_appended(&words(bad), &queries), None, "{bad:?}");
+        }
     }
 
     #[test]

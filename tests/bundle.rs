@@ -127,6 +127,7 @@ fn a_traced_run_with_dynamic_debug_bundles_both_and_replays_with_both() {
         let bundle = Bundle::read(&path).unwrap();
         assert_eq!(bundle.manifest.run.trace, None);
         assert_eq!(bundle.manifest.run.append, ["loglevel=8", "kevent_thermal.dyndbg=\"+p\""]);
+        assert_eq!(bundle.manifest.run.dyndbg, ["module kevent_thermal +p"]);
         assert!(bundle.text(member::CONSOLE).unwrap().contains("CPU1's thermal interrupt"), "the probe's dev_dbg");
         return;
     }
@@ -140,6 +141,7 @@ fn a_traced_run_with_dynamic_debug_bundles_both_and_replays_with_both() {
     let run_info = &bundle.manifest.run;
     assert_eq!(run_info.trace.as_deref(), Some("kevent_thermal:*,kmessage:*"));
     assert_eq!(run_info.append, ["loglevel=8", "kevent_thermal.dyndbg=\"+p\""]);
+    assert_eq!(run_info.dyndbg, ["module kevent_thermal +p"]);
     let trace = bundle.text(member::TRACE).unwrap();
     assert!(trace.contains("tracing_mark_write: kevent-bench step 2: "), "{trace}");
     assert!(trace.contains("thermal_interrupt: cpu=1 interrupt=2 "), "{trace}");

@@ -467,3 +467,47 @@ fn each_override_field_is_named_as_the_manifest_spells_it() {
     names.sort_unstable();
     assert_eq!(keys, names);
 }
+
+#[test]
+fn a_runs_dyndbg_queries_come_back_as_queries_and_a_bad_record_refuses_the_bundle() {
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut manifest = manifest();
+    manifest.run.append = words(&["initcall_debug", "kmessage.dyndbg=\"+p\"", "loglevel=8"]);
+    manifest.run.dyndbg = words(&["module kmessage +p"]);
+    let bundle = read(&bundle_bytes(&mut manifest)).unwrap();
+    let (queries, appended) = bundle.dyndbg().unwrap();
+    assert_eq!(queries.iter().map(|q| q.text.as_str()).collect::<Vec<_>>(), ["module kmessage +p"]);
+    assert_eq!(appended, ["initcall_debug"]);
+
+    // A bundle written before run.dyndbg was recorded gives every word again.
+    let mut old = manifest.clone();
+    old.run.dyndbg.clear();
+    let bundle = read(&bundle_bytes(&mut old)).unwrap();
+    assert_eq!(bundle.dyndbg().unwrap().1, old.run.append.as_slice());
+
+    for (dyndbg, why) in [
+        ("module kmessage", "run.dyndbg: --dyndbg \"module kmessage\": "),
+        ("module kevent_thermal +p", "does not end with the kernel words of run.dyndbg"),
+    ] {
+        let mut bad = manifest.clone();
+        bad.run.dyndbg = words(&[dyndbg]);
+        let err = read(&bundle_bytes(&mut bad)).unwrap().dyndbg().unwrap_err();
+        assert!(err.to_string().contains("manifest.json") && err.to_string().contains(why), "{dyndbg}: {err}");
+    }
+}
+
+#[test]
+fn a_traced_runs_events_read_back_and_a_version_1_bundle_still_reads() {
+    let s = scenario();
+    let steps = steps(812, "high");
+    let mut text = events_jsonl(&s, &steps, summary());
+    let trace_line = json_lines::trace(Path::new("/r/trace.txt"), 512, None);
+    text.insert_str(text.rfind("{\"").unwrap(), &format!("{trace_line}\n"));
+    let recorded = Recorded::parse(&text).unwrap();
+    assert!(recorded.completed);
+    assert_eq!(recorded.steps.len(), 2);
+
+    let mut manifest = manifest();
+    manifest.format_version = 1;
+    assert_eq!(read(&bundle_bytes(&mut manifest)).unwrap().manifest.format_version, 1);
+}

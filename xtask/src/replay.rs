@@ -42,6 +42,7 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         scenario.trace = Some(request);
     }
+    let (dyndbg, appended) = bundle.dyndbg()?;
     let includes = check_includes(&bundle)?;
     let target = flags.bundle_out.as_deref().map(reproducer::Target::prepare).transpose()?;
     describe(&bundle, &recorded);
@@ -61,12 +62,15 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
     let decision = crate::boot::decide_accel(&artifacts, flags.accel, scenario.machine.clock)?;
     let run_dir = crate::boot::run_dir(&artifacts, &format!("replay-{}", scenario.name));
     let mut guest = scenario.guest(&artifacts);
-    guest.kernel_args.extend(manifest.run.append.iter().cloned());
+    guest.kernel_args.extend(appended.iter().cloned());
     if !includes.is_empty() {
         guest.initramfs = run::initramfs_with(&guest.initramfs, &includes, &run_dir)?;
     }
     let mut config = MachineConfig::new(guest, decision.accel, run_dir.clone())?;
     config.stream_console = flags.console;
+    // Given as queries again, so that one that selects nothing here is
+    // refused as `run --dyndbg` refuses it.
+    config.dyndbg = dyndbg;
     eprintln!("console log: {}", run_dir.join("console.log").display());
     let execution = run::execute(&scenario, &config, &decision, Output { json: false, raw: false });
     if kevent_bench::process::interrupted().is_some() {

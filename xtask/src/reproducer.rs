@@ -191,6 +191,7 @@ pub fn manifest(run: &RunRecord, kernel_config: &[u8]) -> anyhow::Result<Manifes
             command,
             overrides: run.overrides.clone(),
             append: run.append.clone(),
+            dyndbg: run.config.dyndbg.iter().map(|q| q.text.clone()).collect(),
             trace: scenario.trace.as_ref().map(|request| request.flag_text()),
             includes,
         },
