@@ -364,18 +364,19 @@ impl Serialize for Bytes<'_> {
 mod tests {
     use super::*;
     use zbus::zvariant::serialized::Context;
-    use zbus::zvariant::{to_bytes, LE};
+    use zbus::zvariant::{to_bytes, BE, LE};
 
     #[test]
     fn bytes_marshal_exactly_as_a_byte_sequence_does() {
-        let ctxt = Context::new_dbus(LE, 0);
         let fields = vec![("Cpu".to_owned(), "0".to_owned())];
-        // Odd lengths and an empty one: the array's alignment and the
-        // padding after it must match too.
-        for datagram in [&b""[..], b"x", b"From: /a\nSignal: b\n\0", &[0xff; 1001]] {
-            let fast = to_bytes(ctxt, &("aux", Ordered(&fields), Bytes(datagram), 7u32)).unwrap();
-            let generic = to_bytes(ctxt, &("aux", Ordered(&fields), datagram.to_vec(), 7u32)).unwrap();
-            assert_eq!(fast.bytes(), generic.bytes(), "datagram of {} bytes", datagram.len());
+        // Odd lengths and an empty one, either byte order: the array's
+        // alignment and the padding after it must match too.
+        for ctxt in [Context::new_dbus(LE, 0), Context::new_dbus(BE, 0)] {
+            for datagram in [&b""[..], b"x", b"From: /a\nSignal: b\n\0", &[0xff; 1001]] {
+                let fast = to_bytes(ctxt, &("aux", Ordered(&fields), Bytes(datagram), 7u32)).unwrap();
+                let generic = to_bytes(ctxt, &("aux", Ordered(&fields), datagram.to_vec(), 7u32)).unwrap();
+                assert_eq!(fast.bytes(), generic.bytes(), "datagram of {} bytes", datagram.len());
+            }
         }
     }
 }

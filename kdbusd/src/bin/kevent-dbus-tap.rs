@@ -94,11 +94,12 @@ impl Out {
         out.flush()
     }
 
-    /// Writes `event` into the buffer only; [`Out::flush`] or the next
+    /// Writes `event` into the buffer only (a frame is its encoding, and
+    /// `write_frame` would flush it); [`Out::flush`] or the next
     /// [`Out::send`] writes it.
     fn buffer(&self, event: &TapEvent) -> io::Result<()> {
         let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        kevent_wire::write_frame(&mut *out, &event.encode())
+        out.write_all(&event.encode())
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -384,6 +385,8 @@ fn watch(mut messages: BusSocket, own: &[String; 2], out: &Out, fences: &Mutex<F
         Err("the bus closed the monitor's connection".into())
     })();
     if let Err(e) = result {
+        // What was read before the failure still reaches the agent.
+        let _ = out.flush();
         eprintln!("kevent-dbus-tap: {e}");
         std::process::exit(1);
     }
