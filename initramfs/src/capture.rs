@@ -190,6 +190,9 @@ impl Tap {
 
     /// Asks the tap for `fence` and forwards what it sees until it answers.
     fn fence(&mut self, fence: Fence, outbox: &mut Outbox<'_>) -> io::Result<Result<(), String>> {
+        // The command's write may block on a full pipe: what is gathered
+        // goes first.
+        outbox.flush()?;
         self.next_token += 1;
         let token = self.next_token;
         let command = match fence {

@@ -507,7 +507,11 @@ fn a_traced_runs_events_read_back_and_a_version_1_bundle_still_reads() {
     assert!(recorded.completed);
     assert_eq!(recorded.steps.len(), 2);
 
+    // A version 1 bundle: its events.jsonl, without a trace line, reads too.
     let mut manifest = manifest();
     manifest.format_version = 1;
-    assert_eq!(read(&bundle_bytes(&mut manifest)).unwrap().manifest.format_version, 1);
+    let bundle = read(&bundle_bytes(&mut manifest)).unwrap();
+    assert_eq!(bundle.manifest.format_version, 1);
+    assert!(!bundle.text(member::EVENTS).unwrap().contains("\"trace\""));
+    assert_eq!(bundle.recorded().unwrap().steps.len(), 2);
 }
