@@ -68,7 +68,7 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     // in `before`, those before its own in `after`); so does the window up
     // to a third sample taken at once, whose use is taken off.
     let again = GuestCpu::sample(&mut machine, bound)?;
-    let used = after.since(&before).less(&again.since(&after));
+    let used = after.minus(&before).minus(&again.minus(&after));
     machine.shutdown(config.timeouts.shutdown)?;
     let _ = std::fs::remove_dir_all(&run_dir);
 
@@ -212,8 +212,9 @@ fn burst(machine: &mut Machine, cpus: u32, bound: Duration) -> anyhow::Result<Ra
     Ok(Rate { netlink, bus, datagrams: exchange.datagrams.len(), signals: mapped(&exchange.dbus, &exchange.datagrams) })
 }
 
-/// The guest's CPU time, whole and per thread, from its /proc: where the
-/// burst's time went, read through the agent before and after it.
+/// The guest's CPU time, whole and per thread, from its /proc (or the
+/// difference of two such samples): where the burst's time went, read
+/// through the agent before and after it.
 struct GuestCpu {
     /// `/proc/stat`'s `cpu` line: user, nice, system, idle, iowait, irq,
     /// softirq, in clock ticks.
@@ -267,43 +268,20 @@ impl GuestCpu {
         Ok(GuestCpu { total, threads })
     }
 
-    /// What was used from `before` to this sample.
-    fn since(&self, before: &GuestCpu) -> CpuUse {
-        let total = self.total.iter().zip(&before.total).map(|(now, then)| now.saturating_sub(*then)).collect();
-        let threads = self
-            .threads
-            .iter()
-            .map(|(&tid, (name, ticks))| {
-                // A thread id reused by another thread starts from zero.
-                let earlier = before.threads.get(&tid).filter(|(n, _)| n == name).map_or(0, |(_, t)| *t);
-                (tid, (name.clone(), ticks.saturating_sub(earlier)))
-            })
-            .collect();
-        CpuUse { total, threads }
-    }
-}
-
-/// CPU time used over a window, whole and per thread, in clock ticks.
-struct CpuUse {
-    /// Per field of `/proc/stat`'s `cpu` line.
-    total: Vec<u64>,
-    /// Thread id → (name, ticks).
-    threads: BTreeMap<u32, (String, u64)>,
-}
-
-impl CpuUse {
-    /// This use less `other`'s, field by field and thread by thread.
-    fn less(&self, other: &CpuUse) -> CpuUse {
+    /// This less `other`, field by field and thread by thread: the CPU
+    /// used between two samples, or one window's use less another's.
+    fn minus(&self, other: &GuestCpu) -> GuestCpu {
         let total = self.total.iter().zip(&other.total).map(|(a, b)| a.saturating_sub(*b)).collect();
         let threads = self
             .threads
             .iter()
             .map(|(&tid, (name, ticks))| {
+                // A thread id another thread had in `other` counts from zero.
                 let theirs = other.threads.get(&tid).filter(|(n, _)| n == name).map_or(0, |(_, t)| *t);
                 (tid, (name.clone(), ticks.saturating_sub(theirs)))
             })
             .collect();
-        CpuUse { total, threads }
+        GuestCpu { total, threads }
     }
 
     /// CPU time of the threads called `name`; `None` if there is none.
