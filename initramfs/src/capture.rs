@@ -8,31 +8,31 @@
 //! only once its datagrams are queued, so an injection's events always come
 //! before its reply.
 //!
-//! With the D-Bus side, the same thread reads the tap's frames (every
-//! message on the bus) and forwards them; a reply then also waits for a
-//! fence through the bus: kdbusd's `Sync` returns only after kdbusd has
-//! sent the signals of everything its own sockets held, and the tap sees
-//! that return after those signals. So a step's D-Bus signals are on the
-//! host before its reply too.
+//! With the D-Bus side, the same thread reads the agent's monitor of the
+//! bus (every message on it) and forwards each; a reply then also waits
+//! for a fence through the bus: the thread calls kdbusd's `Sync`, which
+//! returns only after kdbusd has sent the signals of everything its own
+//! sockets held, and the monitor sees that return after those signals. So
+//! a step's D-Bus signals are on the host before its reply too.
 
 use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kevent_wire::{
-    read_frame, write_frame, AgentStage, DatagramRef, DbusMessage, GuestMessage, Outcome, TapCommand, TapEvent,
-    BUS_FENCE_BOUND,
-};
+use kdbusd::bus::DBUS;
+use kdbusd::mapping::{BUS_NAME, INTERFACE, OBJECT_PATH};
+use kdbusd::message::{self, Kind, Value};
+use kevent_wire::{AgentStage, DatagramRef, DbusMessage, GuestMessage, Outcome, BUS_FENCE_BOUND};
 use nix::poll::PollFd;
 
 use kdbusd::netlink::{self, Received};
 
 use crate::error::AgentError;
-use crate::services::{Services, TapPipes};
+use crate::services::{BusConnections, Services};
 use crate::sys;
 use crate::HostChannel;
 
@@ -127,25 +127,35 @@ impl<'c> Outbox<'c> {
 pub enum Fence {
     /// Nothing: no D-Bus side, or kdbusd is stopped.
     Netlink,
-    /// kdbusd's `Sync`, seen returned by the tap.
+    /// kdbusd's `Sync`, seen returned by the monitor.
     Sync,
     /// kdbusd's name seen without an owner (after kdbusd was stopped).
     KdbusdGone,
 }
 
-/// The tap as the capture thread drives it.
-struct Tap {
-    pipes: TapPipes,
+/// What a message the monitor saw settles.
+enum Seen {
+    /// A reply to one of the client's calls: its serial, and the error's
+    /// name and text if it is an error.
+    Reply { serial: u32, error: Option<String> },
+    /// kdbusd's connection left the bus.
+    KdbusdGone,
+    /// Nothing a fence waits for.
+    Traffic,
+}
+
+/// The agent's monitor of the bus as the capture thread drives it.
+struct Monitor {
+    bus: BusConnections,
     services: Services,
-    /// The tap's stdout is open.
+    /// The bus has not closed the monitor's connection.
     open: bool,
     /// The D-Bus side failed and was reported: no more fences.
     failed: bool,
-    next_token: u64,
 }
 
-impl Tap {
-    /// Handles every frame the tap has written so far, without waiting.
+impl Monitor {
+    /// Handles every message the bus has sent so far, without waiting.
     fn pump(&mut self, outbox: &mut Outbox<'_>) -> io::Result<()> {
         while self.open && self.readable(Duration::ZERO, outbox)? {
             self.next(outbox)?;
@@ -153,13 +163,13 @@ impl Tap {
         Ok(())
     }
 
-    /// Whether a frame can be read within `bound`; what `outbox` holds goes
-    /// to the host before any wait.
+    /// Whether a message can be read within `bound`; what `outbox` holds
+    /// goes to the host before any wait.
     fn readable(&mut self, bound: Duration, outbox: &mut Outbox<'_>) -> io::Result<bool> {
-        if !self.pipes.events.buffer().is_empty() {
+        if self.bus.monitor.has_buffered() {
             return Ok(true);
         }
-        let mut fds = [sys::readable(self.pipes.events.get_ref().as_fd())];
+        let mut fds = [sys::readable(self.bus.monitor.fd())];
         if sys::poll_timeout(&mut fds, Duration::ZERO)? {
             return Ok(true);
         }
@@ -170,62 +180,117 @@ impl Tap {
         sys::poll_timeout(&mut fds, bound)
     }
 
-    /// Reads one frame: a bus message goes to the host; a fence's answer
-    /// is returned.
-    fn next(&mut self, outbox: &mut Outbox<'_>) -> io::Result<Option<TapEvent>> {
-        let frame =
-            read_frame(&mut self.pipes.events).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))?;
-        let Some((kind, body)) = frame else {
-            self.open = false;
-            return Ok(None);
+    /// Reads one message: the bus's traffic goes to the host (the agent's
+    /// own calls and their replies do not); what it settles is returned.
+    /// A connection the bus closed, or that fails, is reported, once.
+    fn next(&mut self, outbox: &mut Outbox<'_>) -> io::Result<Seen> {
+        let bytes = match self.bus.monitor.next_message() {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return self.lost(outbox, "the bus closed the agent's monitor connection".into()),
+            Err(e) => return self.lost(outbox, format!("the agent's bus monitor: {e}")),
         };
-        match TapEvent::decode(kind, &body).map_err(|e| io::Error::other(format!("the tap's frames: {e}")))? {
-            TapEvent::Message { monotonic_ns, bytes } => {
-                outbox.push(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }).encode())?;
-                Ok(None)
+        let monotonic_ns = sys::monotonic_ns();
+        // A message the agent cannot read still goes to the host, which
+        // reports it; it settles no fence. The header routes; the few
+        // bodies read are read below.
+        let Ok(header) = message::parse_header(&bytes) else {
+            outbox.push(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }).encode())?;
+            return Ok(Seen::Traffic);
+        };
+        let own = &self.bus.own;
+        let sender = header.sender.as_deref().unwrap_or("");
+        let destination = header.destination.as_deref().unwrap_or("");
+        let seen = match header.kind {
+            Kind::MethodReturn | Kind::Error if destination == own[0] => {
+                let error = (header.kind == Kind::Error).then(|| {
+                    let text = match message::parse(&bytes).map(|m| m.body) {
+                        Ok(body) => match body.first() {
+                            Some(Value::Str(text)) => text.clone(),
+                            _ => String::new(),
+                        },
+                        Err(_) => String::new(),
+                    };
+                    format!("{}: {text}", header.error_name.as_deref().unwrap_or(""))
+                });
+                header.reply_serial.map_or(Seen::Traffic, |serial| Seen::Reply { serial, error })
             }
-            other => Ok(Some(other)),
+            Kind::Signal if sender == DBUS && header.member.as_deref() == Some("NameOwnerChanged") => {
+                let body = message::parse(&bytes).map(|m| m.body).unwrap_or_default();
+                let text = |at: usize| match body.get(at) {
+                    Some(Value::Str(s)) => s.as_str(),
+                    _ => "",
+                };
+                let (name, new) = (text(0), text(2));
+                if name == BUS_NAME && !new.is_empty() {
+                    self.bus.kdbusd = new.to_owned();
+                    Seen::Traffic
+                } else if !self.bus.kdbusd.is_empty() && name == self.bus.kdbusd && new.is_empty() {
+                    // kdbusd's connection is gone: the bus releases its
+                    // well-known name first, its unique name last.
+                    self.bus.kdbusd.clear();
+                    Seen::KdbusdGone
+                } else {
+                    Seen::Traffic
+                }
+            }
+            _ => Seen::Traffic,
+        };
+        let mine = own.iter().any(|name| name == sender || name == destination);
+        if !mine {
+            outbox.push(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }).encode())?;
         }
+        Ok(seen)
     }
 
-    /// Asks the tap for `fence` and forwards what it sees until it answers.
+    /// The monitor's connection is gone: the host hears why (the bus
+    /// daemon's death, if that is the cause), after what came before.
+    fn lost(&mut self, outbox: &mut Outbox<'_>, why: String) -> io::Result<Seen> {
+        self.open = false;
+        if !self.failed {
+            self.failed = true;
+            outbox.flush()?;
+            self.services.report(&why);
+        }
+        Ok(Seen::Traffic)
+    }
+
+    /// Carries out `fence` and forwards what the monitor sees until it holds.
     fn fence(&mut self, fence: Fence, outbox: &mut Outbox<'_>) -> io::Result<Result<(), String>> {
-        // The command's write may block on a full pipe: what is gathered
-        // goes first.
-        outbox.flush()?;
-        self.next_token += 1;
-        let token = self.next_token;
-        let command = match fence {
+        let serial = match fence {
             Fence::Netlink => return Ok(Ok(())),
-            Fence::Sync => TapCommand::Sync { token },
-            Fence::KdbusdGone => TapCommand::AwaitKdbusdGone { token },
+            Fence::KdbusdGone if self.bus.kdbusd.is_empty() => return Ok(Ok(())),
+            Fence::KdbusdGone => None,
+            Fence::Sync => match self.bus.client.send_call(BUS_NAME, OBJECT_PATH, INTERFACE, "Sync", &[]) {
+                Ok(serial) => Some(serial),
+                Err(e) => return Ok(Err(format!("call {INTERFACE}.Sync: {e}"))),
+            },
         };
         let what = match fence {
             Fence::KdbusdGone => "kdbusd's name did not lose its owner on the bus",
             _ => "kdbusd did not answer Sync",
         };
-        if let Err(e) =
-            write_frame(&mut self.pipes.commands, &command.encode()).and_then(|()| self.pipes.commands.flush())
-        {
-            return Ok(Err(format!("{} could not be asked for a fence: {e}", crate::services::TAP)));
-        }
         let deadline = Instant::now() + BUS_FENCE_BOUND;
-        loop {
+        let held = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if !self.open {
-                return Ok(Err(format!("{} ended in a fence ({what})", crate::services::TAP)));
+                break Err(format!("the bus closed the agent's monitor connection in a fence ({what})"));
             }
             if !self.readable(left, outbox)? {
-                return Ok(Err(format!("{what} within {BUS_FENCE_BOUND:?}")));
+                break Err(format!("{what} within {BUS_FENCE_BOUND:?}"));
             }
-            match self.next(outbox)? {
-                Some(TapEvent::Fenced { token: t }) if t == token => return Ok(Ok(())),
-                Some(TapEvent::FenceFailed { token: t, why }) if t == token => {
-                    return Ok(Err(format!("{what}: {why}")))
+            match (self.next(outbox)?, serial) {
+                (Seen::Reply { serial: s, error }, Some(serial)) if s == serial => {
+                    break error.map_or(Ok(()), |why| Err(format!("{what}: {why}")));
                 }
+                (Seen::KdbusdGone, None) => break Ok(()),
                 _ => {}
             }
+        };
+        // The monitor read the replies; the client's copies are dropped.
+        if let Err(e) = self.bus.client.discard_pending() {
+            return Ok(Err(format!("the agent's bus client: {e}")));
         }
+        Ok(held)
     }
 }
 
@@ -261,22 +326,22 @@ impl Sockets {
 }
 
 impl Capture {
-    /// Starts the capture thread on `sockets`, and on the tap's pipes if
-    /// the D-Bus side runs.
+    /// Starts the capture thread on `sockets`, and on the agent's bus
+    /// connections if the D-Bus side runs.
     pub fn start(
         channel: HostChannel,
         sockets: Sockets,
-        dbus: Option<(Services, TapPipes)>,
+        dbus: Option<(Services, BusConnections)>,
     ) -> Result<Capture, AgentError> {
         let listeners = sockets.0;
-        let tap = dbus.map(|(services, pipes)| Tap { pipes, services, open: true, failed: false, next_token: 0 });
+        let monitor = dbus.map(|(services, bus)| Monitor { bus, services, open: true, failed: false });
         let (read_end, write_end) = sys::pipe().map_err(|e| AgentError::io(STAGE, "make the wake-up pipe", &e))?;
         let (read_end, write_end) = (File::from(read_end), File::from(write_end));
         let (replies, pending) = mpsc::channel();
         thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
-                if let Err(e) = capture_loop(listeners, read_end, pending, &channel, tap) {
+                if let Err(e) = capture_loop(listeners, read_end, pending, &channel, monitor) {
                     crate::fail(Some(&channel), &AgentError::io(STAGE, "netlink capture", &e));
                 }
             })
@@ -297,10 +362,10 @@ fn capture_loop(
     wake: File,
     pending: Receiver<(u32, Outcome, Fence)>,
     channel: &HostChannel,
-    mut tap: Option<Tap>,
+    mut monitor: Option<Monitor>,
 ) -> io::Result<()> {
     let mut outbox = Outbox::new(channel);
-    let result = capture_rounds(&listeners, &wake, &pending, &mut outbox, &mut tap);
+    let result = capture_rounds(&listeners, &wake, &pending, &mut outbox, &mut monitor);
     // What was read before a failure still reaches the host, before it.
     let flushed = outbox.flush();
     result.and(flushed)
@@ -311,19 +376,24 @@ fn capture_rounds(
     wake: &File,
     pending: &Receiver<(u32, Outcome, Fence)>,
     outbox: &mut Outbox<'_>,
-    tap: &mut Option<Tap>,
+    monitor: &mut Option<Monitor>,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; 64 << 10];
     let wake_at = listeners.len();
     loop {
+        // Messages already read off the monitor's socket (with the one
+        // before them) are not the socket's to report: poll would not wake.
+        if let Some(monitor) = monitor.as_mut().filter(|m| m.open && m.bus.monitor.has_buffered()) {
+            monitor.pump(outbox)?;
+        }
         outbox.flush()?;
-        // The tap's stdout leaves the set once it has closed (its end is
-        // reported by its supervisor): poll would report it forever.
+        // The monitor leaves the set once the bus has closed it (and that
+        // was reported): poll would report it forever.
         let mut fds: Vec<PollFd<'_>> = listeners
             .iter()
             .map(|l| l.socket.fd())
             .chain([wake.as_fd()])
-            .chain(tap.as_ref().filter(|t| t.open).map(|t| t.pipes.events.get_ref().as_fd()))
+            .chain(monitor.as_ref().filter(|m| m.open).map(|m| m.bus.monitor.fd()))
             .map(sys::readable)
             .collect();
         sys::poll(&mut fds)?;
@@ -333,8 +403,8 @@ fn capture_rounds(
             listener.drain(outbox, &mut buffer)?;
         }
         if ready.get(wake_at + 1).copied().unwrap_or(false) {
-            if let Some(tap) = tap.as_mut() {
-                tap.pump(outbox)?;
+            if let Some(monitor) = monitor.as_mut() {
+                monitor.pump(outbox)?;
             }
         }
         if ready[wake_at] {
@@ -343,14 +413,14 @@ fn capture_rounds(
                 for listener in listeners {
                     listener.drain(outbox, &mut buffer)?;
                 }
-                if let Some(tap) = tap.as_mut().filter(|t| !t.failed) {
-                    if let Err(why) = tap.fence(fence, outbox)? {
+                if let Some(monitor) = monitor.as_mut().filter(|m| !m.failed) {
+                    if let Err(why) = monitor.fence(fence, outbox)? {
                         // The host fails the run on the report; no reply
                         // could claim the fence held. What came before the
                         // failure goes first.
                         outbox.flush()?;
-                        tap.failed = true;
-                        tap.services.report(&why);
+                        monitor.failed = true;
+                        monitor.services.report(&why);
                         continue;
                     }
                 }

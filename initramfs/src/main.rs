@@ -84,7 +84,7 @@ fn boot(channel: &HostChannel, started_ns: u64) -> Result<(capture::Sockets, Opt
     Ok((sockets, dbus))
 }
 
-type Dbus = (services::Services, services::TapPipes);
+type Dbus = (services::Services, services::BusConnections);
 
 /// The D-Bus side, if the kernel command line asks for it; the relay too if
 /// it asks for that and QEMU has the port.

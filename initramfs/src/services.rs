@@ -1,29 +1,32 @@
 //! The guest's D-Bus side, when the run asks for it (`kevent_bench.dbus=1`):
-//! Debian's dbus-daemon with the bench's configuration, kdbusd, the tap
-//! that monitors the bus for the agent, and the relay of the host's bus
-//! port if QEMU has one. Each is its own process, started in that order,
-//! each waited for until it is ready, and each supervised: one that ends
-//! without being asked to is reported to the host with its last words
-//! (the end of its stderr), and the run fails there.
+//! Debian's dbus-daemon with the bench's configuration, kdbusd, the
+//! agent's own connections to the bus (a monitor of every message, and a
+//! client that calls kdbusd's `Sync`), and the relay of the host's bus
+//! port if QEMU has one. The programs are processes of their own, started
+//! in that order, each waited for until it is ready, and each supervised:
+//! one that ends without being asked to is reported to the host with its
+//! last words (the end of its stderr), and the run fails there.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::AsFd;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use kdbusd::bus::{BusSocket, DBUS};
+use kdbusd::mapping::BUS_NAME;
+use kdbusd::message::Value;
 use kevent_wire::{
-    read_frame, AgentStage, GuestMessage, ServiceFailure, TapEvent, DBUS_CONFIG_PATH, DBUS_DAEMON_PATH, DBUS_TAP_PATH,
-    KDBUSD_PATH, SYSTEM_BUS_ADDRESS,
+    AgentStage, GuestMessage, ServiceFailure, DBUS_CONFIG_PATH, DBUS_DAEMON_PATH, DBUS_TAP_PATH, KDBUSD_PATH,
+    SYSTEM_BUS_ADDRESS, SYSTEM_BUS_SOCKET,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::AgentError;
-use crate::{sys, HostChannel};
+use crate::HostChannel;
 
 const STAGE: AgentStage = AgentStage::Dbus;
 /// How long a program may take to say it is ready: TCG on a loaded host.
@@ -40,15 +43,18 @@ const DEATH_BOUND: Duration = Duration::from_secs(2);
 /// its exit, and a follower can end before it does. A failure with the
 /// bus alive waits this long for nothing.
 const BUS_EXIT_GRACE: Duration = Duration::from_secs(1);
-/// Once dbus-daemon is dead, kdbusd and the monitor lose their bus and
-/// exit saying so: their last words are waited for, this long at most.
+/// Once dbus-daemon is dead, kdbusd loses its bus and exits saying so:
+/// its last words are waited for, this long at most.
 const FOLLOWERS_BOUND: Duration = Duration::from_secs(10);
 /// The last words kept of each program.
 const LAST_WORDS: usize = 4096;
+/// The longest the bus may take to finish a message it has begun to send
+/// the agent's monitor: a read past it fails instead of holding the
+/// capture thread.
+const MESSAGE_BOUND: Duration = Duration::from_secs(10);
 
 pub const DBUS_DAEMON: &str = "dbus-daemon";
 pub const KDBUSD: &str = "kdbusd";
-pub const TAP: &str = "kevent-dbus-tap monitor";
 pub const RELAY: &str = "kevent-dbus-tap relay";
 
 /// One supervised program, as its supervisor thread last saw it.
@@ -84,10 +90,17 @@ pub struct Services {
     shared: Arc<Shared>,
 }
 
-/// The tap's pipes, which the capture thread owns.
-pub struct TapPipes {
-    pub commands: ChildStdin,
-    pub events: BufReader<ChildStdout>,
+/// The agent's own connections to the bus, which the capture thread owns.
+pub struct BusConnections {
+    /// A monitor (`BecomeMonitor`): every message on the bus, in the bus's order.
+    pub monitor: BusSocket,
+    /// Calls kdbusd's `Sync`; the monitor sees the replies.
+    pub client: BusSocket,
+    /// The unique names of `client` and `monitor`: their own messages are
+    /// not the bus's traffic.
+    pub own: [String; 2],
+    /// The unique name that owned kdbusd's name when the monitor began.
+    pub kdbusd: String,
 }
 
 fn base_command(path: &str) -> Command {
@@ -97,12 +110,12 @@ fn base_command(path: &str) -> Command {
 }
 
 impl Services {
-    /// Starts the bus, kdbusd, the tap and (if `relay_port` names the host's
+    /// Starts the bus, kdbusd, the agent's connections and (if `relay_port` names the host's
     /// bus port) the relay, each once the one before is ready.
     pub fn start(
         channel: &HostChannel,
         relay_port: Option<&std::path::Path>,
-    ) -> Result<(Services, TapPipes), AgentError> {
+    ) -> Result<(Services, BusConnections), AgentError> {
         std::fs::create_dir_all("/run/dbus").map_err(|e| AgentError::io(STAGE, "create /run/dbus", &e))?;
         let services = Services {
             shared: Arc::new(Shared { state: Mutex::default(), changed: Condvar::new(), channel: channel.clone() }),
@@ -125,13 +138,7 @@ impl Services {
 
         services.start_kdbusd()?;
 
-        let mut tap = base_command(DBUS_TAP_PATH);
-        tap.arg("monitor").stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = services.spawn(TAP, &mut tap)?;
-        let commands = child.stdin.take().expect("piped");
-        let mut events = BufReader::new(child.stdout.take().expect("piped"));
-        services.supervise(TAP, child);
-        services.await_tap(&mut events)?;
+        let connections = connect().map_err(|why| AgentError::new(STAGE, format!("the agent's bus monitor: {why}")))?;
 
         if let Some(port) = relay_port {
             let mut relay = base_command(DBUS_TAP_PATH);
@@ -139,7 +146,7 @@ impl Services {
             let child = services.spawn(RELAY, &mut relay)?;
             services.supervise(RELAY, child);
         }
-        Ok((services, TapPipes { commands, events }))
+        Ok((services, connections))
     }
 
     fn spawn(&self, name: &'static str, command: &mut Command) -> Result<Child, AgentError> {
@@ -250,8 +257,9 @@ impl Services {
         // A kdbusd killed mid-step fails its Sync at once, before its
         // supervisor has recorded the death that the report must name.
         drop(self.wait_for(DEATH_BOUND, |s| s.reported || s.first_death.is_some()));
-        // kdbusd or the tap can be seen to end before the bus daemon whose
-        // death ended them: a dead bus is the cause, whoever was seen first.
+        // kdbusd or the agent's monitor can see the end of the bus daemon
+        // whose death ended them before its supervisor does: a dead bus is
+        // the cause, whoever noticed first.
         // A dying process closes its sockets before it becomes a zombie, so
         // a follower may even end before the daemon is seen to exit.
         if bus_death(&self.lock()).is_none() {
@@ -330,34 +338,6 @@ impl Services {
         }
     }
 
-    fn await_tap(&self, events: &mut BufReader<ChildStdout>) -> Result<(), AgentError> {
-        let mut fds = [sys::readable(events.get_ref().as_fd())];
-        let ready =
-            sys::poll_timeout(&mut fds, READY_BOUND).map_err(|e| AgentError::io(STAGE, "wait for the tap", &e))?;
-        let frame = if ready {
-            read_frame(events).map_err(|e| e.to_string())
-        } else {
-            Err(format!("nothing within {READY_BOUND:?}"))
-        };
-        match frame.map(|f| f.map(|(kind, body)| TapEvent::decode(kind, &body))) {
-            // kdbusd said it owns its name before the tap started: the
-            // tap must see that on the bus too, or fences would go nowhere.
-            Ok(Some(Ok(TapEvent::Ready { kdbusd }))) if !kdbusd.is_empty() => Ok(()),
-            Ok(Some(Ok(TapEvent::Ready { .. }))) => Err(self.startup_failure(
-                TAP,
-                format!(
-                    "the tap sees no owner of {} on the bus, though kdbusd said it owned it",
-                    kdbusd::mapping::BUS_NAME
-                ),
-            )),
-            Ok(Some(other)) => {
-                Err(self.startup_failure(TAP, format!("the tap's first frame was {other:?}, not Ready")))
-            }
-            Ok(None) => Err(self.startup_failure(TAP, "the tap exited before it was ready".into())),
-            Err(why) => Err(self.startup_failure(TAP, format!("the tap did not become a monitor: {why}"))),
-        }
-    }
-
     /// A program did not come up: the failure, with what it said.
     fn startup_failure(&self, name: &str, message: String) -> AgentError {
         // Its last words are whole once its supervisor has seen it end.
@@ -374,6 +354,27 @@ impl Services {
         let words = String::from_utf8_lossy(&words);
         AgentError::new(STAGE, format!("{message}; it said: {}", words.trim()))
     }
+}
+
+/// The agent's client and monitor on the system bus, and kdbusd's unique
+/// name, which must own its well-known name already (kdbusd said it did
+/// before this): otherwise fences would go nowhere.
+fn connect() -> Result<BusConnections, kdbusd::bus::Error> {
+    let socket = std::path::Path::new(SYSTEM_BUS_SOCKET);
+    let (mut client, client_name) = BusSocket::connect(socket)?;
+    let kdbusd = match client.call_bus(DBUS, "GetNameOwner", &[Value::Str(BUS_NAME.into())])?.first() {
+        Some(Value::Str(owner)) if !owner.is_empty() => owner.clone(),
+        _ => return Err(format!("no owner of {BUS_NAME} on the bus, though kdbusd said it owned it").into()),
+    };
+    let (mut monitor, monitor_name) = BusSocket::connect(socket)?;
+    // Every message after the reply is the bus's traffic, unread so far.
+    monitor.call_bus(
+        "org.freedesktop.DBus.Monitoring",
+        "BecomeMonitor",
+        &[Value::Array(Vec::new()), Value::Uint(0)],
+    )?;
+    monitor.set_read_timeout(MESSAGE_BOUND)?;
+    Ok(BusConnections { monitor, client, own: [client_name, monitor_name], kdbusd })
 }
 
 /// dbus-daemon's end, if it ended without being asked to.

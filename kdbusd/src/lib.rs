@@ -4,9 +4,12 @@
 //!
 //! The library is the mapping ([`mapping`]) and the message reader
 //! ([`message`]): pure, total and fuzzed; with feature `netlink`, the
-//! listeners kdbusd and the guest agent share ([`netlink`]). The daemons
+//! sockets kdbusd, the tap and the guest agent share: the netlink
+//! listeners ([`netlink`]) and a raw bus connection ([`bus`]). The daemons
 //! (`kdbusd` and `kevent-dbus-tap`) are this crate's binaries.
 
+#[cfg(feature = "netlink")]
+pub mod bus;
 pub mod mapping;
 pub mod message;
 #[cfg(feature = "netlink")]

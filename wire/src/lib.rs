@@ -16,14 +16,12 @@
 
 mod codec;
 mod message;
-mod tap;
 
 pub use codec::{read_frame, write_frame, Decoder, Encoder, WireError, MAX_FRAME_LEN};
 pub use message::{
     AgentStage, Command, Datagram, DatagramRef, DbusMessage, ExecResult, GuestMessage, Hello, HostMessage, ModuleLoad,
     Outcome, ServiceFailure,
 };
-pub use tap::{TapCommand, TapEvent};
 
 /// Version of this protocol; bump it whenever a message's layout changes.
 pub const PROTOCOL_VERSION: u16 = 5;
@@ -78,7 +76,7 @@ pub const DBUS_CONFIG_PATH: &str = "/etc/kevent-bench/dbus/system.conf";
 pub const DBUS_DAEMON_PATH: &str = "/usr/bin/dbus-daemon";
 /// kdbusd in the initramfs.
 pub const KDBUSD_PATH: &str = "/sbin/kdbusd";
-/// The bench's tap on the bus (monitor, fences, host relay) in the initramfs.
+/// The bench's helpers on the bus (the host relay, the stalled subscriber) in the initramfs.
 pub const DBUS_TAP_PATH: &str = "/sbin/kevent-dbus-tap";
 /// How long kdbusd's `Sync` waits for its netlink thread before it answers
 /// with an error that says so.
