@@ -413,7 +413,12 @@ fn capture_rounds(
                 for listener in listeners {
                     listener.drain(outbox, &mut buffer)?;
                 }
-                if let Some(monitor) = monitor.as_mut().filter(|m| !m.failed) {
+                if let Some(monitor) = monitor.as_mut() {
+                    // Once the D-Bus side failed, the host hears the report,
+                    // never a reply without its fence.
+                    if monitor.failed {
+                        continue;
+                    }
                     if let Err(why) = monitor.fence(fence, outbox)? {
                         // The host fails the run on the report; no reply
                         // could claim the fence held. What came before the

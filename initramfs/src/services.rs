@@ -99,7 +99,8 @@ pub struct BusConnections {
     /// The unique names of `client` and `monitor`: their own messages are
     /// not the bus's traffic.
     pub own: [String; 2],
-    /// The unique name that owned kdbusd's name when the monitor began.
+    /// The unique name that owns kdbusd's name, as the monitor last saw
+    /// it; empty while none does.
     pub kdbusd: String,
 }
 
@@ -254,6 +255,9 @@ impl Services {
     /// then every program that has ended (or is named in `why`), the bus
     /// daemon first. Waits a little for the deaths that follow the first.
     pub fn report(&self, why: &str) {
+        if self.lock().reported {
+            return;
+        }
         // A kdbusd killed mid-step fails its Sync at once, before its
         // supervisor has recorded the death that the report must name.
         drop(self.wait_for(DEATH_BOUND, |s| s.reported || s.first_death.is_some()));
@@ -361,12 +365,16 @@ impl Services {
 /// before this): otherwise fences would go nowhere.
 fn connect() -> Result<BusConnections, kdbusd::bus::Error> {
     let socket = std::path::Path::new(SYSTEM_BUS_SOCKET);
-    let (mut client, client_name) = BusSocket::connect(socket)?;
-    let kdbusd = match client.call_bus(DBUS, "GetNameOwner", &[Value::Str(BUS_NAME.into())])?.first() {
-        Some(Value::Str(owner)) if !owner.is_empty() => owner.clone(),
-        _ => return Err(format!("no owner of {BUS_NAME} on the bus, though kdbusd said it owned it").into()),
+    let (mut client, client_name) = BusSocket::connect(socket, READY_BOUND)?;
+    let owner = client.call_bus(DBUS, "GetNameOwner", &[Value::Str(BUS_NAME.into())]);
+    let kdbusd = match owner.as_deref().map(<[Value]>::first) {
+        Ok(Some(Value::Str(owner))) if !owner.is_empty() => owner.clone(),
+        other => {
+            let got = other.map_or_else(|e| e.to_string(), |v| format!("{v:?}"));
+            return Err(format!("no owner of {BUS_NAME} on the bus, though kdbusd said it owned it ({got})").into());
+        }
     };
-    let (mut monitor, monitor_name) = BusSocket::connect(socket)?;
+    let (mut monitor, monitor_name) = BusSocket::connect(socket, READY_BOUND)?;
     // Every message after the reply is the bus's traffic, unread so far.
     monitor.call_bus(
         "org.freedesktop.DBus.Monitoring",

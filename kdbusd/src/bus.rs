@@ -7,10 +7,13 @@
 //! calls, then whole messages.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
 
 use crate::message::{self, Kind, Value};
 
@@ -38,8 +41,10 @@ pub struct BusSocket {
 impl BusSocket {
     /// Connects to the bus at `path`, authenticates as this process's user
     /// and says Hello; returns the socket and the connection's unique name.
-    pub fn connect(path: &Path) -> Result<(BusSocket, String), Error> {
+    /// Every read waits `bound` at most, from the handshake on.
+    pub fn connect(path: &Path, bound: Duration) -> Result<(BusSocket, String), Error> {
         let stream = UnixStream::connect(path).map_err(context(&format!("connect to {}", path.display())))?;
+        stream.set_read_timeout(Some(bound))?;
         let mut writer = stream.try_clone()?;
         let uid = nix::unistd::getuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
@@ -127,21 +132,19 @@ impl BusSocket {
 
     /// Reads and drops whatever the bus has sent, without waiting: the
     /// replies to calls whose answers are read elsewhere (by a monitor).
+    /// Message boundaries are lost: the connection's incoming messages are
+    /// not read again.
     pub fn discard_pending(&mut self) -> io::Result<()> {
-        let stream = self.reader.get_ref();
-        stream.set_nonblocking(true)?;
+        let buffered = self.reader.buffer().len();
+        self.reader.consume(buffered);
         let mut sink = [0u8; 4096];
-        let drained = loop {
-            match self.reader.read(&mut sink) {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+        loop {
+            match recv(self.reader.get_ref().as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) | Err(Errno::EAGAIN) => return Ok(()),
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
             }
-        };
-        self.reader.get_ref().set_nonblocking(false)?;
-        drained
+        }
     }
 
     /// The socket, to poll.

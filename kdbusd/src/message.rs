@@ -461,7 +461,8 @@ pub fn marshal_signal(serial: u32, path: &str, interface: &str, member: &str, bo
 
 /// A method call marshalled as [`marshal_signal`] marshals a signal, to
 /// `destination`; its body may also hold `as`. What a client of the bus
-/// sends without a D-Bus library (kevent-dbus-tap's monitor).
+/// sends without a D-Bus library ([`crate::bus`]: the agent's monitor and
+/// `Sync` caller, the tap's stalled subscriber).
 pub fn marshal_method_call(
     serial: u32,
     destination: &str,

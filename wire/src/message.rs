@@ -85,8 +85,8 @@ pub struct DbusMessage {
     pub bytes: Vec<u8>,
 }
 
-/// A program of the guest's D-Bus side (dbus-daemon, kdbusd, the tap, the
-/// relay) that ended or failed while the run needed it.
+/// A program of the guest's D-Bus side (dbus-daemon, kdbusd, the relay)
+/// that ended or failed while the run needed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceFailure {
     /// The program's name.

@@ -88,7 +88,7 @@ fn stall() -> Result<(), Error> {
 /// The stalled subscriber: asks the bus for every signal, says so, and
 /// never reads again: dbus-daemon queues what it sends it.
 fn hold_stalled() -> Result<(), Error> {
-    let (mut socket, name) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET))?;
+    let (mut socket, name) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), STALL_BOUND)?;
     socket.call_bus(DBUS, "AddMatch", &[Value::Str("type='signal'".into())])?;
     println!("{name} subscribed to every signal and reads none from now on");
     io::stdout().flush()?;
