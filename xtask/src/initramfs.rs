@@ -100,7 +100,9 @@ const MACHINE_ID: &str = "6b6576656e742d62656e63682d677374\n";
 /// What the D-Bus side adds to the agent's archive.
 fn dbus_archive(project: &crate::project::Project, agent: &AgentBinaries) -> anyhow::Result<Archive> {
     let mut archive = Archive::new();
-    add_elf(&mut archive, Path::new(DBUS_DAEMON_PATH), read(Path::new(DBUS_DAEMON_PATH))?, DBUS_DAEMON_PATH)
+    let daemon = Path::new(DBUS_DAEMON_PATH);
+    read(daemon)
+        .and_then(|bytes| add_elf(&mut archive, daemon, bytes, DBUS_DAEMON_PATH))
         .context("the guest's bus (install Debian's dbus-daemon: `cargo xtask build` does as root)")?;
     archive.file(KDBUSD_PATH, 0o755, read(&agent.kdbusd)?);
     archive.file(DBUS_TAP_PATH, 0o755, read(&agent.dbus_tap)?);
