@@ -190,6 +190,18 @@ impl Monitor {
             Err(e) => return self.lost(outbox, format!("the agent's bus monitor: {e}")),
         };
         let monotonic_ns = sys::monotonic_ns();
+        // The bus allows messages of up to 128 MiB; the host's channel does
+        // not carry a frame that large, and would take the rest for a
+        // broken protocol.
+        let frame_len = 1 + 8 + 4 + bytes.len();
+        if frame_len > kevent_wire::MAX_FRAME_LEN {
+            let why = format!(
+                "a message of {} bytes on the bus: the host channel carries frames of {} bytes at most",
+                bytes.len(),
+                kevent_wire::MAX_FRAME_LEN
+            );
+            return self.lost(outbox, why);
+        }
         // A message the agent cannot read still goes to the host, which
         // reports it; it settles no fence. The header routes; the few
         // bodies read are read below.
@@ -197,21 +209,13 @@ impl Monitor {
             outbox.push(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }).encode())?;
             return Ok(Seen::Traffic);
         };
-        let own = &self.bus.own;
+        let (client, monitor) = (&self.bus.client_name, &self.bus.monitor_name);
         let sender = header.sender.as_deref().unwrap_or("");
         let destination = header.destination.as_deref().unwrap_or("");
         let seen = match header.kind {
-            Kind::MethodReturn | Kind::Error if destination == own[0] => {
-                let error = (header.kind == Kind::Error).then(|| {
-                    let text = match message::parse(&bytes).map(|m| m.body) {
-                        Ok(body) => match body.first() {
-                            Some(Value::Str(text)) => text.clone(),
-                            _ => String::new(),
-                        },
-                        Err(_) => String::new(),
-                    };
-                    format!("{}: {text}", header.error_name.as_deref().unwrap_or(""))
-                });
+            Kind::MethodReturn | Kind::Error if destination == client => {
+                let error = (header.kind == Kind::Error)
+                    .then(|| message::parse(&bytes).unwrap_or_else(|_| header.clone()).error_text());
                 header.reply_serial.map_or(Seen::Traffic, |serial| Seen::Reply { serial, error })
             }
             Kind::Signal if sender == DBUS && header.member.as_deref() == Some("NameOwnerChanged") => {
@@ -235,15 +239,16 @@ impl Monitor {
             }
             _ => Seen::Traffic,
         };
-        let mine = own.iter().any(|name| name == sender || name == destination);
+        let mine = [client, monitor].iter().any(|name| *name == sender || *name == destination);
         if !mine {
             outbox.push(&GuestMessage::Dbus(DbusMessage { monotonic_ns, bytes }).encode())?;
         }
         Ok(seen)
     }
 
-    /// The monitor's connection is gone: the host hears why (the bus
-    /// daemon's death, if that is the cause), after what came before.
+    /// The monitor can forward no more (the bus closed its connection, a
+    /// read failed, a message will not fit a frame): the host hears why
+    /// (the bus daemon's death, if that is the cause), after what came before.
     fn lost(&mut self, outbox: &mut Outbox<'_>, why: String) -> io::Result<Seen> {
         self.open = false;
         if !self.failed {
@@ -309,14 +314,11 @@ impl Sockets {
     /// The kmessage listener (only if that module is loaded) and the uevent one.
     pub fn open() -> Result<Sockets, AgentError> {
         let mut listeners = Vec::new();
-        match netlink::Listener::kmessage_unit() {
-            Ok(unit) => listeners.push(Listener::of(
-                netlink::Listener::open(unit, kevent_wire::KMESSAGE_ALL_GROUPS)
-                    .map_err(|e| AgentError::io(STAGE, format_args!("open a socket on kmessage unit {unit}"), &e))?,
-            )),
+        match netlink::Listener::kmessage() {
+            Ok(socket) => listeners.push(Listener::of(socket)),
             // No kmessage module loaded: no unit to listen on.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AgentError::io(STAGE, "read the kmessage unit", &e)),
+            Err(e) => return Err(AgentError::io(STAGE, "open the kmessage socket", &e)),
         }
         listeners.push(Listener::of(
             netlink::Listener::uevent().map_err(|e| AgentError::io(STAGE, "open the uevent socket", &e))?,

@@ -199,9 +199,11 @@ fn run(program: &str, args: &[String]) -> io::Result<ExecResult> {
     let mut child = spawn(program, args)?;
     let stdout = collect(child.stdout.take().expect("piped"), MAX_OUTPUT_BYTES);
     let stderr = collect(child.stderr.take().expect("piped"), MAX_OUTPUT_BYTES);
-    let status = child.wait()?;
+    let status = child.wait();
+    // Waited for, or the wait failed (the pid is then no longer this
+    // child's): either way no more the agent's own.
     crate::reaper::waited(&child);
-    Ok(result(program, status, stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default()))
+    Ok(result(program, status?, stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default()))
 }
 
 impl Background {

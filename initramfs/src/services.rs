@@ -26,7 +26,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::AgentError;
-use crate::HostChannel;
+use crate::{sys, HostChannel};
 
 const STAGE: AgentStage = AgentStage::Dbus;
 /// How long a program may take to say it is ready: TCG on a loaded host.
@@ -96,9 +96,11 @@ pub struct BusConnections {
     pub monitor: BusSocket,
     /// Calls kdbusd's `Sync`; the monitor sees the replies.
     pub client: BusSocket,
-    /// The unique names of `client` and `monitor`: their own messages are
-    /// not the bus's traffic.
-    pub own: [String; 2],
+    /// `client`'s unique name: the replies addressed to it settle fences.
+    pub client_name: String,
+    /// `monitor`'s unique name. Neither connection's own messages are the
+    /// bus's traffic.
+    pub monitor_name: String,
     /// The unique name that owns kdbusd's name, as the monitor last saw
     /// it; empty while none does.
     pub kdbusd: String,
@@ -266,14 +268,11 @@ impl Services {
         // the cause, whoever noticed first.
         // A dying process closes its sockets before it becomes a zombie, so
         // a follower may even end before the daemon is seen to exit.
-        if bus_death(&self.lock()).is_none() {
-            let deadline = Instant::now() + BUS_EXIT_GRACE;
-            while !self.bus_daemon_exited() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if self.bus_daemon_exited() {
-                drop(self.wait_for(DEATH_BOUND, |s| s.reported || bus_death(s).is_some()));
-            }
+        if bus_death(&self.lock()).is_none()
+            && sys::wait_until(BUS_EXIT_GRACE, Duration::from_millis(10), || self.bus_daemon_exited().then_some(()))
+                .is_some()
+        {
+            drop(self.wait_for(DEATH_BOUND, |s| s.reported || bus_death(s).is_some()));
         }
         let message = {
             // Without the bus, every program that uses it ends (the relay
@@ -382,7 +381,7 @@ fn connect() -> Result<BusConnections, kdbusd::bus::Error> {
         &[Value::Array(Vec::new()), Value::Uint(0)],
     )?;
     monitor.set_read_timeout(MESSAGE_BOUND)?;
-    Ok(BusConnections { monitor, client, own: [client_name, monitor_name], kdbusd })
+    Ok(BusConnections { monitor, client, client_name, monitor_name, kdbusd })
 }
 
 /// dbus-daemon's end, if it ended without being asked to.

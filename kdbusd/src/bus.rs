@@ -94,8 +94,7 @@ impl BusSocket {
                 continue;
             }
             if reply.kind == Kind::Error {
-                let error = reply.error_name.clone().unwrap_or_default();
-                return Err(format!("{member}: {error}: {:?}", reply.body.first()).into());
+                return Err(format!("{member}: {}", reply.error_text()).into());
             }
             return Ok(reply.body);
         }

@@ -152,6 +152,18 @@ pub struct Message {
     pub body: Vec<Value>,
 }
 
+impl Message {
+    /// An error's name and its message, as `NAME: text` (a D-Bus error's
+    /// first argument, when it is a string, is its message).
+    pub fn error_text(&self) -> String {
+        let text = match self.body.first() {
+            Some(Value::Str(text)) => text.as_str(),
+            _ => "",
+        };
+        format!("{}: {text}", self.error_name.as_deref().unwrap_or(""))
+    }
+}
+
 /// Why bytes do not read as a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -410,18 +422,20 @@ fn parse_as(bytes: &[u8], with_body: bool) -> Result<Message, ParseError> {
         signature: String::new(),
         body: Vec::new(),
     };
+    // Every header of every message the agent forwards passes here: the
+    // fields' strings are moved out, not copied.
     for field in fields {
         let Value::Struct(parts) = field else { continue };
-        let [Value::Byte(code), Value::Variant(_, value)] = parts.as_slice() else { continue };
-        match (code, value.as_ref()) {
-            (1, Value::ObjectPath(s)) => message.path = Some(s.clone()),
-            (2, Value::Str(s)) => message.interface = Some(s.clone()),
-            (3, Value::Str(s)) => message.member = Some(s.clone()),
-            (4, Value::Str(s)) => message.error_name = Some(s.clone()),
-            (5, Value::Uint(u)) => message.reply_serial = u32::try_from(*u).ok(),
-            (6, Value::Str(s)) => message.destination = Some(s.clone()),
-            (7, Value::Str(s)) => message.sender = Some(s.clone()),
-            (8, Value::Signature(s)) => message.signature = s.clone(),
+        let Ok([Value::Byte(code), Value::Variant(_, value)]) = <[Value; 2]>::try_from(parts) else { continue };
+        match (code, *value) {
+            (1, Value::ObjectPath(s)) => message.path = Some(s),
+            (2, Value::Str(s)) => message.interface = Some(s),
+            (3, Value::Str(s)) => message.member = Some(s),
+            (4, Value::Str(s)) => message.error_name = Some(s),
+            (5, Value::Uint(u)) => message.reply_serial = u32::try_from(u).ok(),
+            (6, Value::Str(s)) => message.destination = Some(s),
+            (7, Value::Str(s)) => message.sender = Some(s),
+            (8, Value::Signature(s)) => message.signature = s,
             _ => {}
         }
     }
