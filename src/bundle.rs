@@ -167,6 +167,7 @@ pub enum OverrideField {
 
 impl OverrideField {
     /// Every field, in [`Overrides`]' order.
+    #[cfg(test)]
     pub const ALL: [OverrideField; 5] = [
         OverrideField::Cpus,
         OverrideField::Topology,
@@ -237,17 +238,9 @@ impl Overrides {
             });
         }
         if let Some(memory) = self.memory_mib {
-            if !(scenario::limits::MIN_MEMORY_MIB..=scenario::limits::MAX_MEMORY_MIB).contains(&memory) {
-                return Err(OverrideError {
-                    field: OverrideField::MemoryMib,
-                    why: format!(
-                        "{memory}: out of range ({} to {} MiB)",
-                        scenario::limits::MIN_MEMORY_MIB,
-                        scenario::limits::MAX_MEMORY_MIB
-                    ),
-                });
-            }
-            scenario.machine.memory_mib = memory;
+            scenario
+                .set_memory_mib(memory)
+                .map_err(|why| OverrideError { field: OverrideField::MemoryMib, why: format!("{memory}: {why}") })?;
             applied.push(Applied {
                 field: OverrideField::MemoryMib,
                 now: format!("{memory} MiB"),
@@ -727,20 +720,21 @@ impl Bundle {
     pub fn recorded(&self) -> Result<Recorded, BundleError> {
         let recorded =
             Recorded::parse(self.text(member::EVENTS)?).map_err(|why| self.member_error(member::EVENTS, why))?;
+        // Recorded::parse has refused a file with neither a summary nor a
+        // failure line: without a failure, the run completed.
         let outcome = &self.manifest.outcome;
-        let ended = match &recorded.failure {
-            None if recorded.completed => "a summary line".to_owned(),
-            None => "no summary or failure line".to_owned(),
-            Some((step, _, code)) => format!(
-                "a failure line (step {}, exit code {code})",
-                step.map_or_else(|| "none".to_owned(), |s| s.to_string())
-            ),
-        };
         let agrees = match &recorded.failure {
-            None => outcome.completed && recorded.completed,
+            None => outcome.completed,
             Some((step, _, code)) => !outcome.completed && *code == outcome.exit_code && *step == outcome.failed_step,
         };
         if !agrees || recorded.steps.len() != outcome.steps {
+            let ended = match &recorded.failure {
+                None => "a summary line".to_owned(),
+                Some((step, _, code)) => format!(
+                    "a failure line (step {}, exit code {code})",
+                    step.map_or_else(|| "none".to_owned(), |s| s.to_string())
+                ),
+            };
             return Err(self.member_error(
                 member::EVENTS,
                 format!(

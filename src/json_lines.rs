@@ -265,22 +265,38 @@ pub fn summary(transcript: &Transcript, totals: &Totals, elapsed: Duration, acce
     })
 }
 
-/// A traced run's `trace.txt`: where it is and what it lacks. `summary` is
-/// `None` for a run that failed, whose trace goes up to the failure.
-pub fn trace(path: &std::path::Path, bytes: u64, summary: Option<&trace::Summary>) -> Value {
-    let lost: Option<Vec<Value>> = summary
-        .map(|s| s.lost.iter().map(|l| json!({ "cpu": l.cpu, "overrun": l.overrun, "dropped": l.dropped })).collect());
+/// A traced run's `trace.txt`: where it is and what it lacks.
+pub fn trace(summary: &trace::Summary) -> Value {
+    let lost: Vec<Value> =
+        summary.lost.iter().map(|l| json!({ "cpu": l.cpu, "overrun": l.overrun, "dropped": l.dropped })).collect();
+    json!({
+        "type": "trace",
+        "path": summary.path.display().to_string(),
+        "bytes": summary.bytes,
+        "complete": true,
+        "lines": summary.lines,
+        "events": summary.events,
+        "buffer_kb": summary.buffer_kb,
+        "lost": lost,
+        "lost_events": summary.lost_events(),
+        "stopped_at_step": summary.stopped_at_step,
+    })
+}
+
+/// A failed run's `trace.txt`, which goes up to the failure: where it is
+/// and its size; what [`trace`] says besides is null.
+pub fn partial_trace(path: &std::path::Path, bytes: u64) -> Value {
     json!({
         "type": "trace",
         "path": path.display().to_string(),
         "bytes": bytes,
-        "complete": summary.is_some(),
-        "lines": summary.map(|s| s.lines),
-        "events": summary.map(|s| s.events),
-        "buffer_kb": summary.map(|s| s.buffer_kb),
-        "lost": lost,
-        "lost_events": summary.map(trace::Summary::lost_events),
-        "stopped_at_step": summary.and_then(|s| s.stopped_at_step),
+        "complete": false,
+        "lines": null,
+        "events": null,
+        "buffer_kb": null,
+        "lost": null,
+        "lost_events": null,
+        "stopped_at_step": null,
     })
 }
 
@@ -420,7 +436,7 @@ mod tests {
             lost: vec![trace::CpuLoss { cpu: 1, overrun: 5, dropped: 2 }],
             stopped_at_step: Some(3),
         };
-        let line = trace(&summary.path, summary.bytes, Some(&summary));
+        let line = trace(&summary);
         assert_eq!(line["type"], "trace");
         assert_eq!(line["path"], "/r/trace.txt");
         assert_eq!((line["bytes"].as_u64(), line["complete"].as_bool()), (Some(2048), Some(true)));
@@ -428,8 +444,10 @@ mod tests {
         assert_eq!(line["buffer_kb"], 1408);
         assert_eq!(line["lost"], json!([{ "cpu": 1, "overrun": 5, "dropped": 2 }]));
         assert_eq!((line["lost_events"].as_u64(), line["stopped_at_step"].as_u64()), (Some(7), Some(3)));
-        let failed = trace(std::path::Path::new("/r/trace.txt"), 512, None);
+        let failed = partial_trace(std::path::Path::new("/r/trace.txt"), 512);
         assert_eq!((failed["complete"].as_bool(), failed["bytes"].as_u64()), (Some(false), Some(512)));
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&failed), keys(&line), "a consumer finds the same fields in either");
         for field in ["lines", "events", "buffer_kb", "lost", "lost_events", "stopped_at_step"] {
             assert!(failed[field].is_null(), "{field}: {failed}");
         }

@@ -44,13 +44,18 @@ impl InterruptLedger {
 const RATE_LIMIT_EDGES: &str = "/sys/kernel/debug/kevent_thermal/rate_limit_edges";
 const RATE_LIMIT_MS: &str = "/sys/module/kevent_thermal/parameters/rate_limit_ms";
 
+/// A guest file's text, as the agent reads it.
+fn read_text(machine: &mut Machine, path: &str, bound: Duration) -> Result<String, Failure> {
+    match machine.request(Command::ReadFile { path: path.into() }, bound)?.outcome {
+        Outcome::Data(data) => Ok(String::from_utf8_lossy(&data).into_owned()),
+        other => Err(Failure::protocol(format!("read {path}: {other:?}"))),
+    }
+}
+
 /// Whether the module's rate limit is on now: with it off there is no
 /// decision a late injection could move.
 fn rate_limit_on(machine: &mut Machine, bound: Duration) -> Result<bool, Failure> {
-    match machine.request(Command::ReadFile { path: RATE_LIMIT_MS.into() }, bound)?.outcome {
-        Outcome::Data(data) => Ok(String::from_utf8_lossy(&data).trim() != "0"),
-        other => Err(Failure::protocol(format!("read {RATE_LIMIT_MS}: {other:?}"))),
-    }
+    Ok(read_text(machine, RATE_LIMIT_MS, bound)?.trim() != "0")
 }
 
 /// Reads the module's records of decisions near the window's edge, and
@@ -60,10 +65,7 @@ fn timing_flags(
     ledger: &InterruptLedger,
     bound: Duration,
 ) -> Result<(Vec<TimingFlag>, u64), Failure> {
-    let text = match machine.request(Command::ReadFile { path: RATE_LIMIT_EDGES.into() }, bound)?.outcome {
-        Outcome::Data(data) => String::from_utf8_lossy(&data).into_owned(),
-        other => return Err(Failure::protocol(format!("read {RATE_LIMIT_EDGES}: {other:?}"))),
-    };
+    let text = read_text(machine, RATE_LIMIT_EDGES, bound)?;
     parse_edges(&text, ledger).map_err(|why| Failure::Host { message: format!("{RATE_LIMIT_EDGES}: {why}") })
 }
 
@@ -168,10 +170,12 @@ pub fn run(
             });
         }
         record.elapsed = started.elapsed();
-        // Read as the step ends: a later step may turn the rate limit off.
-        if let Some(timing) = &record.replay {
+        // Read as the step ends (a later step may turn the rate limit off),
+        // and only for a replay late enough to be flagged.
+        if let Some(flag) = record.replay.as_ref().and_then(|timing| TimingFlag::of_replay(index + 1, timing, watched))
+        {
             if rate_limit_on(&mut machine, bound)? {
-                late_replays.extend(TimingFlag::of_replay(index + 1, timing, watched));
+                late_replays.push(flag);
             }
         }
         for (cpu, count) in interrupts {

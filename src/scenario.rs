@@ -140,8 +140,9 @@ pub struct Scenario {
     /// Module parameters, in file order.
     pub params: Vec<Param>,
     /// kevent_thermal's TjMax as `params` sets it (validated there), the
-    /// scale of every readout the scenario computes.
-    pub tjmax: u32,
+    /// scale of every readout the scenario computes; kept beside `params`
+    /// by the parser and [`Scenario::of_replay`], the only writers.
+    tjmax: u32,
     /// The `[[step]]`s in file order; never empty.
     pub steps: Vec<Step>,
     /// The traces of `replay` steps, by path, once [`load`] (or
@@ -943,6 +944,15 @@ impl Scenario {
     /// The first step the sensor device times, if any.
     pub fn device_timed_step(&self) -> Option<&Step> {
         self.steps.iter().find(|s| s.device_interval.is_some())
+    }
+
+    /// Runs the scenario with `memory_mib` of guest RAM instead of its own.
+    pub fn set_memory_mib(&mut self, memory_mib: u32) -> Result<(), String> {
+        if !(limits::MIN_MEMORY_MIB..=limits::MAX_MEMORY_MIB).contains(&memory_mib) {
+            return Err(format!("out of range ({} to {} MiB)", limits::MIN_MEMORY_MIB, limits::MAX_MEMORY_MIB));
+        }
+        self.machine.memory_mib = memory_mib;
+        Ok(())
     }
 
     /// Runs the scenario on `cpus` CPUs, each its own package, instead of

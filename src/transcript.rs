@@ -228,7 +228,7 @@ impl std::fmt::Display for TimingFlag {
                 f,
                 "step {step}: the replay's injections started late by amounts up to {:.3} ms apart, more than half \
                  the {:.3} ms the run watches around the rate limit's edge; any rate-limit decision of this step may \
-                 differ on another run (a lower --speed, or the device injector, keeps closer to the trace)",
+                 differ on another run (a lower --speed or step `speed`, or the device injector, keeps closer to the trace)",
                 ms(spread_ns),
                 ms(watched_ns)
             ),

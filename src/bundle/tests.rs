@@ -501,7 +501,7 @@ fn a_traced_runs_events_read_back_and_a_version_1_bundle_still_reads() {
     let s = scenario();
     let steps = steps(812, "high");
     let mut text = events_jsonl(&s, &steps, summary());
-    let trace_line = json_lines::trace(Path::new("/r/trace.txt"), 512, None);
+    let trace_line = json_lines::partial_trace(Path::new("/r/trace.txt"), 512);
     text.insert_str(text.rfind("{\"").unwrap(), &format!("{trace_line}\n"));
     let recorded = Recorded::parse(&text).unwrap();
     assert!(recorded.completed);

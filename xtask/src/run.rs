@@ -257,7 +257,7 @@ pub fn execute(
             }
             let trace_file = trace::trace_file(&config.run_dir);
             if let (Some(_), Ok(metadata)) = (&scenario.trace, std::fs::metadata(&trace_file)) {
-                keep(json_lines::trace(&trace_file, metadata.len(), None), &mut lines);
+                keep(json_lines::partial_trace(&trace_file, metadata.len()), &mut lines);
                 eprintln!("trace: up to the failure in {}", trace_file.display());
             }
             keep(json_lines::failure(failed_step, &failure.report(), failure.exit_code()), &mut lines);
@@ -284,7 +284,7 @@ pub fn execute(
         );
     }
     if let Some(summary) = &transcript.trace {
-        keep(json_lines::trace(&summary.path, summary.bytes, Some(summary)), &mut lines);
+        keep(json_lines::trace(summary), &mut lines);
         for line in summary.report() {
             eprintln!("{line}");
         }

@@ -133,10 +133,6 @@ pub fn run(flags: &BenchRuns) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_event_signal(message: &DbusMessage) -> bool {
-    dbus::is_event_signal(&message.bytes)
-}
-
 /// One injection at a time: ring → both datagrams, ring → both signals.
 fn latency(
     machine: &mut Machine,
@@ -153,24 +149,30 @@ fn latency(
         ensure!(injected.refused.is_none(), "injection {k} refused");
         let mut arrived = injected.arrived;
         let mut datagrams = injected.datagrams;
-        let mut messages = injected.dbus;
-        // When each message arrived; those that came before the device's
-        // ack are given the ack's time, an upper bound.
-        let mut message_arrivals = vec![acked; messages.len()];
-        // Only kdbusd's signals count: the bus carries other messages too.
-        while messages.iter().filter(|m| is_event_signal(m)).count() < 2 {
+        // Only kdbusd's signals count (the bus carries other messages too):
+        // each one's guest receive time and when it reached the host; those
+        // that came before the device's ack are given the ack's time, an
+        // upper bound.
+        let event_signals = |messages: &[DbusMessage], arrivals: &mut dyn Iterator<Item = Instant>| {
+            messages
+                .iter()
+                .zip(arrivals)
+                .filter(|(m, _)| dbus::is_event_signal(&m.bytes))
+                .map(|(m, at)| (m.monotonic_ns, at))
+                .collect::<Vec<_>>()
+        };
+        let mut signals = event_signals(&injected.dbus, &mut std::iter::repeat(acked));
+        while signals.len() < 2 {
             let exchange = machine.wait_dbus(1, bound)?;
             arrived.extend(exchange.arrived);
             datagrams.extend(exchange.datagrams);
-            messages.extend(exchange.dbus);
-            message_arrivals.extend(exchange.dbus_arrived);
+            signals.extend(event_signals(&exchange.dbus, &mut exchange.dbus_arrived.into_iter()));
         }
         if arrived.len() < 2 {
             let exchange = machine.wait_datagrams(2 - arrived.len(), bound)?;
             arrived.extend(exchange.arrived);
             datagrams.extend(exchange.datagrams);
         }
-        let signals: Vec<usize> = (0..messages.len()).filter(|&i| is_event_signal(&messages[i])).collect();
         ensure!(
             arrived.len() == 2 && signals.len() == 2,
             "injection {k}: {} datagrams, {} signals",
@@ -181,9 +183,9 @@ fn latency(
         // Guest clock: the agent's netlink receive of the last datagram to
         // the monitor's receive of the last signal.
         let last_datagram = datagrams.iter().map(|d| d.monotonic_ns).max().unwrap_or(0);
-        let last_signal = signals.iter().map(|&i| messages[i].monotonic_ns).max().unwrap_or(0);
+        let last_signal = signals.iter().map(|(monotonic_ns, _)| *monotonic_ns).max().unwrap_or(0);
         in_guest.push(Duration::from_nanos(last_signal.saturating_sub(last_datagram)));
-        bus.push(message_arrivals[signals[1]] - started);
+        bus.push(signals[1].1 - started);
     }
     Ok((netlink, bus, in_guest))
 }
