@@ -17,10 +17,7 @@ use kevent_wire::Datagram;
 
 /// The D-Bus guest's archive with the tests' programs appended.
 fn initramfs_with(test: &str, programs: &[&str]) -> (PathBuf, PathBuf) {
-    let artifacts = common::artifacts();
-    let dir = common::run_dir(&artifacts, &format!("{test}-initramfs"));
-    let initramfs = common::initramfs_with(&common::guest_programs(programs, &dir), &artifacts.dbus_initramfs, &dir);
-    (dir, initramfs)
+    common::initramfs_with_programs(test, programs, &common::artifacts().dbus_initramfs)
 }
 
 fn entries(record: &StepRecord) -> Vec<dbus::DbusEntry> {

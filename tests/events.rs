@@ -213,15 +213,22 @@ fn kmessage_send_is_send_kmessage_and_refuses_every_bad_write() {
     assert_eq!(got, [&b"From: /a\nSignal: b\n\0"[..]], "no aux, no newline needed");
 
     let stats = read(&mut m, "/sys/kernel/debug/kmessage/stats");
+    // The datagram of a send, as docs/events.md gives the seed's format:
+    // `From: OBJECT\nSignal: SIGNAL\n` + the aux + a NUL.
+    let datagram_len = |object: &str, signal: &str, aux: &str| {
+        "From: ".len() + object.len() + "\nSignal: ".len() + signal.len() + "\n".len() + aux.len() + 1
+    };
     // A write that fits a page, whose header does not: send_kmessage() refuses it.
-    let long_object = format!("power /{} high\n", "o".repeat(4080));
-    assert!(long_object.len() <= 4096);
+    let object = format!("/{}", "o".repeat(4080));
+    let long_object = format!("power {object} high\n");
+    assert!(long_object.len() <= 4096 && datagram_len(&object, "high", "") > 4096);
     // More than a page written.
     let too_long = format!("power /x high\n{}", "a".repeat(4096));
     // A page written, whose datagram (the header's words added) would not
     // fit: a driver's aux would be cut; a write is refused whole.
-    let cut_aux = format!("fs /x y\n{}", "a".repeat(4096 - 8));
-    assert_eq!(cut_aux.len(), 4096);
+    let aux = "a".repeat(4096 - 8);
+    let cut_aux = format!("fs /x y\n{aux}");
+    assert!(cut_aux.len() == 4096 && datagram_len("/x", "y", &aux) > 4096);
     let invalid: [&str; 14] = [
         "",
         "power",

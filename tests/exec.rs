@@ -10,9 +10,7 @@ use kevent_bench::transcript::StepOutcome;
 #[test]
 fn a_users_own_unprivileged_listener_receives_the_seed_payload() {
     let artifacts = common::artifacts();
-    let dir = common::run_dir(&artifacts, "exec-initramfs");
-    let initramfs_path =
-        common::initramfs_with(&common::guest_programs(&["kmsg-listen"], &dir), &artifacts.initramfs, &dir);
+    let (dir, initramfs_path) = common::initramfs_with_programs("exec", &["kmsg-listen"], &artifacts.initramfs);
 
     let scenario = scenario::parse(
         &dir.join("exec.toml"),
@@ -97,9 +95,7 @@ exec = {{ program = "/bin/flood", args = ["{}"] }}
 #[test]
 fn a_panic_line_a_guest_program_writes_to_kmsg_does_not_fail_the_run() {
     let artifacts = common::artifacts();
-    let dir = common::run_dir(&artifacts, "kmsg-panic-initramfs");
-    let initramfs_path =
-        common::initramfs_with(&common::guest_programs(&["kmsg-write"], &dir), &artifacts.initramfs, &dir);
+    let (dir, initramfs_path) = common::initramfs_with_programs("kmsg-panic", &["kmsg-write"], &artifacts.initramfs);
     let scenario = scenario::parse(
         &dir.join("kmsg-panic.toml"),
         r#"
@@ -152,8 +148,7 @@ fn a_users_event_loop_program_finds_what_it_needs_in_the_guest_kernel() {
 fn an_orphan_that_ends_is_reaped_by_the_agent_as_init_would() {
     use kevent_wire::{Command, Outcome};
     let artifacts = common::artifacts();
-    let dir = common::run_dir(&artifacts, "orphan-initramfs");
-    let initramfs = common::initramfs_with(&common::guest_programs(&["orphan"], &dir), &artifacts.initramfs, &dir);
+    let (_dir, initramfs) = common::initramfs_with_programs("orphan", &["orphan"], &artifacts.initramfs);
     let mut guest = artifacts.guest(2, 256, Vec::new());
     guest.initramfs = initramfs;
     let mut machine = common::boot(&common::config("orphan", guest));

@@ -60,6 +60,15 @@ pub fn initramfs_with(extra: &kevent_bench::cpio::Archive, base: &Path, dir: &Pa
     initramfs
 }
 
+/// `base` (the bench's plain or D-Bus archive) with the tests' guest
+/// `programs` appended, in a run directory of its own for `test`: the
+/// directory, and the archive's path in it.
+pub fn initramfs_with_programs(test: &str, programs: &[&str], base: &Path) -> (PathBuf, PathBuf) {
+    let dir = run_dir(&artifacts(), &format!("{test}-initramfs"));
+    let initramfs = initramfs_with(&guest_programs(programs, &dir), base, &dir);
+    (dir, initramfs)
+}
+
 /// Bound of each agent request in the tests.
 pub const BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 /// The kmessage unit the events module registers by default.
