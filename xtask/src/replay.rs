@@ -91,12 +91,11 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
         decision: &decision,
         execution: &execution,
     };
-    let config_here = reproducer::kernel_config(&artifacts)?;
-    let here = reproducer::manifest(&record, &config_here)?;
+    let here = reproducer::describe(&record)?;
     let differences = bundle::environment_differences(
         manifest,
-        &here,
-        (bundle.text(member::KERNEL_CONFIG)?, &String::from_utf8_lossy(&config_here)),
+        &here.manifest,
+        (bundle.text(member::KERNEL_CONFIG)?, &String::from_utf8_lossy(&here.kernel_config)),
     );
 
     let bundled = RunView {
@@ -123,7 +122,7 @@ pub fn run(flags: &ReplayFlags) -> anyhow::Result<()> {
     };
     report(&comparison, &differences, same_failure.as_deref());
     if let Some(target) = target {
-        target.write(&record)?;
+        target.write(&record, here)?;
     }
     match (comparison.matches, execution.outcome) {
         (true, _) => Ok(()),

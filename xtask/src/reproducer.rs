@@ -33,9 +33,10 @@ impl Target {
         Ok(Target { path: path.to_owned() })
     }
 
-    /// Writes the bundle of `run`, whole or not at all, and says where.
-    pub fn write(&self, run: &RunRecord) -> anyhow::Result<()> {
-        let (mut manifest, members) = contents(run)?;
+    /// Writes the bundle of `run` (as [`describe`] described it), whole or
+    /// not at all, and says where.
+    pub fn write(&self, run: &RunRecord, description: Description) -> anyhow::Result<()> {
+        let (mut manifest, members) = contents(run, description)?;
         let top = top_directory(&self.path, &run.scenario.name);
         let bytes = bundle::to_bytes(&top, &mut manifest, &members)
             .with_context(|| format!("pack the bundle {}", self.path.display()))?;
@@ -91,10 +92,25 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// A bundle member: its name and bytes.
 pub type Member = (&'static str, Vec<u8>);
 
-/// The manifest (members not yet listed) and the members of `run`'s bundle.
-pub fn contents(run: &RunRecord) -> anyhow::Result<(Manifest, Vec<Member>)> {
-    let kernel_config = kernel_config(run.artifacts)?;
+/// A run as its bundle's manifest says it, and its kernel's `.config`:
+/// made once, for a replay's comparison and its bundle alike.
+pub struct Description {
+    /// The manifest, members not yet listed.
+    pub manifest: Manifest,
+    /// The `.config` of the run's kernel.
+    pub kernel_config: Vec<u8>,
+}
+
+/// Describes `run`: its kernel's `.config` read, its manifest made.
+pub fn describe(run: &RunRecord) -> anyhow::Result<Description> {
+    let kernel_config = read(&run.artifacts.vmlinux.parent().unwrap_or(Path::new("/")).join(".config"))?;
     let manifest = manifest(run, &kernel_config)?;
+    Ok(Description { manifest, kernel_config })
+}
+
+/// The manifest (members not yet listed) and the members of `run`'s bundle.
+fn contents(run: &RunRecord, description: Description) -> anyhow::Result<(Manifest, Vec<Member>)> {
+    let Description { manifest, kernel_config } = description;
     let mut events = String::new();
     for line in &run.execution.lines {
         events.push_str(&line.to_string());
@@ -123,14 +139,9 @@ pub fn contents(run: &RunRecord) -> anyhow::Result<(Manifest, Vec<Member>)> {
     Ok((manifest, members))
 }
 
-/// The `.config` of the kernel `artifacts` were built from.
-pub fn kernel_config(artifacts: &Artifacts) -> anyhow::Result<Vec<u8>> {
-    read(&artifacts.vmlinux.parent().unwrap_or(Path::new("/")).join(".config"))
-}
-
 /// The manifest of `run`, whose kernel's `.config` is `kernel_config`:
 /// everything but the member list.
-pub fn manifest(run: &RunRecord, kernel_config: &[u8]) -> anyhow::Result<Manifest> {
+fn manifest(run: &RunRecord, kernel_config: &[u8]) -> anyhow::Result<Manifest> {
     let project = crate::project::Project::locate()?;
     let artifacts = run.artifacts;
     let config = run.config;

@@ -110,7 +110,7 @@ pub fn run(flags: &RunFlags) -> anyhow::Result<()> {
                 decision: &decision,
                 execution: &execution,
             };
-            target.write(&run)?;
+            target.write(&run, reproducer::describe(&run)?)?;
         }
     }
     execution.outcome.map(|_| ()).map_err(anyhow::Error::from)
