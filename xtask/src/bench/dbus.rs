@@ -221,8 +221,57 @@ struct GuestCpu {
     /// `/proc/stat`'s `cpu` line: user, nice, system, idle, iowait, irq,
     /// softirq, in clock ticks.
     total: Vec<u64>,
-    /// Thread id → (name, utime + stime in clock ticks).
-    threads: BTreeMap<u32, (String, u64)>,
+    /// Thread id → what it used.
+    threads: BTreeMap<u32, ThreadCpu>,
+}
+
+/// One thread's use, from `/proc/TID/task/TID/stat` and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ThreadCpu {
+    name: String,
+    /// Clock ticks in user space and in the kernel on its behalf.
+    user: u64,
+    system: u64,
+    /// Times it gave up the CPU to wait (a wake-up each, later), and times
+    /// the scheduler took the CPU from it.
+    waits: u64,
+    preempted: u64,
+}
+
+impl ThreadCpu {
+    fn ticks(&self) -> u64 {
+        self.user + self.system
+    }
+
+    /// `tid (comm) state …`: comm may hold spaces and parentheses; utime
+    /// and stime are the 12th and 13th fields after its ")". `None` for a
+    /// line that is not one.
+    fn parse(stat: &str, status: &str) -> Option<ThreadCpu> {
+        let (head, rest) = stat.rsplit_once(") ")?;
+        let name = head.split_once(" (").map_or("?", |(_, name)| name).to_owned();
+        // A field that does not parse counts 0 rather than shifting the rest.
+        let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+        let switches =
+            |key: &str| status.lines().find_map(|line| line.strip_prefix(key)?.trim().parse().ok()).unwrap_or(0);
+        Some(ThreadCpu {
+            name,
+            user: *fields.get(11)?,
+            system: *fields.get(12)?,
+            waits: switches("voluntary_ctxt_switches:"),
+            preempted: switches("nonvoluntary_ctxt_switches:"),
+        })
+    }
+
+    /// This less `earlier`, the same thread's sample taken before.
+    fn since(&self, earlier: &ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            name: self.name.clone(),
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+            waits: self.waits.saturating_sub(earlier.waits),
+            preempted: self.preempted.saturating_sub(earlier.preempted),
+        }
+    }
 }
 
 /// The guest's USER_HZ (100 on x86): the unit of /proc's times.
@@ -242,7 +291,6 @@ impl GuestCpu {
             }
         };
         let stat = read("/proc/stat".into())?.ok_or_else(|| anyhow::anyhow!("the guest has no /proc/stat"))?;
-        // A field that does not parse counts 0 rather than shifting the rest.
         let total = stat
             .lines()
             .find_map(|line| line.strip_prefix("cpu "))
@@ -252,17 +300,12 @@ impl GuestCpu {
         let mut last_found = 0;
         let mut tid = 1;
         while tid <= GUEST_TID_MAX && tid - last_found <= GUEST_TID_GAP {
-            // The thread's own times: /proc/TID/stat counts its whole process.
+            // The thread's own figures: /proc/TID/stat counts its whole process.
             if let Some(stat) = read(format!("/proc/{tid}/task/{tid}/stat"))? {
                 last_found = tid;
-                // `tid (comm) state …`: comm may hold spaces and parentheses;
-                // utime and stime are the 12th and 13th fields after its ")".
-                if let Some((head, rest)) = stat.rsplit_once(") ") {
-                    let name = head.split_once(" (").map_or("?", |(_, name)| name).to_owned();
-                    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-                    if let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) {
-                        threads.insert(tid, (name, utime + stime));
-                    }
+                let status = read(format!("/proc/{tid}/task/{tid}/status"))?.unwrap_or_default();
+                if let Some(thread) = ThreadCpu::parse(&stat, &status) {
+                    threads.insert(tid, thread);
                 }
             }
             tid += 1;
@@ -277,10 +320,10 @@ impl GuestCpu {
         let threads = self
             .threads
             .iter()
-            .map(|(&tid, (name, ticks))| {
+            .map(|(&tid, thread)| {
                 // A thread id another thread had in `other` counts from zero.
-                let theirs = other.threads.get(&tid).filter(|(n, _)| n == name).map_or(0, |(_, t)| *t);
-                (tid, (name.clone(), ticks.saturating_sub(theirs)))
+                let theirs = other.threads.get(&tid).filter(|t| t.name == thread.name).cloned().unwrap_or_default();
+                (tid, thread.since(&theirs))
             })
             .collect();
         GuestCpu { total, threads }
@@ -288,7 +331,7 @@ impl GuestCpu {
 
     /// CPU time of the threads called `name`; `None` if there is none.
     fn spent_by(&self, name: &str) -> Option<Duration> {
-        let ticks: Vec<u64> = self.threads.values().filter(|(n, _)| n == name).map(|(_, t)| *t).collect();
+        let ticks: Vec<u64> = self.threads.values().filter(|t| t.name == name).map(ThreadCpu::ticks).collect();
         (!ticks.is_empty()).then(|| Duration::from_millis(ticks.iter().sum::<u64>() * 1000 / GUEST_TICKS_PER_SECOND))
     }
 
@@ -300,16 +343,20 @@ impl GuestCpu {
              (10 ms ticks):",
             burst.as_secs_f64() * 1e3
         );
-        println!("{:<52}{:>12}", "", "CPU ms");
-        let mut threads: Vec<(u64, &str, u32)> = self
-            .threads
-            .iter()
-            .filter(|(_, (_, t))| *t > 0)
-            .map(|(&tid, (name, t))| (*t, name.as_str(), tid))
-            .collect();
-        threads.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
-        for (ticks, name, tid) in threads {
-            println!("{:<52}{:>12}", format!("{name} (thread {tid})"), ms(ticks));
+        println!("{:<44}{:>8}{:>8}{:>8}{:>10}{:>11}", "", "CPU ms", "user", "system", "waits", "preempted");
+        let mut threads: Vec<(u32, &ThreadCpu)> =
+            self.threads.iter().filter(|(_, t)| t.ticks() > 0).map(|(&tid, t)| (tid, t)).collect();
+        threads.sort_by(|a, b| b.1.ticks().cmp(&a.1.ticks()).then(a.0.cmp(&b.0)));
+        for (tid, t) in threads {
+            println!(
+                "{:<44}{:>8}{:>8}{:>8}{:>10}{:>11}",
+                format!("{} (thread {tid})", t.name),
+                ms(t.ticks()),
+                ms(t.user),
+                ms(t.system),
+                t.waits,
+                t.preempted
+            );
         }
         for (name, fields) in [
             ("all CPUs: user", &[0, 1][..]),
@@ -317,7 +364,30 @@ impl GuestCpu {
             ("all CPUs: irq + softirq", &[5, 6]),
             ("all CPUs: idle", &[3, 4]),
         ] {
-            println!("{name:<52}{:>12}", ms(total(fields)));
+            println!("{name:<44}{:>8}", ms(total(fields)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_figures_are_read_past_a_name_with_spaces_and_parentheses() {
+        // Linux 6.12's /proc/TID/task/TID/stat: utime 7 and stime 3 are
+        // the 14th and 15th fields of the line.
+        let stat =
+            "35 (dbus (x) y) S 1 35 35 0 -1 4194560 120 0 0 0 7 3 0 0 20 0 1 0 80 4505600 300 18446744073709551615";
+        let status = "Name:\tdbus (x) y\nvoluntary_ctxt_switches:\t4012\nnonvoluntary_ctxt_switches:\t17\n";
+        let thread = ThreadCpu::parse(stat, status).expect("a stat line");
+        assert_eq!(thread, ThreadCpu { name: "dbus (x) y".into(), user: 7, system: 3, waits: 4012, preempted: 17 });
+        let earlier = ThreadCpu { name: thread.name.clone(), user: 2, system: 1, waits: 12, preempted: 20 };
+        // A counter that went backwards (a reused id) counts zero, not a wrap.
+        assert_eq!(
+            thread.since(&earlier),
+            ThreadCpu { name: "dbus (x) y".into(), user: 5, system: 2, waits: 4000, preempted: 0 }
+        );
+        assert_eq!(ThreadCpu::parse("35 dbus-daemon S", status), None);
     }
 }
