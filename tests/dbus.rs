@@ -192,6 +192,61 @@ inject = { cpu = 1, bits = ["prochot"] }
     assert!(report.contains(words.trim()), "the report shows the last words: {report}");
 }
 
+#[test]
+fn the_bus_queues_a_burst_for_a_subscriber_that_reads_nothing_and_keeps_it_connected() {
+    // The slow-subscriber scenario's claim, from dbus-daemon's own
+    // accounting: its snapshot shows that no signal is lost and nobody is
+    // disconnected, but not where the signals the stalled subscriber never
+    // read went. Its socket takes about 200 KiB; the burst's 2000 signals
+    // are several times that.
+    let scenario = scenario::parse(
+        std::path::Path::new("dbus-held.toml"),
+        r#"
+description = "a stalled subscriber through a burst, then what the bus holds for it"
+[machine]
+dbus = true
+[params]
+kevent_thermal.rate_limit_ms = 0
+[[step]]
+exec = { program = "/sbin/kevent-dbus-tap", args = ["stall"] }
+[[step]]
+inject = { cpu = 1, bits = ["prochot"] }
+repeat = 1000
+[[step]]
+exec = { program = "/sbin/kevent-dbus-tap", args = ["held", ":1.3"] }
+"#,
+    )
+    .unwrap();
+    let guest = scenario.guest(&common::artifacts());
+    let transcript = runner::run(&scenario, &common::config("dbus-held", guest), &mut |_| {})
+        .unwrap_or_else(|f| panic!("{}", f.report()));
+    let stdout = |step: usize| match &transcript.steps[step].outcome {
+        StepOutcome::Ran(r) => {
+            assert_eq!(r.exit_code, 0, "step {step}: {}", String::from_utf8_lossy(&r.stderr));
+            String::from_utf8_lossy(&r.stdout).into_owned()
+        }
+        other => panic!("step {step}: {other:?}"),
+    };
+    // The bus names connections in the order they come: kdbusd, the
+    // agent's two, then the subscriber; the held step names it so.
+    assert_eq!(stdout(0), ":1.3 subscribed to every signal and reads none from now on\n");
+    let mapped = entries(&transcript.steps[1]).iter().filter(|e| e.is_mapped()).count();
+    assert_eq!(mapped, 2000, "the monitor lost nothing to the stalled subscriber");
+    let held = stdout(2);
+    let figure = |key: &str| -> u64 {
+        let line = held.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {held}"));
+        line.trim_start_matches(": ").parse().unwrap_or_else(|e| panic!("{key}{line}: {e}"))
+    };
+    assert!(held.contains("UniqueName: :1.3"), "{held}");
+    // Still connected (the call would have failed otherwise), and the bus
+    // holds what its full socket would not take.
+    let (messages, bytes, peak) = (figure("OutgoingMessages"), figure("OutgoingBytes"), figure("PeakOutgoingBytes"));
+    assert!(messages > 0 && bytes > 0, "the bus holds nothing for the stalled subscriber:\n{held}");
+    assert!(peak >= bytes, "{held}");
+    assert!(messages < 2000, "its socket took some first:\n{held}");
+    eprintln!("dbus-daemon holds {messages} messages, {bytes} bytes (peak {peak}) for the stalled subscriber");
+}
+
 /// Reads `child`'s stdout on a thread; `wait_for` returns once the text so
 /// far contains `needle` (bounded).
 struct Output {

@@ -8,6 +8,11 @@
 //! never reads one (a scenario's slow subscriber), and exits once it has
 //! subscribed, saying so; the subscriber lives until the guest ends.
 //!
+//! `kevent-dbus-tap held NAME`: what the bus holds for connection NAME,
+//! from dbus-daemon's own accounting (`org.freedesktop.DBus.Debug.Stats`),
+//! one `Key: value` line per figure in the bus's order; exits 1, saying so,
+//! if NAME is not on the bus (dbus-daemon disconnected it).
+//!
 //! (The agent's monitor of the bus is the agent's own connection:
 //! kdbusd::bus.)
 
@@ -26,7 +31,8 @@ fn main() -> ExitCode {
         ["relay", port] => kdbusd::relay::serve(Path::new(port), Path::new(SYSTEM_BUS_SOCKET)).map_err(Into::into),
         ["stall"] => stall(),
         [STALL_HOLDER] => hold_stalled(),
-        _ => Err("usage: kevent-dbus-tap relay PORT | kevent-dbus-tap stall".into()),
+        ["held", name] => held(name),
+        _ => Err("usage: kevent-dbus-tap relay PORT | kevent-dbus-tap stall | kevent-dbus-tap held NAME".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,4 +103,28 @@ fn hold_stalled() -> Result<(), Error> {
     loop {
         thread::park();
     }
+}
+
+/// Prints dbus-daemon's figures for connection `name`: messages and bytes
+/// it has queued for it and not yet written to its socket (`Outgoing…`),
+/// their peak, and the rest of what `GetConnectionStats` gives.
+fn held(name: &str) -> Result<(), Error> {
+    let (mut socket, _) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), STALL_BOUND)?;
+    let reply = socket.call_bus(&format!("{DBUS}.Debug.Stats"), "GetConnectionStats", &[Value::Str(name.into())])?;
+    let Some(Value::Dict(figures)) = reply.first() else {
+        return Err(format!("GetConnectionStats gave no dictionary: {reply:?}").into());
+    };
+    let mut out = io::stdout().lock();
+    for (key, value) in figures {
+        let value = match value {
+            Value::Variant(_, inner) => inner.as_ref(),
+            other => other,
+        };
+        match (key, value) {
+            (Value::Str(key), Value::Str(text)) => writeln!(out, "{key}: {text}")?,
+            (Value::Str(key), value) => writeln!(out, "{key}: {value}")?,
+            _ => return Err(format!("GetConnectionStats gave a key that is not a string: {key:?}").into()),
+        }
+    }
+    Ok(())
 }
