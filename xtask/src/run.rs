@@ -164,13 +164,7 @@ pub fn execute(
     let mut lines = Vec::new();
     let keep = |line: serde_json::Value, lines: &mut Vec<serde_json::Value>| {
         if output.json {
-            let mut shown = line.clone();
-            if !output.raw {
-                if let Some(fields) = shown.as_object_mut() {
-                    fields.remove("bytes");
-                }
-            }
-            println!("{shown}");
+            println!("{}", shown(&line, output.raw));
         }
         lines.push(line);
     };
@@ -493,9 +487,34 @@ pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyho
     Ok(path)
 }
 
+/// A `--json` line as printed: a datagram's and a bus message's raw
+/// `bytes` only with `--raw`; a trace's `bytes` is its size, always shown.
+fn shown(line: &serde_json::Value, raw: bool) -> serde_json::Value {
+    let mut shown = line.clone();
+    let raw_bytes = matches!(line.get("type").and_then(|t| t.as_str()), Some("event" | "dbus"));
+    if raw_bytes && !raw {
+        if let Some(fields) = shown.as_object_mut() {
+            fields.remove("bytes");
+        }
+    }
+    shown
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check_appended;
+    use super::{check_appended, shown};
+
+    #[test]
+    fn only_raw_bytes_wait_for_raw_and_sizes_are_always_shown() {
+        use serde_json::json;
+        let event = json!({"type": "event", "step": 1, "bytes": "a\\x00"});
+        assert_eq!(shown(&event, false), json!({"type": "event", "step": 1}));
+        assert_eq!(shown(&event, true), event);
+        let message = json!({"type": "dbus", "bytes": "l\\x01"});
+        assert_eq!(shown(&message, false), json!({"type": "dbus"}));
+        let trace = json!({"type": "trace", "bytes": 76515});
+        assert_eq!(shown(&trace, false), trace);
+    }
 
     fn refusal(word: &str) -> Option<String> {
         check_appended(&[word.to_owned()]).err().map(|e| e.to_string())
