@@ -37,9 +37,9 @@ pub const FORMAT: &str = "kevent-bench reproducer bundle";
 /// The version of the layout and of every member's format; a reader refuses
 /// a bundle with a higher one. Fields added to the manifest do not change it
 /// (readers ignore fields they do not know); a field removed or changed
-/// does, and so does a line type added to `events.jsonl`, which version 1
-/// readers refuse: version 2 added `trace` lines.
-pub const FORMAT_VERSION: u32 = 2;
+/// does, and so does a line type added to `events.jsonl`, which older
+/// readers refuse: version 2 added `trace` lines, version 3 `bus_backlog`.
+pub const FORMAT_VERSION: u32 = 3;
 /// A bundle is meant for a mail; anything this large is not one.
 pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
 /// Unpacked, every member together.
@@ -909,7 +909,7 @@ impl Recorded {
             }
             match text("type")?.as_str() {
                 // Nothing in them is replayed: a traced replay traces again.
-                "start" | "timing_flag" | "trace" => {}
+                "start" | "bus_backlog" | "timing_flag" | "trace" => {}
                 "event" => {
                     let step = number_of("step")? as usize;
                     let bytes = events::unescape(&text("bytes")?).map_err(|e| at(format!("\"bytes\": {e}")))?;

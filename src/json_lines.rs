@@ -246,6 +246,20 @@ pub fn replay(step: usize, timing: &ReplayTiming) -> Value {
     })
 }
 
+/// A connection the guest's bus still held messages for as the run ended.
+pub fn bus_backlog(backlog: &crate::dbus::Backlog) -> Value {
+    json!({
+        "type": "bus_backlog",
+        "name": backlog.name,
+        "pid": backlog.pid,
+        "command": backlog.command,
+        "messages": backlog.messages,
+        "bytes": backlog.bytes,
+        "peak_bytes": backlog.peak_bytes,
+        "message": backlog.to_string(),
+    })
+}
+
 /// The last line of a run that ended well.
 pub fn summary(transcript: &Transcript, totals: &Totals, elapsed: Duration, accel: &str) -> Value {
     json!({
@@ -423,6 +437,26 @@ mod tests {
         assert_eq!(line["machine"]["cpus"], 4);
         assert_eq!(line["machine"]["packages"], 2);
         assert_eq!(line["machine"]["cores"], 2);
+    }
+
+    #[test]
+    fn a_bus_backlog_line_names_the_connection_and_what_the_bus_holds_for_it() {
+        let backlog = crate::dbus::Backlog {
+            name: ":1.3".into(),
+            pid: None,
+            command: "?".into(),
+            messages: 1924,
+            bytes: 2062968,
+            peak_bytes: 2062970,
+        };
+        let line = bus_backlog(&backlog);
+        assert_eq!(line["type"], "bus_backlog");
+        assert_eq!(line["name"], ":1.3");
+        assert_eq!(line["pid"], Value::Null, "unknown, not 0");
+        assert_eq!(line["command"], "?");
+        assert_eq!((line["messages"].as_u64(), line["bytes"].as_u64()), (Some(1924), Some(2062968)));
+        assert_eq!(line["peak_bytes"], 2062970);
+        assert_eq!(line["message"], backlog.to_string());
     }
 
     #[test]

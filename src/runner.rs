@@ -192,6 +192,7 @@ pub fn run(
     } else {
         Vec::new()
     };
+    let bus_backlog = if scenario.machine.dbus { bus_backlog(&mut machine, bound)? } else { Vec::new() };
     let (mut timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
     timing_flags.extend(late_replays);
     timing_flags.sort_by_key(TimingFlag::step);
@@ -201,7 +202,39 @@ pub fn run(
     };
     let hello = machine.hello.clone();
     machine.shutdown(config.timeouts.shutdown)?;
-    Ok(Transcript { scenario: scenario.clone(), hello, steps, background, timing_flags, timing_flags_lost, trace })
+    Ok(Transcript {
+        scenario: scenario.clone(),
+        hello,
+        steps,
+        background,
+        timing_flags,
+        timing_flags_lost,
+        trace,
+        bus_backlog,
+    })
+}
+
+/// Asks dbus-daemon, through `kevent-dbus-tap backlog` in the guest, which
+/// connections it holds messages for that their sockets have not taken:
+/// a scenario's subscriber that does not keep up loses nothing the bench
+/// sees, and would otherwise go unsaid. The bus traffic of the question
+/// belongs to no step.
+fn bus_backlog(machine: &mut Machine, bound: Duration) -> Result<Vec<crate::dbus::Backlog>, Failure> {
+    let asked =
+        Command::Exec { program: kevent_wire::DBUS_TAP_PATH.into(), args: vec!["backlog".into()], background: false };
+    let failed = |why: String| Failure::Host { message: format!("ask the guest's bus for its backlog: {why}") };
+    match machine.request(asked, bound)?.outcome {
+        Outcome::Exec(result) if result.exit_code == 0 && result.signal == 0 => {
+            crate::dbus::Backlog::parse_all(&String::from_utf8_lossy(&result.stdout)).map_err(failed)
+        }
+        Outcome::Exec(result) => Err(failed(format!(
+            "kevent-dbus-tap backlog exited with code {} (signal {}): {}",
+            result.exit_code,
+            result.signal,
+            String::from_utf8_lossy(&result.stderr).trim()
+        ))),
+        other => Err(failed(format!("the agent answered {other:?}"))),
+    }
 }
 
 /// How long a failed run waits for the guest to hand over the rest of its

@@ -59,6 +59,8 @@ exec = { program = "/bin/kmsg-send", args = ["4", "From: /org/kernel/t\nSignal: 
     let transcript = runner::run(&scenario, &common::config("dbus-signals", guest), &mut |_| {})
         .unwrap_or_else(|f| panic!("{}", f.report()));
 
+    assert_eq!(transcript.bus_backlog, [], "every connection on the bus kept up");
+
     // The seed's event: two datagrams, two signals, each exactly the
     // mapping of the datagram it carries, before the step's reply.
     let inject = &transcript.steps[0];
@@ -245,6 +247,12 @@ exec = { program = "/sbin/kevent-dbus-tap", args = ["held", ":1.3"] }
     assert!(peak >= bytes, "{held}");
     assert!(messages < 2000, "its socket took some first:\n{held}");
     eprintln!("dbus-daemon holds {messages} messages, {bytes} bytes (peak {peak}) for the stalled subscriber");
+
+    // And the run says so as it ends, naming the subscriber's process.
+    let [backlog] = &transcript.bus_backlog[..] else { panic!("{:?}", transcript.bus_backlog) };
+    assert_eq!((backlog.name.as_str(), backlog.command.as_str()), (":1.3", "kevent-dbus-tap"), "{backlog:?}");
+    assert!(backlog.pid.is_some_and(|pid| pid > 1), "{backlog:?}");
+    assert!(backlog.messages >= messages && backlog.bytes >= bytes, "nothing read it since: {backlog:?}\n{held}");
 }
 
 /// Reads `child`'s stdout on a thread; `wait_for` returns once the text so

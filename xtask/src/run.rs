@@ -266,6 +266,10 @@ pub fn execute(
             println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
         }
     }
+    for backlog in &transcript.bus_backlog {
+        keep(json_lines::bus_backlog(backlog), &mut lines);
+        eprintln!("warning: {backlog}");
+    }
     for flag in &transcript.timing_flags {
         keep(json_lines::timing_flag(flag), &mut lines);
         eprintln!("warning: {flag}");
@@ -488,7 +492,8 @@ pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyho
 }
 
 /// A `--json` line as printed: a datagram's and a bus message's raw
-/// `bytes` only with `--raw`; a trace's `bytes` is its size, always shown.
+/// `bytes` only with `--raw`; a trace's or a backlog's `bytes` is a size,
+/// always shown.
 fn shown(line: &serde_json::Value, raw: bool) -> serde_json::Value {
     let mut shown = line.clone();
     let raw_bytes = matches!(line.get("type").and_then(|t| t.as_str()), Some("event" | "dbus"));
@@ -512,8 +517,9 @@ mod tests {
         assert_eq!(shown(&event, true), event);
         let message = json!({"type": "dbus", "bytes": "l\\x01"});
         assert_eq!(shown(&message, false), json!({"type": "dbus"}));
-        let trace = json!({"type": "trace", "bytes": 76515});
-        assert_eq!(shown(&trace, false), trace);
+        for sized in [json!({"type": "trace", "bytes": 76515}), json!({"type": "bus_backlog", "bytes": 2062968})] {
+            assert_eq!(shown(&sized, false), sized);
+        }
     }
 
     fn refusal(word: &str) -> Option<String> {

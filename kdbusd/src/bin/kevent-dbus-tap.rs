@@ -13,6 +13,12 @@
 //! one `Key: value` line per figure in the bus's order; exits 1, saying so,
 //! if NAME is not on the bus (dbus-daemon disconnected it).
 //!
+//! `kevent-dbus-tap backlog`: every connection on the bus the bus holds
+//! messages for that it has not written to the connection's socket yet
+//! (a subscriber that does not keep up), one line each, tab-separated:
+//! unique name, pid, command, messages, bytes, peak bytes. Nothing if none.
+//! The host runs it as a D-Bus run ends.
+//!
 //! (The agent's monitor of the bus is the agent's own connection:
 //! kdbusd::bus.)
 
@@ -32,7 +38,10 @@ fn main() -> ExitCode {
         ["stall"] => stall(),
         [STALL_HOLDER] => hold_stalled(),
         ["held", name] => held(name),
-        _ => Err("usage: kevent-dbus-tap relay PORT | kevent-dbus-tap stall | kevent-dbus-tap held NAME".into()),
+        ["backlog"] => backlog(),
+        _ => Err("usage: kevent-dbus-tap relay PORT | kevent-dbus-tap stall | kevent-dbus-tap held NAME | \
+             kevent-dbus-tap backlog"
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,21 +119,79 @@ fn hold_stalled() -> Result<(), Error> {
 /// their peak, and the rest of what `GetConnectionStats` gives.
 fn held(name: &str) -> Result<(), Error> {
     let (mut socket, _) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), STALL_BOUND)?;
+    let mut out = io::stdout().lock();
+    for (key, value) in connection_stats(&mut socket, name)? {
+        match value {
+            Value::Str(text) => writeln!(out, "{key}: {text}")?,
+            value => writeln!(out, "{key}: {value}")?,
+        }
+    }
+    Ok(())
+}
+
+/// Prints a line for each connection the bus holds unwritten messages for.
+fn backlog() -> Result<(), Error> {
+    let (mut socket, own) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), STALL_BOUND)?;
+    let names = match socket.call_bus(DBUS, "ListNames", &[])?.first() {
+        Some(Value::Array(names)) => names.clone(),
+        other => return Err(format!("ListNames gave no array: {other:?}").into()),
+    };
+    let mut out = io::stdout().lock();
+    for name in names {
+        let Value::Str(name) = name else { continue };
+        if !name.starts_with(':') || name == own {
+            continue;
+        }
+        // A connection that left since ListNames holds nothing.
+        let Ok(stats) = connection_stats(&mut socket, &name) else { continue };
+        let figure = |key: &str| {
+            stats.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
+                Value::Uint(n) => Some(*n),
+                _ => None,
+            })
+        };
+        let (Some(messages), Some(bytes), Some(peak)) =
+            (figure("OutgoingMessages"), figure("OutgoingBytes"), figure("PeakOutgoingBytes"))
+        else {
+            return Err(format!("GetConnectionStats of {name} lacks the outgoing figures: {stats:?}").into());
+        };
+        if messages == 0 {
+            continue;
+        }
+        let pid = match socket.call_bus(DBUS, "GetConnectionUnixProcessID", &[Value::Str(name.clone())]) {
+            Ok(reply) => match reply.first() {
+                Some(Value::Uint(pid)) => Some(*pid),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let command = pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+            .map_or_else(|| "?".to_owned(), |comm| comm.trim_end().to_owned());
+        let pid = pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string());
+        writeln!(out, "{name}\t{pid}\t{command}\t{messages}\t{bytes}\t{peak}")?;
+    }
+    Ok(())
+}
+
+/// dbus-daemon's figures for connection `name` (`org.freedesktop.DBus.
+/// Debug.Stats.GetConnectionStats`), in the bus's order, variants opened.
+fn connection_stats(socket: &mut BusSocket, name: &str) -> Result<Vec<(String, Value)>, Error> {
     let reply = socket.call_bus(&format!("{DBUS}.Debug.Stats"), "GetConnectionStats", &[Value::Str(name.into())])?;
     let Some(Value::Dict(figures)) = reply.first() else {
         return Err(format!("GetConnectionStats gave no dictionary: {reply:?}").into());
     };
-    let mut out = io::stdout().lock();
-    for (key, value) in figures {
-        let value = match value {
-            Value::Variant(_, inner) => inner.as_ref(),
-            other => other,
-        };
-        match (key, value) {
-            (Value::Str(key), Value::Str(text)) => writeln!(out, "{key}: {text}")?,
-            (Value::Str(key), value) => writeln!(out, "{key}: {value}")?,
-            _ => return Err(format!("GetConnectionStats gave a key that is not a string: {key:?}").into()),
-        }
-    }
-    Ok(())
+    figures
+        .iter()
+        .map(|(key, value)| {
+            let Value::Str(key) = key else {
+                return Err(format!("GetConnectionStats gave a key that is not a string: {key:?}").into());
+            };
+            let value = match value {
+                Value::Variant(_, inner) => inner.as_ref().clone(),
+                other => other.clone(),
+            };
+            Ok((key.clone(), value))
+        })
+        .collect()
 }
