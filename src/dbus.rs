@@ -15,6 +15,9 @@ use serde::Serialize;
 
 use crate::events::NETLINK_KOBJECT_UEVENT;
 
+/// What the guest's bus held for a connection as a run ended.
+pub use kdbusd::backlog::Backlog;
+
 /// One message of the bus, for review.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DbusEntry {
@@ -210,97 +213,9 @@ pub fn body_values(body: &Body) -> Vec<Value> {
     }
 }
 
-/// A connection the guest's bus held messages for, written to none of its
-/// socket yet, as a run ended: a subscriber that did not keep up. From
-/// dbus-daemon's own accounting, through `kevent-dbus-tap backlog`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backlog {
-    /// The connection's unique name (`:1.3`).
-    pub name: String,
-    /// Its process, as the bus knows it; `None` if the bus would not say.
-    pub pid: Option<u32>,
-    /// Its process's command (`/proc/PID/comm`), `?` if unknown.
-    pub command: String,
-    /// Messages the bus holds for it.
-    pub messages: u64,
-    /// Their bytes, as the bus counts them.
-    pub bytes: u64,
-    /// The most bytes it ever held for it.
-    pub peak_bytes: u64,
-}
-
-impl Backlog {
-    /// What `kevent-dbus-tap backlog` printed: a line per connection,
-    /// tab-separated name, pid, command, messages, bytes, peak bytes.
-    pub fn parse_all(stdout: &str) -> Result<Vec<Backlog>, String> {
-        stdout
-            .lines()
-            .map(|line| {
-                let bad = || format!("kevent-dbus-tap backlog printed a line that is not a backlog: {line:?}");
-                let fields: Vec<&str> = line.split('\t').collect();
-                let [name, pid, command, messages, bytes, peak] = fields[..] else { return Err(bad()) };
-                let number = |text: &str| text.parse::<u64>().map_err(|_| bad());
-                Ok(Backlog {
-                    name: name.to_owned(),
-                    pid: if pid == "?" { None } else { Some(pid.parse().map_err(|_| bad())?) },
-                    command: command.to_owned(),
-                    messages: number(messages)?,
-                    bytes: number(bytes)?,
-                    peak_bytes: number(peak)?,
-                })
-            })
-            .collect()
-    }
-}
-
-impl std::fmt::Display for Backlog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pid = self.pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
-        write!(
-            f,
-            "as the run ended, the guest's bus held {} message(s), {} bytes, for {} ({pid}, {}) that its socket had \
-             not taken: a subscriber that does not keep up (docs/dbus.md)",
-            self.messages, self.bytes, self.name, self.command
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_backlog_line_is_read_whole_and_anything_else_is_refused() {
-        let parsed = Backlog::parse_all(":1.3\t57\tkevent-dbus-tap\t1924\t2062968\t2062968\n:1.9\t?\t?\t1\t300\t900\n");
-        assert_eq!(
-            parsed,
-            Ok(vec![
-                Backlog {
-                    name: ":1.3".into(),
-                    pid: Some(57),
-                    command: "kevent-dbus-tap".into(),
-                    messages: 1924,
-                    bytes: 2062968,
-                    peak_bytes: 2062968
-                },
-                Backlog {
-                    name: ":1.9".into(),
-                    pid: None,
-                    command: "?".into(),
-                    messages: 1,
-                    bytes: 300,
-                    peak_bytes: 900
-                },
-            ])
-        );
-        assert_eq!(Backlog::parse_all(""), Ok(vec![]));
-        for bad in [":1.3\t57\tx\t1\t2", ":1.3\t57\tx\t1\t2\t3\t4", ":1.3\tpid\tx\t1\t2\t3", ":1.3\t5\tx\t-1\t2\t3"] {
-            let error = Backlog::parse_all(bad).unwrap_err();
-            assert!(error.contains(&format!("{bad:?}")), "{error}");
-        }
-        let text = parsed.unwrap()[0].to_string();
-        assert!(text.contains("1924 message(s), 2062968 bytes, for :1.3 (pid 57, kevent-dbus-tap)"), "{text}");
-    }
 
     #[test]
     fn only_kdbusds_signals_are_event_signals() {

@@ -256,7 +256,29 @@ pub fn bus_backlog(backlog: &crate::dbus::Backlog) -> Value {
         "messages": backlog.messages,
         "bytes": backlog.bytes,
         "peak_bytes": backlog.peak_bytes,
+        "error": null,
         "message": backlog.to_string(),
+    })
+}
+
+/// Why the guest's bus could not say whom it held messages for.
+pub fn bus_backlog_unknown_message(why: &str) -> String {
+    format!("could not ask the guest's bus which subscribers kept up as the run ended: {why}")
+}
+
+/// The `bus_backlog` line of a run whose bus could not be asked: `error`
+/// says why, the figures are null.
+pub fn bus_backlog_unknown(why: &str) -> Value {
+    json!({
+        "type": "bus_backlog",
+        "name": null,
+        "pid": null,
+        "command": null,
+        "messages": null,
+        "bytes": null,
+        "peak_bytes": null,
+        "error": why,
+        "message": bus_backlog_unknown_message(why),
     })
 }
 
@@ -457,6 +479,15 @@ mod tests {
         assert_eq!((line["messages"].as_u64(), line["bytes"].as_u64()), (Some(1924), Some(2062968)));
         assert_eq!(line["peak_bytes"], 2062970);
         assert_eq!(line["message"], backlog.to_string());
+        assert_eq!(line["error"], Value::Null);
+
+        let unknown = bus_backlog_unknown("kevent-dbus-tap backlog exited with code 1 (signal 0): no bus");
+        assert_eq!(unknown["type"], "bus_backlog");
+        assert_eq!(unknown["error"], "kevent-dbus-tap backlog exited with code 1 (signal 0): no bus");
+        for field in ["name", "pid", "command", "messages", "bytes", "peak_bytes"] {
+            assert_eq!(unknown[field], Value::Null, "{field}");
+        }
+        assert!(unknown["message"].as_str().unwrap().ends_with(": no bus"), "{unknown}");
     }
 
     #[test]

@@ -192,7 +192,6 @@ pub fn run(
     } else {
         Vec::new()
     };
-    let bus_backlog = if scenario.machine.dbus { bus_backlog(&mut machine, bound)? } else { Vec::new() };
     let (mut timing_flags, timing_flags_lost) = timing_flags(&mut machine, &ledger, bound)?;
     timing_flags.extend(late_replays);
     timing_flags.sort_by_key(TimingFlag::step);
@@ -200,6 +199,8 @@ pub fn run(
         Some(session) => Some(session.finish(&mut machine, steps.len())?),
         None => None,
     };
+    // After the trace has stopped: the question is not the last step's.
+    let bus_backlog = if scenario.machine.dbus { bus_backlog(&mut machine, bound)? } else { Ok(Vec::new()) };
     let hello = machine.hello.clone();
     machine.shutdown(config.timeouts.shutdown)?;
     Ok(Transcript {
@@ -218,23 +219,29 @@ pub fn run(
 /// connections it holds messages for that their sockets have not taken:
 /// a scenario's subscriber that does not keep up loses nothing the bench
 /// sees, and would otherwise go unsaid. The bus traffic of the question
-/// belongs to no step.
-fn bus_backlog(machine: &mut Machine, bound: Duration) -> Result<Vec<crate::dbus::Backlog>, Failure> {
+/// belongs to no step. A question the tap could not answer is the run's
+/// warning, not its failure (`Err`, why); a guest that no longer answers
+/// the agent's request is the run's failure.
+fn bus_backlog(machine: &mut Machine, bound: Duration) -> Result<Result<Vec<crate::dbus::Backlog>, String>, Failure> {
     let asked =
         Command::Exec { program: kevent_wire::DBUS_TAP_PATH.into(), args: vec!["backlog".into()], background: false };
-    let failed = |why: String| Failure::Host { message: format!("ask the guest's bus for its backlog: {why}") };
-    match machine.request(asked, bound)?.outcome {
+    Ok(match machine.request(asked, bound)?.outcome {
         Outcome::Exec(result) if result.exit_code == 0 && result.signal == 0 => {
-            crate::dbus::Backlog::parse_all(&String::from_utf8_lossy(&result.stdout)).map_err(failed)
+            crate::dbus::Backlog::parse_all(&String::from_utf8_lossy(&result.stdout))
+                .map_err(|why| format!("kevent-dbus-tap backlog printed {why}"))
         }
-        Outcome::Exec(result) => Err(failed(format!(
+        Outcome::Exec(result) => Err(format!(
             "kevent-dbus-tap backlog exited with code {} (signal {}): {}",
             result.exit_code,
             result.signal,
             String::from_utf8_lossy(&result.stderr).trim()
-        ))),
-        other => Err(failed(format!("the agent answered {other:?}"))),
-    }
+        )),
+        Outcome::Error { errno, message } => Err(format!(
+            "the agent could not run kevent-dbus-tap backlog: {message} ({})",
+            crate::transcript::errno_name(errno)
+        )),
+        other => return Err(Failure::protocol(format!("an exec answered {other:?}"))),
+    })
 }
 
 /// How long a failed run waits for the guest to hand over the rest of its

@@ -258,7 +258,7 @@ mod tests {
             background: Vec::new(),
             timing_flags: Vec::new(),
             timing_flags_lost: 0,
-            bus_backlog: Vec::new(),
+            bus_backlog: Ok(Vec::new()),
             trace: None,
         };
         let events = &transcript.snapshot().steps[0].events;

@@ -149,9 +149,9 @@ pub struct Transcript {
     /// The kernel trace written to the run directory, if one was asked for.
     pub trace: Option<crate::trace::Summary>,
     /// With the D-Bus side: the connections the bus still held messages
-    /// for as the run ended. How many depends on timing, so it is said
-    /// beside the snapshot, not in it.
-    pub bus_backlog: Vec<crate::dbus::Backlog>,
+    /// for as the run ended, or why the bus could not be asked. How many
+    /// depends on timing, so it is said beside the snapshot, not in it.
+    pub bus_backlog: Result<Vec<crate::dbus::Backlog>, String>,
 }
 
 /// An outcome the clock leaves uncertain: the snapshot could differ on

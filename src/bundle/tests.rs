@@ -511,3 +511,24 @@ fn a_traced_runs_events_read_back() {
     assert!(recorded.completed);
     assert_eq!(recorded.steps.len(), 2);
 }
+
+#[test]
+fn a_d_bus_runs_backlog_lines_read_back_and_say_nothing_of_the_steps() {
+    let s = scenario();
+    let steps = steps(812, "high");
+    let mut text = events_jsonl(&s, &steps, summary());
+    let held = crate::dbus::Backlog {
+        name: ":1.3".into(),
+        pid: Some(51),
+        command: "kevent-dbus-tap".into(),
+        messages: 1924,
+        bytes: 2062968,
+        peak_bytes: 2062968,
+    };
+    let lines = [json_lines::bus_backlog(&held), json_lines::bus_backlog_unknown("no bus")];
+    text.insert_str(text.rfind("{\"").unwrap(), &lines.map(|l| format!("{l}\n")).concat());
+    let recorded = Recorded::parse(&text).unwrap();
+    assert!(recorded.completed);
+    let labels = |r: &Recorded| r.steps.iter().map(|s| (s.label.clone(), s.datagrams.len())).collect::<Vec<_>>();
+    assert_eq!(labels(&recorded), labels(&Recorded::parse(&events_jsonl(&s, &steps, summary())).unwrap()));
+}

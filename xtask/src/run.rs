@@ -266,9 +266,17 @@ pub fn execute(
             println!("stderr:\n{}", String::from_utf8_lossy(&r.stderr));
         }
     }
-    for backlog in &transcript.bus_backlog {
-        keep(json_lines::bus_backlog(backlog), &mut lines);
-        eprintln!("warning: {backlog}");
+    match &transcript.bus_backlog {
+        Ok(backlogs) => {
+            for backlog in backlogs {
+                keep(json_lines::bus_backlog(backlog), &mut lines);
+                eprintln!("warning: {backlog}");
+            }
+        }
+        Err(why) => {
+            keep(json_lines::bus_backlog_unknown(why), &mut lines);
+            eprintln!("warning: {}", json_lines::bus_backlog_unknown_message(why));
+        }
     }
     for flag in &transcript.timing_flags {
         keep(json_lines::timing_flag(flag), &mut lines);

@@ -15,9 +15,11 @@
 //!
 //! `kevent-dbus-tap backlog`: every connection on the bus the bus holds
 //! messages for that it has not written to the connection's socket yet
-//! (a subscriber that does not keep up), one line each, tab-separated:
-//! unique name, pid, command, messages, bytes, peak bytes. Nothing if none.
-//! The host runs it as a D-Bus run ends.
+//! (a subscriber that does not keep up), one line each
+//! (kdbusd::backlog); nothing if none. The host runs it as a D-Bus run
+//! ends. Monitors are not on the bus's list of names and are not asked
+//! about; the counts include this question's own `NameOwnerChanged`, for a
+//! connection that subscribed to it.
 //!
 //! (The agent's monitor of the bus is the agent's own connection:
 //! kdbusd::bus.)
@@ -27,6 +29,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::thread;
 
+use kdbusd::backlog::Backlog;
 use kdbusd::bus::{BusSocket, DBUS};
 use kdbusd::message::Value;
 use kevent_wire::SYSTEM_BUS_SOCKET;
@@ -142,8 +145,12 @@ fn backlog() -> Result<(), Error> {
         if !name.starts_with(':') || name == own {
             continue;
         }
-        // A connection that left since ListNames holds nothing.
-        let Ok(stats) = connection_stats(&mut socket, &name) else { continue };
+        let stats = match connection_stats(&mut socket, &name) {
+            Ok(stats) => stats,
+            // A connection that left since ListNames holds nothing.
+            Err(e) if e.to_string().contains("org.freedesktop.DBus.Error.NameHasNoOwner") => continue,
+            Err(e) => return Err(e),
+        };
         let figure = |key: &str| {
             stats.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
                 Value::Uint(n) => Some(*n),
@@ -167,9 +174,16 @@ fn backlog() -> Result<(), Error> {
         };
         let command = pid
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
-            .map_or_else(|| "?".to_owned(), |comm| comm.trim_end().to_owned());
-        let pid = pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string());
-        writeln!(out, "{name}\t{pid}\t{command}\t{messages}\t{bytes}\t{peak}")?;
+            .map_or_else(|| "?".to_owned(), |comm| comm.trim_end_matches('\n').to_owned());
+        let backlog = Backlog {
+            name,
+            pid: pid.and_then(|pid| u32::try_from(pid).ok()),
+            command,
+            messages,
+            bytes,
+            peak_bytes: peak,
+        };
+        writeln!(out, "{}", backlog.line())?;
     }
     Ok(())
 }
