@@ -44,12 +44,13 @@ impl InterruptLedger {
 const RATE_LIMIT_EDGES: &str = "/sys/kernel/debug/kevent_thermal/rate_limit_edges";
 const RATE_LIMIT_MS: &str = "/sys/module/kevent_thermal/parameters/rate_limit_ms";
 
-/// A guest file's text, as the agent reads it.
+/// A file of the module's, read between steps: through `Machine::ask`
+/// (as `trace::read_all` reads), so that events a background program
+/// causes meanwhile stay for the next step instead of being taken here.
 fn read_text(machine: &mut Machine, path: &str, bound: Duration) -> Result<String, Failure> {
-    match machine.request(Command::ReadFile { path: path.into() }, bound)?.outcome {
-        Outcome::Data(data) => Ok(String::from_utf8_lossy(&data).into_owned()),
-        other => Err(Failure::protocol(format!("read {path}: {other:?}"))),
-    }
+    trace::read_all(machine, path, bound)?.map_err(|(errno, message)| Failure::Host {
+        message: format!("read {path} in the guest: {message} ({})", crate::transcript::errno_name(errno)),
+    })
 }
 
 /// Whether the module's rate limit is on now: with it off there is no
