@@ -166,7 +166,7 @@ impl Monitor {
     /// Whether a message can be read within `bound`; what `outbox` holds
     /// goes to the host before any wait.
     fn readable(&mut self, bound: Duration, outbox: &mut Outbox<'_>) -> io::Result<bool> {
-        if self.bus.monitor.has_buffered() {
+        if self.bus.monitor.message_buffered() {
             return Ok(true);
         }
         let mut fds = [sys::readable(self.bus.monitor.fd())];
@@ -385,7 +385,8 @@ fn capture_rounds(
     loop {
         // Messages already read off the monitor's socket (with the one
         // before them) are not the socket's to report: poll would not wake.
-        if let Some(monitor) = monitor.as_mut().filter(|m| m.open && m.bus.monitor.has_buffered()) {
+        // Part of one is: poll wakes when the bus writes the rest.
+        if let Some(monitor) = monitor.as_mut().filter(|m| m.open && m.bus.monitor.message_buffered()) {
             monitor.pump(outbox)?;
         }
         outbox.flush()?;

@@ -100,10 +100,14 @@ impl BusSocket {
         }
     }
 
-    /// Whether bytes are read and not taken yet: poll on the socket would
-    /// not see them.
-    pub fn has_buffered(&self) -> bool {
-        !self.reader.buffer().is_empty()
+    /// Whether a whole message is read and not taken yet: poll on the
+    /// socket would not see it, and [`BusSocket::next_message`] returns it
+    /// without waiting. Part of one is not enough: reading the rest would
+    /// wait for the bus to write it.
+    pub fn message_buffered(&self) -> bool {
+        let buffered = self.reader.buffer();
+        let fixed = buffered.get(..16).and_then(|fixed| <&[u8; 16]>::try_from(fixed).ok());
+        fixed.and_then(message::message_len).is_some_and(|len| len <= buffered.len())
     }
 
     /// The next whole message, `None` once the bus has closed the connection.
@@ -149,5 +153,39 @@ impl BusSocket {
     /// The socket, to poll.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.reader.get_ref().as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_of_a_message_is_not_a_buffered_message() {
+        let (ours, bus) = UnixStream::pair().unwrap();
+        let mut socket = BusSocket {
+            reader: BufReader::with_capacity(64 << 10, ours.try_clone().unwrap()),
+            writer: ours,
+            next_serial: 1,
+        };
+        let signal =
+            |serial| message::marshal_signal(serial, "/org/kernel/x", "org.kernel.Power", "high", &[]).unwrap();
+        let (first, second) = (signal(1), signal(2));
+        let mut bus = bus;
+        // The bus wrote the first message and the start of the second: one
+        // read takes both into the buffer.
+        bus.write_all(&first).unwrap();
+        bus.write_all(&second[..20]).unwrap();
+        assert!(!socket.message_buffered(), "nothing is read yet");
+        assert_eq!(socket.next_message().unwrap(), Some(first));
+        assert!(!socket.reader.buffer().is_empty(), "the second's start is buffered");
+        assert!(!socket.message_buffered(), "but not the whole of it");
+        bus.write_all(&second[20..]).unwrap();
+        bus.write_all(&signal(3)).unwrap();
+        assert_eq!(socket.next_message().unwrap(), Some(second));
+        assert!(socket.message_buffered(), "the third came whole with the second's rest");
+        drop(bus);
+        assert_eq!(socket.next_message().unwrap(), Some(signal(3)));
+        assert_eq!(socket.next_message().unwrap(), None, "the bus closed the connection");
     }
 }
