@@ -251,12 +251,19 @@ impl Monitor {
     /// (the bus daemon's death, if that is the cause), after what came before.
     fn lost(&mut self, outbox: &mut Outbox<'_>, why: String) -> io::Result<Seen> {
         self.open = false;
+        self.fail(outbox, &why)?;
+        Ok(Seen::Traffic)
+    }
+
+    /// The D-Bus side failed: the host hears why, once, after what came
+    /// before; no fence is carried out from here on.
+    fn fail(&mut self, outbox: &mut Outbox<'_>, why: &str) -> io::Result<()> {
         if !self.failed {
             self.failed = true;
             outbox.flush()?;
-            self.services.report(&why);
+            self.services.report(why);
         }
-        Ok(Seen::Traffic)
+        Ok(())
     }
 
     /// Carries out `fence` and forwards what the monitor sees until it holds.
@@ -424,11 +431,9 @@ fn capture_rounds(
                     }
                     if let Err(why) = monitor.fence(fence, outbox)? {
                         // The host fails the run on the report; no reply
-                        // could claim the fence held. What came before the
-                        // failure goes first.
-                        outbox.flush()?;
-                        monitor.failed = true;
-                        monitor.services.report(&why);
+                        // could claim the fence held. A monitor lost in the
+                        // fence has reported already.
+                        monitor.fail(outbox, &why)?;
                         continue;
                     }
                 }
