@@ -37,8 +37,9 @@ pub fn start(scenario: &Scenario) -> Value {
     })
 }
 
-/// One datagram a step caused, decoded; `raw` adds its bytes, escaped.
-pub fn event(step: usize, datagram: &Datagram, normaliser: &mut Normaliser, raw: bool) -> Value {
+/// One datagram a step caused, decoded, with its bytes, escaped (which
+/// [`shown`] leaves out unless asked).
+pub fn event(step: usize, datagram: &Datagram, normaliser: &mut Normaliser) -> Value {
     let decoded = events::decode(datagram);
     let mut normalised = decoded.clone();
     normaliser.normalise(&mut normalised);
@@ -79,9 +80,7 @@ pub fn event(step: usize, datagram: &Datagram, normaliser: &mut Normaliser, raw:
             fields.insert("malformed".into(), json!({ "why": why, "bytes": bytes }));
         }
     }
-    if raw {
-        fields.insert("bytes".into(), events::escape(&datagram.bytes).into());
-    }
+    fields.insert("bytes".into(), events::escape(&datagram.bytes).into());
     line
 }
 
@@ -118,8 +117,9 @@ fn split_entry(entry: &str) -> (&str, Option<&str>) {
 }
 
 /// One message of the guest's bus a step caused (`[machine] dbus`), read
-/// as the D-Bus specification says; `raw` adds its bytes, escaped.
-pub fn dbus(step: usize, message: &kevent_wire::DbusMessage, raw: bool) -> Value {
+/// as the D-Bus specification says, with its bytes, escaped (which
+/// [`shown`] leaves out unless asked).
+pub fn dbus(step: usize, message: &kevent_wire::DbusMessage) -> Value {
     let mut line = match kdbusd::message::parse(&message.bytes) {
         Ok(m) => json!({
             "type": "dbus",
@@ -145,10 +145,25 @@ pub fn dbus(step: usize, message: &kevent_wire::DbusMessage, raw: bool) -> Value
             "why": e.to_string(),
         }),
     };
-    if raw {
-        line["bytes"] = events::escape(&message.bytes).into();
-    }
+    line["bytes"] = events::escape(&message.bytes).into();
     line
+}
+
+/// The line types whose `bytes` are the raw bytes of a datagram or a bus
+/// message; elsewhere (`trace`, `bus_backlog`) `bytes` is a size.
+const RAW_BYTES: [&str; 2] = ["event", "dbus"];
+
+/// A line as `run --json` prints it: raw bytes only with `--raw`. The
+/// bundle's `events.jsonl` keeps every line whole.
+pub fn shown(line: &Value, raw: bool) -> Value {
+    let mut shown = line.clone();
+    let has_raw_bytes = line.get("type").and_then(Value::as_str).is_some_and(|t| RAW_BYTES.contains(&t));
+    if has_raw_bytes && !raw {
+        if let Some(fields) = shown.as_object_mut() {
+            fields.remove("bytes");
+        }
+    }
+    shown
 }
 
 /// A step's result, after its events.
@@ -353,7 +368,7 @@ mod tests {
     fn a_uevent_has_its_environment_as_an_object_and_its_normalised_values_beside_the_raw_ones() {
         let mut normaliser = Normaliser::default();
         let bytes = b"change@/devices/system/cpu/cpu1\0ACTION=change\0MODALIAS=cpu:type:x86,ven0002\n\0SEQNUM=812\0";
-        let first = event(3, &datagram(15, bytes), &mut normaliser, false);
+        let first = event(3, &datagram(15, bytes), &mut normaliser);
         assert_eq!(first["type"], "event");
         assert_eq!(first["step"], 3);
         assert_eq!(first["channel"], "uevent");
@@ -365,7 +380,7 @@ mod tests {
         let keys: Vec<&String> = first["uevent"]["env"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["ACTION", "MODALIAS", "SEQNUM"], "the kernel's order is kept");
         let later = String::from_utf8_lossy(bytes).replace("SEQNUM=812", "SEQNUM=815");
-        let second = event(3, &datagram(15, later.as_bytes()), &mut normaliser, true);
+        let second = event(3, &datagram(15, later.as_bytes()), &mut normaliser);
         assert_eq!(second["normalised"]["SEQNUM"], "+3");
         assert_eq!(second["bytes"], events::escape(later.as_bytes()));
     }
@@ -377,12 +392,24 @@ mod tests {
     }
 
     #[test]
+    fn only_raw_bytes_wait_for_raw_and_sizes_are_always_shown() {
+        let event = json!({"type": "event", "step": 1, "bytes": "a\\x00"});
+        assert_eq!(shown(&event, false), json!({"type": "event", "step": 1}));
+        assert_eq!(shown(&event, true), event);
+        let message = json!({"type": "dbus", "bytes": "l\\x01"});
+        assert_eq!(shown(&message, false), json!({"type": "dbus"}));
+        for sized in [json!({"type": "trace", "bytes": 76515}), json!({"type": "bus_backlog", "bytes": 2062968})] {
+            assert_eq!(shown(&sized, false), sized);
+        }
+    }
+
+    #[test]
     fn a_bus_message_is_read_into_its_header_and_arguments() {
         use kdbusd::message::{marshal_signal, Value};
         let body = [Value::Str("Cpu: 1\n".into()), Value::Bytes(vec![0, 1])];
         let bytes = marshal_signal(5, "/org/kernel/x", "org.kernel.Power", "high", &body).unwrap();
         let message = kevent_wire::DbusMessage { monotonic_ns: 9, bytes };
-        let line = dbus(2, &message, false);
+        let line = shown(&dbus(2, &message), false);
         assert_eq!(
             line,
             json!({
@@ -392,22 +419,22 @@ mod tests {
                 "signature": "say", "args": ["\"Cpu: 1\\n\"", "2 bytes b\"\\x00\\x01\""],
             })
         );
-        assert!(dbus(2, &message, true)["bytes"].as_str().unwrap().starts_with("l\\x04"));
+        assert!(dbus(2, &message)["bytes"].as_str().unwrap().starts_with("l\\x04"));
         let junk = kevent_wire::DbusMessage { monotonic_ns: 0, bytes: b"x".to_vec() };
-        assert_eq!(dbus(1, &junk, false)["kind"], "unreadable");
+        assert_eq!(dbus(1, &junk)["kind"], "unreadable");
     }
 
     #[test]
     fn kmessages_and_malformed_datagrams_say_which_they_are() {
         let mut normaliser = Normaliser::default();
-        let kmessage = event(1, &datagram(31, b"From: /t\nSignal: high\nCpu: 1\n\0"), &mut normaliser, false);
+        let kmessage = event(1, &datagram(31, b"From: /t\nSignal: high\nCpu: 1\n\0"), &mut normaliser);
         assert_eq!(kmessage["channel"], "kmessage");
         assert_eq!(
             kmessage["kmessage"],
             json!({ "group": "power", "from": "/t", "signal": "high", "aux": ["Cpu: 1"] })
         );
         assert!(kmessage.get("normalised").is_none());
-        let broken = event(1, &datagram(31, b"junk"), &mut normaliser, false);
+        let broken = event(1, &datagram(31, b"junk"), &mut normaliser);
         assert_eq!(broken["channel"], "malformed");
         assert_eq!(broken["malformed"]["bytes"], "junk");
     }

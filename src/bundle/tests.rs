@@ -32,8 +32,8 @@ fn events_jsonl(scenario: &Scenario, steps: &[StepRecord], last: Value) -> Strin
     let mut normaliser = Normaliser::default();
     let mut lines = vec![json_lines::start(scenario)];
     for record in steps {
-        lines.extend(record.datagrams.iter().map(|d| json_lines::event(record.index + 1, d, &mut normaliser, true)));
-        lines.extend(record.dbus.iter().map(|m| json_lines::dbus(record.index + 1, m, true)));
+        lines.extend(record.datagrams.iter().map(|d| json_lines::event(record.index + 1, d, &mut normaliser)));
+        lines.extend(record.dbus.iter().map(|m| json_lines::dbus(record.index + 1, m)));
         lines.push(json_lines::step(record));
     }
     lines.push(last);

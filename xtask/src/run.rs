@@ -164,7 +164,7 @@ pub fn execute(
     let mut lines = Vec::new();
     let keep = |line: serde_json::Value, lines: &mut Vec<serde_json::Value>| {
         if output.json {
-            println!("{}", shown(&line, output.raw));
+            println!("{}", json_lines::shown(&line, output.raw));
         }
         lines.push(line);
     };
@@ -172,10 +172,10 @@ pub fn execute(
     let mut steps = Vec::new();
     let mut print_step = |record: &StepRecord, finished: bool, lines: &mut Vec<serde_json::Value>| {
         for datagram in &record.datagrams {
-            keep(json_lines::event(record.index + 1, datagram, &mut normaliser, true), lines);
+            keep(json_lines::event(record.index + 1, datagram, &mut normaliser), lines);
         }
         for message in &record.dbus {
-            keep(json_lines::dbus(record.index + 1, message, true), lines);
+            keep(json_lines::dbus(record.index + 1, message), lines);
         }
         if finished {
             keep(json_lines::step(record), lines);
@@ -499,36 +499,9 @@ pub fn initramfs_with(base: &Path, includes: &[String], run_dir: &Path) -> anyho
     Ok(path)
 }
 
-/// A `--json` line as printed: a datagram's and a bus message's raw
-/// `bytes` only with `--raw`; a trace's or a backlog's `bytes` is a size,
-/// always shown.
-fn shown(line: &serde_json::Value, raw: bool) -> serde_json::Value {
-    let mut shown = line.clone();
-    let raw_bytes = matches!(line.get("type").and_then(|t| t.as_str()), Some("event" | "dbus"));
-    if raw_bytes && !raw {
-        if let Some(fields) = shown.as_object_mut() {
-            fields.remove("bytes");
-        }
-    }
-    shown
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{check_appended, shown};
-
-    #[test]
-    fn only_raw_bytes_wait_for_raw_and_sizes_are_always_shown() {
-        use serde_json::json;
-        let event = json!({"type": "event", "step": 1, "bytes": "a\\x00"});
-        assert_eq!(shown(&event, false), json!({"type": "event", "step": 1}));
-        assert_eq!(shown(&event, true), event);
-        let message = json!({"type": "dbus", "bytes": "l\\x01"});
-        assert_eq!(shown(&message, false), json!({"type": "dbus"}));
-        for sized in [json!({"type": "trace", "bytes": 76515}), json!({"type": "bus_backlog", "bytes": 2062968})] {
-            assert_eq!(shown(&sized, false), sized);
-        }
-    }
+    use super::check_appended;
 
     fn refusal(word: &str) -> Option<String> {
         check_appended(&[word.to_owned()]).err().map(|e| e.to_string())
