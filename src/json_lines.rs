@@ -276,11 +276,6 @@ pub fn bus_backlog(backlog: &crate::dbus::Backlog) -> Value {
     })
 }
 
-/// Why the guest's bus could not say whom it held messages for.
-pub fn bus_backlog_unknown_message(why: &str) -> String {
-    format!("could not ask the guest's bus which subscribers kept up as the run ended: {why}")
-}
-
 /// The `bus_backlog` line of a run whose bus could not be asked: `error`
 /// says why, the figures are null.
 pub fn bus_backlog_unknown(why: &str) -> Value {
@@ -293,7 +288,7 @@ pub fn bus_backlog_unknown(why: &str) -> Value {
         "bytes": null,
         "peak_bytes": null,
         "error": why,
-        "message": bus_backlog_unknown_message(why),
+        "message": format!("could not ask the guest's bus which subscribers kept up as the run ended: {why}"),
     })
 }
 
@@ -515,6 +510,8 @@ mod tests {
             assert_eq!(unknown[field], Value::Null, "{field}");
         }
         assert!(unknown["message"].as_str().unwrap().ends_with(": no bus"), "{unknown}");
+        let keys = |line: &Value| line.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&unknown), keys(&line), "one line type, one set of fields");
     }
 
     #[test]

@@ -179,6 +179,11 @@ fn check_scenario(path: &Path, snapshots: &Path, injector: Injector) -> Result<(
     let test = format!("scenario-{}-{injector}", scenario.name);
     let config = common::config(&test, scenario.guest(&common::artifacts()));
     let transcript = runner::run(&scenario, &config, &mut |_| {}).map_err(|f| f.report())?;
+    // A run only warns when the guest's bus could not be asked whom it
+    // held messages for; a starter scenario must be able to ask.
+    if let Err(why) = &transcript.bus_backlog {
+        return Err(format!("{}: the end-of-run question to the guest's bus failed: {why}", path.display()).into());
+    }
     // An outcome another run could change is not one to accept.
     if !transcript.timing_flags.is_empty() || transcript.timing_flags_lost > 0 {
         let flags: Vec<String> = transcript.timing_flags.iter().map(|f| format!("  {f}")).collect();

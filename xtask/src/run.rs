@@ -274,8 +274,9 @@ pub fn execute(
             }
         }
         Err(why) => {
-            keep(json_lines::bus_backlog_unknown(why), &mut lines);
-            eprintln!("warning: {}", json_lines::bus_backlog_unknown_message(why));
+            let line = json_lines::bus_backlog_unknown(why);
+            eprintln!("warning: {}", line["message"].as_str().unwrap_or(why));
+            keep(line, &mut lines);
         }
     }
     for flag in &transcript.timing_flags {

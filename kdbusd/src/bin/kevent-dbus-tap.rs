@@ -17,9 +17,11 @@
 //! messages for that it has not written to the connection's socket yet
 //! (a subscriber that does not keep up), one line each
 //! (kdbusd::backlog); nothing if none. The host runs it as a D-Bus run
-//! ends. Monitors are not on the bus's list of names and are not asked
-//! about; the counts include this question's own `NameOwnerChanged`, for a
-//! connection that subscribed to it.
+//! ends. A connection is listed only if the bus still holds messages for
+//! it when asked a second time, after the first pass's round trips, so that
+//! one merely being written to (this question's own `NameOwnerChanged`,
+//! say) is not. Monitors are not on the bus's list of names and are not
+//! asked about.
 //!
 //! (The agent's monitor of the bus is the agent's own connection:
 //! kdbusd::bus.)
@@ -139,53 +141,60 @@ fn backlog() -> Result<(), Error> {
         Some(Value::Array(names)) => names.clone(),
         other => return Err(format!("ListNames gave no array: {other:?}").into()),
     };
-    let mut out = io::stdout().lock();
+    let mut candidates = Vec::new();
     for name in names {
         let Value::Str(name) = name else { continue };
-        if !name.starts_with(':') || name == own {
-            continue;
+        if name.starts_with(':')
+            && name != own
+            && held_for(&mut socket, &name)?.is_some_and(|(messages, ..)| messages > 0)
+        {
+            candidates.push(name);
         }
-        let stats = match connection_stats(&mut socket, &name) {
-            Ok(stats) => stats,
-            // A connection that left since ListNames holds nothing.
-            Err(e) if e.to_string().contains("org.freedesktop.DBus.Error.NameHasNoOwner") => continue,
-            Err(e) => return Err(e),
-        };
-        let figure = |key: &str| {
-            stats.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
-                Value::Uint(n) => Some(*n),
-                _ => None,
-            })
-        };
-        let (Some(messages), Some(bytes), Some(peak)) =
-            (figure("OutgoingMessages"), figure("OutgoingBytes"), figure("PeakOutgoingBytes"))
+    }
+    // Asked again, after the round trips of the first pass: a connection
+    // that keeps up has been written what the bus held for it then (this
+    // question's own NameOwnerChanged, say); one that does not still has it.
+    let mut out = io::stdout().lock();
+    for name in candidates {
+        let Some((messages, bytes, peak_bytes)) = held_for(&mut socket, &name)?.filter(|(messages, ..)| *messages > 0)
         else {
-            return Err(format!("GetConnectionStats of {name} lacks the outgoing figures: {stats:?}").into());
-        };
-        if messages == 0 {
             continue;
-        }
+        };
         let pid = match socket.call_bus(DBUS, "GetConnectionUnixProcessID", &[Value::Str(name.clone())]) {
             Ok(reply) => match reply.first() {
-                Some(Value::Uint(pid)) => Some(*pid),
+                Some(Value::Uint(pid)) => u32::try_from(*pid).ok(),
                 _ => None,
             },
+            // The backlog is the news; its owner is named if the bus says.
             Err(_) => None,
         };
         let command = pid
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
             .map_or_else(|| "?".to_owned(), |comm| comm.trim_end_matches('\n').to_owned());
-        let backlog = Backlog {
-            name,
-            pid: pid.and_then(|pid| u32::try_from(pid).ok()),
-            command,
-            messages,
-            bytes,
-            peak_bytes: peak,
-        };
-        writeln!(out, "{}", backlog.line())?;
+        writeln!(out, "{}", Backlog { name, pid, command, messages, bytes, peak_bytes }.line())?;
     }
     Ok(())
+}
+
+/// What the bus holds for connection `name` and has not written to its
+/// socket: messages, bytes and the peak of bytes; `None` if the connection
+/// has left the bus.
+fn held_for(socket: &mut BusSocket, name: &str) -> Result<Option<(u64, u64, u64)>, Error> {
+    let stats = match connection_stats(socket, name) {
+        Ok(stats) => stats,
+        Err(e) if e.to_string().contains("org.freedesktop.DBus.Error.NameHasNoOwner") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let figure = |key: &str| {
+        stats.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
+            Value::Uint(n) => Some(*n),
+            _ => None,
+        })
+    };
+    match (figure("OutgoingMessages"), figure("OutgoingBytes"), figure("PeakOutgoingBytes")) {
+        (Some(messages), Some(bytes), Some(peak)) => Ok(Some((messages, bytes, peak))),
+        _ => Err(format!("GetConnectionStats of {name} lacks the outgoing figures: {stats:?}").into()),
+    }
 }
 
 /// dbus-daemon's figures for connection `name` (`org.freedesktop.DBus.
