@@ -1,6 +1,7 @@
 //! A connection to the bus of this crate's own making, read whole message by
 //! whole message: the guest agent's monitor and its `Sync` caller, and the
-//! tap's stalled subscriber. A library connection hands every message from
+//! tap's stalled subscriber and its questions to the bus (`held`,
+//! `backlog`). A library connection hands every message from
 //! a reactor thread to an executor thread to the reader, three wake-ups of
 //! a TCG guest instead of one, on the path of every signal; what these
 //! need of the protocol is small: EXTERNAL authentication, `Hello`, method
@@ -27,7 +28,8 @@ const MAX_MESSAGE: usize = 128 << 20;
 /// Why a connection failed, in words.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn context<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
+/// `what` failed, and why: an error's context.
+pub fn context<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
     move |e| format!("{what}: {e}").into()
 }
 
@@ -115,16 +117,28 @@ impl BusSocket {
         let mut fixed = [0u8; 16];
         match self.reader.read_exact(&mut fixed[..1]) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            other => other.map_err(context("read from the bus"))?,
+            other => other.map_err(|e| self.read_failed(e))?,
         }
-        self.reader.read_exact(&mut fixed[1..]).map_err(context("read from the bus"))?;
+        self.reader.read_exact(&mut fixed[1..]).map_err(|e| self.read_failed(e))?;
         let len = message::message_len(&fixed)
             .filter(|len| *len <= MAX_MESSAGE)
             .ok_or_else(|| format!("the bus sent a message header that cannot be framed: {fixed:02x?}"))?;
         let mut bytes = vec![0u8; len];
         bytes[..16].copy_from_slice(&fixed);
-        self.reader.read_exact(&mut bytes[16..]).map_err(context("read from the bus"))?;
+        self.reader.read_exact(&mut bytes[16..]).map_err(|e| self.read_failed(e))?;
         Ok(Some(bytes))
+    }
+
+    /// A read's failure in words; the read bound's end (which the kernel
+    /// reports as EAGAIN) says so.
+    fn read_failed(&self, e: io::Error) -> Error {
+        let bound = self.reader.get_ref().read_timeout().ok().flatten();
+        match (e.kind(), bound) {
+            (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(bound)) => {
+                format!("read from the bus: nothing, or only part of a message, came within {bound:?}").into()
+            }
+            _ => context("read from the bus")(e),
+        }
     }
 
     /// Bounds every read from now on: a message the bus began and did not
@@ -187,5 +201,14 @@ mod tests {
         drop(bus);
         assert_eq!(socket.next_message().unwrap(), Some(signal(3)));
         assert_eq!(socket.next_message().unwrap(), None, "the bus closed the connection");
+
+        // A message the bus began and did not finish fails its reader at
+        // the read bound, saying so.
+        let (ours, mut bus) = UnixStream::pair().unwrap();
+        let mut socket = BusSocket { reader: BufReader::new(ours.try_clone().unwrap()), writer: ours, next_serial: 1 };
+        socket.set_read_timeout(Duration::from_millis(50)).unwrap();
+        bus.write_all(&signal(4)[..20]).unwrap();
+        let error = socket.next_message().unwrap_err().to_string();
+        assert!(error.contains("nothing, or only part of a message, came within"), "{error}");
     }
 }

@@ -476,7 +476,7 @@ pub fn marshal_signal(serial: u32, path: &str, interface: &str, member: &str, bo
 /// A method call marshalled as [`marshal_signal`] marshals a signal, to
 /// `destination`; its body may also hold `as`. What a client of the bus
 /// sends without a D-Bus library ([`crate::bus`]: the agent's monitor and
-/// `Sync` caller, the tap's stalled subscriber).
+/// `Sync` caller, the tap's stalled subscriber and its questions).
 pub fn marshal_method_call(
     serial: u32,
     destination: &str,

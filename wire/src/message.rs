@@ -152,7 +152,8 @@ pub enum AgentStage {
     Serve,
     /// A panic, wherever it happened.
     Panic,
-    /// Starting the D-Bus side: dbus-daemon, kdbusd, the tap, the relay.
+    /// Starting the D-Bus side: dbus-daemon, kdbusd, the agent's bus
+    /// connections, the relay.
     Dbus,
 }
 

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::thread;
 
 use kdbusd::backlog::Backlog;
-use kdbusd::bus::{BusSocket, DBUS};
+use kdbusd::bus::{context, BusSocket, Error, DBUS};
 use kdbusd::message::Value;
 use kevent_wire::SYSTEM_BUS_SOCKET;
 
@@ -57,16 +57,11 @@ fn main() -> ExitCode {
     }
 }
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-fn context<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
-    move |e| format!("{what}: {e}").into()
-}
-
 /// The hidden mode of `stall`'s subscriber.
 const STALL_HOLDER: &str = "stall-holder";
-/// How long `stall` waits for its subscriber to subscribe.
-const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long a connection to the bus may take, and each of its reads; how
+/// long `stall` waits for its subscriber to subscribe.
+const BUS_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Starts the stalled subscriber as a process of its own, waits (bounded)
 /// until it has subscribed, prints what it said and exits: the subscriber
@@ -87,14 +82,14 @@ fn stall() -> Result<(), Error> {
         let mut line = String::new();
         let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
     });
-    let why = match rx.recv_timeout(STALL_BOUND) {
+    let why = match rx.recv_timeout(BUS_BOUND) {
         Ok(Ok(line)) if !line.is_empty() => {
             print!("{line}");
             return Ok(());
         }
         Ok(Ok(_)) => "it ended before it subscribed".to_owned(),
         Ok(Err(e)) => format!("its stdout: {e}"),
-        Err(_) => format!("it did not subscribe within {STALL_BOUND:?}"),
+        Err(_) => format!("it did not subscribe within {BUS_BOUND:?}"),
     };
     let _ = holder.kill();
     let status = holder.wait()?;
@@ -108,7 +103,7 @@ fn stall() -> Result<(), Error> {
 /// The stalled subscriber: asks the bus for every signal, says so, and
 /// never reads again: dbus-daemon queues what it sends it.
 fn hold_stalled() -> Result<(), Error> {
-    let (mut socket, name) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), STALL_BOUND)?;
+    let (mut socket, name) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), BUS_BOUND)?;
     socket.call_bus(DBUS, "AddMatch", &[Value::Str("type='signal'".into())])?;
     println!("{name} subscribed to every signal and reads none from now on");
     io::stdout().flush()?;
@@ -123,7 +118,7 @@ fn hold_stalled() -> Result<(), Error> {
 /// it has queued for it and not yet written to its socket (`Outgoing…`),
 /// their peak, and the rest of what `GetConnectionStats` gives.
 fn held(name: &str) -> Result<(), Error> {
-    let (mut socket, _) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), STALL_BOUND)?;
+    let (mut socket, _) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), BUS_BOUND)?;
     let mut out = io::stdout().lock();
     for (key, value) in connection_stats(&mut socket, name)? {
         match value {
@@ -136,7 +131,7 @@ fn held(name: &str) -> Result<(), Error> {
 
 /// Prints a line for each connection the bus holds unwritten messages for.
 fn backlog() -> Result<(), Error> {
-    let (mut socket, own) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), STALL_BOUND)?;
+    let (mut socket, own) = BusSocket::connect(Path::new(SYSTEM_BUS_SOCKET), BUS_BOUND)?;
     let names = match socket.call_bus(DBUS, "ListNames", &[])?.first() {
         Some(Value::Array(names)) => names.clone(),
         other => return Err(format!("ListNames gave no array: {other:?}").into()),
