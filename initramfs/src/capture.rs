@@ -193,12 +193,11 @@ impl Monitor {
         // The bus allows messages of up to 128 MiB; the host's channel does
         // not carry a frame that large, and would take the rest for a
         // broken protocol.
-        let frame_len = 1 + 8 + 4 + bytes.len();
-        if frame_len > kevent_wire::MAX_FRAME_LEN {
+        if bytes.len() > DbusMessage::MAX_BYTES {
             let why = format!(
-                "a message of {} bytes on the bus: the host channel carries frames of {} bytes at most",
+                "a message of {} bytes on the bus: the host channel carries {} at most",
                 bytes.len(),
-                kevent_wire::MAX_FRAME_LEN
+                DbusMessage::MAX_BYTES
             );
             return self.lost(outbox, why);
         }

@@ -85,6 +85,13 @@ pub struct DbusMessage {
     pub bytes: Vec<u8>,
 }
 
+impl DbusMessage {
+    /// The largest message a frame carries: the bus allows 128 MiB, a
+    /// frame [`crate::MAX_FRAME_LEN`] with the kind, the time and the
+    /// bytes' length.
+    pub const MAX_BYTES: usize = crate::MAX_FRAME_LEN - 1 - 8 - 4;
+}
+
 /// A program of the guest's D-Bus side (dbus-daemon, kdbusd, the relay)
 /// that ended or failed while the run needed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -697,6 +704,15 @@ mod tests {
         ];
         for m in &messages {
             assert_eq!(&round_trip_guest(m), m);
+        }
+    }
+
+    #[test]
+    fn a_bus_message_of_max_bytes_fills_a_frame_and_one_byte_more_does_not_fit() {
+        for (len, fits) in [(DbusMessage::MAX_BYTES, true), (DbusMessage::MAX_BYTES + 1, false)] {
+            let frame = GuestMessage::Dbus(DbusMessage { monotonic_ns: 1, bytes: vec![b'l'; len] }).encode();
+            let read = crate::read_frame(&mut &frame[..]);
+            assert_eq!(read.is_ok(), fits, "{len} bytes: {:?}", read.as_ref().map(|_| ()));
         }
     }
 
