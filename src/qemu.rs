@@ -358,9 +358,25 @@ fn measure_tsc_khz(window: std::time::Duration) -> Option<u64> {
     // SAFETY: rdtsc has no preconditions on x86_64; std marks the
     // intrinsic unsafe only because some targets lack the instruction.
     let tsc = || unsafe { std::arch::x86_64::_rdtsc() };
-    let (start, tsc_start) = (Instant::now(), tsc());
+    // The clock read between two TSC reads, the pair whose reads lie
+    // closest of a few: a thread preempted between reading one clock and
+    // the other (a loaded host) would skew the rate by the time it lost.
+    let stamp = || {
+        (0..16)
+            .map(|_| {
+                let before = tsc();
+                let at = Instant::now();
+                let after = tsc();
+                (after.wrapping_sub(before), at, before + after.wrapping_sub(before) / 2)
+            })
+            .min_by_key(|(spread, ..)| *spread)
+            .map(|(_, at, tsc)| (at, tsc))
+            .expect("sixteen tries")
+    };
+    let (start, tsc_start) = stamp();
     std::thread::sleep(window);
-    let (tsc_end, elapsed) = (tsc(), start.elapsed());
+    let (end, tsc_end) = stamp();
+    let elapsed = end.duration_since(start);
     let khz = u128::from(tsc_end.wrapping_sub(tsc_start)) * 1_000_000 / elapsed.as_nanos().max(1);
     u64::try_from(khz).ok().filter(|khz| *khz > 0)
 }
